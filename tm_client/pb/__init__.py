@@ -1,0 +1,1 @@
+"""Generated protobuf and gRPC stubs for package tm.v1 (made by `make proto`; do not edit)."""
