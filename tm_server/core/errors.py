@@ -1,0 +1,79 @@
+"""Typed domain errors of the task manager core; the service layer maps them to status codes."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+
+class TaskManagerError(Exception):
+    """Base class of every error the core raises on purpose."""
+
+    reason = "TASK_MANAGER_ERROR"
+
+
+class TaskNotFoundError(TaskManagerError):
+    """No regular task on any shard and no virtual task group has this id."""
+
+    reason = "TASK_NOT_FOUND"
+
+    def __init__(self, task_id: UUID, what: str = "task") -> None:
+        super().__init__(f"{what} with id {task_id} not found")
+        self.task_id = task_id
+
+
+class UnknownModuleError(TaskManagerError):
+    """The module is not registered."""
+
+    reason = "MODULE_NOT_FOUND"
+
+    def __init__(self, module: str) -> None:
+        super().__init__(f"module {module} not found")
+        self.module = module
+
+
+class TaskNotAbortableError(TaskManagerError):
+    """Abort was requested through the API on a task that is not abortable."""
+
+    reason = "TASK_NOT_ABORTABLE"
+
+    def __init__(self, task_id: UUID) -> None:
+        super().__init__(f"task with id {task_id} cannot be aborted")
+        self.task_id = task_id
+
+
+class TaskAlreadyExistsError(TaskManagerError):
+    """A task with the requested id is already registered."""
+
+    reason = "TASK_ALREADY_EXISTS"
+
+    def __init__(self, task_id: UUID) -> None:
+        super().__init__(f"task with id {task_id} already exists")
+        self.task_id = task_id
+
+
+class InvalidStateError(TaskManagerError):
+    """The operation is not allowed in the task's (or module's) current state."""
+
+    reason = "INVALID_STATE"
+
+
+class InvalidArgumentError(TaskManagerError):
+    """A request field has a bad value; ``field`` names it."""
+
+    reason = "INVALID_ARGUMENT"
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"invalid {field}: {message}")
+        self.field = field
+        self.description = message
+
+
+class TaskAbortedError(Exception):
+    """Raised inside a task body (by ``TaskContext.check_abort``) once an abort was requested."""
+
+    def __init__(self, message: str = "abort requested") -> None:
+        super().__init__(message)
+
+
+class TaskFailedError(Exception):
+    """Raised by a task body to fail with exactly this error text."""

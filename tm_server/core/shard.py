@@ -1,0 +1,782 @@
+"""One shard of the registry: it owns its tasks, module instances, sequence counters and TTL expiry.
+
+Other shards and the manager reach a shard only through its public ``async``
+methods, which take and return plain data (ids, statuses, folded records),
+never another shard's task objects: that is the narrow interface that lets a
+shard later move into a process of its own without its callers changing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import heapq
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, TypeVar
+from uuid import UUID
+
+from sortedcontainers import SortedDict
+
+from .clock import Clock, TimerHandle
+from .errors import (
+    InvalidStateError,
+    TaskAbortedError,
+    TaskFailedError,
+    TaskNotAbortableError,
+    TaskNotFoundError,
+    UnknownModuleError,
+)
+from .task import TaskContext, TaskImpl
+from .types import (
+    FoldedTask,
+    ListFilter,
+    Progress,
+    TaskIdentity,
+    TaskKind,
+    TaskState,
+    TaskStats,
+    TaskStatus,
+    creation_time_of,
+)
+
+if TYPE_CHECKING:
+    from .manager import TaskManager
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+ABORT_ERROR = "abort requested"
+
+
+class ParentKind(enum.Enum):
+    """What a task's parent is: none, a regular task or a virtual task."""
+
+    NONE = "none"
+    NODE = "node"
+    VIRTUAL = "virtual"
+
+
+@dataclass(frozen=True, slots=True)
+class ParentLink:
+    """How a new task is attached to its parent."""
+
+    id: UUID
+    kind: ParentKind
+    shard: int  # the parent's shard (0 for a virtual parent)
+
+
+@dataclass(frozen=True, slots=True)
+class AttachResult:
+    """What the parent's shard tells a child being attached to it."""
+
+    sequence_number: int
+    abort_pending: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TreeNode:
+    """A task's status with its children split as recursive status walks them."""
+
+    status: TaskStatus
+    live_children: tuple[tuple[UUID, int], ...]
+    folded_children: tuple[FoldedTask, ...]
+
+
+@dataclass(slots=True)
+class TtlConfig:
+    """The retention settings a shard reads when a task finishes."""
+
+    task_ttl: int
+    user_task_ttl: int
+
+
+class ModuleState:
+    """A module's instance on one shard: its sequence counter and registered tasks."""
+
+    __slots__ = ("name", "sequence", "tasks")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.sequence = 0
+        # Sorted by id, so listings page in a stable order without a scan.
+        self.tasks: SortedDict[UUID, Task] = SortedDict()
+
+    def new_sequence_number(self) -> int:
+        """Returns the next sequence number of this module on this shard (the first is 1)."""
+        self.sequence += 1
+        return self.sequence
+
+
+class Task:
+    """A regular task's state on its owner shard; only that shard touches it."""
+
+    __slots__ = (
+        "abort_event",
+        "abort_requested",
+        "done",
+        "end_time",
+        "entity",
+        "error",
+        "expire_at",
+        "folded_children",
+        "folded_into_parent",
+        "id",
+        "impl",
+        "internal",
+        "keyspace",
+        "live_children",
+        "module",
+        "orphaned",
+        "parent",
+        "reported",
+        "reported_total",
+        "runner",
+        "sequence_number",
+        "start_time",
+        "state",
+        "table",
+        "version",
+        "waiters",
+    )
+
+    def __init__(
+        self,
+        task_id: UUID,
+        module: str,
+        impl: TaskImpl,
+        parent: ParentLink | None,
+        sequence_number: int,
+        keyspace: str,
+        table: str,
+        entity: str,
+    ) -> None:
+        self.id = task_id
+        self.module = module
+        self.impl = impl
+        self.parent = parent
+        self.sequence_number = sequence_number
+        self.keyspace = keyspace
+        self.table = table
+        self.entity = entity
+        default_internal = parent is not None and parent.kind is ParentKind.NODE
+        self.internal = default_internal if impl.internal is None else impl.internal
+        self.state = TaskState.CREATED
+        self.start_time: float | None = None
+        self.end_time: float | None = None
+        self.error = ""
+        self.abort_requested = False
+        self.abort_event: asyncio.Event | None = None
+        self.done: asyncio.Future[None] | None = None
+        # Live children in creation order: id -> shard.
+        self.live_children: dict[UUID, int] = {}
+        # Finished internal children, in finishing order.
+        self.folded_children: list[FoldedTask] = []
+        self.folded_into_parent = False
+        self.orphaned = False
+        self.reported: Progress | None = None
+        self.reported_total: float | None = None
+        self.expire_at: float | None = None
+        self.runner: asyncio.Task[None] | None = None
+        self.version = 0
+        self.waiters: list[asyncio.Future[None]] | None = None
+
+    @property
+    def parent_kind(self) -> ParentKind:
+        """Whether the parent is none, regular or virtual."""
+        return ParentKind.NONE if self.parent is None else self.parent.kind
+
+    def stats(self, shard: int) -> TaskStats:
+        """Returns the task's list entry."""
+        return TaskStats(
+            task_id=self.id,
+            state=self.state,
+            type=self.impl.type,
+            kind=TaskKind.NODE,
+            scope=self.impl.scope,
+            keyspace=self.keyspace,
+            table=self.table,
+            entity=self.entity,
+            sequence_number=self.sequence_number,
+            shard=shard,
+            creation_time=creation_time_of(self.id),
+            start_time=self.start_time,
+            end_time=self.end_time,
+        )
+
+    def matches(self, flt: ListFilter) -> bool:
+        """Whether the task passes a listing's filters."""
+        return (
+            (flt.internal or not self.internal)
+            and (not flt.keyspace or self.keyspace == flt.keyspace)
+            and (not flt.table or self.table == flt.table)
+        )
+
+
+class Shard:
+    """One shard: tasks, module instances, sequence counters and TTL expiry."""
+
+    def __init__(
+        self, index: int, manager: TaskManager, clock: Clock, node: str, ttl: TtlConfig
+    ) -> None:
+        self.index = index
+        self.manager = manager
+        self._clock = clock
+        self._node = node
+        self._ttl = ttl
+        self._tasks: dict[UUID, Task] = {}
+        # Finished tasks already unregistered but still reachable through a
+        # live parent (ScyllaDB keeps them alive by the parent's pointer).
+        self._held: dict[UUID, Task] = {}
+        self._modules: dict[str, ModuleState] = {}
+        # Children of virtual parents: virtual id -> child ids on this shard.
+        self._virtual_children: dict[UUID, dict[UUID, None]] = {}
+        self._expiry: list[tuple[float, UUID]] = []
+        self._expiry_timer: TimerHandle | None = None
+        self._expiry_timer_at: float | None = None
+        self._background: set[asyncio.Task[None]] = set()
+
+    @property
+    def _peers(self) -> list[Shard]:
+        return self.manager.shards
+
+    # ---- modules -----------------------------------------------------------------------------
+
+    async def register_module(self, name: str) -> bool:
+        """Registers the module here; returns False if it already was."""
+        if name in self._modules:
+            return False
+        self._modules[name] = ModuleState(name)
+        return True
+
+    async def list_modules(self) -> list[str]:
+        """Returns the module names registered on this shard."""
+        return list(self._modules)
+
+    async def has_module(self, name: str) -> bool:
+        """Whether the module is registered here."""
+        return name in self._modules
+
+    def _module(self, name: str) -> ModuleState:
+        module = self._modules.get(name)
+        if module is None:
+            raise UnknownModuleError(name)
+        return module
+
+    async def abort_module(self, name: str) -> None:
+        """Aborts the module's tasks that follow its abort source: roots and virtual children.
+
+        Their descendants are reached through them, on any shard.
+        """
+        module = self._module(name)
+        for task in list(module.tasks.values()):
+            if task.parent_kind is not ParentKind.NODE:
+                await self._abort(task)
+
+    async def wait_module_idle(self, name: str) -> None:
+        """Waits until every task of the module on this shard has finished."""
+        module = self._module(name)
+        for task in list(module.tasks.values()):
+            if not task.state.is_complete:
+                await self._done_future(task)
+
+    async def remove_module(self, name: str) -> None:
+        """Unregisters the module's tasks (cutting TTLs short) and the module itself."""
+        module = self._module(name)
+        for task in list(module.tasks.values()):
+            self._unregister(task)
+        del self._modules[name]
+
+    # ---- ttl ---------------------------------------------------------------------------------
+
+    async def set_ttl(self, task_ttl: int | None = None, user_task_ttl: int | None = None) -> None:
+        """Sets the TTLs read by tasks that finish from now on."""
+        if task_ttl is not None:
+            self._ttl.task_ttl = task_ttl
+        if user_task_ttl is not None:
+            self._ttl.user_task_ttl = user_task_ttl
+
+    # ---- creation ----------------------------------------------------------------------------
+
+    async def contains(self, task_id: UUID) -> bool:
+        """Whether a regular task with this id is registered here."""
+        return task_id in self._tasks
+
+    async def attach_child(self, parent_id: UUID, child_id: UUID, child_shard: int) -> AttachResult:
+        """Adds a child to a registered parent here; returns what the child inherits.
+
+        Raises:
+            TaskNotFoundError: the parent is not registered here.
+            InvalidStateError: the parent has already finished.
+        """
+        parent = self._tasks.get(parent_id)
+        if parent is None:
+            raise TaskNotFoundError(parent_id, "parent task")
+        if parent.state.is_complete:
+            raise InvalidStateError(
+                f"parent task with id {parent_id} is {parent.state.value}: "
+                "a finished task takes no new children"
+            )
+        parent.live_children[child_id] = child_shard
+        await self._changed(parent)
+        return AttachResult(parent.sequence_number, parent.abort_requested)
+
+    async def detach_child(self, parent_id: UUID, child_id: UUID) -> None:
+        """Undoes ``attach_child`` when the child could not be created."""
+        parent = self._tasks.get(parent_id) or self._held.get(parent_id)
+        if parent is not None and parent.live_children.pop(child_id, None) is not None:
+            await self._changed(parent)
+
+    async def create_task(
+        self,
+        module_name: str,
+        impl: TaskImpl,
+        task_id: UUID,
+        parent: ParentLink | None,
+        inherited: AttachResult | None,
+        keyspace: str,
+        table: str,
+        entity: str,
+    ) -> None:
+        """Builds and registers a task here, in state ``created``."""
+        module = self._module(module_name)
+        if inherited is not None:
+            sequence_number = inherited.sequence_number
+        else:
+            sequence_number = module.new_sequence_number()
+        task = Task(task_id, module_name, impl, parent, sequence_number, keyspace, table, entity)
+        self._tasks[task_id] = task
+        module.tasks[task_id] = task
+        if parent is not None and parent.kind is ParentKind.VIRTUAL:
+            self._virtual_children.setdefault(parent.id, {})[task_id] = None
+        if inherited is not None and inherited.abort_pending:
+            # A child created under a parent with an abort pending is aborted at once.
+            task.abort_requested = True
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    def _registered(self, task_id: UUID) -> Task:
+        task = self._tasks.get(task_id)
+        if task is None:
+            raise TaskNotFoundError(task_id)
+        return task
+
+    def _reachable(self, task_id: UUID) -> Task | None:
+        return self._tasks.get(task_id) or self._held.get(task_id)
+
+    async def start_task(self, task_id: UUID) -> None:
+        """Starts a created task: its body runs in the background.
+
+        Raises:
+            InvalidStateError: the task was already started.
+        """
+        task = self._registered(task_id)
+        if task.state is not TaskState.CREATED:
+            raise InvalidStateError(
+                f"task with id {task_id} was already started (state {task.state.value})"
+            )
+        task.start_time = self._clock.now()
+        if task.abort_requested:
+            # Aborted before start: fail at once, the body never runs.
+            await self._finish(task, ABORT_ERROR)
+            return
+        task.state = TaskState.RUNNING
+        await self._changed(task)
+        task.runner = asyncio.get_running_loop().create_task(
+            self._run_to_completion(task), name=f"tm-task-{task_id}"
+        )
+
+    async def _run_to_completion(self, task: Task) -> None:
+        error: str | None
+        try:
+            await task.impl.run(TaskContext(self, task))
+        except (TaskFailedError, TaskAbortedError) as exc:
+            error = str(exc) or type(exc).__name__
+        except asyncio.CancelledError:
+            error = "task cancelled: the server is shutting down"
+        except Exception as exc:
+            log.warning("task %s failed", task.id, exc_info=True)
+            try:
+                error = f"{type(exc).__name__} ({exc})"
+            except Exception:
+                error = "Failed to get error message"
+        else:
+            # A body that returns after an abort request still fails.
+            error = ABORT_ERROR if task.abort_requested else None
+        task.runner = None
+        await self._finish(task, error)
+
+    async def finish_task(self, task_id: UUID, error: str | None) -> TaskStatus:
+        """Finishes a running task from outside its body (done, or failed with ``error``).
+
+        A task with an abort pending fails with the abort error whatever ``error`` says.
+        """
+        task = self._registered(task_id)
+        if task.state.is_complete or task.state is TaskState.CREATED:
+            raise InvalidStateError(f"task with id {task_id} is {task.state.value}")
+        if error is None and task.abort_requested:
+            error = ABORT_ERROR
+        await self._finish(task, error)
+        return await self._status(task)
+
+    async def _finish(self, task: Task, error: str | None) -> None:
+        if task.state.is_complete:
+            return
+        task.end_time = self._clock.now()
+        task.state = TaskState.DONE if error is None else TaskState.FAILED
+        task.error = error or ""
+        parent = task.parent
+        if parent is not None and parent.kind is ParentKind.NODE:
+            if task.internal and not task.live_children:
+                folded = await self._folded(task)
+                task.folded_into_parent = await self._peers[parent.shard].fold_child(
+                    parent.id, task.id, folded
+                )
+                if not task.folded_into_parent:
+                    log.warning("task %s could not fold into parent %s", task.id, parent.id)
+            else:
+                await self._peers[parent.shard].child_changed(parent.id)
+        if task.done is not None and not task.done.done():
+            task.done.set_result(None)
+        if (parent is not None and parent.kind is ParentKind.NODE) or task.internal:
+            task.expire_at = task.end_time
+            self._unregister(task)
+        else:
+            ttl = self._ttl.user_task_ttl if task.impl.user_task else self._ttl.task_ttl
+            task.expire_at = task.end_time + ttl
+            if ttl <= 0:
+                self._unregister(task)
+            else:
+                self._schedule_expiry(task.expire_at, task.id)
+        self._bump(task)
+
+    async def _folded(self, task: Task) -> FoldedTask:
+        failed = tuple(f for f in task.folded_children if f.has_failure)
+        status = await self._status(task)
+        status = replace(
+            status, children=tuple(TaskIdentity(f.status.id, self._node) for f in failed)
+        )
+        return FoldedTask(status, failed)
+
+    async def fold_child(self, parent_id: UUID, child_id: UUID, folded: FoldedTask) -> bool:
+        """Moves a finished child from the parent's live children to its folded ones."""
+        parent = self._reachable(parent_id)
+        if parent is None or parent.live_children.pop(child_id, None) is None:
+            return False
+        parent.folded_children.append(folded)
+        await self._changed(parent)
+        return True
+
+    async def child_changed(self, parent_id: UUID) -> None:
+        """Tells a parent that one of its children changed (state or progress)."""
+        parent = self._reachable(parent_id)
+        if parent is not None:
+            await self._changed(parent)
+
+    async def set_progress(self, task: Task, completed: float, total: float | None) -> None:
+        """Records a task's own progress (used by its body or its producer)."""
+        if total is None:
+            total = task.reported.total if task.reported is not None else 0.0
+        else:
+            task.reported_total = total
+        task.reported = Progress(completed, total)
+        await self._changed(task)
+
+    async def report_progress(self, task_id: UUID, completed: float, total: float | None) -> None:
+        """Records the progress of a running task by id."""
+        task = self._registered(task_id)
+        if task.state.is_complete:
+            raise InvalidStateError(f"task with id {task_id} is {task.state.value}")
+        await self.set_progress(task, completed, total)
+
+    # ---- abort -------------------------------------------------------------------------------
+
+    async def abort_task(self, task_id: UUID, *, check_abortable: bool) -> None:
+        """Requests the abort of a task and, on every shard, of its descendants.
+
+        Raises:
+            TaskNotFoundError: no such registered task here.
+            TaskNotAbortableError: ``check_abortable`` and the task is not abortable.
+        """
+        task = self._tasks.get(task_id) if check_abortable else self._reachable(task_id)
+        if task is None:
+            if check_abortable:
+                raise TaskNotFoundError(task_id)
+            return
+        if check_abortable and not task.impl.abortable:
+            raise TaskNotAbortableError(task_id)
+        await self._abort(task)
+
+    async def _abort(self, task: Task) -> None:
+        if task.abort_requested:
+            return  # a second abort is a no-op
+        if not task.state.is_complete:
+            task.abort_requested = True
+            if task.abort_event is not None:
+                task.abort_event.set()
+            await self._changed(task)
+        # Descendants are aborted whatever their own abortable flag says.
+        for child_id, child_shard in list(task.live_children.items()):
+            await self._peers[child_shard].abort_task(child_id, check_abortable=False)
+
+    async def wait_abort(self, task: Task) -> None:
+        """Returns once an abort is requested for ``task``."""
+        if task.abort_requested:
+            return
+        if task.abort_event is None:
+            task.abort_event = asyncio.Event()
+        await task.abort_event.wait()
+
+    # ---- unregistering and expiry ------------------------------------------------------------
+
+    def _unregister(self, task: Task) -> None:
+        if self._tasks.pop(task.id, None) is None:
+            return
+        module = self._modules.get(task.module)
+        if module is not None:
+            module.tasks.pop(task.id, None)
+        parent = task.parent
+        if parent is not None and parent.kind is ParentKind.VIRTUAL:
+            siblings = self._virtual_children.get(parent.id)
+            if siblings is not None:
+                siblings.pop(task.id, None)
+                if not siblings:
+                    del self._virtual_children[parent.id]
+        held_by_parent = (
+            parent is not None
+            and parent.kind is ParentKind.NODE
+            and not task.folded_into_parent
+            and not task.orphaned
+        )
+        if held_by_parent:
+            self._held[task.id] = task
+        else:
+            self._drop(task)
+
+    def _drop(self, task: Task) -> None:
+        # Children the dropped task still pointed at are released with it.
+        for child_id, child_shard in task.live_children.items():
+            self._spawn(self._peers[child_shard].release(child_id))
+
+    async def release(self, task_id: UUID) -> None:
+        """Forgets a held task whose parent went away (or marks a live one orphaned)."""
+        task = self._held.pop(task_id, None)
+        if task is not None:
+            self._drop(task)
+            return
+        live = self._tasks.get(task_id)
+        if live is not None:
+            live.orphaned = True
+
+    async def unregister_task(self, task_id: UUID) -> None:
+        """Unregisters a task now, whatever its TTL."""
+        task = self._tasks.get(task_id)
+        if task is not None:
+            self._unregister(task)
+
+    def _schedule_expiry(self, when: float, task_id: UUID) -> None:
+        heapq.heappush(self._expiry, (when, task_id))
+        if self._expiry_timer_at is None or when < self._expiry_timer_at:
+            if self._expiry_timer is not None:
+                self._expiry_timer.cancel()
+            self._expiry_timer_at = when
+            self._expiry_timer = self._clock.call_at(when, self._expire_due)
+
+    def _expire_due(self) -> None:
+        self._expiry_timer = None
+        self._expiry_timer_at = None
+        now = self._clock.now()
+        while self._expiry and self._expiry[0][0] <= now:
+            when, task_id = heapq.heappop(self._expiry)
+            task = self._tasks.get(task_id)
+            if task is not None and task.expire_at == when:
+                self._unregister(task)
+        if self._expiry:
+            when = self._expiry[0][0]
+            self._expiry_timer_at = when
+            self._expiry_timer = self._clock.call_at(when, self._expire_due)
+
+    async def drain(self, module_name: str) -> int:
+        """Unregisters the module's finished regular tasks here; returns how many."""
+        module = self._module(module_name)
+        finished = [t for t in module.tasks.values() if t.state.is_complete]
+        for task in finished:
+            self._unregister(task)
+        return len(finished)
+
+    # ---- reading -----------------------------------------------------------------------------
+
+    async def _progress(self, task: Task) -> Progress:
+        if not task.live_children and not task.folded_children:
+            return task.reported if task.reported is not None else Progress()
+        total = Progress()
+        for folded in task.folded_children:
+            total = total + folded.status.progress
+        for child_id, child_shard in list(task.live_children.items()):
+            total = total + await self._peers[child_shard].get_progress(child_id)
+        if task.state.is_complete:
+            return total
+        expected = task.impl.expected_total_workload()
+        if expected is None:
+            expected = task.reported_total
+        if expected is not None:
+            total = Progress(total.completed, expected)
+        return total
+
+    async def get_progress(self, task_id: UUID) -> Progress:
+        """Returns a reachable task's progress, or zero if it is gone."""
+        task = self._reachable(task_id)
+        return Progress() if task is None else await self._progress(task)
+
+    async def _status(self, task: Task) -> TaskStatus:
+        children = tuple(TaskIdentity(cid, self._node) for cid in task.live_children) + tuple(
+            TaskIdentity(f.status.id, self._node) for f in task.folded_children
+        )
+        return TaskStatus(
+            id=task.id,
+            type=task.impl.type,
+            kind=TaskKind.NODE,
+            scope=task.impl.scope,
+            state=task.state,
+            is_abortable=task.impl.abortable,
+            creation_time=creation_time_of(task.id),
+            start_time=task.start_time,
+            end_time=task.end_time,
+            error=task.error,
+            parent_id=None if task.parent is None else task.parent.id,
+            sequence_number=task.sequence_number,
+            shard=self.index,
+            keyspace=task.keyspace,
+            table=task.table,
+            entity=task.entity,
+            progress_units=task.impl.progress_units,
+            progress=await self._progress(task),
+            children=children,
+            module=task.module,
+            internal=task.internal,
+            user_task=task.impl.user_task,
+            abort_requested=task.abort_requested,
+            expire_time=task.expire_at,
+        )
+
+    async def get_status(self, task_id: UUID) -> TaskStatus:
+        """Returns a registered task's status (no side effects)."""
+        return await self._status(self._registered(task_id))
+
+    async def get_tree_node(self, task_id: UUID) -> TreeNode | None:
+        """Returns a reachable task's status and children, as recursive status walks them."""
+        task = self._reachable(task_id)
+        if task is None:
+            return None
+        return TreeNode(
+            await self._status(task),
+            tuple(task.live_children.items()),
+            tuple(task.folded_children),
+        )
+
+    async def virtual_children_of(self, parent_id: UUID) -> list[UUID]:
+        """Ids of the registered tasks here whose parent is the virtual task ``parent_id``."""
+        return list(self._virtual_children.get(parent_id, ()))
+
+    async def list_tasks(
+        self, module_name: str, flt: ListFilter, after: UUID | None, limit: int
+    ) -> list[TaskStats]:
+        """Up to ``limit`` matching tasks of the module, by id, after ``after``."""
+        module = self._module(module_name)
+        keys = module.tasks.irange(minimum=after, inclusive=(False, False))
+        out: list[TaskStats] = []
+        for key in keys:
+            task = module.tasks[key]
+            if task.matches(flt):
+                out.append(task.stats(self.index))
+                if len(out) >= limit:
+                    break
+        return out
+
+    async def invoke(self, task_id: UUID, fn: Callable[[Task], Awaitable[T]]) -> T:
+        """Runs ``fn`` on a registered task here (ScyllaDB's ``invoke_on_task``)."""
+        return await fn(self._registered(task_id))
+
+    # ---- waiting and watching ----------------------------------------------------------------
+
+    def _bump(self, task: Task) -> None:
+        task.version += 1
+        waiters, task.waiters = task.waiters, None
+        for fut in waiters or ():
+            if not fut.done():
+                fut.set_result(None)
+
+    async def _changed(self, task: Task) -> None:
+        self._bump(task)
+        parent = task.parent
+        if parent is not None and parent.kind is ParentKind.NODE:
+            await self._peers[parent.shard].child_changed(parent.id)
+
+    def _done_future(self, task: Task) -> asyncio.Future[None]:
+        if task.done is None:
+            task.done = asyncio.get_running_loop().create_future()
+            if task.state.is_complete:
+                task.done.set_result(None)
+        return task.done
+
+    async def watch(self, task_id: UUID) -> AsyncIterator[TaskStatus]:
+        """Yields the task's status now and after every change, until it has finished.
+
+        The watch holds the task, so it ends with the final status even if the
+        task is unregistered meanwhile. Updates that come faster than the
+        consumer reads are coalesced into the latest status.
+        """
+        task = self._registered(task_id)
+        last: TaskStatus | None = None
+        while True:
+            version = task.version
+            status = await self._status(task)
+            if status != last:
+                yield status
+                last = status
+            if task.state.is_complete:
+                return
+            if task.version == version:
+                fut = asyncio.get_running_loop().create_future()
+                if task.waiters is None:
+                    task.waiters = []
+                task.waiters.append(fut)
+                try:
+                    await fut
+                finally:
+                    if task.waiters is not None and fut in task.waiters:
+                        task.waiters.remove(fut)
+
+    def watcher_count(self) -> int:
+        """How many watch futures are parked on this shard's tasks (for leak checks)."""
+        tasks = list(self._tasks.values()) + list(self._held.values())
+        return sum(len(t.waiters or ()) for t in tasks)
+
+    # ---- background work ---------------------------------------------------------------------
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        async def runner() -> None:
+            await coro
+
+        bg = asyncio.get_running_loop().create_task(runner())
+        self._background.add(bg)
+        bg.add_done_callback(self._background.discard)
+
+    async def close(self) -> None:
+        """Cancels the bodies still running and the expiry timer."""
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
+        runners = [t.runner for t in self._tasks.values() if t.runner is not None]
+        for runner in runners:
+            runner.cancel()
+        for runner in runners:
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+    def stats_counts(self) -> dict[str, int]:
+        """Counts of registered and held tasks (for tests and diagnostics)."""
+        return {"registered": len(self._tasks), "held": len(self._held)}

@@ -1,0 +1,112 @@
+"""The in-process task API: a task's behaviour (``TaskImpl``) and what its body sees."""
+
+from __future__ import annotations
+
+import abc
+from typing import TYPE_CHECKING, ClassVar
+from uuid import UUID
+
+from .errors import TaskAbortedError
+
+if TYPE_CHECKING:
+    from .manager import TaskHandle
+    from .shard import Shard, Task
+
+
+class TaskImpl(abc.ABC):
+    """What a task does and how it presents itself; subclass it and override ``run``.
+
+    As in ScyllaDB, a task is an object with a ``run`` coroutine. The class
+    attributes describe it; an instance may override them.
+    """
+
+    #: What operation the task covers, e.g. "repair".
+    type: ClassVar[str] = ""
+    #: Which part of the operation the task covers, e.g. "table".
+    scope: ClassVar[str] = ""
+    #: The unit of progress, e.g. "ranges". Children use the parent's unit.
+    progress_units: ClassVar[str] = ""
+    #: Whether an abort through the API is allowed.
+    abortable: bool = False
+    #: Whether the task is kept for user_task_ttl (else task_ttl) once finished.
+    user_task: bool = False
+    #: ``None`` applies ScyllaDB's rule: internal exactly when the parent is a regular task.
+    internal: bool | None = None
+
+    def expected_total_workload(self) -> float | None:
+        """Returns the expected total of progress units, or ``None`` when unknown."""
+        return None
+
+    @abc.abstractmethod
+    async def run(self, ctx: TaskContext) -> None:
+        """Does the work. Returning finishes the task, raising fails it.
+
+        The body should notice aborts (``ctx.abort_requested``, ``ctx.check_abort``,
+        ``await ctx.aborted()``): an abort never interrupts it, but a body that
+        returns after an abort request still ends ``failed``.
+        """
+
+
+class TaskContext:
+    """The running task as its body sees it: abort state, progress, children."""
+
+    __slots__ = ("_shard", "_task")
+
+    def __init__(self, shard: Shard, task: Task) -> None:
+        self._shard = shard
+        self._task = task
+
+    @property
+    def task_id(self) -> UUID:
+        """The task's id."""
+        return self._task.id
+
+    @property
+    def shard(self) -> int:
+        """The shard that holds the task."""
+        return self._shard.index
+
+    @property
+    def abort_requested(self) -> bool:
+        """Whether an abort was requested for this task."""
+        return self._task.abort_requested
+
+    def check_abort(self) -> None:
+        """Raises ``TaskAbortedError`` if an abort was requested."""
+        if self._task.abort_requested:
+            raise TaskAbortedError()
+
+    async def aborted(self) -> None:
+        """Returns once an abort is requested for this task."""
+        await self._shard.wait_abort(self._task)
+
+    async def report_progress(self, completed: float, total: float | None = None) -> None:
+        """Sets this task's own progress; watchers of it and its ancestors are woken."""
+        await self._shard.set_progress(self._task, completed, total)
+
+    async def create_child(
+        self,
+        impl: TaskImpl,
+        *,
+        shard: int | None = None,
+        keyspace: str = "",
+        table: str = "",
+        entity: str = "",
+        task_id: UUID | None = None,
+        start: bool = True,
+    ) -> TaskHandle:
+        """Creates (and by default starts) a child task of this one in the same module."""
+        manager = self._shard.manager
+        handle = await manager.create_task(
+            self._task.module,
+            impl,
+            shard=self._shard.index if shard is None else shard,
+            parent_id=self._task.id,
+            keyspace=keyspace,
+            table=table,
+            entity=entity,
+            task_id=task_id,
+        )
+        if start:
+            await handle.start()
+        return handle

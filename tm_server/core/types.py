@@ -1,0 +1,148 @@
+"""Plain data of the core: states, kinds, statuses, list entries and child identities."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from uuid import UUID
+
+from uuid6 import uuid7
+
+
+class TaskState(enum.Enum):
+    """A task's state, as ScyllaDB's ``task_state``."""
+
+    CREATED = "created"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    SUSPENDED = "suspended"
+
+    @property
+    def is_complete(self) -> bool:
+        """Done or failed."""
+        return self in (TaskState.DONE, TaskState.FAILED)
+
+    @property
+    def is_final(self) -> bool:
+        """A state a wait ends on: done, failed, or (virtual tasks only) suspended."""
+        return self in (TaskState.DONE, TaskState.FAILED, TaskState.SUSPENDED)
+
+
+class TaskKind(enum.Enum):
+    """Regular (``node``) or virtual (``cluster``)."""
+
+    NODE = "node"
+    CLUSTER = "cluster"
+
+
+@dataclass(frozen=True, slots=True)
+class TaskIdentity:
+    """A child task's id and the node that holds it."""
+
+    task_id: UUID
+    node: str
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """Completed and total units; children's progress adds up field by field."""
+
+    completed: float = 0.0
+    total: float = 0.0
+
+    def __add__(self, other: Progress) -> Progress:
+        return Progress(self.completed + other.completed, self.total + other.total)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskStatus:
+    """The full status of a task (ScyllaDB's ``task_status`` plus tm's extra fields).
+
+    Times are epoch seconds; ``None`` means unset (ScyllaDB prints the epoch).
+    """
+
+    id: UUID
+    type: str
+    kind: TaskKind
+    scope: str
+    state: TaskState
+    is_abortable: bool
+    creation_time: float | None
+    start_time: float | None
+    end_time: float | None
+    error: str
+    parent_id: UUID | None
+    sequence_number: int
+    shard: int
+    keyspace: str
+    table: str
+    entity: str
+    progress_units: str
+    progress: Progress
+    children: tuple[TaskIdentity, ...] = ()
+    module: str = ""
+    internal: bool = False
+    user_task: bool = False
+    abort_requested: bool = False
+    expire_time: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskStats:
+    """One entry of a module's task list (ScyllaDB's ``task_stats``)."""
+
+    task_id: UUID
+    state: TaskState
+    type: str
+    kind: TaskKind
+    scope: str
+    keyspace: str
+    table: str
+    entity: str
+    sequence_number: int
+    shard: int
+    creation_time: float | None
+    start_time: float | None
+    end_time: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class ListFilter:
+    """The filters of ``list_module_tasks``; empty keyspace or table means any."""
+
+    internal: bool = False
+    keyspace: str = ""
+    table: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class FoldedTask:
+    """What a parent keeps of a finished internal child (ScyllaDB's task "essentials").
+
+    ``failed_children`` keeps only the child's folded children that failed or
+    have failed descendants: successful subtrees are forgotten.
+    """
+
+    status: TaskStatus
+    failed_children: tuple[FoldedTask, ...] = field(default=())
+
+    @property
+    def has_failure(self) -> bool:
+        """Whether this subtree holds a failed task."""
+        return self.status.state is TaskState.FAILED or bool(self.failed_children)
+
+
+def new_task_id() -> UUID:
+    """Returns a new time-ordered (version 7) task id."""
+    return uuid7()
+
+
+def creation_time_of(task_id: UUID) -> float | None:
+    """Decodes the creation time of a time-based UUID (version 7 or 1), else ``None``."""
+    if task_id.version == 7:
+        return (task_id.int >> 80) / 1000.0
+    if task_id.version == 1:
+        # 100 ns intervals since 1582-10-15, the Gregorian reform.
+        return (task_id.time - 0x01B21DD213814000) / 1e7
+    return None
