@@ -1,1 +1,77 @@
-"""tm client."""
+"""tm_client: a typed Python client of the tm task manager service.
+
+Use ``TaskManagerClient`` (blocking) or ``AsyncTaskManagerClient`` (asyncio);
+failures raise ``TmError`` subclasses keyed by gRPC status code.
+"""
+
+from ._client import (
+    DEFAULT_TARGET,
+    AsyncTask,
+    AsyncTaskManagerClient,
+    Task,
+    TaskId,
+    TaskManagerClient,
+    TestServiceClient,
+)
+from ._errors import (
+    AbortedError,
+    AlreadyExistsError,
+    CancelledError,
+    DataLossError,
+    DeadlineExceededError,
+    FailedPreconditionError,
+    InternalError,
+    InvalidArgumentError,
+    NotFoundError,
+    OutOfRangeError,
+    PermissionDeniedError,
+    ResourceExhaustedError,
+    TaskNotAbortableError,
+    TaskNotFoundError,
+    TmError,
+    UnauthenticatedError,
+    UnavailableError,
+    UnimplementedError,
+    UnknownError,
+    UnknownModuleError,
+    WaitTimeoutError,
+    from_rpc_error,
+)
+from ._types import TaskIdentity, TaskKind, TaskState, TaskStats, TaskStatus
+
+__all__ = [
+    "DEFAULT_TARGET",
+    "AbortedError",
+    "AlreadyExistsError",
+    "AsyncTask",
+    "AsyncTaskManagerClient",
+    "CancelledError",
+    "DataLossError",
+    "DeadlineExceededError",
+    "FailedPreconditionError",
+    "InternalError",
+    "InvalidArgumentError",
+    "NotFoundError",
+    "OutOfRangeError",
+    "PermissionDeniedError",
+    "ResourceExhaustedError",
+    "Task",
+    "TaskId",
+    "TaskIdentity",
+    "TaskKind",
+    "TaskManagerClient",
+    "TaskNotAbortableError",
+    "TaskNotFoundError",
+    "TaskState",
+    "TaskStats",
+    "TaskStatus",
+    "TestServiceClient",
+    "TmError",
+    "UnauthenticatedError",
+    "UnavailableError",
+    "UnimplementedError",
+    "UnknownError",
+    "UnknownModuleError",
+    "WaitTimeoutError",
+    "from_rpc_error",
+]

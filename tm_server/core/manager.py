@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, replace
 from uuid import UUID
 
@@ -311,7 +311,7 @@ class TaskManager:
             raise TaskNotAbortableError(task_id)
         await group.abort(task_id, hint)
 
-    async def watch_task(self, task_id: UUID) -> AsyncIterator[TaskStatus]:
+    async def watch_task(self, task_id: UUID) -> AsyncGenerator[TaskStatus, None]:
         """Yields a task's status now and after each change; ends after a final state.
 
         Raises:
@@ -349,7 +349,7 @@ class TaskManager:
         assert last is not None  # watch_task yields at least once or raises
         return last
 
-    async def get_status_recursive(self, task_id: UUID) -> AsyncIterator[TaskStatus]:
+    async def get_status_recursive(self, task_id: UUID) -> AsyncGenerator[TaskStatus, None]:
         """Yields the task and all its descendants in ScyllaDB's BFS order.
 
         Within each parent, live children come first (in creation order), then

@@ -1,0 +1,478 @@
+"""Typed clients over the tm.v1 stubs: a sync one and an asyncio one with the same methods."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+from uuid import UUID
+
+import grpc
+from google.protobuf import duration_pb2
+
+from ._errors import from_rpc_error
+from ._types import TaskStats, TaskStatus
+from .pb import task_manager_pb2 as pb
+from .pb import task_manager_pb2_grpc as pb_grpc
+from .pb import task_manager_test_pb2 as test_pb
+from .pb import task_manager_test_pb2_grpc as test_pb_grpc
+
+TaskId = str | UUID
+DEFAULT_TARGET = "127.0.0.1:50051"
+
+
+def _duration(seconds: float | None) -> duration_pb2.Duration | None:
+    if seconds is None:
+        return None
+    duration = duration_pb2.Duration()
+    duration.FromNanoseconds(round(seconds * 1e9))
+    return duration
+
+
+def _list_request(
+    module: str, internal: bool, keyspace: str, table: str, page_size: int, page_token: str
+) -> pb.ListModuleTasksRequest:
+    return pb.ListModuleTasksRequest(
+        module=module,
+        internal=internal,
+        keyspace=keyspace,
+        table=table,
+        page_size=page_size,
+        page_token=page_token,
+    )
+
+
+def _page(response: pb.ListModuleTasksResponse) -> tuple[list[TaskStats], str]:
+    return [TaskStats.from_pb(t) for t in response.tasks], response.next_page_token
+
+
+class TaskManagerClient:
+    """A blocking client of TaskManagerService.
+
+    Every method raises a ``TmError`` subclass (keyed by status code) on
+    failure, never ``grpc.RpcError``. Unary calls use ``timeout`` seconds as
+    their deadline; streams run until they end.
+
+    Example:
+        >>> with TaskManagerClient("127.0.0.1:50051") as tm:
+        ...     status = tm.wait(task_id, timeout=60)
+    """
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        channel: grpc.Channel | None = None,
+        timeout: float | None = 30.0,
+    ) -> None:
+        self._channel = channel if channel is not None else grpc.insecure_channel(target)
+        self._stub = pb_grpc.TaskManagerServiceStub(self._channel)
+        self._timeout = timeout
+
+    def __enter__(self) -> TaskManagerClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Closes the channel."""
+        self._channel.close()
+
+    def _unary(self, method: Any, request: Any) -> Any:
+        try:
+            return method(request, timeout=self._timeout)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from exc
+
+    def _stream(self, method: Any, request: Any) -> Iterator[Any]:
+        call = method(request)
+        try:
+            yield from call
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from exc
+        finally:
+            call.cancel()  # a no-op once the stream ended; frees it if the caller stopped early
+
+    def task(self, task_id: TaskId) -> Task:
+        """Returns a handle on a task."""
+        return Task(self, UUID(str(task_id)))
+
+    def list_modules(self) -> list[str]:
+        """Returns the registered module names."""
+        return list(self._unary(self._stub.ListModules, pb.ListModulesRequest()).modules)
+
+    def list_tasks_page(
+        self,
+        module: str,
+        *,
+        internal: bool = False,
+        keyspace: str = "",
+        table: str = "",
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> tuple[list[TaskStats], str]:
+        """Returns one page of a module's tasks and the next page's token ("" at the end)."""
+        request = _list_request(module, internal, keyspace, table, page_size, page_token)
+        return _page(self._unary(self._stub.ListModuleTasks, request))
+
+    def list_tasks(
+        self,
+        module: str,
+        *,
+        internal: bool = False,
+        keyspace: str = "",
+        table: str = "",
+        page_size: int = 0,
+    ) -> Iterator[TaskStats]:
+        """Iterates over all of a module's tasks, fetching pages as needed."""
+        token = ""
+        while True:
+            entries, token = self.list_tasks_page(
+                module,
+                internal=internal,
+                keyspace=keyspace,
+                table=table,
+                page_size=page_size,
+                page_token=token,
+            )
+            yield from entries
+            if not token:
+                return
+
+    def get_status(self, task_id: TaskId) -> TaskStatus:
+        """Returns a task's status."""
+        request = pb.GetTaskStatusRequest(task_id=str(task_id))
+        return TaskStatus.from_pb(self._unary(self._stub.GetTaskStatus, request).status)
+
+    def abort(self, task_id: TaskId) -> None:
+        """Requests the abort of a task and its descendants."""
+        self._unary(self._stub.AbortTask, pb.AbortTaskRequest(task_id=str(task_id)))
+
+    def watch(self, task_id: TaskId, *, timeout: float | None = None) -> Iterator[TaskStatus]:
+        """Yields the task's status now and after every change, ending on its final state.
+
+        Raises:
+            WaitTimeoutError: ``timeout`` seconds passed first.
+        """
+        request = pb.WaitTaskRequest(task_id=str(task_id), timeout=_duration(timeout))
+        for response in self._stream(self._stub.WaitTask, request):
+            yield TaskStatus.from_pb(response.status)
+
+    def wait(self, task_id: TaskId, *, timeout: float | None = None) -> TaskStatus:
+        """Waits until the task finishes and returns its final status (failed is no error)."""
+        last: TaskStatus | None = None
+        for last in self.watch(task_id, timeout=timeout):  # noqa: B007
+            pass
+        assert last is not None
+        return last
+
+    def get_status_recursive(self, task_id: TaskId) -> list[TaskStatus]:
+        """Returns the task and its descendants in BFS order."""
+        request = pb.GetTaskStatusRecursiveRequest(task_id=str(task_id))
+        return [
+            TaskStatus.from_pb(r.status)
+            for r in self._stream(self._stub.GetTaskStatusRecursive, request)
+        ]
+
+    def get_ttl(self) -> int:
+        """Returns task_ttl in seconds."""
+        return int(self._unary(self._stub.GetTtl, pb.GetTtlRequest()).ttl_seconds)
+
+    def set_ttl(self, seconds: int) -> int:
+        """Sets task_ttl; returns the previous value."""
+        response = self._unary(self._stub.SetTtl, pb.SetTtlRequest(ttl_seconds=seconds))
+        return int(response.previous_ttl_seconds)
+
+    def get_user_ttl(self) -> int:
+        """Returns user_task_ttl in seconds."""
+        return int(self._unary(self._stub.GetUserTtl, pb.GetUserTtlRequest()).user_ttl_seconds)
+
+    def set_user_ttl(self, seconds: int) -> int:
+        """Sets user_task_ttl; returns the previous value."""
+        request = pb.SetUserTtlRequest(user_ttl_seconds=seconds)
+        return int(self._unary(self._stub.SetUserTtl, request).previous_user_ttl_seconds)
+
+    def drain(self, module: str) -> int:
+        """Unregisters the module's finished tasks; returns how many."""
+        request = pb.DrainModuleTasksRequest(module=module)
+        return int(self._unary(self._stub.DrainModuleTasks, request).drained_count)
+
+
+class Task:
+    """A handle on one task of a ``TaskManagerClient``."""
+
+    def __init__(self, client: TaskManagerClient, task_id: UUID) -> None:
+        self.client = client
+        self.id = task_id
+
+    def __repr__(self) -> str:
+        return f"Task({self.id})"
+
+    def status(self) -> TaskStatus:
+        """Returns the task's status."""
+        return self.client.get_status(self.id)
+
+    def abort(self) -> None:
+        """Requests the abort of the task and its descendants."""
+        self.client.abort(self.id)
+
+    def watch(self, *, timeout: float | None = None) -> Iterator[TaskStatus]:
+        """Yields status updates until the task finishes."""
+        return self.client.watch(self.id, timeout=timeout)
+
+    def wait(self, *, timeout: float | None = None) -> TaskStatus:
+        """Waits for the final status."""
+        return self.client.wait(self.id, timeout=timeout)
+
+    def tree(self) -> list[TaskStatus]:
+        """Returns the task and its descendants in BFS order."""
+        return self.client.get_status_recursive(self.id)
+
+
+class AsyncTaskManagerClient:
+    """The asyncio twin of ``TaskManagerClient``: the same methods, awaited."""
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        channel: grpc.aio.Channel | None = None,
+        timeout: float | None = 30.0,
+    ) -> None:
+        self._channel = channel if channel is not None else grpc.aio.insecure_channel(target)
+        self._stub = pb_grpc.TaskManagerServiceStub(self._channel)
+        self._timeout = timeout
+
+    async def __aenter__(self) -> AsyncTaskManagerClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Closes the channel."""
+        await self._channel.close(None)
+
+    async def _unary(self, method: Any, request: Any) -> Any:
+        try:
+            return await method(request, timeout=self._timeout)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from exc
+
+    async def _stream(self, method: Any, request: Any) -> AsyncIterator[Any]:
+        call = method(request)
+        try:
+            async for response in call:
+                yield response
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from exc
+        finally:
+            call.cancel()
+
+    def task(self, task_id: TaskId) -> AsyncTask:
+        """Returns a handle on a task."""
+        return AsyncTask(self, UUID(str(task_id)))
+
+    async def list_modules(self) -> list[str]:
+        """Returns the registered module names."""
+        return list((await self._unary(self._stub.ListModules, pb.ListModulesRequest())).modules)
+
+    async def list_tasks_page(
+        self,
+        module: str,
+        *,
+        internal: bool = False,
+        keyspace: str = "",
+        table: str = "",
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> tuple[list[TaskStats], str]:
+        """Returns one page of a module's tasks and the next page's token ("" at the end)."""
+        request = _list_request(module, internal, keyspace, table, page_size, page_token)
+        return _page(await self._unary(self._stub.ListModuleTasks, request))
+
+    async def list_tasks(
+        self,
+        module: str,
+        *,
+        internal: bool = False,
+        keyspace: str = "",
+        table: str = "",
+        page_size: int = 0,
+    ) -> AsyncIterator[TaskStats]:
+        """Iterates over all of a module's tasks, fetching pages as needed."""
+        token = ""
+        while True:
+            entries, token = await self.list_tasks_page(
+                module,
+                internal=internal,
+                keyspace=keyspace,
+                table=table,
+                page_size=page_size,
+                page_token=token,
+            )
+            for entry in entries:
+                yield entry
+            if not token:
+                return
+
+    async def get_status(self, task_id: TaskId) -> TaskStatus:
+        """Returns a task's status."""
+        request = pb.GetTaskStatusRequest(task_id=str(task_id))
+        return TaskStatus.from_pb((await self._unary(self._stub.GetTaskStatus, request)).status)
+
+    async def abort(self, task_id: TaskId) -> None:
+        """Requests the abort of a task and its descendants."""
+        await self._unary(self._stub.AbortTask, pb.AbortTaskRequest(task_id=str(task_id)))
+
+    async def watch(
+        self, task_id: TaskId, *, timeout: float | None = None
+    ) -> AsyncIterator[TaskStatus]:
+        """Yields the task's status now and after every change, ending on its final state."""
+        request = pb.WaitTaskRequest(task_id=str(task_id), timeout=_duration(timeout))
+        async for response in self._stream(self._stub.WaitTask, request):
+            yield TaskStatus.from_pb(response.status)
+
+    async def wait(self, task_id: TaskId, *, timeout: float | None = None) -> TaskStatus:
+        """Waits until the task finishes and returns its final status."""
+        last: TaskStatus | None = None
+        async for last in self.watch(task_id, timeout=timeout):  # noqa: B007
+            pass
+        assert last is not None
+        return last
+
+    async def get_status_recursive(self, task_id: TaskId) -> list[TaskStatus]:
+        """Returns the task and its descendants in BFS order."""
+        request = pb.GetTaskStatusRecursiveRequest(task_id=str(task_id))
+        return [
+            TaskStatus.from_pb(r.status)
+            async for r in self._stream(self._stub.GetTaskStatusRecursive, request)
+        ]
+
+    async def get_ttl(self) -> int:
+        """Returns task_ttl in seconds."""
+        return int((await self._unary(self._stub.GetTtl, pb.GetTtlRequest())).ttl_seconds)
+
+    async def set_ttl(self, seconds: int) -> int:
+        """Sets task_ttl; returns the previous value."""
+        response = await self._unary(self._stub.SetTtl, pb.SetTtlRequest(ttl_seconds=seconds))
+        return int(response.previous_ttl_seconds)
+
+    async def get_user_ttl(self) -> int:
+        """Returns user_task_ttl in seconds."""
+        response = await self._unary(self._stub.GetUserTtl, pb.GetUserTtlRequest())
+        return int(response.user_ttl_seconds)
+
+    async def set_user_ttl(self, seconds: int) -> int:
+        """Sets user_task_ttl; returns the previous value."""
+        request = pb.SetUserTtlRequest(user_ttl_seconds=seconds)
+        return int((await self._unary(self._stub.SetUserTtl, request)).previous_user_ttl_seconds)
+
+    async def drain(self, module: str) -> int:
+        """Unregisters the module's finished tasks; returns how many."""
+        request = pb.DrainModuleTasksRequest(module=module)
+        return int((await self._unary(self._stub.DrainModuleTasks, request)).drained_count)
+
+
+class AsyncTask:
+    """A handle on one task of an ``AsyncTaskManagerClient``."""
+
+    def __init__(self, client: AsyncTaskManagerClient, task_id: UUID) -> None:
+        self.client = client
+        self.id = task_id
+
+    def __repr__(self) -> str:
+        return f"AsyncTask({self.id})"
+
+    async def status(self) -> TaskStatus:
+        """Returns the task's status."""
+        return await self.client.get_status(self.id)
+
+    async def abort(self) -> None:
+        """Requests the abort of the task and its descendants."""
+        await self.client.abort(self.id)
+
+    def watch(self, *, timeout: float | None = None) -> AsyncIterator[TaskStatus]:
+        """Yields status updates until the task finishes."""
+        return self.client.watch(self.id, timeout=timeout)
+
+    async def wait(self, *, timeout: float | None = None) -> TaskStatus:
+        """Waits for the final status."""
+        return await self.client.wait(self.id, timeout=timeout)
+
+    async def tree(self) -> list[TaskStatus]:
+        """Returns the task and its descendants in BFS order."""
+        return await self.client.get_status_recursive(self.id)
+
+
+class TestServiceClient:
+    """A blocking client of TaskManagerTestService (servers started with the test service)."""
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        channel: grpc.Channel | None = None,
+        timeout: float | None = 30.0,
+    ) -> None:
+        self._channel = channel if channel is not None else grpc.insecure_channel(target)
+        self._stub = test_pb_grpc.TaskManagerTestServiceStub(self._channel)
+        self._timeout = timeout
+
+    def __enter__(self) -> TestServiceClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Closes the channel."""
+        self._channel.close()
+
+    def _unary(self, method: Any, request: Any) -> Any:
+        try:
+            return method(request, timeout=self._timeout)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from exc
+
+    def register_module(self) -> None:
+        """Registers module "test"."""
+        self._unary(self._stub.RegisterTestModule, test_pb.RegisterTestModuleRequest())
+
+    def unregister_module(self) -> None:
+        """Stops module "test"."""
+        self._unary(self._stub.UnregisterTestModule, test_pb.UnregisterTestModuleRequest())
+
+    def create_task(
+        self,
+        *,
+        task_id: TaskId | None = None,
+        shard: int | None = None,
+        parent_id: TaskId | None = None,
+        keyspace: str = "",
+        table: str = "",
+        entity: str = "",
+        user_task: bool = False,
+    ) -> UUID:
+        """Creates and starts a test task; returns its id."""
+        request = test_pb.CreateTestTaskRequest(
+            task_id="" if task_id is None else str(task_id),
+            shard=shard,
+            parent_id="" if parent_id is None else str(parent_id),
+            keyspace=keyspace,
+            table=table,
+            entity=entity,
+            user_task=user_task,
+        )
+        return UUID(self._unary(self._stub.CreateTestTask, request).task_id)
+
+    def finish_task(self, task_id: TaskId, error: str | None = None) -> None:
+        """Finishes a test task, failed with ``error`` if given."""
+        request = test_pb.FinishTestTaskRequest(task_id=str(task_id), error=error)
+        self._unary(self._stub.FinishTestTask, request)
+
+    def delete_task(self, task_id: TaskId) -> None:
+        """Finishes a running test task and unregisters it."""
+        self._unary(self._stub.DeleteTestTask, test_pb.DeleteTestTaskRequest(task_id=str(task_id)))

@@ -1,0 +1,213 @@
+"""Typed client exceptions, keyed by gRPC status code (and by ErrorInfo reason where finer)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+
+class TmError(Exception):
+    """An error from a tm server (or from reaching it).
+
+    Attributes:
+        code: the gRPC status code.
+        message: the server's message, meant for people.
+        reason: the machine-readable ErrorInfo reason ("" if none was sent).
+        metadata: the ErrorInfo metadata (e.g. ``task_id``, ``field``).
+    """
+
+    code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: grpc.StatusCode | None = None,
+        reason: str = "",
+        metadata: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+        self.message = message
+        self.reason = reason
+        self.metadata = dict(metadata or {})
+
+    def __str__(self) -> str:
+        return f"{self.code.name}: {self.message}"
+
+
+class CancelledError(TmError):
+    """The call was cancelled."""
+
+    code = grpc.StatusCode.CANCELLED
+
+
+class UnknownError(TmError):
+    """The server answered UNKNOWN (tm itself never does)."""
+
+    code = grpc.StatusCode.UNKNOWN
+
+
+class InvalidArgumentError(TmError):
+    """A request field is bad; ``metadata["field"]`` names it."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+    @property
+    def field(self) -> str:
+        """The name of the bad field."""
+        return self.metadata.get("field", "")
+
+
+class DeadlineExceededError(TmError):
+    """The deadline (or a wait's timeout) passed."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class NotFoundError(TmError):
+    """An unknown task or module."""
+
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class AlreadyExistsError(TmError):
+    """A task with that id exists already."""
+
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class PermissionDeniedError(TmError):
+    """The caller may not do this."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class ResourceExhaustedError(TmError):
+    """A limit was reached."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class FailedPreconditionError(TmError):
+    """Not allowed in the current state (e.g. aborting a task that is not abortable)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class AbortedError(TmError):
+    """The operation was aborted (concurrency conflict)."""
+
+    code = grpc.StatusCode.ABORTED
+
+
+class OutOfRangeError(TmError):
+    """A value is out of range."""
+
+    code = grpc.StatusCode.OUT_OF_RANGE
+
+
+class UnimplementedError(TmError):
+    """The server does not serve this RPC (e.g. the test service is off)."""
+
+    code = grpc.StatusCode.UNIMPLEMENTED
+
+
+class InternalError(TmError):
+    """The server hit an unexpected error; its log has the details."""
+
+    code = grpc.StatusCode.INTERNAL
+
+
+class UnavailableError(TmError):
+    """The server cannot be reached, or is shutting down."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class DataLossError(TmError):
+    """Unrecoverable data loss."""
+
+    code = grpc.StatusCode.DATA_LOSS
+
+
+class UnauthenticatedError(TmError):
+    """The caller is not authenticated."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class TaskNotFoundError(NotFoundError):
+    """No task with that id (reason TASK_NOT_FOUND)."""
+
+
+class UnknownModuleError(NotFoundError):
+    """No module with that name (reason MODULE_NOT_FOUND)."""
+
+
+class TaskNotAbortableError(FailedPreconditionError):
+    """The task is not abortable (reason TASK_NOT_ABORTABLE)."""
+
+
+class WaitTimeoutError(DeadlineExceededError):
+    """The task did not finish within the wait's timeout (reason WAIT_TIMEOUT)."""
+
+
+_BY_CODE: dict[grpc.StatusCode, type[TmError]] = {
+    cls.code: cls
+    for cls in (
+        CancelledError,
+        UnknownError,
+        InvalidArgumentError,
+        DeadlineExceededError,
+        NotFoundError,
+        AlreadyExistsError,
+        PermissionDeniedError,
+        ResourceExhaustedError,
+        FailedPreconditionError,
+        AbortedError,
+        OutOfRangeError,
+        UnimplementedError,
+        InternalError,
+        UnavailableError,
+        DataLossError,
+        UnauthenticatedError,
+    )
+}
+
+_BY_REASON: dict[str, type[TmError]] = {
+    "TASK_NOT_FOUND": TaskNotFoundError,
+    "MODULE_NOT_FOUND": UnknownModuleError,
+    "TASK_NOT_ABORTABLE": TaskNotAbortableError,
+    "WAIT_TIMEOUT": WaitTimeoutError,
+}
+
+
+def _error_info(error: Any) -> tuple[str, dict[str, str]]:
+    try:
+        status = rpc_status.from_call(error)
+    except (ValueError, AttributeError):
+        return "", {}
+    if status is None:
+        return "", {}
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return str(info.reason), dict(info.metadata)
+    return "", {}
+
+
+def from_rpc_error(error: grpc.RpcError) -> TmError:
+    """Returns the typed exception for a failed call (raise it ``from`` the original)."""
+    code: grpc.StatusCode = error.code()
+    message = str(error.details() or code.name)
+    reason, metadata = _error_info(error)
+    cls = _BY_REASON.get(reason)
+    if cls is None or cls.code != code:
+        cls = _BY_CODE.get(code, TmError)
+    return cls(message, code=code, reason=reason, metadata=metadata)

@@ -1,0 +1,156 @@
+"""The client's view of tasks: enums and frozen dataclasses decoded from the wire."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from uuid import UUID
+
+from google.protobuf import timestamp_pb2
+
+from .pb import task_manager_pb2 as pb
+
+
+class TaskState(enum.Enum):
+    """A task's state."""
+
+    CREATED = "created"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    SUSPENDED = "suspended"
+
+    @property
+    def is_final(self) -> bool:
+        """Whether a wait ends on this state (done, failed or suspended)."""
+        return self in (TaskState.DONE, TaskState.FAILED, TaskState.SUSPENDED)
+
+
+class TaskKind(enum.Enum):
+    """Regular (node) or virtual (cluster)."""
+
+    NODE = "node"
+    CLUSTER = "cluster"
+
+
+_STATES = {
+    pb.TASK_STATE_CREATED: TaskState.CREATED,
+    pb.TASK_STATE_RUNNING: TaskState.RUNNING,
+    pb.TASK_STATE_DONE: TaskState.DONE,
+    pb.TASK_STATE_FAILED: TaskState.FAILED,
+    pb.TASK_STATE_SUSPENDED: TaskState.SUSPENDED,
+}
+_KINDS = {pb.TASK_KIND_NODE: TaskKind.NODE, pb.TASK_KIND_CLUSTER: TaskKind.CLUSTER}
+
+
+def _time(msg: timestamp_pb2.Timestamp, present: bool) -> datetime | None:
+    return msg.ToDatetime(tzinfo=UTC) if present else None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskIdentity:
+    """A child's id and the node that holds it."""
+
+    task_id: UUID
+    node: str
+
+
+@dataclass(frozen=True, slots=True)
+class TaskStatus:
+    """A task's full status. Unset times are ``None``; a root's ``parent_id`` is ``None``."""
+
+    id: UUID
+    type: str
+    kind: TaskKind
+    scope: str
+    state: TaskState
+    is_abortable: bool
+    creation_time: datetime | None
+    start_time: datetime | None
+    end_time: datetime | None
+    error: str
+    parent_id: UUID | None
+    sequence_number: int
+    shard: int
+    keyspace: str
+    table: str
+    entity: str
+    progress_units: str
+    progress_total: float
+    progress_completed: float
+    children: tuple[TaskIdentity, ...]
+    module: str
+    internal: bool
+    user_task: bool
+    abort_requested: bool
+    expire_time: datetime | None
+
+    @classmethod
+    def from_pb(cls, msg: pb.TaskStatus) -> TaskStatus:
+        """Decodes a wire status."""
+        return cls(
+            id=UUID(msg.id),
+            type=msg.type,
+            kind=_KINDS[msg.kind],
+            scope=msg.scope,
+            state=_STATES[msg.state],
+            is_abortable=msg.is_abortable,
+            creation_time=_time(msg.creation_time, msg.HasField("creation_time")),
+            start_time=_time(msg.start_time, msg.HasField("start_time")),
+            end_time=_time(msg.end_time, msg.HasField("end_time")),
+            error=msg.error,
+            parent_id=UUID(msg.parent_id) if msg.parent_id else None,
+            sequence_number=msg.sequence_number,
+            shard=msg.shard,
+            keyspace=msg.keyspace,
+            table=msg.table,
+            entity=msg.entity,
+            progress_units=msg.progress_units,
+            progress_total=msg.progress_total,
+            progress_completed=msg.progress_completed,
+            children=tuple(TaskIdentity(UUID(c.task_id), c.node) for c in msg.children_ids),
+            module=msg.module,
+            internal=msg.internal,
+            user_task=msg.user_task,
+            abort_requested=msg.abort_requested,
+            expire_time=_time(msg.expire_time, msg.HasField("expire_time")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TaskStats:
+    """One entry of a module's task list."""
+
+    task_id: UUID
+    state: TaskState
+    type: str
+    kind: TaskKind
+    scope: str
+    keyspace: str
+    table: str
+    entity: str
+    sequence_number: int
+    shard: int
+    creation_time: datetime | None
+    start_time: datetime | None
+    end_time: datetime | None
+
+    @classmethod
+    def from_pb(cls, msg: pb.TaskStats) -> TaskStats:
+        """Decodes a wire list entry."""
+        return cls(
+            task_id=UUID(msg.task_id),
+            state=_STATES[msg.state],
+            type=msg.type,
+            kind=_KINDS[msg.kind],
+            scope=msg.scope,
+            keyspace=msg.keyspace,
+            table=msg.table,
+            entity=msg.entity,
+            sequence_number=msg.sequence_number,
+            shard=msg.shard,
+            creation_time=_time(msg.creation_time, msg.HasField("creation_time")),
+            start_time=_time(msg.start_time, msg.HasField("start_time")),
+            end_time=_time(msg.end_time, msg.HasField("end_time")),
+        )

@@ -1,0 +1,93 @@
+"""The ``tm-server`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import socket
+import sys
+
+from .server import ServerConfig, serve
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {value}")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {value}")
+    return value
+
+
+def parse_args(argv: list[str] | None = None) -> ServerConfig:
+    """Parses the server flags into a config."""
+    parser = argparse.ArgumentParser(
+        prog="tm-server", description="tm: a task manager service with ScyllaDB's task semantics"
+    )
+    parser.add_argument(
+        "--address", default="127.0.0.1:50051", help="host:port to listen on (port 0 picks one)"
+    )
+    parser.add_argument(
+        "--node",
+        default=socket.gethostname(),
+        help="this node's advertised name, reported as the node of task children",
+    )
+    parser.add_argument(
+        "--shards",
+        type=_positive,
+        default=os.cpu_count() or 1,
+        help="number of registry shards (default: the CPU count)",
+    )
+    parser.add_argument(
+        "--task-ttl-in-seconds",
+        type=_non_negative,
+        default=0,
+        help="how long finished root tasks are kept (default 0)",
+    )
+    parser.add_argument(
+        "--user-task-ttl-in-seconds",
+        type=_non_negative,
+        default=3600,
+        help="how long finished user tasks are kept (default 3600)",
+    )
+    parser.add_argument(
+        "--enable-test-service",
+        action="store_true",
+        help="serve TaskManagerTestService (the 'test' module), for testing only",
+    )
+    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    return ServerConfig(
+        address=args.address,
+        node=args.node,
+        shards=args.shards,
+        task_ttl=args.task_ttl_in_seconds,
+        user_task_ttl=args.user_task_ttl_in_seconds,
+        enable_test_service=args.enable_test_service,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Runs the server until SIGTERM or SIGINT; exits 0 after a clean shutdown."""
+    config = parse_args(argv)
+    try:
+        asyncio.run(serve(config))
+    except OSError as exc:
+        logging.getLogger("tm_server").error("%s", exc)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""Builds and runs the gRPC server: the services, reflection, health and graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import _async as health_aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from tm_client.pb import (
+    task_manager_pb2,
+    task_manager_pb2_grpc,
+    task_manager_test_pb2,
+    task_manager_test_pb2_grpc,
+)
+from tm_server.core import Clock, TaskManager
+from tm_server.core.test_module import register_test_module
+
+from .service.servicer import Lifecycle, TaskManagerServicer
+from .service.test_servicer import TaskManagerTestServicer
+
+log = logging.getLogger(__name__)
+
+TASK_MANAGER_SERVICE = task_manager_pb2.DESCRIPTOR.services_by_name["TaskManagerService"].full_name
+TEST_SERVICE = task_manager_test_pb2.DESCRIPTOR.services_by_name["TaskManagerTestService"].full_name
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything the server flags set."""
+
+    address: str = "127.0.0.1:50051"
+    node: str = "localhost"
+    shards: int = 1
+    task_ttl: int = 0
+    user_task_ttl: int = 3600
+    enable_test_service: bool = False
+    grace_seconds: float = 5.0
+
+
+class TmServer:
+    """A running tm server: the task manager and the gRPC server in front of it."""
+
+    def __init__(self, config: ServerConfig, clock: Clock | None = None) -> None:
+        self.config = config
+        self.manager = TaskManager(
+            shards=config.shards,
+            node=config.node,
+            clock=clock,
+            task_ttl=config.task_ttl,
+            user_task_ttl=config.user_task_ttl,
+        )
+        self.lifecycle = Lifecycle()
+        self.health = health_aio.HealthServicer()
+        self.server = grpc.aio.server()
+        self.port = 0
+        self._stopped = asyncio.Event()
+
+    async def start(self) -> int:
+        """Registers the services, binds the address and starts serving; returns the port."""
+        services = [TASK_MANAGER_SERVICE]
+        task_manager_pb2_grpc.add_TaskManagerServiceServicer_to_server(
+            TaskManagerServicer(self.manager, self.lifecycle), self.server
+        )
+        if self.config.enable_test_service:
+            task_manager_test_pb2_grpc.add_TaskManagerTestServiceServicer_to_server(
+                TaskManagerTestServicer(self.manager), self.server
+            )
+            services.append(TEST_SERVICE)
+            await register_test_module(self.manager)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        services.append(health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
+        services.append(reflection.SERVICE_NAME)
+        reflection.enable_server_reflection(services, self.server)
+        self.port = self.server.add_insecure_port(self.config.address)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {self.config.address}")
+        await self.server.start()
+        for name in ("", TASK_MANAGER_SERVICE):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        return self.port
+
+    async def stop(self) -> None:
+        """Stops accepting calls, ends open streams cleanly, then stops the task manager."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        await self.health.enter_graceful_shutdown()
+        self.lifecycle.shutting_down.set()
+        await self.server.stop(self.config.grace_seconds)
+        await self.manager.close()
+
+
+async def serve(config: ServerConfig) -> None:
+    """Runs a server until SIGTERM or SIGINT, then shuts it down gracefully."""
+    server = TmServer(config)
+    port = await server.start()
+    host = config.address.rsplit(":", 1)[0]
+    log.info(
+        "tm-server listening on %s:%d (node %s, %d shards%s)",
+        host,
+        port,
+        config.node,
+        config.shards,
+        ", test service on" if config.enable_test_service else "",
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await server.stop()
+    log.info("stopped")

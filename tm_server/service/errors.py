@@ -1,0 +1,80 @@
+"""The one table from domain errors to gRPC status codes, with google.rpc details."""
+
+from __future__ import annotations
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from tm_server.core import (
+    InvalidArgumentError,
+    InvalidStateError,
+    TaskAlreadyExistsError,
+    TaskManagerError,
+    TaskNotAbortableError,
+    TaskNotFoundError,
+    UnknownModuleError,
+)
+
+#: The domain of every ErrorInfo this server sends.
+ERROR_DOMAIN = "tm"
+
+_CODES: dict[type[TaskManagerError], grpc.StatusCode] = {
+    TaskNotFoundError: grpc.StatusCode.NOT_FOUND,
+    UnknownModuleError: grpc.StatusCode.NOT_FOUND,
+    InvalidArgumentError: grpc.StatusCode.INVALID_ARGUMENT,
+    TaskNotAbortableError: grpc.StatusCode.FAILED_PRECONDITION,
+    InvalidStateError: grpc.StatusCode.FAILED_PRECONDITION,
+    TaskAlreadyExistsError: grpc.StatusCode.ALREADY_EXISTS,
+}
+
+
+def code_for(exc: TaskManagerError) -> grpc.StatusCode:
+    """Returns the status code of a domain error (INTERNAL for one missing from the table)."""
+    for cls in type(exc).__mro__:
+        code = _CODES.get(cls)
+        if code is not None:
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def _pack(message: error_details_pb2.ErrorInfo | error_details_pb2.BadRequest) -> any_pb2.Any:
+    detail = any_pb2.Any()
+    detail.Pack(message)
+    return detail
+
+
+def make_status(
+    code: grpc.StatusCode,
+    message: str,
+    reason: str,
+    metadata: dict[str, str] | None = None,
+    field_violation: tuple[str, str] | None = None,
+) -> grpc.Status:
+    """Builds a status carrying a google.rpc.Status with an ErrorInfo (and BadRequest)."""
+    details = [
+        _pack(error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=metadata))
+    ]
+    if field_violation is not None:
+        field, description = field_violation
+        violation = error_details_pb2.BadRequest.FieldViolation(
+            field=field, description=description
+        )
+        details.append(_pack(error_details_pb2.BadRequest(field_violations=[violation])))
+    proto = status_pb2.Status(code=getattr(code_pb2, code.name), message=message, details=details)
+    return rpc_status.to_status(proto)
+
+
+def status_for(exc: TaskManagerError) -> grpc.Status:
+    """Maps a domain error to its gRPC status with machine-readable details."""
+    metadata: dict[str, str] = {}
+    violation: tuple[str, str] | None = None
+    if isinstance(exc, TaskNotFoundError | TaskNotAbortableError | TaskAlreadyExistsError):
+        metadata["task_id"] = str(exc.task_id)
+    if isinstance(exc, UnknownModuleError):
+        metadata["module"] = exc.module
+    if isinstance(exc, InvalidArgumentError):
+        metadata["field"] = exc.field
+        violation = (exc.field, exc.description)
+    return make_status(code_for(exc), str(exc), exc.reason, metadata, violation)

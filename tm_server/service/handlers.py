@@ -1,0 +1,84 @@
+"""Wrappers that turn every error of a handler into a proper gRPC status, never UNKNOWN."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Concatenate, NoReturn, TypeVar, cast
+
+import grpc
+
+from tm_server.core import TaskManagerError
+
+from .errors import make_status, status_for
+
+log = logging.getLogger(__name__)
+
+S = TypeVar("S")
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+async def abort_with(context: Context, status: grpc.Status) -> NoReturn:
+    """Ends the call with ``status`` (its google.rpc details included); raises AbortError."""
+    # The grpc type stubs predate abort_with_status on the asyncio context.
+    await cast(Any, context).abort_with_status(status)
+    raise AssertionError("unreachable: abort_with_status raises")
+
+
+async def abort_unexpected(context: Context, method: str, exc: BaseException) -> NoReturn:
+    """Logs an unexpected error with its traceback and ends the call with a safe INTERNAL."""
+    incident = uuid.uuid4().hex[:12]
+    log.error("unexpected error in %s (incident %s)", method, incident, exc_info=exc)
+    await abort_with(
+        context,
+        make_status(
+            grpc.StatusCode.INTERNAL,
+            f"internal error; the server log has the details (incident {incident})",
+            "INTERNAL",
+            {"incident": incident},
+        ),
+    )
+
+
+def unary(
+    fn: Callable[Concatenate[S, Req, Context, ...], Awaitable[Resp]],
+) -> Callable[[S, Req, Context], Awaitable[Resp]]:
+    """Wraps a unary handler: domain errors get their status, anything else INTERNAL."""
+
+    @functools.wraps(fn)
+    async def wrapper(self: S, request: Req, context: Context) -> Resp:
+        try:
+            return await fn(self, request, context)
+        except TaskManagerError as exc:
+            await abort_with(context, status_for(exc))
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception as exc:
+            await abort_unexpected(context, fn.__name__, exc)
+
+    return wrapper
+
+
+def streaming(
+    fn: Callable[Concatenate[S, Req, Context, ...], AsyncIterator[Resp]],
+) -> Callable[[S, Req, Context], AsyncIterator[Resp]]:
+    """Wraps a server-streaming handler the same way as ``unary``."""
+
+    @functools.wraps(fn)
+    async def wrapper(self: S, request: Req, context: Context) -> AsyncIterator[Resp]:
+        try:
+            async for item in fn(self, request, context):
+                yield item
+        except TaskManagerError as exc:
+            await abort_with(context, status_for(exc))
+        except (asyncio.CancelledError, grpc.aio.AbortError, GeneratorExit):
+            raise
+        except Exception as exc:
+            await abort_unexpected(context, fn.__name__, exc)
+
+    return wrapper

@@ -1,0 +1,174 @@
+"""TaskManagerService: decodes requests, calls the core, encodes replies."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import grpc
+
+from tm_client.pb import task_manager_pb2 as pb
+from tm_client.pb import task_manager_pb2_grpc as pb_grpc
+from tm_server.core import MAX_NAME_LENGTH, ListFilter, TaskManager, TaskStatus
+from tm_server.core.manager import check_length, check_name
+
+from .convert import duration_seconds, require_uuid, stats_to_pb, status_to_pb
+from .errors import make_status
+from .handlers import Context, abort_with, streaming, unary
+
+
+class Lifecycle:
+    """Server-wide state the streams watch: set ``shutting_down`` to end them cleanly."""
+
+    def __init__(self) -> None:
+        self.shutting_down = asyncio.Event()
+
+
+class TaskManagerServicer(pb_grpc.TaskManagerServiceServicer):
+    """The public API, one RPC per ScyllaDB /task_manager endpoint."""
+
+    def __init__(self, manager: TaskManager, lifecycle: Lifecycle) -> None:
+        self._tm = manager
+        self._lifecycle = lifecycle
+
+    @unary
+    async def ListModules(
+        self, request: pb.ListModulesRequest, context: Context
+    ) -> pb.ListModulesResponse:
+        """Lists module names."""
+        return pb.ListModulesResponse(modules=await self._tm.list_modules())
+
+    @unary
+    async def ListModuleTasks(
+        self, request: pb.ListModuleTasksRequest, context: Context
+    ) -> pb.ListModuleTasksResponse:
+        """Lists one page of a module's tasks."""
+        flt = ListFilter(
+            internal=request.internal,
+            keyspace=check_length("keyspace", request.keyspace, MAX_NAME_LENGTH),
+            table=check_length("table", request.table, MAX_NAME_LENGTH),
+        )
+        entries, token = await self._tm.list_module_tasks(
+            check_name("module", request.module),
+            flt,
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return pb.ListModuleTasksResponse(
+            tasks=[stats_to_pb(e) for e in entries], next_page_token=token
+        )
+
+    @unary
+    async def GetTaskStatus(
+        self, request: pb.GetTaskStatusRequest, context: Context
+    ) -> pb.GetTaskStatusResponse:
+        """Returns a task's status."""
+        status = await self._tm.get_status(require_uuid("task_id", request.task_id))
+        return pb.GetTaskStatusResponse(status=status_to_pb(status))
+
+    @unary
+    async def AbortTask(
+        self, request: pb.AbortTaskRequest, context: Context
+    ) -> pb.AbortTaskResponse:
+        """Requests the abort of a task and its descendants."""
+        await self._tm.abort_task(require_uuid("task_id", request.task_id))
+        return pb.AbortTaskResponse()
+
+    @streaming
+    async def WaitTask(
+        self, request: pb.WaitTaskRequest, context: Context
+    ) -> AsyncIterator[pb.WaitTaskResponse]:
+        """Streams status updates until the task finishes, times out or the server stops."""
+        task_id = require_uuid("task_id", request.task_id)
+        timeout = duration_seconds("timeout", request.timeout) if request.HasField("timeout") else 0
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout if timeout > 0 else None
+        updates = self._tm.watch_task(task_id)
+        stopping = asyncio.ensure_future(self._lifecycle.shutting_down.wait())
+        step: asyncio.Future[TaskStatus] | None = None
+        try:
+            while True:
+                step = asyncio.ensure_future(anext(updates))
+                remaining = None if deadline is None else max(0.0, deadline - loop.time())
+                done, _ = await asyncio.wait(
+                    [step, stopping], timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+                )
+                if step in done:
+                    try:
+                        status = step.result()
+                    except StopAsyncIteration:
+                        return
+                    step = None
+                    yield pb.WaitTaskResponse(status=status_to_pb(status))
+                    continue
+                if stopping in done:
+                    await abort_with(
+                        context,
+                        make_status(
+                            grpc.StatusCode.UNAVAILABLE,
+                            "the server is shutting down; wait again on a running server",
+                            "SHUTTING_DOWN",
+                        ),
+                    )
+                await abort_with(
+                    context,
+                    make_status(
+                        grpc.StatusCode.DEADLINE_EXCEEDED,
+                        f"task with id {task_id} did not finish within {timeout:g}s",
+                        "WAIT_TIMEOUT",
+                        {"task_id": str(task_id)},
+                    ),
+                )
+        finally:
+            # Whatever ended the stream (the client went away included), release
+            # the watch so nothing stays parked on the task.
+            stopping.cancel()
+            if step is not None and not step.done():
+                step.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                    await step
+            await updates.aclose()
+
+    @streaming
+    async def GetTaskStatusRecursive(
+        self, request: pb.GetTaskStatusRecursiveRequest, context: Context
+    ) -> AsyncIterator[pb.GetTaskStatusRecursiveResponse]:
+        """Streams the task and its descendants in BFS order."""
+        task_id = require_uuid("task_id", request.task_id)
+        async for status in self._tm.get_status_recursive(task_id):
+            yield pb.GetTaskStatusRecursiveResponse(status=status_to_pb(status))
+
+    @unary
+    async def GetTtl(self, request: pb.GetTtlRequest, context: Context) -> pb.GetTtlResponse:
+        """Returns task_ttl."""
+        return pb.GetTtlResponse(ttl_seconds=self._tm.task_ttl)
+
+    @unary
+    async def SetTtl(self, request: pb.SetTtlRequest, context: Context) -> pb.SetTtlResponse:
+        """Sets task_ttl; returns the previous value."""
+        previous = await self._tm.set_task_ttl(request.ttl_seconds)
+        return pb.SetTtlResponse(previous_ttl_seconds=previous)
+
+    @unary
+    async def GetUserTtl(
+        self, request: pb.GetUserTtlRequest, context: Context
+    ) -> pb.GetUserTtlResponse:
+        """Returns user_task_ttl."""
+        return pb.GetUserTtlResponse(user_ttl_seconds=self._tm.user_task_ttl)
+
+    @unary
+    async def SetUserTtl(
+        self, request: pb.SetUserTtlRequest, context: Context
+    ) -> pb.SetUserTtlResponse:
+        """Sets user_task_ttl; returns the previous value."""
+        previous = await self._tm.set_user_task_ttl(request.user_ttl_seconds)
+        return pb.SetUserTtlResponse(previous_user_ttl_seconds=previous)
+
+    @unary
+    async def DrainModuleTasks(
+        self, request: pb.DrainModuleTasksRequest, context: Context
+    ) -> pb.DrainModuleTasksResponse:
+        """Unregisters a module's finished tasks."""
+        count = await self._tm.drain(check_name("module", request.module))
+        return pb.DrainModuleTasksResponse(drained_count=count)
