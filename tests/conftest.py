@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from tm_client import TaskManagerClient, TestServiceClient
 from tm_server.core import ManualClock, TaskManager
 from tm_server.core.test_module import register_test_module
+
+from .server_fixture import ServerThread
 
 
 @pytest.fixture
@@ -21,3 +24,22 @@ async def tm(clock: ManualClock) -> AsyncIterator[TaskManager]:
     await register_test_module(manager)
     yield manager
     await manager.close()
+
+
+@pytest.fixture
+def server() -> Iterator[ServerThread]:
+    thread = ServerThread().start()
+    yield thread
+    thread.stop()
+
+
+@pytest.fixture
+def client(server: ServerThread) -> Iterator[TaskManagerClient]:
+    with TaskManagerClient(server.target, timeout=10) as c:
+        yield c
+
+
+@pytest.fixture
+def testsvc(server: ServerThread) -> Iterator[TestServiceClient]:
+    with TestServiceClient(server.target, timeout=10) as c:
+        yield c
