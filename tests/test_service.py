@@ -28,9 +28,12 @@ from tm_client import (
     UnimplementedError,
     UnknownModuleError,
     WaitTimeoutError,
+    from_rpc_error,
 )
 from tm_client.pb import task_manager_pb2 as pb
 from tm_client.pb import task_manager_pb2_grpc as pb_grpc
+from tm_client.pb import task_manager_test_pb2 as test_pb
+from tm_client.pb import task_manager_test_pb2_grpc as test_pb_grpc
 from tm_server.core import TaskContext, TaskImpl, TaskStatus, VirtualTaskHint
 
 from .server_fixture import ServerThread
@@ -482,3 +485,53 @@ def test_async_client(server: ServerThread, testsvc: TestServiceClient) -> None:
             assert await client.drain("test") == 1
 
     asyncio.run(scenario())
+
+
+# ---- malformed input on every RPC ------------------------------------------------------------
+
+_BAD_ID = "12345-not-a-uuid"
+
+
+@pytest.mark.parametrize(
+    ("service", "method", "request_message"),
+    [
+        ("svc", "GetTaskStatus", pb.GetTaskStatusRequest(task_id=_BAD_ID)),
+        ("svc", "AbortTask", pb.AbortTaskRequest(task_id=_BAD_ID)),
+        ("svc", "WaitTask", pb.WaitTaskRequest(task_id=_BAD_ID)),
+        ("svc", "GetTaskStatusRecursive", pb.GetTaskStatusRecursiveRequest(task_id=_BAD_ID)),
+        ("svc", "ListModuleTasks", pb.ListModuleTasksRequest(module="test", page_token="%%")),
+        ("svc", "ListModuleTasks", pb.ListModuleTasksRequest(module="test", page_size=-3)),
+        ("svc", "ListModuleTasks", pb.ListModuleTasksRequest(module="")),
+        ("svc", "SetTtl", pb.SetTtlRequest(ttl_seconds=-10)),
+        ("svc", "SetUserTtl", pb.SetUserTtlRequest(user_ttl_seconds=-10)),
+        ("svc", "DrainModuleTasks", pb.DrainModuleTasksRequest(module="")),
+        ("svc", "DrainModuleTasks", pb.DrainModuleTasksRequest(module="x" * 1000)),
+        ("test", "CreateTestTask", test_pb.CreateTestTaskRequest(task_id=_BAD_ID)),
+        ("test", "CreateTestTask", test_pb.CreateTestTaskRequest(table="t" * 1000)),
+        ("test", "FinishTestTask", test_pb.FinishTestTaskRequest(task_id=_BAD_ID)),
+        ("test", "FinishTestTask", test_pb.FinishTestTaskRequest(task_id="", error="x")),
+        ("test", "DeleteTestTask", test_pb.DeleteTestTaskRequest(task_id=_BAD_ID)),
+    ],
+)
+def test_every_rpc_rejects_malformed_input_with_invalid_argument(
+    server: ServerThread, service: str, method: str, request_message: Any
+) -> None:
+    with grpc.insecure_channel(server.target) as channel:
+        stub: Any = (
+            pb_grpc.TaskManagerServiceStub(channel)
+            if service == "svc"
+            else test_pb_grpc.TaskManagerTestServiceStub(channel)
+        )
+        call = getattr(stub, method)
+        with pytest.raises(grpc.RpcError) as err:
+            result = call(request_message, timeout=10)
+            if method in ("WaitTask", "GetTaskStatusRecursive"):
+                list(result)
+        error = from_rpc_error(err.value)
+        assert isinstance(error, InvalidArgumentError), error
+        assert error.field and error.field in error.message
+        # The server keeps serving.
+        ping = pb_grpc.TaskManagerServiceStub(channel).ListModules(
+            pb.ListModulesRequest(), timeout=10
+        )
+        assert list(ping.modules) == ["test"]

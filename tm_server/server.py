@@ -46,9 +46,20 @@ class ServerConfig:
 class TmServer:
     """A running tm server: the task manager and the gRPC server in front of it."""
 
-    def __init__(self, config: ServerConfig, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        *,
+        manager: TaskManager | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        """Creates a server; pass ``manager`` to serve a task manager the application owns.
+
+        With ``manager`` given, its shards, node and TTLs are used and the
+        config's are ignored.
+        """
         self.config = config
-        self.manager = TaskManager(
+        self.manager = manager or TaskManager(
             shards=config.shards,
             node=config.node,
             clock=clock,

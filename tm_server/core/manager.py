@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from uuid import UUID
 
 from .clock import Clock, SystemClock
@@ -24,7 +24,7 @@ from .paging import (
     decode_token,
     encode_token,
 )
-from .shard import AttachResult, ParentKind, ParentLink, Shard, TtlConfig
+from .shard import AttachResult, ParentKind, ParentLink, Shard, Task, TtlConfig
 from .task import TaskImpl
 from .types import (
     FoldedTask,
@@ -63,11 +63,17 @@ def check_name(field: str, value: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class TaskHandle:
-    """A created task, by id and shard, for the code that created it."""
+    """A created task, for the code that created it.
+
+    Like the task pointer a ScyllaDB creator holds, the handle keeps the task
+    object: ``status`` and ``wait`` work even after the task was unregistered
+    (an internal child is, as soon as it finishes).
+    """
 
     manager: TaskManager
     id: UUID
     shard: int
+    _task: Task = field(repr=False, compare=False)
 
     async def start(self) -> None:
         """Starts the task; its body runs in the background."""
@@ -75,11 +81,11 @@ class TaskHandle:
 
     async def status(self) -> TaskStatus:
         """Returns the task's status."""
-        return await self.manager.get_status(self.id)
+        return await self.manager.shards[self.shard].status_of(self._task)
 
     async def wait(self) -> TaskStatus:
         """Waits until the task finishes and returns its final status."""
-        return await self.manager.wait_task(self.id)
+        return await self.manager.shards[self.shard].wait_done(self._task)
 
     async def abort(self) -> None:
         """Requests the abort of the task and its descendants, as the API does."""
@@ -253,14 +259,14 @@ class TaskManager:
             else:
                 raise TaskNotFoundError(parent_id, "parent task")
         try:
-            await target.create_task(
+            task = await target.create_task(
                 module, impl, task_id, link, inherited, keyspace, table, entity
             )
         except BaseException:
             if link is not None and link.kind is ParentKind.NODE:
                 await self.shards[link.shard].detach_child(link.id, task_id)
             raise
-        return TaskHandle(self, task_id, shard)
+        return TaskHandle(self, task_id, shard, task)
 
     async def locate(self, task_id: UUID) -> Shard:
         """Returns the shard holding the regular task ``task_id``.

@@ -339,8 +339,12 @@ class Shard:
         keyspace: str,
         table: str,
         entity: str,
-    ) -> None:
-        """Builds and registers a task here, in state ``created``."""
+    ) -> Task:
+        """Builds and registers a task here, in state ``created``.
+
+        The task object is returned for the in-process handle of its creator
+        only; every other caller goes by id.
+        """
         module = self._module(module_name)
         if inherited is not None:
             sequence_number = inherited.sequence_number
@@ -354,6 +358,7 @@ class Shard:
         if inherited is not None and inherited.abort_pending:
             # A child created under a parent with an abort pending is aborted at once.
             task.abort_requested = True
+        return task
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -660,6 +665,15 @@ class Shard:
             abort_requested=task.abort_requested,
             expire_time=task.expire_at,
         )
+
+    async def status_of(self, task: Task) -> TaskStatus:
+        """Returns the status of a task object held by its creator, registered or not."""
+        return await self._status(task)
+
+    async def wait_done(self, task: Task) -> TaskStatus:
+        """Waits until a task object held by its creator finishes; returns its final status."""
+        await self._done_future(task)
+        return await self._status(task)
 
     async def get_status(self, task_id: UUID) -> TaskStatus:
         """Returns a registered task's status (no side effects)."""
