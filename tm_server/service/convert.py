@@ -58,7 +58,8 @@ def _timestamp(seconds: float | None) -> timestamp_pb2.Timestamp | None:
     if seconds is None:
         return None
     ts = timestamp_pb2.Timestamp()
-    ts.FromNanoseconds(round(seconds * 1e9))
+    # Epoch seconds as a float hold about microseconds; finer digits are noise.
+    ts.FromMicroseconds(round(seconds * 1e6))
     return ts
 
 
