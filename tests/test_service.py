@@ -34,32 +34,18 @@ from tm_client.pb import task_manager_pb2 as pb
 from tm_client.pb import task_manager_pb2_grpc as pb_grpc
 from tm_client.pb import task_manager_test_pb2 as test_pb
 from tm_client.pb import task_manager_test_pb2_grpc as test_pb_grpc
-from tm_server.core import TaskContext, TaskImpl, TaskStatus, VirtualTaskHint
+from tm_server.core import TaskStatus, VirtualTaskHint
 
+from .bodies import Controlled
 from .server_fixture import ServerThread
 from .virtual_group import InMemoryGroup, Operation
 
 
-class Abortable(TaskImpl):
-    """An abortable in-server task that reports progress until aborted or released."""
+class Abortable(Controlled):
+    """An abortable in-server task; the test reports its progress through ``ctx``."""
 
     type = "repair"
     scope = "keyspace"
-    progress_units = "ranges"
-    abortable = True
-
-    def __init__(self) -> None:
-        self.release = asyncio.Event()
-        self.ctx: TaskContext | None = None
-
-    async def run(self, ctx: TaskContext) -> None:
-        self.ctx = ctx
-        aborted = asyncio.ensure_future(ctx.aborted())
-        released = asyncio.ensure_future(self.release.wait())
-        await asyncio.wait([aborted, released], return_when=asyncio.FIRST_COMPLETED)
-        aborted.cancel()
-        released.cancel()
-        ctx.check_abort()
 
 
 def start_abortable(server: ServerThread, module: str = "test") -> tuple[UUID, Abortable]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import Any, Self
 from uuid import UUID
 
 import grpc
@@ -45,17 +45,8 @@ def _page(response: pb.ListModuleTasksResponse) -> tuple[list[TaskStats], str]:
     return [TaskStats.from_pb(t) for t in response.tasks], response.next_page_token
 
 
-class TaskManagerClient:
-    """A blocking client of TaskManagerService.
-
-    Every method raises a ``TmError`` subclass (keyed by status code) on
-    failure, never ``grpc.RpcError``. Unary calls use ``timeout`` seconds as
-    their deadline; streams run until they end.
-
-    Example:
-        >>> with TaskManagerClient("127.0.0.1:50051") as tm:
-        ...     status = tm.wait(task_id, timeout=60)
-    """
+class _SyncChannelClient:
+    """A blocking channel owner: context management and unary calls with typed errors."""
 
     def __init__(
         self,
@@ -65,10 +56,9 @@ class TaskManagerClient:
         timeout: float | None = 30.0,
     ) -> None:
         self._channel = channel if channel is not None else grpc.insecure_channel(target)
-        self._stub = pb_grpc.TaskManagerServiceStub(self._channel)
         self._timeout = timeout
 
-    def __enter__(self) -> TaskManagerClient:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -83,6 +73,30 @@ class TaskManagerClient:
             return method(request, timeout=self._timeout)
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from exc
+
+
+class TaskManagerClient(_SyncChannelClient):
+    """A blocking client of TaskManagerService.
+
+    Every method raises a ``TmError`` subclass (keyed by status code) on
+    failure, never ``grpc.RpcError``. Unary calls use ``timeout`` seconds as
+    their deadline; streams run until they end. Pass ``channel`` to use a
+    channel of your own (TLS, interceptors); it is closed with the client.
+
+    Example:
+        >>> with TaskManagerClient("127.0.0.1:50051") as tm:
+        ...     status = tm.wait(task_id, timeout=60)
+    """
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        channel: grpc.Channel | None = None,
+        timeout: float | None = 30.0,
+    ) -> None:
+        super().__init__(target, channel=channel, timeout=timeout)
+        self._stub = pb_grpc.TaskManagerServiceStub(self._channel)
 
     def _stream(self, method: Any, request: Any) -> Iterator[Any]:
         call = method(request)
@@ -405,7 +419,7 @@ class AsyncTask:
         return await self.client.get_status_recursive(self.id)
 
 
-class TestServiceClient:
+class TestServiceClient(_SyncChannelClient):
     """A blocking client of TaskManagerTestService (servers started with the test service)."""
 
     __test__ = False  # not a pytest test class
@@ -417,25 +431,8 @@ class TestServiceClient:
         channel: grpc.Channel | None = None,
         timeout: float | None = 30.0,
     ) -> None:
-        self._channel = channel if channel is not None else grpc.insecure_channel(target)
+        super().__init__(target, channel=channel, timeout=timeout)
         self._stub = test_pb_grpc.TaskManagerTestServiceStub(self._channel)
-        self._timeout = timeout
-
-    def __enter__(self) -> TestServiceClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Closes the channel."""
-        self._channel.close()
-
-    def _unary(self, method: Any, request: Any) -> Any:
-        try:
-            return method(request, timeout=self._timeout)
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from exc
 
     def register_module(self) -> None:
         """Registers module "test"."""
