@@ -141,6 +141,9 @@ class TaskManager:
             del self._groups[group_name]
         for shard in self.shards:
             await shard.abort_module(name)
+        # Producers were told of the abort; their tasks cannot outlive the module.
+        for shard in self.shards:
+            await shard.fail_external_tasks(name, f"aborted: module {name} was unregistered")
         for shard in self.shards:
             await shard.wait_module_idle(name)
         for shard in self.shards:

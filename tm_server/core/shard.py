@@ -13,6 +13,7 @@ import contextlib
 import enum
 import heapq
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, TypeVar
@@ -22,6 +23,7 @@ from sortedcontainers import SortedDict
 
 from .clock import Clock, TimerHandle
 from .errors import (
+    InvalidArgumentError,
     InvalidStateError,
     TaskAbortedError,
     TaskFailedError,
@@ -46,9 +48,29 @@ if TYPE_CHECKING:
     from .manager import TaskManager
 
 log = logging.getLogger(__name__)
+
+
+def check_progress(completed: float, total: float | None) -> None:
+    """Checks progress values: finite and not negative.
+
+    Raises:
+        InvalidArgumentError: naming the bad field.
+    """
+    for name, value in (("completed", completed), ("total", total)):
+        if value is not None and (not math.isfinite(value) or value < 0):
+            raise InvalidArgumentError(name, f"must be a finite number, 0 or more, got {value}")
+
+
 T = TypeVar("T")
 
 ABORT_ERROR = "abort requested"
+
+
+def _known_total(task: Task) -> float | None:
+    """The total a producer reported, else the implementation's expected workload."""
+    if task.reported_total is not None:
+        return task.reported_total
+    return task.impl.expected_total_workload()
 
 
 class ParentKind(enum.Enum):
@@ -389,9 +411,10 @@ class Shard:
             return
         task.state = TaskState.RUNNING
         await self._changed(task)
-        task.runner = asyncio.get_running_loop().create_task(
-            self._run_to_completion(task), name=f"tm-task-{task_id}"
-        )
+        if not task.impl.external:
+            task.runner = asyncio.get_running_loop().create_task(
+                self._run_to_completion(task), name=f"tm-task-{task_id}"
+            )
 
     async def _run_to_completion(self, task: Task) -> None:
         error: str | None
@@ -413,18 +436,44 @@ class Shard:
         task.runner = None
         await self._finish(task, error)
 
+    def _running(self, task_id: UUID, action: str) -> Task:
+        task = self._registered(task_id)
+        if task.state is not TaskState.RUNNING:
+            hint = ": start it first" if task.state is TaskState.CREATED else ""
+            raise InvalidStateError(
+                f"cannot {action} task with id {task_id}: it is {task.state.value}{hint}"
+            )
+        return task
+
     async def finish_task(self, task_id: UUID, error: str | None) -> TaskStatus:
         """Finishes a running task from outside its body (done, or failed with ``error``).
 
         A task with an abort pending fails with the abort error whatever ``error`` says.
+
+        Raises:
+            TaskNotFoundError: no such registered task here.
+            InvalidStateError: the task is not running.
         """
-        task = self._registered(task_id)
-        if task.state.is_complete or task.state is TaskState.CREATED:
-            raise InvalidStateError(f"task with id {task_id} is {task.state.value}")
+        task = self._running(task_id, "finish")
         if error is None and task.abort_requested:
             error = ABORT_ERROR
         await self._finish(task, error)
         return await self._status(task)
+
+    async def fail_task(self, task_id: UUID, error: str) -> bool:
+        """Fails a created or running task (its producer is gone); False if it had finished."""
+        task = self._tasks.get(task_id)
+        if task is None or task.state.is_complete:
+            return False
+        await self._finish(task, error)
+        return True
+
+    async def fail_external_tasks(self, module_name: str, error: str) -> None:
+        """Fails the module's unfinished externally driven tasks here."""
+        module = self._module(module_name)
+        for task in list(module.tasks.values()):
+            if task.impl.external and not task.state.is_complete:
+                await self._finish(task, error)
 
     async def _finish(self, task: Task, error: str | None) -> None:
         if task.state.is_complete:
@@ -445,6 +494,7 @@ class Shard:
                 await self._peers[parent.shard].child_changed(parent.id)
         if task.done is not None and not task.done.done():
             task.done.set_result(None)
+        task.impl.notify_finished(task.id)
         if (parent is not None and parent.kind is ParentKind.NODE) or task.internal:
             task.expire_at = task.end_time
             self._unregister(task)
@@ -483,18 +533,28 @@ class Shard:
     async def set_progress(self, task: Task, completed: float, total: float | None) -> None:
         """Records a task's own progress (used by its body or its producer)."""
         if total is None:
-            total = task.reported.total if task.reported is not None else 0.0
+            total = _known_total(task) or 0.0
         else:
             task.reported_total = total
         task.reported = Progress(completed, total)
         await self._changed(task)
 
-    async def report_progress(self, task_id: UUID, completed: float, total: float | None) -> None:
-        """Records the progress of a running task by id."""
-        task = self._registered(task_id)
-        if task.state.is_complete:
-            raise InvalidStateError(f"task with id {task_id} is {task.state.value}")
+    async def report_progress(self, task_id: UUID, completed: float, total: float | None) -> bool:
+        """Records the progress of a running task by id; returns whether an abort is pending.
+
+        Raises:
+            InvalidArgumentError: negative or non-finite values, or completed above the total.
+            InvalidStateError: the task is not running.
+        """
+        task = self._running(task_id, "report progress of")
+        check_progress(completed, total)
+        effective_total = total if total is not None else _known_total(task)
+        if effective_total is not None and completed > effective_total:
+            raise InvalidArgumentError(
+                "completed", f"{completed:g} is above the total {effective_total:g}"
+            )
         await self.set_progress(task, completed, total)
+        return task.abort_requested
 
     # ---- abort -------------------------------------------------------------------------------
 
@@ -521,6 +581,7 @@ class Shard:
             task.abort_requested = True
             if task.abort_event is not None:
                 task.abort_event.set()
+            task.impl.notify_abort(task.id)
             await self._changed(task)
         # Descendants are aborted whatever their own abortable flag says.
         for child_id, child_shard in list(task.live_children.items()):
@@ -615,7 +676,12 @@ class Shard:
 
     async def _progress(self, task: Task) -> Progress:
         if not task.live_children and not task.folded_children:
-            return task.reported if task.reported is not None else Progress()
+            if task.reported is not None:
+                return task.reported  # the task's own progress, as specific types override it
+            if task.state.is_complete:
+                return Progress()
+            leaf_total = _known_total(task)
+            return Progress() if leaf_total is None else Progress(0.0, leaf_total)
         total = Progress()
         for folded in task.folded_children:
             total = total + folded.status.progress
@@ -623,9 +689,7 @@ class Shard:
             total = total + await self._peers[child_shard].get_progress(child_id)
         if task.state.is_complete:
             return total
-        expected = task.impl.expected_total_workload()
-        if expected is None:
-            expected = task.reported_total
+        expected = _known_total(task)
         if expected is not None:
             total = Progress(total.completed, expected)
         return total

@@ -21,17 +21,28 @@ class TaskImpl(abc.ABC):
     """
 
     #: What operation the task covers, e.g. "repair".
-    type: ClassVar[str] = ""
+    type: str = ""
     #: Which part of the operation the task covers, e.g. "table".
-    scope: ClassVar[str] = ""
+    scope: str = ""
     #: The unit of progress, e.g. "ranges". Children use the parent's unit.
-    progress_units: ClassVar[str] = ""
+    progress_units: str = ""
     #: Whether an abort through the API is allowed.
     abortable: bool = False
     #: Whether the task is kept for user_task_ttl (else task_ttl) once finished.
     user_task: bool = False
     #: ``None`` applies ScyllaDB's rule: internal exactly when the parent is a regular task.
     internal: bool | None = None
+    #: True for a task driven from outside (a producer): ``run`` is never
+    #: called; the task is started, advanced and finished through the shard.
+    external: ClassVar[bool] = False
+
+    def notify_abort(self, task_id: UUID) -> None:
+        """Called on the owner shard when an abort is requested for the task (no-op here)."""
+        return None
+
+    def notify_finished(self, task_id: UUID) -> None:
+        """Called on the owner shard once the task has finished (no-op here)."""
+        return None
 
     def expected_total_workload(self) -> float | None:
         """Returns the expected total of progress units, or ``None`` when unknown."""

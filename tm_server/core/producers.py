@@ -1,0 +1,355 @@
+"""Producers: tasks reported from outside the server, producer sessions with leases, abort push."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from uuid import UUID, uuid4
+
+from .clock import Clock, TimerHandle
+from .errors import (
+    InvalidStateError,
+    TaskAlreadyExistsError,
+    TaskManagerError,
+    TaskNotFoundError,
+)
+from .manager import MAX_NAME_LENGTH, MAX_TEXT_LENGTH, TaskManager, check_length, check_name
+from .shard import Task, check_progress
+from .task import TaskContext, TaskImpl
+from .types import TaskKind, TaskState, TaskStatus, new_task_id
+
+log = logging.getLogger(__name__)
+
+
+class SessionNotFoundError(TaskManagerError):
+    """No live producer session with this id (it expired, or never existed)."""
+
+    reason = "SESSION_NOT_FOUND"
+
+    def __init__(self, session_id: UUID) -> None:
+        super().__init__(f"producer session {session_id} not found: it expired or never existed")
+        self.session_id = session_id
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSpec:
+    """What a producer asks for when it creates a task."""
+
+    module: str
+    type: str
+    scope: str = ""
+    parent_id: UUID | None = None
+    shard: int | None = None
+    keyspace: str = ""
+    table: str = ""
+    entity: str = ""
+    abortable: bool = False
+    user_task: bool = False
+    internal: bool | None = None
+    progress_units: str = ""
+    progress_total: float | None = None
+    task_id: UUID | None = None
+
+    def validate(self) -> None:
+        """Checks lengths and values.
+
+        Raises:
+            InvalidArgumentError: naming the bad field.
+        """
+        check_name("module", self.module)
+        check_name("type", self.type)
+        for field in ("scope", "keyspace", "table", "progress_units"):
+            check_length(field, getattr(self, field), MAX_NAME_LENGTH)
+        check_length("entity", self.entity, MAX_TEXT_LENGTH)
+        if self.progress_total is not None:
+            check_progress(0.0, self.progress_total)
+
+
+class RemoteTaskImpl(TaskImpl):
+    """A task driven by a producer: no body runs here, the producer reports everything."""
+
+    external = True
+
+    def __init__(self, spec: TaskSpec, session: ProducerSession | None) -> None:
+        self.type = spec.type
+        self.scope = spec.scope
+        self.progress_units = spec.progress_units
+        self.abortable = spec.abortable
+        self.user_task = spec.user_task
+        self.internal = spec.internal
+        self.total = spec.progress_total
+        self.session = session
+
+    def expected_total_workload(self) -> float | None:
+        """The total given at creation, if any."""
+        return self.total
+
+    def notify_abort(self, task_id: UUID) -> None:
+        """Pushes the abort request to the producer's session, if the task has one."""
+        if self.session is not None:
+            self.session.push_abort(task_id)
+
+    def notify_finished(self, task_id: UUID) -> None:
+        """Forgets the task in its session: nothing is left to fail or abort."""
+        if self.session is not None:
+            self.session.forget(task_id)
+
+    async def run(self, ctx: TaskContext) -> None:
+        """Never called: an external task has no body in the server."""
+        raise AssertionError("an external task has no body")
+
+
+class ProducerSession:
+    """A producer's session: its unfinished tasks, pending aborts and the open stream's queue."""
+
+    def __init__(self, session_id: UUID) -> None:
+        self.id = session_id
+        self.tasks: dict[UUID, int] = {}  # unfinished task id -> shard
+        self.pending_aborts: dict[UUID, None] = {}
+        self.queue: asyncio.Queue[UUID | None] | None = None
+        self.lease_timer: TimerHandle | None = None
+        self.expired = False
+
+    @property
+    def connected(self) -> bool:
+        """Whether a stream is open for the session."""
+        return self.queue is not None
+
+    def push_abort(self, task_id: UUID) -> None:
+        """Records an abort request and sends it down the open stream, if any."""
+        if task_id not in self.tasks or task_id in self.pending_aborts:
+            return
+        self.pending_aborts[task_id] = None
+        if self.queue is not None:
+            self.queue.put_nowait(task_id)
+
+    def forget(self, task_id: UUID) -> None:
+        """Drops a finished task."""
+        self.tasks.pop(task_id, None)
+        self.pending_aborts.pop(task_id, None)
+
+
+class SessionStream:
+    """One open session stream: abort requests arrive through ``next_abort``."""
+
+    def __init__(self, session: ProducerSession, resumed: bool) -> None:
+        self.session = session
+        self.resumed = resumed
+        self.queue: asyncio.Queue[UUID | None] = asyncio.Queue()
+        # Aborts requested while no stream was open are sent again.
+        for task_id in session.pending_aborts:
+            self.queue.put_nowait(task_id)
+
+    async def next_abort(self) -> UUID | None:
+        """Returns the next task to abort, or ``None`` once another stream took the session over."""
+        return await self.queue.get()
+
+
+class Producers:
+    """The producer API of the task manager: remote tasks and producer sessions."""
+
+    def __init__(self, manager: TaskManager, *, lease_seconds: float = 30.0) -> None:
+        if lease_seconds <= 0:
+            raise ValueError("the producer lease must be positive")
+        self.manager = manager
+        self.lease_seconds = lease_seconds
+        self._clock: Clock = manager.clock
+        self._sessions: dict[UUID, ProducerSession] = {}
+        self._background: set[asyncio.Task[None]] = set()
+
+    # ---- modules -----------------------------------------------------------------------------
+
+    async def register_module(self, name: str) -> bool:
+        """Registers a module on every shard; returns False if it existed."""
+        return await self.manager.register_module(name)
+
+    async def unregister_module(self, name: str) -> None:
+        """Stops a module: aborts its tasks, fails unfinished reported ones, unregisters all."""
+        await self.manager.unregister_module(name)
+
+    # ---- tasks -------------------------------------------------------------------------------
+
+    async def create_task(
+        self, spec: TaskSpec, *, session_id: UUID | None = None, start: bool = False
+    ) -> tuple[TaskStatus, bool]:
+        """Creates (maybe starts) a reported task; returns its status and whether it is new.
+
+        With ``spec.task_id`` set, a retry with the same parameters returns
+        the existing task (started now if it was asked to start and is not).
+
+        Raises:
+            InvalidArgumentError: bad field.
+            SessionNotFoundError: unknown or expired session.
+            TaskAlreadyExistsError: the id is taken by a task with other parameters.
+            TaskNotFoundError: unknown parent.
+            InvalidStateError: the parent has finished.
+        """
+        spec.validate()
+        session = self._session(session_id) if session_id is not None else None
+        if spec.task_id is not None:
+            existing = await self._existing(spec, start)
+            if existing is not None:
+                return existing, False
+        task_id = spec.task_id or new_task_id()
+        shard = spec.shard if spec.shard is not None else task_id.int % len(self.manager.shards)
+        await self.manager.register_module(spec.module)
+        try:
+            handle = await self.manager.create_task(
+                spec.module,
+                RemoteTaskImpl(spec, session),
+                shard=shard,
+                parent_id=spec.parent_id,
+                task_id=task_id,
+                keyspace=spec.keyspace,
+                table=spec.table,
+                entity=spec.entity,
+            )
+        except TaskAlreadyExistsError:
+            # A concurrent retry won the race: answer as the retry would.
+            existing = await self._existing(spec, start)
+            if existing is None:
+                raise
+            return existing, False
+        if session is not None:
+            session.tasks[task_id] = shard
+            if (await handle.status()).abort_requested:
+                session.push_abort(task_id)  # created under an aborting parent
+        if start:
+            await handle.start()
+        return await handle.status(), True
+
+    async def _existing(self, spec: TaskSpec, start: bool) -> TaskStatus | None:
+        assert spec.task_id is not None
+        try:
+            status = await self.manager.get_status(spec.task_id)
+        except TaskNotFoundError:
+            return None
+        wanted = (
+            TaskKind.NODE,
+            spec.module,
+            spec.type,
+            spec.scope,
+            spec.parent_id,
+            spec.keyspace,
+            spec.table,
+            spec.entity,
+        )
+        found = (
+            status.kind,
+            status.module,
+            status.type,
+            status.scope,
+            status.parent_id,
+            status.keyspace,
+            status.table,
+            status.entity,
+        )
+        if wanted != found or (spec.shard is not None and spec.shard != status.shard):
+            raise TaskAlreadyExistsError(spec.task_id)
+        if start and status.state is TaskState.CREATED:
+            shard = self.manager.shards[status.shard]
+            await shard.start_task(spec.task_id)
+            status = await shard.get_status(spec.task_id)
+        return status
+
+    async def _external(self, task_id: UUID) -> int:
+        shard = await self.manager.locate(task_id)
+
+        async def is_external(task: Task) -> bool:
+            return task.impl.external
+
+        if not await shard.invoke(task_id, is_external):
+            raise InvalidStateError(
+                f"task with id {task_id} is run by the server, not reported by a producer"
+            )
+        return shard.index
+
+    async def start_task(self, task_id: UUID) -> TaskStatus:
+        """Starts a created reported task."""
+        shard = self.manager.shards[await self._external(task_id)]
+        await shard.start_task(task_id)
+        return await shard.get_status(task_id)
+
+    async def report_progress(self, task_id: UUID, completed: float, total: float | None) -> bool:
+        """Records a running reported task's progress; returns whether an abort is pending."""
+        shard = self.manager.shards[await self._external(task_id)]
+        return await shard.report_progress(task_id, completed, total)
+
+    async def finish_task(self, task_id: UUID, error: str | None) -> TaskStatus:
+        """Finishes a running reported task, failed when ``error`` is given."""
+        if error is not None:
+            check_length("error", error, MAX_TEXT_LENGTH)
+        shard = self.manager.shards[await self._external(task_id)]
+        return await shard.finish_task(task_id, error)
+
+    # ---- sessions ----------------------------------------------------------------------------
+
+    def _session(self, session_id: UUID) -> ProducerSession:
+        session = self._sessions.get(session_id)
+        if session is None or session.expired:
+            raise SessionNotFoundError(session_id)
+        return session
+
+    def open_session(self, session_id: UUID | None = None) -> SessionStream:
+        """Opens a new session, or resumes one whose lease has not run out.
+
+        A resumed session's stream takes over from any stream still open for it.
+
+        Raises:
+            SessionNotFoundError: ``session_id`` is unknown or expired.
+        """
+        if session_id is None:
+            session = ProducerSession(uuid4())
+            self._sessions[session.id] = session
+            resumed = False
+        else:
+            session = self._session(session_id)
+            resumed = True
+        if session.lease_timer is not None:
+            session.lease_timer.cancel()
+            session.lease_timer = None
+        if session.queue is not None:
+            session.queue.put_nowait(None)  # the older stream ends: superseded
+        stream = SessionStream(session, resumed)
+        session.queue = stream.queue
+        return stream
+
+    def close_stream(self, stream: SessionStream) -> None:
+        """The stream ended: the lease starts, unless a newer stream took the session over."""
+        session = stream.session
+        if session.queue is not stream.queue or session.expired:
+            return
+        session.queue = None
+        session.lease_timer = self._clock.call_at(
+            self._clock.now() + self.lease_seconds, lambda: self._expire(session)
+        )
+
+    def _expire(self, session: ProducerSession) -> None:
+        if session.connected or session.expired:
+            return
+        session.expired = True
+        self._sessions.pop(session.id, None)
+        task = asyncio.get_running_loop().create_task(self._fail_session_tasks(session))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _fail_session_tasks(self, session: ProducerSession) -> None:
+        error = (
+            f"producer lost: session {session.id} was not resumed within {self.lease_seconds:g}s"
+        )
+        for task_id, shard in list(session.tasks.items()):
+            try:
+                await self.manager.shards[shard].fail_task(task_id, error)
+            except Exception:
+                log.exception("could not fail task %s of lost session %s", task_id, session.id)
+        log.warning("producer session %s expired; %d tasks failed", session.id, len(session.tasks))
+
+    def session_count(self) -> int:
+        """How many sessions are alive (connected or within their lease)."""
+        return len(self._sessions)
+
+    async def settle(self) -> None:
+        """Waits for background work (failing the tasks of expired sessions)."""
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
