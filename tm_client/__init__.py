@@ -37,6 +37,7 @@ from ._errors import (
     WaitTimeoutError,
     from_rpc_error,
 )
+from ._producer import Producer, ReportedTask, TaskAbortedError
 from ._types import TaskIdentity, TaskKind, TaskState, TaskStats, TaskStatus
 
 __all__ = [
@@ -54,8 +55,11 @@ __all__ = [
     "NotFoundError",
     "OutOfRangeError",
     "PermissionDeniedError",
+    "Producer",
+    "ReportedTask",
     "ResourceExhaustedError",
     "Task",
+    "TaskAbortedError",
     "TaskId",
     "TaskIdentity",
     "TaskKind",

@@ -26,6 +26,13 @@ def _positive(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text}")
+    return value
+
+
 def parse_args(argv: list[str] | None = None) -> ServerConfig:
     """Parses the server flags into a config."""
     parser = argparse.ArgumentParser(
@@ -62,6 +69,13 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         action="store_true",
         help="serve TaskManagerTestService (the 'test' module), for testing only",
     )
+    parser.add_argument(
+        "--producer-lease-seconds",
+        type=_positive_float,
+        default=30.0,
+        help="how long a producer session survives a broken stream before its "
+        "unfinished tasks fail (default 30)",
+    )
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -76,6 +90,7 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         task_ttl=args.task_ttl_in_seconds,
         user_task_ttl=args.user_task_ttl_in_seconds,
         enable_test_service=args.enable_test_service,
+        producer_lease_seconds=args.producer_lease_seconds,
     )
 
 

@@ -17,10 +17,14 @@ from tm_client.pb import (
     task_manager_pb2_grpc,
     task_manager_test_pb2,
     task_manager_test_pb2_grpc,
+    task_reporting_pb2,
+    task_reporting_pb2_grpc,
 )
 from tm_server.core import Clock, TaskManager
+from tm_server.core.producers import Producers
 from tm_server.core.test_module import register_test_module
 
+from .service.reporting_servicer import TaskReportingServicer
 from .service.servicer import Lifecycle, TaskManagerServicer
 from .service.test_servicer import TaskManagerTestServicer
 
@@ -28,6 +32,17 @@ log = logging.getLogger(__name__)
 
 TASK_MANAGER_SERVICE = task_manager_pb2.DESCRIPTOR.services_by_name["TaskManagerService"].full_name
 TEST_SERVICE = task_manager_test_pb2.DESCRIPTOR.services_by_name["TaskManagerTestService"].full_name
+REPORTING_SERVICE = task_reporting_pb2.DESCRIPTOR.services_by_name["TaskReportingService"].full_name
+
+# Pings find a producer whose host vanished without closing its connection,
+# so its session stream ends and its lease starts within about 30 s.
+SERVER_OPTIONS = [
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.http2.max_pings_without_data", 0),
+]
 
 
 @dataclass(frozen=True)
@@ -40,6 +55,7 @@ class ServerConfig:
     task_ttl: int = 0
     user_task_ttl: int = 3600
     enable_test_service: bool = False
+    producer_lease_seconds: float = 30.0
     grace_seconds: float = 5.0
 
 
@@ -66,17 +82,21 @@ class TmServer:
             task_ttl=config.task_ttl,
             user_task_ttl=config.user_task_ttl,
         )
+        self.producers = Producers(self.manager, lease_seconds=config.producer_lease_seconds)
         self.lifecycle = Lifecycle()
         self.health = health_aio.HealthServicer()
-        self.server = grpc.aio.server()
+        self.server = grpc.aio.server(options=SERVER_OPTIONS)
         self.port = 0
         self._stopped = asyncio.Event()
 
     async def start(self) -> int:
         """Registers the services, binds the address and starts serving; returns the port."""
-        services = [TASK_MANAGER_SERVICE]
+        services = [TASK_MANAGER_SERVICE, REPORTING_SERVICE]
         task_manager_pb2_grpc.add_TaskManagerServiceServicer_to_server(
             TaskManagerServicer(self.manager, self.lifecycle), self.server
+        )
+        task_reporting_pb2_grpc.add_TaskReportingServiceServicer_to_server(
+            TaskReportingServicer(self.producers, self.lifecycle), self.server
         )
         if self.config.enable_test_service:
             task_manager_test_pb2_grpc.add_TaskManagerTestServiceServicer_to_server(
@@ -92,7 +112,7 @@ class TmServer:
         if self.port == 0:
             raise OSError(f"cannot listen on {self.config.address}")
         await self.server.start()
-        for name in ("", TASK_MANAGER_SERVICE):
+        for name in ("", TASK_MANAGER_SERVICE, REPORTING_SERVICE):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         return self.port
 

@@ -16,6 +16,7 @@ from tm_server.core import (
     TaskNotFoundError,
     UnknownModuleError,
 )
+from tm_server.core.producers import SessionNotFoundError
 
 #: The domain of every ErrorInfo this server sends.
 ERROR_DOMAIN = "tm"
@@ -27,6 +28,7 @@ _CODES: dict[type[TaskManagerError], grpc.StatusCode] = {
     TaskNotAbortableError: grpc.StatusCode.FAILED_PRECONDITION,
     InvalidStateError: grpc.StatusCode.FAILED_PRECONDITION,
     TaskAlreadyExistsError: grpc.StatusCode.ALREADY_EXISTS,
+    SessionNotFoundError: grpc.StatusCode.NOT_FOUND,
 }
 
 
@@ -74,6 +76,8 @@ def status_for(exc: TaskManagerError) -> grpc.Status:
         metadata["task_id"] = str(exc.task_id)
     if isinstance(exc, UnknownModuleError):
         metadata["module"] = exc.module
+    if isinstance(exc, SessionNotFoundError):
+        metadata["session_id"] = str(exc.session_id)
     if isinstance(exc, InvalidArgumentError):
         metadata["field"] = exc.field
         violation = (exc.field, exc.description)

@@ -1,0 +1,258 @@
+"""The producer API: report a service's own operations into tm as a tree of tasks."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import traceback
+from types import TracebackType
+from typing import Any
+from uuid import UUID
+
+import grpc
+
+from ._client import DEFAULT_TARGET, TaskId, _SyncChannelClient
+from ._errors import NotFoundError, from_rpc_error
+from ._types import TaskStatus
+from .pb import task_reporting_pb2 as pb
+from .pb import task_reporting_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+
+class TaskAbortedError(Exception):
+    """Raised inside a task's block once tm asked for the task to be aborted.
+
+    ``ReportedTask.check_abort`` and ``ReportedTask.progress`` raise it; leaving
+    the block with it finishes the task, which tm then marks failed ("abort
+    requested").
+    """
+
+    def __init__(self, task_id: UUID) -> None:
+        super().__init__(f"task {task_id} was aborted")
+        self.task_id = task_id
+
+
+class Producer(_SyncChannelClient):
+    """Reports operations of this process into a tm server.
+
+    With ``session=True`` (the default) a background thread keeps a producer
+    session open: abort requests are pushed to it at once, it reconnects after
+    a broken stream, and if this process dies its unfinished tasks fail once
+    the server's lease runs out instead of staying "running" forever.
+
+    Example:
+        >>> with Producer("127.0.0.1:50051", module="backup") as producer:
+        ...     with producer.task("backup", scope="keyspace", keyspace="ks", total=3) as task:
+        ...         for table in ("a", "b", "c"):
+        ...             with task.child("backup", scope="table", table=table):
+        ...                 upload(table)
+        ...             task.progress(task.completed + 1)   # raises TaskAbortedError on abort
+    """
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        module: str,
+        channel: grpc.Channel | None = None,
+        timeout: float | None = 30.0,
+        session: bool = True,
+    ) -> None:
+        super().__init__(target, channel=channel, timeout=timeout)
+        self.module = module
+        self._stub = pb_grpc.TaskReportingServiceStub(self._channel)
+        self._aborted: dict[UUID, threading.Event] = {}
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+        self._session_ready = threading.Event()
+        self._session_id = ""
+        self._call: Any = None
+        self._thread: threading.Thread | None = None
+        self._unary(self._stub.RegisterModule, pb.RegisterModuleRequest(module=module))
+        if session:
+            self._thread = threading.Thread(
+                target=self._run_session, name="tm-producer-session", daemon=True
+            )
+            self._thread.start()
+            if not self._session_ready.wait(timeout):
+                self.close()
+                raise TimeoutError("could not open a producer session")
+
+    @property
+    def session_id(self) -> str:
+        """The current session's id ("" without a session)."""
+        return self._session_id
+
+    def close(self) -> None:
+        """Ends the session stream and closes the channel; unfinished tasks are left as they are.
+
+        The server fails them once the lease runs out, unless a producer
+        resumes the session first.
+        """
+        self._closing.set()
+        call = self._call
+        if call is not None:
+            call.cancel()
+        if self._thread is not None:
+            self._thread.join(10)
+        super().close()
+
+    def _run_session(self) -> None:
+        delay = 0.1
+        while not self._closing.is_set():
+            try:
+                call = self._stub.OpenSession(pb.OpenSessionRequest(session_id=self._session_id))
+                self._call = call
+                for message in call:
+                    if message.HasField("opened"):
+                        self._session_id = message.opened.session_id
+                        self._session_ready.set()
+                        delay = 0.1
+                    elif message.HasField("abort_requested"):
+                        self._event(UUID(message.abort_requested.task_id)).set()
+            except grpc.RpcError as exc:
+                if self._closing.is_set():
+                    return
+                if isinstance(from_rpc_error(exc), NotFoundError):
+                    # The lease ran out: those tasks were failed. Start a new session.
+                    log.warning("producer session %s expired; opening a new one", self._session_id)
+                    self._session_id = ""
+                else:
+                    log.info("producer session stream broke (%s); reconnecting", exc.code())
+            if self._closing.wait(delay):
+                return
+            delay = min(delay * 2, 2.0)
+
+    def _event(self, task_id: UUID) -> threading.Event:
+        with self._lock:
+            event = self._aborted.get(task_id)
+            if event is None:
+                event = self._aborted[task_id] = threading.Event()
+            return event
+
+    def create_task(
+        self,
+        type: str,
+        *,
+        scope: str = "",
+        parent: ReportedTask | TaskId | None = None,
+        keyspace: str = "",
+        table: str = "",
+        entity: str = "",
+        abortable: bool = False,
+        user_task: bool = False,
+        internal: bool | None = None,
+        progress_units: str = "",
+        total: float | None = None,
+        task_id: TaskId | None = None,
+        shard: int | None = None,
+        start: bool = True,
+    ) -> ReportedTask:
+        """Creates (and by default starts) a task; see ``task`` for the block form.
+
+        With ``task_id`` the call is idempotent: a retry returns the same task.
+        """
+        parent_id = parent.id if isinstance(parent, ReportedTask) else parent
+        request = pb.CreateTaskRequest(
+            module=self.module,
+            type=type,
+            scope=scope,
+            parent_id="" if parent_id is None else str(parent_id),
+            shard=shard,
+            keyspace=keyspace,
+            table=table,
+            entity=entity,
+            abortable=abortable,
+            user_task=user_task,
+            internal=internal,
+            progress_units=progress_units,
+            progress_total=total,
+            task_id="" if task_id is None else str(task_id),
+            session_id=self._session_id,
+            start=start,
+        )
+        status = TaskStatus.from_pb(self._unary(self._stub.CreateTask, request).status)
+        task = ReportedTask(self, status)
+        if status.abort_requested:
+            self._event(status.id).set()
+        return task
+
+    def task(self, type: str, **options: Any) -> ReportedTask:
+        """Creates and starts a task to use as a ``with`` block.
+
+        Leaving the block finishes the task: done, or failed with the
+        exception's text if the block raised. ``options`` are those of
+        ``create_task``.
+        """
+        return self.create_task(type, **options)
+
+
+class ReportedTask:
+    """A task this process reports: progress, children, abort and finish."""
+
+    def __init__(self, producer: Producer, status: TaskStatus) -> None:
+        self.producer = producer
+        self.id = status.id
+        self.total = status.progress_total if status.progress_total else None
+        self.completed = 0.0
+        self.finished = False
+        self._aborted = producer._event(status.id)
+
+    def __repr__(self) -> str:
+        return f"ReportedTask({self.id})"
+
+    def __enter__(self) -> ReportedTask:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.finished:
+            return
+        if exc is None:
+            self.finish()
+        elif isinstance(exc, TaskAbortedError):
+            self.finish(error=str(exc))
+        else:
+            text = "".join(traceback.format_exception_only(exc)).strip()
+            self.finish(error=text or type(exc).__name__)
+
+    @property
+    def abort_requested(self) -> bool:
+        """Whether tm asked for this task to be aborted."""
+        return self._aborted.is_set()
+
+    def wait_abort(self, timeout: float | None = None) -> bool:
+        """Blocks until an abort is requested (True) or ``timeout`` passes (False)."""
+        return self._aborted.wait(timeout)
+
+    def check_abort(self) -> None:
+        """Raises ``TaskAbortedError`` if an abort was requested."""
+        if self._aborted.is_set():
+            raise TaskAbortedError(self.id)
+
+    def progress(self, completed: float, total: float | None = None) -> None:
+        """Reports progress; then raises ``TaskAbortedError`` if an abort is pending."""
+        request = pb.ReportProgressRequest(task_id=str(self.id), completed=completed, total=total)
+        response = self.producer._unary(self.producer._stub.ReportProgress, request)
+        self.completed = completed
+        if total is not None:
+            self.total = total
+        if response.abort_requested:
+            self._aborted.set()
+        self.check_abort()
+
+    def child(self, type: str, **options: Any) -> ReportedTask:
+        """Creates and starts a child task (same options as ``Producer.create_task``)."""
+        return self.producer.create_task(type, parent=self, **options)
+
+    def finish(self, error: str | None = None) -> TaskStatus:
+        """Finishes the task (failed with ``error`` if given); returns the final status."""
+        request = pb.FinishTaskRequest(task_id=str(self.id), error=error)
+        response = self.producer._unary(self.producer._stub.FinishTask, request)
+        self.finished = True
+        return TaskStatus.from_pb(response.status)

@@ -1,0 +1,150 @@
+"""TaskReportingService: producers create, start, advance and finish tasks, and hear of aborts."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from uuid import UUID
+
+import grpc
+from google.protobuf import duration_pb2
+
+from tm_client.pb import task_reporting_pb2 as pb
+from tm_client.pb import task_reporting_pb2_grpc as pb_grpc
+from tm_server.core.manager import check_name
+from tm_server.core.producers import Producers, TaskSpec
+
+from .convert import parse_uuid, require_uuid, status_to_pb
+from .errors import make_status
+from .handlers import Context, abort_with, streaming, unary
+from .servicer import Lifecycle
+
+
+def spec_from_pb(request: pb.CreateTaskRequest) -> TaskSpec:
+    """Decodes a CreateTaskRequest into a task spec (validated by the core)."""
+    return TaskSpec(
+        module=request.module,
+        type=request.type,
+        scope=request.scope,
+        parent_id=parse_uuid("parent_id", request.parent_id, required=False),
+        shard=request.shard if request.HasField("shard") else None,
+        keyspace=request.keyspace,
+        table=request.table,
+        entity=request.entity,
+        abortable=request.abortable,
+        user_task=request.user_task,
+        internal=request.internal if request.HasField("internal") else None,
+        progress_units=request.progress_units,
+        progress_total=request.progress_total if request.HasField("progress_total") else None,
+        task_id=parse_uuid("task_id", request.task_id, required=False),
+    )
+
+
+class TaskReportingServicer(pb_grpc.TaskReportingServiceServicer):
+    """The producer API."""
+
+    def __init__(self, producers: Producers, lifecycle: Lifecycle) -> None:
+        self._producers = producers
+        self._lifecycle = lifecycle
+
+    @unary
+    async def RegisterModule(
+        self, request: pb.RegisterModuleRequest, context: Context
+    ) -> pb.RegisterModuleResponse:
+        """Registers a module."""
+        created = await self._producers.register_module(check_name("module", request.module))
+        return pb.RegisterModuleResponse(created=created)
+
+    @unary
+    async def UnregisterModule(
+        self, request: pb.UnregisterModuleRequest, context: Context
+    ) -> pb.UnregisterModuleResponse:
+        """Stops a module."""
+        await self._producers.unregister_module(check_name("module", request.module))
+        return pb.UnregisterModuleResponse()
+
+    @unary
+    async def CreateTask(
+        self, request: pb.CreateTaskRequest, context: Context
+    ) -> pb.CreateTaskResponse:
+        """Creates (and maybe starts) a task; idempotent with a task id."""
+        status, created = await self._producers.create_task(
+            spec_from_pb(request),
+            session_id=parse_uuid("session_id", request.session_id, required=False),
+            start=request.start,
+        )
+        return pb.CreateTaskResponse(status=status_to_pb(status), created=created)
+
+    @unary
+    async def StartTask(
+        self, request: pb.StartTaskRequest, context: Context
+    ) -> pb.StartTaskResponse:
+        """Starts a created task."""
+        status = await self._producers.start_task(require_uuid("task_id", request.task_id))
+        return pb.StartTaskResponse(status=status_to_pb(status))
+
+    @unary
+    async def ReportProgress(
+        self, request: pb.ReportProgressRequest, context: Context
+    ) -> pb.ReportProgressResponse:
+        """Records a running task's progress."""
+        aborting = await self._producers.report_progress(
+            require_uuid("task_id", request.task_id),
+            request.completed,
+            request.total if request.HasField("total") else None,
+        )
+        return pb.ReportProgressResponse(abort_requested=aborting)
+
+    @unary
+    async def FinishTask(
+        self, request: pb.FinishTaskRequest, context: Context
+    ) -> pb.FinishTaskResponse:
+        """Finishes a running task."""
+        status = await self._producers.finish_task(
+            require_uuid("task_id", request.task_id),
+            request.error if request.HasField("error") else None,
+        )
+        return pb.FinishTaskResponse(status=status_to_pb(status))
+
+    @streaming
+    async def OpenSession(
+        self, request: pb.OpenSessionRequest, context: Context
+    ) -> AsyncIterator[pb.OpenSessionResponse]:
+        """Opens or resumes a session and streams abort requests for its tasks."""
+        session_id = parse_uuid("session_id", request.session_id, required=False)
+        stream = self._producers.open_session(session_id)
+        stopping = asyncio.ensure_future(self._lifecycle.shutting_down.wait())
+        step: asyncio.Future[UUID | None] | None = None
+        try:
+            lease = duration_pb2.Duration()
+            lease.FromNanoseconds(round(self._producers.lease_seconds * 1e9))
+            yield pb.OpenSessionResponse(
+                opened=pb.SessionOpened(
+                    session_id=str(stream.session.id), lease=lease, resumed=stream.resumed
+                )
+            )
+            while True:
+                step = next_abort = asyncio.ensure_future(stream.next_abort())
+                await asyncio.wait([next_abort, stopping], return_when=asyncio.FIRST_COMPLETED)
+                if not next_abort.done():
+                    await abort_with(
+                        context,
+                        make_status(
+                            grpc.StatusCode.UNAVAILABLE,
+                            "the server is shutting down",
+                            "SHUTTING_DOWN",
+                        ),
+                    )
+                task_id = next_abort.result()
+                step = None
+                if task_id is None:
+                    return  # a newer stream resumed this session
+                yield pb.OpenSessionResponse(
+                    abort_requested=pb.AbortRequested(task_id=str(task_id))
+                )
+        finally:
+            stopping.cancel()
+            if step is not None:
+                step.cancel()
+            # However the stream ended (the producer crashed included), the lease starts now.
+            self._producers.close_stream(stream)
