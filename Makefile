@@ -8,7 +8,7 @@ BUF := .tools/buf/node_modules/.bin/buf
 PROTOS := $(wildcard protos/tm/v1/*.proto)
 GEN_DIR := tm_client/pb
 
-.PHONY: run test proto proto-check lint typecheck buf-lint pytest venv clean
+.PHONY: run demo test proto proto-check lint typecheck buf-lint pytest venv clean examples-deps
 
 venv: $(VENV)/.installed
 
@@ -23,6 +23,18 @@ $(BUF):
 
 run: venv
 	$(BIN)/tm-server $(ARGS)
+
+# A realistic producer against a running server (`make run` in another shell).
+demo: venv
+	$(PY) -m tm_client.demo $(ARGS)
+
+NODE_EXAMPLE := examples/node-producer
+
+examples-deps: $(NODE_EXAMPLE)/node_modules/.installed
+
+$(NODE_EXAMPLE)/node_modules/.installed: $(NODE_EXAMPLE)/package-lock.json
+	npm ci --silent --no-audit --no-fund --prefix $(NODE_EXAMPLE)
+	touch $@
 
 # Generates the stubs into a scratch folder, then flattens tm/v1 into one
 # package with relative imports, so the stubs import as tm_client.pb.*.
@@ -66,7 +78,7 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
-pytest: venv
+pytest: venv examples-deps
 	$(BIN)/pytest -q
 
 test: proto-check lint typecheck buf-lint pytest
