@@ -1,0 +1,292 @@
+"""The real ``tm`` CLI as a subprocess against a live server: every command, both formats."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import pty
+import struct
+import subprocess
+import termios
+import threading
+import time
+from collections.abc import Callable, Iterator
+from uuid import UUID
+
+import pytest
+
+from tm_client import Producer, TaskManagerClient, TestServiceClient
+
+from .process import BIN
+from .server_fixture import ServerThread
+
+TM = str(BIN / "tm")
+Cli = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def run_tm(target: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [TM, "--target", target, *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def no_traceback(result: subprocess.CompletedProcess[str]) -> None:
+    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
+
+
+@pytest.fixture
+def cli(server: ServerThread) -> Cli:
+    def call(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        result = run_tm(server.target, *args, timeout=timeout)
+        no_traceback(result)
+        return result
+
+    return call
+
+
+@pytest.fixture
+def tree(client: TaskManagerClient, testsvc: TestServiceClient) -> Iterator[dict[str, UUID]]:
+    client.set_ttl(600)
+    root = testsvc.create_task(keyspace="ks1", table="t1")
+    child = testsvc.create_task(parent_id=root, shard=1, keyspace="ks1", table="t2")
+    failed = testsvc.create_task(parent_id=root, shard=2, entity="e")
+    testsvc.finish_task(failed, "disk gone")
+    other = testsvc.create_task(keyspace="ks2", shard=2)
+    yield {"root": root, "child": child, "failed": failed, "other": other}
+
+
+def test_modules(cli: Cli) -> None:
+    result = cli("tasks", "modules")
+    assert result.returncode == 0 and result.stdout == "test\n"
+    result = cli("tasks", "modules", "--format", "json")
+    assert json.loads(result.stdout) == ["test"]
+
+
+def test_list(cli: Cli, tree: dict[str, UUID]) -> None:
+    result = cli("tasks", "list", "test")
+    assert result.returncode == 0
+    header, *rows = result.stdout.splitlines()
+    assert header.split() == [
+        "task_id", "type", "kind", "scope", "state", "sequence_number", "keyspace", "table",
+        "entity", "shard", "creation_time", "start_time", "end_time",
+    ]  # fmt: skip
+    assert {row.split()[0] for row in rows} == {str(tree["root"]), str(tree["other"])}
+    assert all(" running " in row for row in rows)
+
+    result = cli("tasks", "list", "test", "--internal", "--keyspace", "ks1", "--format", "json")
+    entries = json.loads(result.stdout)
+    assert {e["task_id"] for e in entries} == {str(tree["root"]), str(tree["child"])}
+    assert {e["table"] for e in entries} == {"t1", "t2"}
+    result = cli("tasks", "list", "test", "--internal", "-t", "t2", "--format", "json")
+    assert [e["task_id"] for e in json.loads(result.stdout)] == [str(tree["child"])]
+
+    result = cli("tasks", "list", "test", "--interval", "0", "--iterations", "1")
+    assert result.returncode == 0 and len(result.stdout.split("\n\n")) == 2
+    result = cli("tasks", "list", "test", "--interval", "0", "-i", "2", "--format", "json")
+    lines = result.stdout.splitlines()
+    assert len(lines) == 3 and all(len(json.loads(line)) == 2 for line in lines)
+
+    result = cli("tasks", "list", "nope")
+    assert result.returncode == 1 and result.stderr == "tm: module nope not found\n"
+
+
+def test_status(cli: Cli, tree: dict[str, UUID]) -> None:
+    result = cli("tasks", "status", str(tree["root"]))
+    assert result.returncode == 0
+    lines = result.stdout.splitlines()
+    fields = dict(line.split(": ", 1) for line in lines if ": " in line)
+    assert [line.split(":")[0] for line in lines[:6]] == [
+        "id", "type", "kind", "scope", "state", "is_abortable",
+    ]  # fmt: skip
+    assert fields["state"] == "running" and fields["parent_id"] == "none"
+    assert fields["keyspace"] == "ks1" and fields["is_abortable"] == "false"
+    assert "end_time: " in result.stdout.replace("end_time: \n", "end_time: ")
+    assert fields["children_ids"] == (
+        f"[{{task_id: {tree['child']}, node: node-a }}, "
+        f"{{task_id: {tree['failed']}, node: node-a }}]"
+    )
+    result = cli("tasks", "status", str(tree["child"]), "--format", "json")
+    doc = json.loads(result.stdout)
+    assert doc["parent_id"] == str(tree["root"]) and doc["internal"] is True
+    assert doc["end_time"] is None and doc["shard"] == 1
+
+    result = cli("tasks", "status", "not-a-uuid")
+    assert result.returncode == 1
+    assert result.stderr == "tm: invalid task_id: not a valid UUID: 'not-a-uuid'\n"
+    result = cli("tasks", "status", "01a209fe-56c6-7e17-8547-b3cdde076deb")
+    assert result.returncode == 1 and "not found" in result.stderr
+    assert len(result.stderr.splitlines()) == 1
+
+
+def test_tree(cli: Cli, tree: dict[str, UUID]) -> None:
+    result = cli("tasks", "tree", str(tree["root"]))
+    assert result.returncode == 0
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(str(tree["root"])) and "running" in lines[0]
+    assert lines[1].startswith("├── " + str(tree["child"]))
+    assert lines[2].startswith("└── " + str(tree["failed"])) and "error: disk gone" in lines[2]
+    result = cli("tasks", "tree", str(tree["root"]), "--format", "json")
+    ids = [s["id"] for s in json.loads(result.stdout)]
+    assert ids == [str(tree["root"]), str(tree["child"]), str(tree["failed"])]
+
+    # Without an id: every non-internal task's tree.
+    result = cli("tasks", "tree", "--format", "json")
+    ids = [s["id"] for s in json.loads(result.stdout)]
+    assert set(ids) == {str(t) for t in tree.values()}
+    result = cli("tasks", "tree")
+    assert result.returncode == 0 and len(result.stdout.split("\n\n")) == 2
+
+
+def test_wait_exit_codes_and_formats(
+    cli: Cli,
+    testsvc: TestServiceClient,
+    client: TaskManagerClient,
+) -> None:
+    client.set_ttl(600)
+    done = testsvc.create_task()
+    threading.Timer(0.3, testsvc.finish_task, args=(done,)).start()
+    result = cli("tasks", "wait", str(done))
+    assert result.returncode == 0 and "state: done" in result.stdout
+
+    failed = testsvc.create_task()
+    threading.Timer(0.3, testsvc.finish_task, args=(failed, "boom")).start()
+    result = cli("tasks", "wait", str(failed), "--quiet")
+    assert result.returncode == 123 and result.stdout == "" and result.stderr == ""
+
+    running = testsvc.create_task()
+    result = cli("tasks", "wait", str(running), "--timeout", "0.3")
+    assert result.returncode == 124 and result.stderr == "Operation timed out\n"
+    result = cli("tasks", "wait", str(running), "--timeout", "0.3", "-q")
+    assert result.returncode == 124 and result.stderr == ""
+    result = cli("tasks", "wait", "01a209fe-56c6-7e17-8547-b3cdde076deb")
+    assert result.returncode == 125 and "not found" in result.stderr
+
+    threading.Timer(0.3, testsvc.finish_task, args=(running,)).start()
+    result = cli("tasks", "wait", str(running), "--format", "json")
+    updates = [json.loads(line) for line in result.stdout.splitlines()]
+    assert updates[0]["state"] == "running" and updates[-1]["state"] == "done"
+    assert result.returncode == 0
+
+
+def test_abort(
+    server: ServerThread,
+    cli: Cli,
+    tree: dict[str, UUID],
+) -> None:
+    result = cli("tasks", "abort", str(tree["root"]))
+    assert result.returncode == 1
+    assert result.stderr == f"tm: Task with id {tree['root']} is not abortable\n"
+    with Producer(server.target, module="jobs") as producer:
+        task = producer.task("job", abortable=True)
+        result = cli("tasks", "abort", str(task.id))
+        assert result.returncode == 0 and result.stdout == ""
+        assert task.wait_abort(10)
+        other = producer.task("job", abortable=True)
+        result = cli("tasks", "abort", str(other.id), "--format", "json")
+        assert json.loads(result.stdout) == {"task_id": str(other.id), "abort_requested": True}
+        task.finish()
+        other.finish()
+
+
+def test_ttls(cli: Cli) -> None:
+    assert cli("tasks", "ttl").stdout == "Current ttl: 0\n"
+    result = cli("tasks", "ttl", "--set", "30")
+    assert result.returncode == 0 and result.stdout == ""
+    assert json.loads(cli("tasks", "ttl", "--format", "json").stdout) == {"ttl": 30}
+    assert json.loads(cli("tasks", "ttl", "--set", "40", "--format", "json").stdout) == {
+        "ttl": 40, "previous": 30,
+    }  # fmt: skip
+    assert cli("tasks", "user-ttl").stdout == "Current user ttl: 3600\n"
+    assert json.loads(cli("tasks", "user-ttl", "--set", "5", "--format", "json").stdout) == {
+        "user_ttl": 5, "previous": 3600,
+    }  # fmt: skip
+    result = cli("tasks", "ttl", "--set", "-1")
+    assert result.returncode == 1 and "must not be negative" in result.stderr
+
+
+def test_drain(
+    cli: Cli,
+    tree: dict[str, UUID],
+    testsvc: TestServiceClient,
+    server: ServerThread,
+) -> None:
+    testsvc.finish_task(tree["other"])
+    result = cli("tasks", "drain", "--module", "test", "--format", "json")
+    assert json.loads(result.stdout) == {"drained": {"test": 1}}
+    with Producer(server.target, module="jobs") as producer:
+        producer.task("job").finish()
+    result = cli("tasks", "drain")
+    assert result.returncode == 0 and result.stdout == ""
+    assert json.loads(cli("tasks", "drain", "--format", "json").stdout) == {
+        "drained": {"jobs": 0, "test": 0}
+    }
+    result = cli("tasks", "drain", "--module", "nope")
+    assert result.returncode == 1 and result.stderr == "tm: module nope not found\n"
+
+
+def test_unreachable_server_is_one_line_not_a_traceback() -> None:
+    for args in (["tasks", "modules"], ["tasks", "status", "x"]):
+        result = run_tm("127.0.0.1:1", *args)
+        no_traceback(result)
+        assert result.returncode == 1
+        assert result.stderr.startswith("tm: cannot reach the tm server at 127.0.0.1:1")
+        assert len(result.stderr.splitlines()) == 1
+    result = run_tm("127.0.0.1:1", "tasks", "wait", "x")
+    assert result.returncode == 125
+    result = subprocess.run([TM, "tasks", "bogus"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2 and "invalid choice" in result.stderr
+
+
+def test_wait_on_a_terminal_shows_a_live_progress_bar(server: ServerThread) -> None:
+    with Producer(server.target, module="copy") as producer:
+        task = producer.task("copy", progress_units="files", total=10)
+        master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+        env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "120", "LINES": "40"}
+        proc = subprocess.Popen(
+            [TM, "--target", server.target, "tasks", "wait", str(task.id)],
+            stdin=slave, stdout=slave, stderr=slave, env=env, close_fds=True,
+        )  # fmt: skip
+        os.close(slave)
+        chunks: list[bytes] = []
+
+        def read() -> None:
+            while True:
+                try:
+                    data = os.read(master, 4096)
+                except OSError:
+                    return
+                if not data:
+                    return
+                chunks.append(data)
+
+        reader = threading.Thread(target=read)
+        reader.start()
+
+        def seen(text: str) -> bool:
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                if text in b"".join(chunks).decode(errors="replace"):
+                    return True
+                time.sleep(0.02)
+            return False
+
+        try:
+            assert seen("0/10 files")
+            task.progress(3)
+            assert seen("3/10 files")
+            task.progress(7)
+            assert seen("7/10 files")
+            task.progress(10)
+            task.finish()
+            assert proc.wait(15) == 0
+        finally:
+            proc.kill()
+            reader.join(5)
+            os.close(master)
+        screen = b"".join(chunks).decode(errors="replace")
+        assert "running" in screen and "━" in screen  # the bar itself
+        assert "\x1b[" in screen  # drawn with terminal control codes
+        after_bar = screen[screen.rindex("10/10 files") :]
+        assert "state: done" in after_bar  # then the final status

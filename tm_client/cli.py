@@ -1,0 +1,599 @@
+"""The ``tm`` command line: ``nodetool tasks`` verbs against a tm server."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, NoReturn, TextIO
+
+import grpc
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn
+from rich.table import Table
+from rich.text import Text
+from rich.tree import Tree
+
+from ._client import TaskManagerClient
+from ._errors import (
+    DeadlineExceededError,
+    NotFoundError,
+    TaskNotAbortableError,
+    TmError,
+    UnavailableError,
+)
+from ._types import TaskState, TaskStats, TaskStatus
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 50051
+
+#: ``tm tasks wait`` exit codes, as ScyllaDB's ``nodetool tasks wait --quiet``.
+EXIT_DONE, EXIT_FAILED, EXIT_TIMEOUT, EXIT_WAIT_ERROR = 0, 123, 124, 125
+EXIT_ERROR = 1
+
+STATE_STYLES = {
+    TaskState.CREATED: "cyan",
+    TaskState.RUNNING: "yellow",
+    TaskState.DONE: "green",
+    TaskState.FAILED: "bold red",
+    TaskState.SUSPENDED: "magenta",
+}
+
+#: List columns in ScyllaDB's order, and the order they are dropped in when the
+#: terminal is too narrow (task_id and state always stay).
+LIST_COLUMNS = (
+    "task_id",
+    "type",
+    "kind",
+    "scope",
+    "state",
+    "sequence_number",
+    "keyspace",
+    "table",
+    "entity",
+    "shard",
+    "creation_time",
+    "start_time",
+    "end_time",
+)
+DROP_ORDER = (
+    "entity",
+    "creation_time",
+    "end_time",
+    "sequence_number",
+    "kind",
+    "shard",
+    "start_time",
+    "table",
+    "scope",
+    "keyspace",
+    "type",
+)
+
+
+class CliError(Exception):
+    """A failure to report as one line on stderr with an exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# ---- connection ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConnectionOptions:
+    """Where and how to reach the server; the one place TLS and tokens will go."""
+
+    target: str
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> ConnectionOptions:
+        """Builds the options from ``--target`` or ``--host``/``--port``."""
+        if args.target:
+            return cls(args.target)
+        return cls(f"{args.host}:{args.port}")
+
+    def client(self) -> TaskManagerClient:
+        """Opens a client with these options."""
+        return TaskManagerClient(channel=grpc.insecure_channel(self.target), timeout=30.0)
+
+
+# ---- formatting ------------------------------------------------------------------------------
+
+
+def _time(value: datetime | None) -> str:
+    # As nodetool: seconds resolution, ISO 8601 UTC; unset prints empty.
+    return "" if value is None else value.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _json_time(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat().replace("+00:00", "Z")
+
+
+def _number(value: float) -> str:
+    return f"{value:g}"
+
+
+def status_json(status: TaskStatus) -> dict[str, Any]:
+    """A status as a JSON object (field names as the API's)."""
+    return {
+        "id": str(status.id),
+        "type": status.type,
+        "kind": status.kind.value,
+        "scope": status.scope,
+        "state": status.state.value,
+        "is_abortable": status.is_abortable,
+        "creation_time": _json_time(status.creation_time),
+        "start_time": _json_time(status.start_time),
+        "end_time": _json_time(status.end_time),
+        "error": status.error,
+        "parent_id": None if status.parent_id is None else str(status.parent_id),
+        "sequence_number": status.sequence_number,
+        "shard": status.shard,
+        "keyspace": status.keyspace,
+        "table": status.table,
+        "entity": status.entity,
+        "progress_units": status.progress_units,
+        "progress_total": status.progress_total,
+        "progress_completed": status.progress_completed,
+        "children_ids": [{"task_id": str(c.task_id), "node": c.node} for c in status.children],
+        "module": status.module,
+        "internal": status.internal,
+        "user_task": status.user_task,
+        "abort_requested": status.abort_requested,
+        "expire_time": _json_time(status.expire_time),
+    }
+
+
+def stats_json(stats: TaskStats) -> dict[str, Any]:
+    """A list entry as a JSON object."""
+    return {
+        "task_id": str(stats.task_id),
+        "type": stats.type,
+        "kind": stats.kind.value,
+        "scope": stats.scope,
+        "state": stats.state.value,
+        "sequence_number": stats.sequence_number,
+        "keyspace": stats.keyspace,
+        "table": stats.table,
+        "entity": stats.entity,
+        "shard": stats.shard,
+        "creation_time": _json_time(stats.creation_time),
+        "start_time": _json_time(stats.start_time),
+        "end_time": _json_time(stats.end_time),
+    }
+
+
+def status_lines(status: TaskStatus) -> list[str]:
+    """A status as nodetool prints it: one ``name: value`` line per field."""
+    out = []
+    for name, value in status_json(status).items():
+        if name.endswith("_time"):
+            text = _time(getattr(status, name))
+        elif name == "parent_id":
+            text = value or "none"
+        elif name == "children_ids":
+            text = (
+                "["
+                + ", ".join(f"{{task_id: {c['task_id']}, node: {c['node']} }}" for c in value)
+                + "]"
+            )
+        elif isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, float):
+            text = _number(value)
+        else:
+            text = str(value)
+        out.append(f"{name}: {text}")
+    return out
+
+
+def _stats_cells(stats: TaskStats) -> dict[str, str]:
+    cells = {k: ("" if v is None else str(v)) for k, v in stats_json(stats).items()}
+    for name in ("creation_time", "start_time", "end_time"):
+        cells[name] = _time(getattr(stats, name))
+    return cells
+
+
+def _progress_text(status: TaskStatus) -> str:
+    if not status.progress_total and not status.progress_completed:
+        return ""
+    units = f" {status.progress_units}" if status.progress_units else ""
+    return f"{_number(status.progress_completed)}/{_number(status.progress_total)}{units}"
+
+
+class Output:
+    """Where results go: a rich console on a terminal, plain text elsewhere, or JSON."""
+
+    def __init__(self, fmt: str, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stdout
+        self.json = fmt == "json"
+        self.tty = self.stream.isatty()
+        width = shutil.get_terminal_size().columns if self.tty else 1_000_000
+        self.console = Console(
+            file=self.stream,
+            width=width,
+            highlight=False,
+            soft_wrap=not self.tty,
+            force_terminal=self.tty,
+            no_color=not self.tty,
+        )
+
+    def line(self, text: str = "") -> None:
+        """Prints one plain line."""
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def document(self, value: Any) -> None:
+        """Prints one JSON document on one line."""
+        self.line(json.dumps(value))
+
+    def table(self, rows: Sequence[dict[str, str]], columns: Sequence[str]) -> None:
+        """Prints rows as a table that fits the terminal (all columns when not a terminal)."""
+        shown = list(columns)
+        if self.tty:
+            width = self.console.width
+
+            def needed(cols: list[str]) -> int:
+                return sum(max([len(c)] + [len(r[c]) for r in rows]) + 2 for c in cols)
+
+            for name in DROP_ORDER:
+                if needed(shown) <= width:
+                    break
+                if name in shown:
+                    shown.remove(name)
+        table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
+        for name in shown:
+            table.add_column(name, no_wrap=True, overflow="ellipsis")
+        for row in rows:
+            table.add_row(*[self._cell(name, row[name]) for name in shown])
+        self.console.print(table)
+
+    def _cell(self, name: str, value: str) -> Text:
+        style = STATE_STYLES.get(TaskState(value), "") if name == "state" and value else ""
+        return Text(value, style=style if self.tty else "")
+
+    def state(self, state: TaskState) -> Text:
+        """A state, coloured on a terminal."""
+        return Text(state.value, style=STATE_STYLES[state] if self.tty else "")
+
+
+# ---- commands --------------------------------------------------------------------------------
+
+
+def cmd_modules(client: TaskManagerClient, args: argparse.Namespace, out: Output) -> int:
+    """``tm tasks modules``."""
+    modules = client.list_modules()
+    if out.json:
+        out.document(modules)
+    else:
+        for module in modules:
+            out.line(module)
+    return 0
+
+
+def cmd_list(client: TaskManagerClient, args: argparse.Namespace, out: Output) -> int:
+    """``tm tasks list MODULE``."""
+    for iteration in range(args.iterations + 1):
+        if iteration:
+            time.sleep(args.interval)
+            if not out.json:
+                out.line()
+        entries = list(
+            client.list_tasks(
+                args.module, internal=args.internal, keyspace=args.keyspace, table=args.table
+            )
+        )
+        if out.json:
+            out.document([stats_json(e) for e in entries])
+        else:
+            out.table([_stats_cells(e) for e in entries], LIST_COLUMNS)
+    return 0
+
+
+def cmd_status(client: TaskManagerClient, args: argparse.Namespace, out: Output) -> int:
+    """``tm tasks status ID``."""
+    status = client.get_status(args.id)
+    if out.json:
+        out.document(status_json(status))
+    else:
+        for line in status_lines(status):
+            out.line(line)
+    return 0
+
+
+def _tree_label(status: TaskStatus, out: Output) -> Text:
+    label = Text(str(status.id), style="dim" if out.tty else "")
+    label.append(f"  {status.type}")
+    if status.scope:
+        label.append(f"/{status.scope}")
+    where = ".".join(x for x in (status.keyspace, status.table) if x)
+    if where:
+        label.append(f"  {where}")
+    if status.entity:
+        label.append(f"  {status.entity}")
+    label.append("  ")
+    label.append_text(out.state(status.state))
+    progress = _progress_text(status)
+    if progress:
+        label.append(f"  {progress}")
+    if status.error:
+        label.append(f"  error: {status.error}", style="red" if out.tty else "")
+    return label
+
+
+def _print_tree(statuses: list[TaskStatus], out: Output) -> None:
+    # The statuses come in BFS order; each is drawn under its parent, children in
+    # that order (live before folded).
+    root = Tree(_tree_label(statuses[0], out), guide_style="dim" if out.tty else "")
+    nodes = {statuses[0].id: root}
+    for status in statuses[1:]:
+        parent = nodes.get(status.parent_id) if status.parent_id is not None else None
+        nodes[status.id] = (parent or root).add(_tree_label(status, out))
+    out.console.print(root)
+
+
+def cmd_tree(client: TaskManagerClient, args: argparse.Namespace, out: Output) -> int:
+    """``tm tasks tree [ID]``: one task's tree, or every non-internal task's."""
+    trees: list[list[TaskStatus]] = []
+    if args.id:
+        trees.append(client.get_status_recursive(args.id))
+    else:
+        for module in client.list_modules():
+            for entry in client.list_tasks(module):
+                try:
+                    trees.append(client.get_status_recursive(entry.task_id))
+                except NotFoundError:
+                    continue  # unregistered since it was listed
+    if out.json:
+        out.document([status_json(s) for tree in trees for s in tree])
+        return 0
+    for i, tree in enumerate(trees):
+        if i:
+            out.line()
+        _print_tree(tree, out)
+    return 0
+
+
+def _wait_exit(status: TaskStatus) -> int:
+    return EXIT_DONE if status.state is TaskState.DONE else EXIT_FAILED
+
+
+def cmd_wait(client: TaskManagerClient, args: argparse.Namespace, out: Output) -> int:
+    """``tm tasks wait ID``: 0 done, 123 failed, 124 timed out, 125 other errors."""
+    try:
+        updates = client.watch(args.id, timeout=args.timeout)
+        if args.quiet:
+            last = None
+            for last in updates:  # noqa: B007
+                pass
+        elif out.json:
+            last = None
+            for last in updates:
+                out.document(status_json(last))
+        elif out.tty:
+            last = _wait_with_bar(updates, out)
+        else:
+            last = None
+            for last in updates:  # noqa: B007
+                pass
+    except DeadlineExceededError as exc:
+        if not args.quiet:
+            print("Operation timed out", file=sys.stderr)
+        raise CliError("", EXIT_TIMEOUT) from exc
+    except TmError as exc:
+        raise CliError(_message(exc, args), EXIT_WAIT_ERROR) from exc
+    if last is None:
+        raise CliError("the server ended the wait without a status", EXIT_WAIT_ERROR)
+    if not args.quiet and not out.json:
+        for line in status_lines(last):
+            out.line(line)
+    return _wait_exit(last)
+
+
+def _wait_with_bar(updates: Iterable[TaskStatus], out: Output) -> TaskStatus | None:
+    progress = Progress(
+        TextColumn("[bold]{task.fields[state]}"),
+        BarColumn(),
+        TextColumn("{task.fields[amount]}"),
+        console=out.console,
+        auto_refresh=False,
+        transient=False,
+    )
+    last = None
+    with progress:
+        bar = progress.add_task("wait", total=None, state="", amount="")
+        for last in updates:
+            total = last.progress_total or None
+            progress.update(
+                bar,
+                total=total,
+                completed=last.progress_completed,
+                state=last.state.value,
+                amount=_progress_text(last),
+            )
+            progress.refresh()
+    return last
+
+
+def cmd_abort(client: TaskManagerClient, args: argparse.Namespace, out: Output) -> int:
+    """``tm tasks abort ID``."""
+    try:
+        client.abort(args.id)
+    except TaskNotAbortableError as exc:
+        raise CliError(f"Task with id {args.id} is not abortable") from exc
+    if out.json:
+        out.document({"task_id": args.id, "abort_requested": True})
+    return 0
+
+
+def _ttl_command(name: str, label: str, get: str, set_: str) -> Callable[..., int]:
+    def command(client: TaskManagerClient, args: argparse.Namespace, out: Output) -> int:
+        if args.set is not None:
+            previous = getattr(client, set_)(args.set)
+            if out.json:
+                out.document({name: args.set, "previous": previous})
+            return 0
+        value = getattr(client, get)()
+        if out.json:
+            out.document({name: value})
+        else:
+            out.line(f"Current {label}: {value}")
+        return 0
+
+    command.__doc__ = f"``tm tasks {name.replace('_', '-')} [--set N]``."
+    return command
+
+
+cmd_ttl = _ttl_command("ttl", "ttl", "get_ttl", "set_ttl")
+cmd_user_ttl = _ttl_command("user_ttl", "user ttl", "get_user_ttl", "set_user_ttl")
+
+
+def cmd_drain(client: TaskManagerClient, args: argparse.Namespace, out: Output) -> int:
+    """``tm tasks drain [--module M]``: one module, or every module."""
+    modules = [args.module] if args.module else client.list_modules()
+    drained = {module: client.drain(module) for module in modules}
+    if out.json:
+        out.document({"drained": drained})
+    return 0
+
+
+# ---- parsing and running ---------------------------------------------------------------------
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``tm`` argument parser."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--format",
+        choices=("table", "json"),
+        default=argparse.SUPPRESS,
+        help="output: a human table (default) or JSON (JSON lines for streams)",
+    )
+    parser = argparse.ArgumentParser(
+        prog="tm", description="Inspect, wait for and abort the tasks of a tm server."
+    )
+    parser.add_argument(
+        "--target", default=os.environ.get("TM_TARGET"), help="host:port (or $TM_TARGET)"
+    )
+    parser.add_argument("--host", "-H", default=DEFAULT_HOST, help=f"default {DEFAULT_HOST}")
+    parser.add_argument(
+        "--port", "-p", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}"
+    )
+    parser.add_argument("--format", choices=("table", "json"), default="table")
+    groups = parser.add_subparsers(dest="group", required=True, metavar="tasks")
+    tasks = groups.add_parser("tasks", help="task manager commands")
+    sub = tasks.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("modules", parents=[common], help="list module names")
+    p.set_defaults(func=cmd_modules)
+
+    p = sub.add_parser("list", parents=[common], help="list a module's tasks")
+    p.add_argument("module")
+    p.add_argument("--internal", action="store_true", help="include internal tasks")
+    p.add_argument("--keyspace", "-ks", default="", help="only this keyspace's tasks")
+    p.add_argument("--table", "-t", default="", help="only this table's tasks")
+    p.add_argument(
+        "--interval", type=_non_negative_float, default=10.0, help="seconds between listings"
+    )
+    p.add_argument(
+        "--iterations", "-i", type=_non_negative_int, default=0, help="repeat this many more times"
+    )
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("status", parents=[common], help="a task's status")
+    p.add_argument("id")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("tree", parents=[common], help="a task's tree, or every task's")
+    p.add_argument("id", nargs="?")
+    p.set_defaults(func=cmd_tree)
+
+    p = sub.add_parser("wait", parents=[common], help="wait for a task to finish")
+    p.add_argument("id")
+    p.add_argument("--timeout", type=_non_negative_float, default=None, help="seconds")
+    p.add_argument("--quiet", "-q", action="store_true", help="print nothing; exit code only")
+    p.set_defaults(func=cmd_wait)
+
+    p = sub.add_parser("abort", parents=[common], help="abort a task and its descendants")
+    p.add_argument("id")
+    p.set_defaults(func=cmd_abort)
+
+    p = sub.add_parser("ttl", parents=[common], help="show or set task_ttl")
+    p.add_argument("--set", type=int, metavar="N")
+    p.set_defaults(func=cmd_ttl)
+
+    p = sub.add_parser("user-ttl", parents=[common], help="show or set user_task_ttl")
+    p.add_argument("--set", type=int, metavar="N")
+    p.set_defaults(func=cmd_user_ttl)
+
+    p = sub.add_parser("drain", parents=[common], help="unregister finished tasks")
+    p.add_argument("--module", help="one module (default: every module)")
+    p.set_defaults(func=cmd_drain)
+    return parser
+
+
+def _message(exc: TmError, args: argparse.Namespace) -> str:
+    if isinstance(exc, UnavailableError):
+        target = ConnectionOptions.from_args(args).target
+        return f"cannot reach the tm server at {target}: {exc.message}"
+    return exc.message
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    if message:
+        print(f"tm: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Runs the CLI and returns its exit code (never raises for server errors)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    out = Output(args.format)
+    options = ConnectionOptions.from_args(args)
+    is_wait = args.func is cmd_wait
+    try:
+        with options.client() as client:
+            return int(args.func(client, args, out))
+    except CliError as exc:
+        _fail(str(exc), exc.code)
+    except TmError as exc:
+        _fail(_message(exc, args), EXIT_WAIT_ERROR if is_wait else EXIT_ERROR)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    except BrokenPipeError:
+        # The reader went away (`tm ... | head`); that is not an error of ours.
+        sys.stderr.close()
+        return 0
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """The ``tm`` console script."""
+    sys.exit(run(argv))
+
+
+if __name__ == "__main__":
+    main()
