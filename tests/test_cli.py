@@ -139,6 +139,7 @@ def test_tree(cli: Cli, tree: dict[str, UUID]) -> None:
 
 
 def test_wait_exit_codes_and_formats(
+    server: ServerThread,
     cli: Cli,
     testsvc: TestServiceClient,
     client: TaskManagerClient,
@@ -162,11 +163,19 @@ def test_wait_exit_codes_and_formats(
     result = cli("tasks", "wait", "01a209fe-56c6-7e17-8547-b3cdde076deb")
     assert result.returncode == 125 and "not found" in result.stderr
 
-    threading.Timer(0.3, testsvc.finish_task, args=(running,)).start()
-    result = cli("tasks", "wait", str(running), "--format", "json")
-    updates = [json.loads(line) for line in result.stdout.splitlines()]
-    assert updates[0]["state"] == "running" and updates[-1]["state"] == "done"
-    assert result.returncode == 0
+    # JSON lines: the current status at once, then every change, the last one final.
+    proc = subprocess.Popen(
+        [TM, "--target", server.target, "tasks", "wait", str(running), "--format", "json"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    first = json.loads(proc.stdout.readline())
+    assert first["state"] == "running"
+    testsvc.finish_task(running)
+    rest = [json.loads(line) for line in proc.stdout.read().splitlines()]
+    assert proc.wait(30) == 0
+    assert rest[-1]["state"] == "done" and rest[-1]["id"] == str(running)
 
 
 def test_abort(

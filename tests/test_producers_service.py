@@ -6,7 +6,6 @@ import math
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from uuid import uuid4
@@ -176,15 +175,12 @@ def test_unregister_module_aborts_and_fails_reported_tasks(
 ) -> None:
     client.set_ttl(600)
     task = producer.task("backup", abortable=True)
-    waiter: list[TaskState] = []
-    t = threading.Thread(target=lambda: waiter.append(client.wait(task.id, timeout=10).state))
-    t.start()
-    time.sleep(0.2)
+    updates = client.watch(task.id, timeout=10)
+    assert next(updates).state is TaskState.RUNNING  # the wait holds the task from here on
     stub = rpb_grpc.TaskReportingServiceStub(grpc.insecure_channel(server.target))
     producer._unary(stub.UnregisterModule, rpb.UnregisterModuleRequest(module="backup"))
     assert task.wait_abort(5)
-    t.join(10)
-    assert waiter == [TaskState.FAILED]
+    assert list(updates)[-1].state is TaskState.FAILED
     assert "backup" not in client.list_modules()
 
 

@@ -178,11 +178,13 @@ def test_wait_ends_on_done(client: TaskManagerClient, testsvc: TestServiceClient
 def test_wait_ends_on_failed_with_ok_status(
     client: TaskManagerClient, testsvc: TestServiceClient
 ) -> None:
+    client.set_ttl(60)
     task_id = testsvc.create_task()
-    threading.Timer(0.2, testsvc.finish_task, args=(task_id, "broken pipe")).start()
-    seen = list(client.watch(task_id))
-    assert seen[0].state is TaskState.RUNNING
-    assert seen[-1].state is TaskState.FAILED and seen[-1].error == "broken pipe"
+    updates = client.watch(task_id)
+    assert next(updates).state is TaskState.RUNNING
+    testsvc.finish_task(task_id, "broken pipe")
+    last = list(updates)[-1]
+    assert last.state is TaskState.FAILED and last.error == "broken pipe"
 
 
 def test_wait_streams_progress_and_children(
