@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections import deque
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field, replace
@@ -222,6 +223,7 @@ class TaskManager:
         keyspace: str = "",
         table: str = "",
         entity: str = "",
+        progress_total: float | None = None,
     ) -> TaskHandle:
         """Creates a task (state ``created``) on ``shard``; ``start`` it through the handle.
 
@@ -243,6 +245,8 @@ class TaskManager:
         check_length("keyspace", keyspace, MAX_NAME_LENGTH)
         check_length("table", table, MAX_NAME_LENGTH)
         check_length("entity", entity, MAX_TEXT_LENGTH)
+        # Names repeat across millions of tasks: keep one copy of each.
+        module, keyspace, table = sys.intern(module), sys.intern(keyspace), sys.intern(table)
         target = self.shards[shard]
         if not await target.has_module(module):
             raise UnknownModuleError(module)
@@ -263,7 +267,7 @@ class TaskManager:
                 raise TaskNotFoundError(parent_id, "parent task")
         try:
             task = await target.create_task(
-                module, impl, task_id, link, inherited, keyspace, table, entity
+                module, impl, task_id, link, inherited, keyspace, table, entity, progress_total
             )
         except BaseException:
             if link is not None and link.kind is ParentKind.NODE:

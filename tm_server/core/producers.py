@@ -67,33 +67,37 @@ class TaskSpec:
 
 
 class RemoteTaskImpl(TaskImpl):
-    """A task driven by a producer: no body runs here, the producer reports everything."""
+    """How reported tasks of one shape behave: no body runs here, the producer reports.
 
+    One object serves every task with the same type, scope, units and flags
+    (a flyweight), so a million reported tasks do not cost a million of these;
+    the per-task session lives in ``Producers``.
+    """
+
+    __slots__ = ("_producers", "abortable", "internal", "progress_units", "scope", "type",
+                 "user_task")  # fmt: skip
     external = True
 
-    def __init__(self, spec: TaskSpec, session: ProducerSession | None) -> None:
+    def __init__(self, spec: TaskSpec, producers: Producers) -> None:
         self.type = spec.type
         self.scope = spec.scope
         self.progress_units = spec.progress_units
         self.abortable = spec.abortable
         self.user_task = spec.user_task
         self.internal = spec.internal
-        self.total = spec.progress_total
-        self.session = session
-
-    def expected_total_workload(self) -> float | None:
-        """The total given at creation, if any."""
-        return self.total
+        self._producers = producers
 
     def notify_abort(self, task_id: UUID) -> None:
-        """Pushes the abort request to the producer's session, if the task has one."""
-        if self.session is not None:
-            self.session.push_abort(task_id)
+        """Pushes the abort request to the task's producer session, if it has one."""
+        session = self._producers.session_of(task_id)
+        if session is not None:
+            session.push_abort(task_id)
 
     def notify_finished(self, task_id: UUID) -> None:
         """Forgets the task in its session: nothing is left to fail or abort."""
-        if self.session is not None:
-            self.session.forget(task_id)
+        session = self._producers.forget_task(task_id)
+        if session is not None:
+            session.forget(task_id)
 
     async def run(self, ctx: TaskContext) -> None:
         """Never called: an external task has no body in the server."""
@@ -156,7 +160,26 @@ class Producers:
         self.lease_seconds = lease_seconds
         self._clock: Clock = manager.clock
         self._sessions: dict[UUID, ProducerSession] = {}
+        # The session of each unfinished session task (by id int).
+        self._task_sessions: dict[int, ProducerSession] = {}
+        self._impls: dict[tuple[object, ...], RemoteTaskImpl] = {}
         self._background: set[asyncio.Task[None]] = set()
+
+    def session_of(self, task_id: UUID) -> ProducerSession | None:
+        """The session a task belongs to, if any."""
+        return self._task_sessions.get(task_id.int)
+
+    def forget_task(self, task_id: UUID) -> ProducerSession | None:
+        """Drops a finished task's session link; returns the session it had."""
+        return self._task_sessions.pop(task_id.int, None)
+
+    def _impl(self, spec: TaskSpec) -> RemoteTaskImpl:
+        key = (spec.type, spec.scope, spec.progress_units, spec.abortable, spec.user_task,
+               spec.internal)  # fmt: skip
+        impl = self._impls.get(key)
+        if impl is None:
+            impl = self._impls[key] = RemoteTaskImpl(spec, self)
+        return impl
 
     # ---- modules -----------------------------------------------------------------------------
 
@@ -197,13 +220,14 @@ class Producers:
         try:
             handle = await self.manager.create_task(
                 spec.module,
-                RemoteTaskImpl(spec, session),
+                self._impl(spec),
                 shard=shard,
                 parent_id=spec.parent_id,
                 task_id=task_id,
                 keyspace=spec.keyspace,
                 table=spec.table,
                 entity=spec.entity,
+                progress_total=spec.progress_total,
             )
         except TaskAlreadyExistsError:
             # A concurrent retry won the race: answer as the retry would.
@@ -213,6 +237,7 @@ class Producers:
             return existing, False
         if session is not None:
             session.tasks[task_id] = shard
+            self._task_sessions[task_id.int] = session
             if (await handle.status()).abort_requested:
                 session.push_abort(task_id)  # created under an aborting parent
         if start:
@@ -339,6 +364,7 @@ class Producers:
             f"producer lost: session {session.id} was not resumed within {self.lease_seconds:g}s"
         )
         for task_id, shard in list(session.tasks.items()):
+            self._task_sessions.pop(task_id.int, None)
             try:
                 await self.manager.shards[shard].fail_task(task_id, error)
             except Exception:

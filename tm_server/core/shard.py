@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import heapq
 import logging
 import math
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, TypeVar
@@ -124,7 +124,7 @@ class ModuleState:
         self.name = name
         self.sequence = 0
         # Sorted by id, so listings page in a stable order without a scan.
-        self.tasks: SortedDict[UUID, Task] = SortedDict()
+        self.tasks: SortedDict[int, Task] = SortedDict()
 
     def new_sequence_number(self) -> int:
         """Returns the next sequence number of this module on this shard (the first is 1)."""
@@ -132,13 +132,31 @@ class ModuleState:
         return self.sequence
 
 
+class TaskSync:
+    """The asyncio objects of a task, made only for the tasks that need them.
+
+    Most registered tasks are never awaited, aborted from inside a body or
+    watched, so keeping these out of ``Task`` saves memory per task.
+    """
+
+    __slots__ = ("abort_event", "done", "runner", "waiters")
+
+    def __init__(self) -> None:
+        self.abort_event: asyncio.Event | None = None
+        self.done: asyncio.Future[None] | None = None
+        self.runner: asyncio.Task[None] | None = None
+        self.waiters: list[asyncio.Future[None]] | None = None
+
+
 class Task:
-    """A regular task's state on its owner shard; only that shard touches it."""
+    """A regular task's state on its owner shard; only that shard touches it.
+
+    Kept small (a million of them fit in a few hundred MB): containers and
+    asyncio objects are created on first use.
+    """
 
     __slots__ = (
-        "abort_event",
         "abort_requested",
-        "done",
         "end_time",
         "entity",
         "error",
@@ -155,13 +173,12 @@ class Task:
         "parent",
         "reported",
         "reported_total",
-        "runner",
         "sequence_number",
         "start_time",
         "state",
+        "sync",
         "table",
         "version",
-        "waiters",
     )
 
     def __init__(
@@ -174,6 +191,7 @@ class Task:
         keyspace: str,
         table: str,
         entity: str,
+        total: float | None = None,
     ) -> None:
         self.id = task_id
         self.module = module
@@ -190,20 +208,28 @@ class Task:
         self.end_time: float | None = None
         self.error = ""
         self.abort_requested = False
-        self.abort_event: asyncio.Event | None = None
-        self.done: asyncio.Future[None] | None = None
-        # Live children in creation order: id -> shard.
-        self.live_children: dict[UUID, int] = {}
-        # Finished internal children, in finishing order.
-        self.folded_children: list[FoldedTask] = []
+        # Live children in creation order (id -> shard), made on the first child.
+        self.live_children: dict[UUID, int] | None = None
+        # Finished internal children in finishing order, made on the first fold.
+        self.folded_children: list[FoldedTask] | None = None
         self.folded_into_parent = False
         self.orphaned = False
         self.reported: Progress | None = None
-        self.reported_total: float | None = None
+        self.reported_total = total
         self.expire_at: float | None = None
-        self.runner: asyncio.Task[None] | None = None
         self.version = 0
-        self.waiters: list[asyncio.Future[None]] | None = None
+        self.sync: TaskSync | None = None
+
+    def get_sync(self) -> TaskSync:
+        """Returns the task's asyncio objects, making them on first use."""
+        if self.sync is None:
+            self.sync = TaskSync()
+        return self.sync
+
+    @property
+    def runner(self) -> asyncio.Task[None] | None:
+        """The asyncio task running the body, while it runs."""
+        return None if self.sync is None else self.sync.runner
 
     @property
     def parent_kind(self) -> ParentKind:
@@ -248,14 +274,18 @@ class Shard:
         self._clock = clock
         self._node = node
         self._ttl = ttl
-        self._tasks: dict[UUID, Task] = {}
+        # Keyed by the id's int: it hashes in C, where a UUID hashes in Python.
+        self._tasks: dict[int, Task] = {}
         # Finished tasks already unregistered but still reachable through a
         # live parent (ScyllaDB keeps them alive by the parent's pointer).
-        self._held: dict[UUID, Task] = {}
+        self._held: dict[int, Task] = {}
         self._modules: dict[str, ModuleState] = {}
         # Children of virtual parents: virtual id -> child ids on this shard.
-        self._virtual_children: dict[UUID, dict[UUID, None]] = {}
-        self._expiry: list[tuple[float, UUID]] = []
+        self._virtual_children: dict[int, dict[UUID, None]] = {}
+        # Finished roots waiting for their TTL, one queue per TTL value: with
+        # one TTL, tasks expire in the order they finished, so a queue of ids
+        # costs a pointer per task where a heap of (time, id) would cost a tuple.
+        self._expiry: dict[float, deque[int]] = {}
         self._expiry_timer: TimerHandle | None = None
         self._expiry_timer_at: float | None = None
         self._background: set[asyncio.Task[None]] = set()
@@ -324,7 +354,7 @@ class Shard:
 
     async def contains(self, task_id: UUID) -> bool:
         """Whether a regular task with this id is registered here."""
-        return task_id in self._tasks
+        return task_id.int in self._tasks
 
     async def attach_child(self, parent_id: UUID, child_id: UUID, child_shard: int) -> AttachResult:
         """Adds a child to a registered parent here; returns what the child inherits.
@@ -333,7 +363,7 @@ class Shard:
             TaskNotFoundError: the parent is not registered here.
             InvalidStateError: the parent has already finished.
         """
-        parent = self._tasks.get(parent_id)
+        parent = self._tasks.get(parent_id.int)
         if parent is None:
             raise TaskNotFoundError(parent_id, "parent task")
         if parent.state.is_complete:
@@ -341,14 +371,20 @@ class Shard:
                 f"parent task with id {parent_id} is {parent.state.value}: "
                 "a finished task takes no new children"
             )
+        if parent.live_children is None:
+            parent.live_children = {}
         parent.live_children[child_id] = child_shard
         await self._changed(parent)
         return AttachResult(parent.sequence_number, parent.abort_requested)
 
     async def detach_child(self, parent_id: UUID, child_id: UUID) -> None:
         """Undoes ``attach_child`` when the child could not be created."""
-        parent = self._tasks.get(parent_id) or self._held.get(parent_id)
-        if parent is not None and parent.live_children.pop(child_id, None) is not None:
+        parent = self._reachable(parent_id)
+        if (
+            parent is not None
+            and parent.live_children is not None
+            and parent.live_children.pop(child_id, None) is not None
+        ):
             await self._changed(parent)
 
     async def create_task(
@@ -361,6 +397,7 @@ class Shard:
         keyspace: str,
         table: str,
         entity: str,
+        total: float | None = None,
     ) -> Task:
         """Builds and registers a task here, in state ``created``.
 
@@ -372,11 +409,14 @@ class Shard:
             sequence_number = inherited.sequence_number
         else:
             sequence_number = module.new_sequence_number()
-        task = Task(task_id, module_name, impl, parent, sequence_number, keyspace, table, entity)
-        self._tasks[task_id] = task
-        module.tasks[task_id] = task
+        task = Task(
+            task_id, module_name, impl, parent, sequence_number, keyspace, table, entity, total
+        )
+        key = task_id.int
+        self._tasks[key] = task
+        module.tasks[key] = task
         if parent is not None and parent.kind is ParentKind.VIRTUAL:
-            self._virtual_children.setdefault(parent.id, {})[task_id] = None
+            self._virtual_children.setdefault(parent.id.int, {})[task_id] = None
         if inherited is not None and inherited.abort_pending:
             # A child created under a parent with an abort pending is aborted at once.
             task.abort_requested = True
@@ -385,13 +425,14 @@ class Shard:
     # ---- lifecycle ---------------------------------------------------------------------------
 
     def _registered(self, task_id: UUID) -> Task:
-        task = self._tasks.get(task_id)
+        task = self._tasks.get(task_id.int)
         if task is None:
             raise TaskNotFoundError(task_id)
         return task
 
     def _reachable(self, task_id: UUID) -> Task | None:
-        return self._tasks.get(task_id) or self._held.get(task_id)
+        key = task_id.int
+        return self._tasks.get(key) or self._held.get(key)
 
     async def start_task(self, task_id: UUID) -> None:
         """Starts a created task: its body runs in the background.
@@ -412,7 +453,7 @@ class Shard:
         task.state = TaskState.RUNNING
         await self._changed(task)
         if not task.impl.external:
-            task.runner = asyncio.get_running_loop().create_task(
+            task.get_sync().runner = asyncio.get_running_loop().create_task(
                 self._run_to_completion(task), name=f"tm-task-{task_id}"
             )
 
@@ -433,7 +474,7 @@ class Shard:
         else:
             # A body that returns after an abort request still fails.
             error = ABORT_ERROR if task.abort_requested else None
-        task.runner = None
+        task.get_sync().runner = None
         await self._finish(task, error)
 
     def _running(self, task_id: UUID, action: str) -> Task:
@@ -462,7 +503,7 @@ class Shard:
 
     async def fail_task(self, task_id: UUID, error: str) -> bool:
         """Fails a created or running task (its producer is gone); False if it had finished."""
-        task = self._tasks.get(task_id)
+        task = self._tasks.get(task_id.int)
         if task is None or task.state.is_complete:
             return False
         await self._finish(task, error)
@@ -492,8 +533,9 @@ class Shard:
                     log.warning("task %s could not fold into parent %s", task.id, parent.id)
             else:
                 await self._peers[parent.shard].child_changed(parent.id)
-        if task.done is not None and not task.done.done():
-            task.done.set_result(None)
+        sync = task.sync
+        if sync is not None and sync.done is not None and not sync.done.done():
+            sync.done.set_result(None)
         task.impl.notify_finished(task.id)
         if (parent is not None and parent.kind is ParentKind.NODE) or task.internal:
             task.expire_at = task.end_time
@@ -504,11 +546,11 @@ class Shard:
             if ttl <= 0:
                 self._unregister(task)
             else:
-                self._schedule_expiry(task.expire_at, task.id)
+                self._schedule_expiry(ttl, task)
         self._bump(task)
 
     async def _folded(self, task: Task) -> FoldedTask:
-        failed = tuple(f for f in task.folded_children if f.has_failure)
+        failed = tuple(f for f in task.folded_children or () if f.has_failure)
         status = await self._status(task)
         status = replace(
             status, children=tuple(TaskIdentity(f.status.id, self._node) for f in failed)
@@ -518,8 +560,14 @@ class Shard:
     async def fold_child(self, parent_id: UUID, child_id: UUID, folded: FoldedTask) -> bool:
         """Moves a finished child from the parent's live children to its folded ones."""
         parent = self._reachable(parent_id)
-        if parent is None or parent.live_children.pop(child_id, None) is None:
+        if (
+            parent is None
+            or parent.live_children is None
+            or parent.live_children.pop(child_id, None) is None
+        ):
             return False
+        if parent.folded_children is None:
+            parent.folded_children = []
         parent.folded_children.append(folded)
         await self._changed(parent)
         return True
@@ -565,7 +613,7 @@ class Shard:
             TaskNotFoundError: no such registered task here.
             TaskNotAbortableError: ``check_abortable`` and the task is not abortable.
         """
-        task = self._tasks.get(task_id) if check_abortable else self._reachable(task_id)
+        task = self._tasks.get(task_id.int) if check_abortable else self._reachable(task_id)
         if task is None:
             if check_abortable:
                 raise TaskNotFoundError(task_id)
@@ -579,37 +627,39 @@ class Shard:
             return  # a second abort is a no-op
         if not task.state.is_complete:
             task.abort_requested = True
-            if task.abort_event is not None:
-                task.abort_event.set()
+            if task.sync is not None and task.sync.abort_event is not None:
+                task.sync.abort_event.set()
             task.impl.notify_abort(task.id)
             await self._changed(task)
         # Descendants are aborted whatever their own abortable flag says.
-        for child_id, child_shard in list(task.live_children.items()):
+        for child_id, child_shard in list((task.live_children or {}).items()):
             await self._peers[child_shard].abort_task(child_id, check_abortable=False)
 
     async def wait_abort(self, task: Task) -> None:
         """Returns once an abort is requested for ``task``."""
         if task.abort_requested:
             return
-        if task.abort_event is None:
-            task.abort_event = asyncio.Event()
-        await task.abort_event.wait()
+        sync = task.get_sync()
+        if sync.abort_event is None:
+            sync.abort_event = asyncio.Event()
+        await sync.abort_event.wait()
 
     # ---- unregistering and expiry ------------------------------------------------------------
 
     def _unregister(self, task: Task) -> None:
-        if self._tasks.pop(task.id, None) is None:
+        key = task.id.int
+        if self._tasks.pop(key, None) is None:
             return
         module = self._modules.get(task.module)
         if module is not None:
-            module.tasks.pop(task.id, None)
+            module.tasks.pop(key, None)
         parent = task.parent
         if parent is not None and parent.kind is ParentKind.VIRTUAL:
-            siblings = self._virtual_children.get(parent.id)
+            siblings = self._virtual_children.get(parent.id.int)
             if siblings is not None:
                 siblings.pop(task.id, None)
                 if not siblings:
-                    del self._virtual_children[parent.id]
+                    del self._virtual_children[parent.id.int]
         held_by_parent = (
             parent is not None
             and parent.kind is ParentKind.NODE
@@ -617,33 +667,40 @@ class Shard:
             and not task.orphaned
         )
         if held_by_parent:
-            self._held[task.id] = task
+            self._held[key] = task
         else:
             self._drop(task)
 
     def _drop(self, task: Task) -> None:
         # Children the dropped task still pointed at are released with it.
-        for child_id, child_shard in task.live_children.items():
+        for child_id, child_shard in (task.live_children or {}).items():
             self._spawn(self._peers[child_shard].release(child_id))
 
     async def release(self, task_id: UUID) -> None:
         """Forgets a held task whose parent went away (or marks a live one orphaned)."""
-        task = self._held.pop(task_id, None)
+        task = self._held.pop(task_id.int, None)
         if task is not None:
             self._drop(task)
             return
-        live = self._tasks.get(task_id)
+        live = self._tasks.get(task_id.int)
         if live is not None:
             live.orphaned = True
 
     async def unregister_task(self, task_id: UUID) -> None:
         """Unregisters a task now, whatever its TTL."""
-        task = self._tasks.get(task_id)
+        task = self._tasks.get(task_id.int)
         if task is not None:
             self._unregister(task)
 
-    def _schedule_expiry(self, when: float, task_id: UUID) -> None:
-        heapq.heappush(self._expiry, (when, task_id))
+    def _schedule_expiry(self, ttl: float, task: Task) -> None:
+        assert task.expire_at is not None
+        queue = self._expiry.get(ttl)
+        if queue is None:
+            queue = self._expiry[ttl] = deque()
+        queue.append(task.id.int)
+        self._arm_expiry(task.expire_at)
+
+    def _arm_expiry(self, when: float) -> None:
         if self._expiry_timer_at is None or when < self._expiry_timer_at:
             if self._expiry_timer is not None:
                 self._expiry_timer.cancel()
@@ -654,15 +711,23 @@ class Shard:
         self._expiry_timer = None
         self._expiry_timer_at = None
         now = self._clock.now()
-        while self._expiry and self._expiry[0][0] <= now:
-            when, task_id = heapq.heappop(self._expiry)
-            task = self._tasks.get(task_id)
-            if task is not None and task.expire_at == when:
+        earliest: float | None = None
+        for ttl, queue in list(self._expiry.items()):
+            while queue:
+                task = self._tasks.get(queue[0])
+                if task is None or task.expire_at is None:
+                    queue.popleft()  # unregistered already (drain, module stop)
+                    continue
+                if task.expire_at > now:
+                    if earliest is None or task.expire_at < earliest:
+                        earliest = task.expire_at
+                    break
+                queue.popleft()
                 self._unregister(task)
-        if self._expiry:
-            when = self._expiry[0][0]
-            self._expiry_timer_at = when
-            self._expiry_timer = self._clock.call_at(when, self._expire_due)
+            if not queue:
+                del self._expiry[ttl]
+        if earliest is not None:
+            self._arm_expiry(earliest)
 
     async def drain(self, module_name: str) -> int:
         """Unregisters the module's finished regular tasks here; returns how many."""
@@ -675,7 +740,9 @@ class Shard:
     # ---- reading -----------------------------------------------------------------------------
 
     async def _progress(self, task: Task) -> Progress:
-        if not task.live_children and not task.folded_children:
+        live = task.live_children
+        folded_children = task.folded_children
+        if not live and not folded_children:
             if task.reported is not None:
                 return task.reported  # the task's own progress, as specific types override it
             if task.state.is_complete:
@@ -683,9 +750,9 @@ class Shard:
             leaf_total = _known_total(task)
             return Progress() if leaf_total is None else Progress(0.0, leaf_total)
         total = Progress()
-        for folded in task.folded_children:
+        for folded in folded_children or ():
             total = total + folded.status.progress
-        for child_id, child_shard in list(task.live_children.items()):
+        for child_id, child_shard in list((live or {}).items()):
             total = total + await self._peers[child_shard].get_progress(child_id)
         if task.state.is_complete:
             return total
@@ -700,9 +767,12 @@ class Shard:
         return Progress() if task is None else await self._progress(task)
 
     async def _status(self, task: Task) -> TaskStatus:
-        children = tuple(TaskIdentity(cid, self._node) for cid in task.live_children) + tuple(
-            TaskIdentity(f.status.id, self._node) for f in task.folded_children
-        )
+        children: tuple[TaskIdentity, ...] = ()
+        if task.live_children or task.folded_children:
+            node = self._node
+            children = tuple(TaskIdentity(cid, node) for cid in task.live_children or ()) + tuple(
+                TaskIdentity(f.status.id, node) for f in task.folded_children or ()
+            )
         return TaskStatus(
             id=task.id,
             type=task.impl.type,
@@ -750,20 +820,22 @@ class Shard:
             return None
         return TreeNode(
             await self._status(task),
-            tuple(task.live_children.items()),
-            tuple(task.folded_children),
+            tuple((task.live_children or {}).items()),
+            tuple(task.folded_children or ()),
         )
 
     async def virtual_children_of(self, parent_id: UUID) -> list[UUID]:
         """Ids of the registered tasks here whose parent is the virtual task ``parent_id``."""
-        return list(self._virtual_children.get(parent_id, ()))
+        return list(self._virtual_children.get(parent_id.int, ()))
 
     async def list_tasks(
         self, module_name: str, flt: ListFilter, after: UUID | None, limit: int
     ) -> list[TaskStats]:
         """Up to ``limit`` matching tasks of the module, by id, after ``after``."""
         module = self._module(module_name)
-        keys = module.tasks.irange(minimum=after, inclusive=(False, False))
+        keys = module.tasks.irange(
+            minimum=None if after is None else after.int, inclusive=(False, False)
+        )
         out: list[TaskStats] = []
         for key in keys:
             task = module.tasks[key]
@@ -781,8 +853,11 @@ class Shard:
 
     def _bump(self, task: Task) -> None:
         task.version += 1
-        waiters, task.waiters = task.waiters, None
-        for fut in waiters or ():
+        sync = task.sync
+        if sync is None or not sync.waiters:
+            return
+        waiters, sync.waiters = sync.waiters, None
+        for fut in waiters:
             if not fut.done():
                 fut.set_result(None)
 
@@ -793,11 +868,12 @@ class Shard:
             await self._peers[parent.shard].child_changed(parent.id)
 
     def _done_future(self, task: Task) -> asyncio.Future[None]:
-        if task.done is None:
-            task.done = asyncio.get_running_loop().create_future()
+        sync = task.get_sync()
+        if sync.done is None:
+            sync.done = asyncio.get_running_loop().create_future()
             if task.state.is_complete:
-                task.done.set_result(None)
-        return task.done
+                sync.done.set_result(None)
+        return sync.done
 
     async def watch(self, task_id: UUID) -> AsyncIterator[TaskStatus]:
         """Yields the task's status now and after every change, until it has finished.
@@ -818,19 +894,21 @@ class Shard:
                 return
             if task.version == version:
                 fut = asyncio.get_running_loop().create_future()
-                if task.waiters is None:
-                    task.waiters = []
-                task.waiters.append(fut)
+                sync = task.get_sync()
+                if sync.waiters is None:
+                    sync.waiters = []
+                sync.waiters.append(fut)
                 try:
                     await fut
                 finally:
-                    if task.waiters is not None and fut in task.waiters:
-                        task.waiters.remove(fut)
+                    waiters = sync.waiters
+                    if waiters is not None and fut in waiters:
+                        waiters.remove(fut)
 
     def watcher_count(self) -> int:
         """How many watch futures are parked on this shard's tasks (for leak checks)."""
         tasks = list(self._tasks.values()) + list(self._held.values())
-        return sum(len(t.waiters or ()) for t in tasks)
+        return sum(len(t.sync.waiters or ()) for t in tasks if t.sync is not None)
 
     # ---- background work ---------------------------------------------------------------------
 
