@@ -26,6 +26,13 @@ def _positive(text: str) -> int:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a non-negative number of seconds: {text}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     value = float(text)
     if not value > 0 or value == float("inf"):
@@ -76,6 +83,13 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         help="how long a producer session survives a broken stream before its "
         "unfinished tasks fail (default 30)",
     )
+    parser.add_argument(
+        "--gc-freeze-interval-seconds",
+        type=_non_negative_float,
+        default=1.0,
+        help="how often long-lived objects are frozen out of garbage collection, which "
+        "keeps pauses short with millions of tasks (0 disables; default 1)",
+    )
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -91,6 +105,7 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         user_task_ttl=args.user_task_ttl_in_seconds,
         enable_test_service=args.enable_test_service,
         producer_lease_seconds=args.producer_lease_seconds,
+        gc_freeze_interval=args.gc_freeze_interval_seconds,
     )
 
 

@@ -24,6 +24,7 @@ from tm_server.core import Clock, TaskManager
 from tm_server.core.producers import Producers
 from tm_server.core.test_module import register_test_module
 
+from .heap import HeapManager
 from .service.reporting_servicer import TaskReportingServicer
 from .service.servicer import Lifecycle, TaskManagerServicer
 from .service.test_servicer import TaskManagerTestServicer
@@ -42,6 +43,10 @@ SERVER_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
     ("grpc.http2.max_pings_without_data", 0),
+    # grpcio refuses calls that wait for the application beyond 1,000 (and all
+    # beyond 3,000): a burst of 10,000 watchers opening at once would lose half.
+    ("grpc.server.max_pending_requests", 100_000),
+    ("grpc.server.max_pending_requests_hard_limit", 200_000),
 ]
 
 
@@ -56,6 +61,7 @@ class ServerConfig:
     user_task_ttl: int = 3600
     enable_test_service: bool = False
     producer_lease_seconds: float = 30.0
+    gc_freeze_interval: float = 1.0
     grace_seconds: float = 5.0
 
 
@@ -82,6 +88,7 @@ class TmServer:
             task_ttl=config.task_ttl,
             user_task_ttl=config.user_task_ttl,
         )
+        self.heap = HeapManager(config.gc_freeze_interval)
         self.producers = Producers(self.manager, lease_seconds=config.producer_lease_seconds)
         self.lifecycle = Lifecycle()
         self.health = health_aio.HealthServicer()
@@ -112,6 +119,7 @@ class TmServer:
         if self.port == 0:
             raise OSError(f"cannot listen on {self.config.address}")
         await self.server.start()
+        self.heap.start()
         for name in ("", TASK_MANAGER_SERVICE, REPORTING_SERVICE):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         return self.port
@@ -123,8 +131,10 @@ class TmServer:
         self._stopped.set()
         await self.health.enter_graceful_shutdown()
         self.lifecycle.shutting_down.set()
+        self.manager.stop_watches()
         await self.server.stop(self.config.grace_seconds)
         await self.manager.close()
+        await self.heap.stop()
 
 
 async def serve(config: ServerConfig) -> None:

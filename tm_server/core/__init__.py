@@ -4,6 +4,7 @@ from .clock import Clock, ManualClock, SystemClock, TimerHandle
 from .errors import (
     InvalidArgumentError,
     InvalidStateError,
+    ShuttingDownError,
     TaskAbortedError,
     TaskAlreadyExistsError,
     TaskFailedError,
@@ -41,6 +42,7 @@ __all__ = [
     "ListFilter",
     "ManualClock",
     "Progress",
+    "ShuttingDownError",
     "SystemClock",
     "TaskAbortedError",
     "TaskAlreadyExistsError",

@@ -68,6 +68,15 @@ class InvalidArgumentError(TaskManagerError):
         self.description = message
 
 
+class ShuttingDownError(TaskManagerError):
+    """The task manager is stopping: open waits end."""
+
+    reason = "SHUTTING_DOWN"
+
+    def __init__(self) -> None:
+        super().__init__("the server is shutting down; wait again on a running server")
+
+
 class TaskAbortedError(Exception):
     """Raised inside a task body (by ``TaskContext.check_abort``) once an abort was requested."""
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections import deque
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable
 from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
 from uuid import UUID
 
 from .clock import Clock, SystemClock
 from .errors import (
     InvalidArgumentError,
+    ShuttingDownError,
     TaskAlreadyExistsError,
     TaskNotAbortableError,
     TaskNotFoundError,
@@ -37,6 +39,8 @@ from .types import (
     new_task_id,
 )
 from .virtual import VirtualTaskGroup, VirtualTaskHint
+
+T = TypeVar("T")
 
 #: Longest module, type, scope, keyspace and table names accepted.
 MAX_NAME_LENGTH = 256
@@ -122,6 +126,7 @@ class TaskManager:
             for i in range(shards)
         ]
         self._groups: dict[str, VirtualTaskGroup] = {}
+        self._stopping: asyncio.Future[None] | None = None
 
     # ---- modules -----------------------------------------------------------------------------
 
@@ -347,12 +352,37 @@ class TaskManager:
         yield first
         if first.state.is_final:
             return
-        final = await group.wait(task_id, hint)
+        final = await self._unless_stopping(group.wait(task_id, hint))
         if final is None:
             raise TaskNotFoundError(task_id)
         final = self._normalize(group, final)
         if final != first:
             yield final
+
+    async def _unless_stopping(self, wait: Awaitable[T]) -> T:
+        if self._stopping is None:
+            self._stopping = asyncio.get_running_loop().create_future()
+        if self._stopping.done():
+            raise ShuttingDownError()
+        waiter = asyncio.ensure_future(wait)
+        try:
+            pending: list[asyncio.Future[Any]] = [waiter, self._stopping]
+            await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not waiter.done():
+                waiter.cancel()
+        if not waiter.done() or waiter.cancelled():
+            raise ShuttingDownError()
+        return waiter.result()
+
+    def stop_watches(self) -> None:
+        """Ends every open watch with ``ShuttingDownError``; new ones fail at once."""
+        for shard in self.shards:
+            shard.stop_watches()
+        if self._stopping is None:
+            self._stopping = asyncio.get_running_loop().create_future()
+        if not self._stopping.done():
+            self._stopping.set_result(None)
 
     async def wait_task(self, task_id: UUID) -> TaskStatus:
         """Waits until a task finishes; returns its final status (failed is not an error)."""

@@ -25,6 +25,7 @@ from .clock import Clock, TimerHandle
 from .errors import (
     InvalidArgumentError,
     InvalidStateError,
+    ShuttingDownError,
     TaskAbortedError,
     TaskFailedError,
     TaskNotAbortableError,
@@ -139,13 +140,16 @@ class TaskSync:
     watched, so keeping these out of ``Task`` saves memory per task.
     """
 
-    __slots__ = ("abort_event", "done", "runner", "waiters")
+    __slots__ = ("abort_event", "done", "runner", "status", "waiters")
 
     def __init__(self) -> None:
         self.abort_event: asyncio.Event | None = None
         self.done: asyncio.Future[None] | None = None
         self.runner: asyncio.Task[None] | None = None
-        self.waiters: list[asyncio.Future[None]] | None = None
+        # Watches parked until the task changes (a set: cancelling one is O(1)).
+        self.waiters: set[asyncio.Future[None]] | None = None
+        # The status at a version, shared by every watcher woken for it.
+        self.status: tuple[int, TaskStatus] | None = None
 
 
 class Task:
@@ -157,6 +161,7 @@ class Task:
 
     __slots__ = (
         "abort_requested",
+        "children_progress",
         "end_time",
         "entity",
         "error",
@@ -219,6 +224,9 @@ class Task:
         self.expire_at: float | None = None
         self.version = 0
         self.sync: TaskSync | None = None
+        # The sum of the children's progress at ``version``: any change below
+        # bumps the version, so a tree's progress is summed once, not per read.
+        self.children_progress: tuple[int, Progress] | None = None
 
     def get_sync(self) -> TaskSync:
         """Returns the task's asyncio objects, making them on first use."""
@@ -289,6 +297,8 @@ class Shard:
         self._expiry_timer: TimerHandle | None = None
         self._expiry_timer_at: float | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self._parked: set[asyncio.Future[None]] = set()
+        self._stopping = False
 
     @property
     def _peers(self) -> list[Shard]:
@@ -749,11 +759,18 @@ class Shard:
                 return Progress()
             leaf_total = _known_total(task)
             return Progress() if leaf_total is None else Progress(0.0, leaf_total)
-        total = Progress()
-        for folded in folded_children or ():
-            total = total + folded.status.progress
-        for child_id, child_shard in list((live or {}).items()):
-            total = total + await self._peers[child_shard].get_progress(child_id)
+        cached = task.children_progress
+        if cached is not None and cached[0] == task.version:
+            total = cached[1]
+        else:
+            version = task.version
+            total = Progress()
+            for folded in folded_children or ():
+                total = total + folded.status.progress
+            for child_id, child_shard in list((live or {}).items()):
+                total = total + await self._peers[child_shard].get_progress(child_id)
+            if task.version == version:
+                task.children_progress = (version, total)
         if task.state.is_complete:
             return total
         expected = _known_total(task)
@@ -880,35 +897,55 @@ class Shard:
 
         The watch holds the task, so it ends with the final status even if the
         task is unregistered meanwhile. Updates that come faster than the
-        consumer reads are coalesced into the latest status.
+        consumer reads are coalesced into the latest status. Watchers woken for
+        the same version share one status object.
+
+        Raises:
+            TaskNotFoundError: no such registered task.
+            ShuttingDownError: the server is stopping (at once, or while waiting).
         """
+        if self._stopping:
+            raise ShuttingDownError()
         task = self._registered(task_id)
+        sync = task.get_sync()
         last: TaskStatus | None = None
         while True:
             version = task.version
-            status = await self._status(task)
-            if status != last:
+            cached = sync.status
+            if cached is not None and cached[0] == version:
+                status = cached[1]
+            else:
+                status = await self._status(task)
+                if task.version == version:
+                    sync.status = (version, status)
+            if status is not last and status != last:
                 yield status
                 last = status
             if task.state.is_complete:
                 return
             if task.version == version:
                 fut = asyncio.get_running_loop().create_future()
-                sync = task.get_sync()
                 if sync.waiters is None:
-                    sync.waiters = []
-                sync.waiters.append(fut)
+                    sync.waiters = set()
+                sync.waiters.add(fut)
+                self._parked.add(fut)
                 try:
                     await fut
                 finally:
-                    waiters = sync.waiters
-                    if waiters is not None and fut in waiters:
-                        waiters.remove(fut)
+                    self._parked.discard(fut)
+                    if sync.waiters is not None:
+                        sync.waiters.discard(fut)
+
+    def stop_watches(self) -> None:
+        """Ends every watch on this shard with ``ShuttingDownError`` (server shutdown)."""
+        self._stopping = True
+        for fut in list(self._parked):
+            if not fut.done():
+                fut.set_exception(ShuttingDownError())
 
     def watcher_count(self) -> int:
         """How many watch futures are parked on this shard's tasks (for leak checks)."""
-        tasks = list(self._tasks.values()) + list(self._held.values())
-        return sum(len(t.sync.waiters or ()) for t in tasks if t.sync is not None)
+        return len(self._parked)
 
     # ---- background work ---------------------------------------------------------------------
 

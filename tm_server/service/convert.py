@@ -57,10 +57,10 @@ def duration_seconds(field: str, value: duration_pb2.Duration) -> float:
 def _timestamp(seconds: float | None) -> timestamp_pb2.Timestamp | None:
     if seconds is None:
         return None
-    ts = timestamp_pb2.Timestamp()
     # Epoch seconds as a float hold about microseconds; finer digits are noise.
-    ts.FromMicroseconds(round(seconds * 1e6))
-    return ts
+    # (The constructor is about twice as fast as Timestamp.FromMicroseconds.)
+    micros = round(seconds * 1e6)
+    return timestamp_pb2.Timestamp(seconds=micros // 1_000_000, nanos=micros % 1_000_000 * 1000)
 
 
 def status_to_pb(status: TaskStatus) -> pb.TaskStatus:

@@ -10,6 +10,7 @@ from grpc_status import rpc_status
 from tm_server.core import (
     InvalidArgumentError,
     InvalidStateError,
+    ShuttingDownError,
     TaskAlreadyExistsError,
     TaskManagerError,
     TaskNotAbortableError,
@@ -29,6 +30,7 @@ _CODES: dict[type[TaskManagerError], grpc.StatusCode] = {
     InvalidStateError: grpc.StatusCode.FAILED_PRECONDITION,
     TaskAlreadyExistsError: grpc.StatusCode.ALREADY_EXISTS,
     SessionNotFoundError: grpc.StatusCode.NOT_FOUND,
+    ShuttingDownError: grpc.StatusCode.UNAVAILABLE,
 }
 
 

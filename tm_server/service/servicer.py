@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 
 import grpc
@@ -31,6 +30,7 @@ class TaskManagerServicer(pb_grpc.TaskManagerServiceServicer):
     def __init__(self, manager: TaskManager, lifecycle: Lifecycle) -> None:
         self._tm = manager
         self._lifecycle = lifecycle
+        self._last_wait: tuple[TaskStatus, pb.WaitTaskResponse] | None = None
 
     @unary
     async def ListModules(
@@ -79,56 +79,47 @@ class TaskManagerServicer(pb_grpc.TaskManagerServiceServicer):
     async def WaitTask(
         self, request: pb.WaitTaskRequest, context: Context
     ) -> AsyncIterator[pb.WaitTaskResponse]:
-        """Streams status updates until the task finishes, times out or the server stops."""
+        """Streams status updates until the task finishes, times out or the server stops.
+
+        A stream costs no helper task: the deadline is a timer around each wait,
+        and shutdown ends the core's watches (``ShuttingDownError``, UNAVAILABLE).
+        """
         task_id = require_uuid("task_id", request.task_id)
         timeout = duration_seconds("timeout", request.timeout) if request.HasField("timeout") else 0
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout if timeout > 0 else None
+        deadline = asyncio.get_running_loop().time() + timeout if timeout > 0 else None
         updates = self._tm.watch_task(task_id)
-        stopping = asyncio.ensure_future(self._lifecycle.shutting_down.wait())
-        step: asyncio.Future[TaskStatus] | None = None
         try:
             while True:
-                step = asyncio.ensure_future(anext(updates))
-                remaining = None if deadline is None else max(0.0, deadline - loop.time())
-                done, _ = await asyncio.wait(
-                    [step, stopping], timeout=remaining, return_when=asyncio.FIRST_COMPLETED
-                )
-                if step in done:
-                    try:
-                        status = step.result()
-                    except StopAsyncIteration:
-                        return
-                    step = None
-                    yield pb.WaitTaskResponse(status=status_to_pb(status))
-                    continue
-                if stopping in done:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        status = await anext(updates)
+                except StopAsyncIteration:
+                    return
+                except TimeoutError:
                     await abort_with(
                         context,
                         make_status(
-                            grpc.StatusCode.UNAVAILABLE,
-                            "the server is shutting down; wait again on a running server",
-                            "SHUTTING_DOWN",
+                            grpc.StatusCode.DEADLINE_EXCEEDED,
+                            f"task with id {task_id} did not finish within {timeout:g}s",
+                            "WAIT_TIMEOUT",
+                            {"task_id": str(task_id)},
                         ),
                     )
-                await abort_with(
-                    context,
-                    make_status(
-                        grpc.StatusCode.DEADLINE_EXCEEDED,
-                        f"task with id {task_id} did not finish within {timeout:g}s",
-                        "WAIT_TIMEOUT",
-                        {"task_id": str(task_id)},
-                    ),
-                )
+                yield self._wait_response(status)
         finally:
-            # Whatever ended the stream (the client went away included), release
+            # However the stream ended (the client went away included), release
             # the watch so nothing stays parked on the task.
-            stopping.cancel()
-            if step is not None and not step.done():
-                step.cancel()
-                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                    await step
             await updates.aclose()
+
+    def _wait_response(self, status: TaskStatus) -> pb.WaitTaskResponse:
+        # Watchers woken by one change share one status object: encode it once
+        # for all of them (10,000 watchers of a task finishing need one encoding).
+        cached = self._last_wait
+        if cached is not None and cached[0] is status:
+            return cached[1]
+        response = pb.WaitTaskResponse(status=status_to_pb(status))
+        self._last_wait = (status, response)
+        return response
 
     @streaming
     async def GetTaskStatusRecursive(

@@ -1,0 +1,1 @@
+"""Benchmarks of tm against a baseline gRPC server doing no work (``make bench``)."""

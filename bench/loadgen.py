@@ -1,0 +1,196 @@
+"""The load generator: runs in its own process and prints one JSON result per phase.
+
+Modes: ``unary`` (calls/s and latency at a fixed number of calls in flight),
+``watch`` (many WaitTask streams; prints a ready line, then the result once
+they all ended) and ``recursive`` (messages/s on one GetTaskStatusRecursive).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import random
+import resource
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from tm_client.pb import task_manager_pb2 as pb
+from tm_client.pb import task_manager_pb2_grpc as pb_grpc
+from tm_client.pb import task_reporting_pb2 as rpb
+from tm_client.pb import task_reporting_pb2_grpc as rpb_grpc
+
+STREAMS_PER_CHANNEL = 1000
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def emit(value: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(value) + "\n")
+    sys.stdout.flush()
+
+
+def load_ids(path: str | None) -> list[str]:
+    ids: list[str] = json.loads(Path(path).read_text()) if path else []
+    return ids
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def unary(args: argparse.Namespace) -> None:
+    ids = load_ids(args.ids_file)
+    channels = [grpc.aio.insecure_channel(args.target) for _ in range(args.channels)]
+    stubs = [pb_grpc.TaskManagerServiceStub(c) for c in channels]
+    reporters = [rpb_grpc.TaskReportingServiceStub(c) for c in channels]
+    latencies: list[float] = []
+    errors: Counter[str] = Counter()
+    counter = 0
+    deadline = time.monotonic() + args.duration
+
+    async def worker(n: int) -> None:
+        nonlocal counter
+        stub, reporter = stubs[n % len(stubs)], reporters[n % len(stubs)]
+        token = ""
+        while time.monotonic() < deadline:
+            start = time.perf_counter()
+            try:
+                if args.method == "GetTaskStatus":
+                    await stub.GetTaskStatus(pb.GetTaskStatusRequest(task_id=random.choice(ids)))
+                elif args.method == "ListModuleTasks":
+                    reply = await stub.ListModuleTasks(
+                        pb.ListModuleTasksRequest(
+                            module=args.module, page_size=args.page_size, page_token=token
+                        )
+                    )
+                    token = reply.next_page_token
+                elif args.method == "ReportProgress":
+                    counter += 1
+                    await reporter.ReportProgress(
+                        rpb.ReportProgressRequest(task_id=random.choice(ids), completed=counter)
+                    )
+                else:
+                    raise ValueError(args.method)
+            except grpc.aio.AioRpcError as exc:
+                errors[exc.code().name] += 1
+                continue
+            latencies.append(time.perf_counter() - start)
+
+    cpu0, t0 = cpu_seconds(), time.monotonic()
+    await asyncio.gather(*(worker(i) for i in range(args.concurrency)))
+    elapsed, cpu = time.monotonic() - t0, cpu_seconds() - cpu0
+    for channel in channels:
+        await channel.close(None)
+    emit(
+        {
+            "calls": len(latencies),
+            "seconds": elapsed,
+            "rate": len(latencies) / elapsed,
+            "p50_ms": percentile(latencies, 0.5) * 1e3,
+            "p99_ms": percentile(latencies, 0.99) * 1e3,
+            "client_cpu_s": cpu,
+            "errors": dict(errors),
+        }
+    )
+
+
+async def watch(args: argparse.Namespace) -> None:
+    ids = load_ids(args.ids_file)
+    n_channels = max(1, -(-args.streams // STREAMS_PER_CHANNEL))
+    channels = [grpc.aio.insecure_channel(args.target) for _ in range(n_channels)]
+    stubs = [pb_grpc.TaskManagerServiceStub(c) for c in channels]
+    ready = asyncio.Event()
+    opened = 0
+    outcomes: Counter[str] = Counter()
+    last_end = 0.0
+
+    async def one(i: int) -> None:
+        nonlocal opened, last_end
+        call = stubs[i % len(stubs)].WaitTask(pb.WaitTaskRequest(task_id=ids[i % len(ids)]))
+        state = None
+        try:
+            async for message in call:
+                if state is None:
+                    opened += 1
+                    if opened == args.streams:
+                        ready.set()
+                state = message.status.state
+            outcomes["final_done" if state == pb.TASK_STATE_DONE else "final_other"] += 1
+        except grpc.aio.AioRpcError as exc:
+            outcomes[exc.code().name] += 1
+            if (
+                state is None
+                and opened + sum(v for k, v in outcomes.items() if not k.startswith("final"))
+                >= args.streams
+            ):
+                ready.set()
+        last_end = max(last_end, time.monotonic())
+
+    cpu0, t0 = cpu_seconds(), time.monotonic()
+    tasks = [asyncio.ensure_future(one(i)) for i in range(args.streams)]
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(ready.wait(), args.ready_timeout)
+    emit({"ready": True, "opened": opened, "open_seconds": time.monotonic() - t0,
+          "errors": dict(outcomes)})  # fmt: skip
+    await asyncio.wait(tasks, timeout=args.end_timeout)
+    emit(
+        {
+            "opened": opened,
+            "outcomes": dict(outcomes),
+            "last_end": last_end,
+            "client_cpu_s": cpu_seconds() - cpu0,
+        }
+    )
+    for channel in channels:
+        await channel.close(None)
+
+
+async def recursive(args: argparse.Namespace) -> None:
+    async with grpc.aio.insecure_channel(args.target) as channel:
+        stub = pb_grpc.TaskManagerServiceStub(channel)
+        cpu0, t0 = cpu_seconds(), time.monotonic()
+        count = 0
+        async for _ in stub.GetTaskStatusRecursive(
+            pb.GetTaskStatusRecursiveRequest(task_id=args.id)
+        ):
+            count += 1
+        elapsed = time.monotonic() - t0
+        emit({"messages": count, "seconds": elapsed, "rate": count / elapsed,
+              "client_cpu_s": cpu_seconds() - cpu0})  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("mode", choices=("unary", "watch", "recursive"))
+    parser.add_argument("--target", required=True)
+    parser.add_argument("--method", default="GetTaskStatus")
+    parser.add_argument("--ids-file")
+    parser.add_argument("--id")
+    parser.add_argument("--module", default="bench")
+    parser.add_argument("--page-size", type=int, default=100)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--channels", type=int, default=4)
+    parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--streams", type=int, default=1000)
+    parser.add_argument("--ready-timeout", type=float, default=120.0)
+    parser.add_argument("--end-timeout", type=float, default=120.0)
+    args = parser.parse_args()
+    runner = {"unary": unary, "watch": watch, "recursive": recursive}[args.mode]
+    asyncio.run(runner(args))
+
+
+if __name__ == "__main__":
+    main()

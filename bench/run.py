@@ -1,0 +1,487 @@
+"""Runs every benchmark, tm beside a do-nothing baseline, and writes bench/results/latest.*.
+
+``python -m bench.run`` (``make bench``) runs the full configuration; ``--tiny``
+runs every figure at a toy size so that the script cannot rot (``make test``).
+Every figure is a ratio taken in one run, since absolute numbers move with
+the machine; each server and the load generator are separate processes, and
+the load generator's own CPU is reported so a reader sees which side limits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import grpc
+
+from bench import control
+from tm_client.pb import task_manager_pb2 as pb
+from tm_client.pb import task_manager_pb2_grpc as pb_grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+TICKS = os.sysconf("SC_CLK_TCK")
+
+#: What profiling found and what changed, kept with every result (see the README).
+PROFILE_NOTES = [
+    "py-spy/cProfile of task creation and status reads: UUID.__hash__/__eq__ (Python-level) "
+    "dominated shard map lookups; shard maps are now keyed by the id's int.",
+    "Memory per task: a dict and a list per task for children, asyncio objects and one "
+    "implementation object per reported task cost ~300 bytes; they are now made on first "
+    "use or shared (flyweight), and names are interned: 807 -> ~506 bytes per running task.",
+    "Finished roots waiting for their TTL sat in a heap of (time, id) tuples; one FIFO queue "
+    "per TTL value costs a pointer per task instead.",
+]
+
+
+@dataclass(frozen=True)
+class Config:
+    """Sizes and durations of one run."""
+
+    scale: int = 1_000_000
+    small_module: int = 1_000
+    duration: float = 5.0
+    concurrencies: tuple[int, ...] = (64, 256)
+    progress_tasks: int = 10_000
+    watchers: int = 1_000
+    fanout_streams: int = 10_000
+    tree_fanouts: tuple[int, ...] = (20, 20, 20, 12)
+    burst_streams: int = 10_000
+    shards: int = 2
+
+
+TINY = Config(
+    scale=2_000,
+    small_module=100,
+    duration=0.5,
+    concurrencies=(8, 16),
+    progress_tasks=200,
+    watchers=20,
+    fanout_streams=100,
+    tree_fanouts=(3, 3, 3, 3),
+    burst_streams=200,
+)
+
+
+@dataclass
+class Figure:
+    """One line of the results: tm's value, the baseline's, their ratio and the target."""
+
+    name: str
+    workload: str
+    unit: str
+    tm: float
+    baseline: float | None = None
+    ratio: float | None = None
+    target: str = "reported"
+    met: bool | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Server:
+    """A benchmark server subprocess (``bench.servers``)."""
+
+    def __init__(self, kind: str, shards: int) -> None:
+        self.kind = kind
+        self._dir = tempfile.TemporaryDirectory()
+        port_file = Path(self._dir.name) / "port"
+        self.started_at = time.monotonic()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.servers", kind, "--port-file", str(port_file),
+             "--shards", str(shards)],
+            cwd=ROOT,
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while not port_file.exists() or not port_file.read_text():
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError(f"{kind} server did not start")
+            time.sleep(0.01)
+        self.target = f"127.0.0.1:{port_file.read_text()}"
+        self.first_call_seconds = self._first_call()
+
+    def _first_call(self) -> float:
+        with grpc.insecure_channel(self.target) as channel:
+            stub = pb_grpc.TaskManagerServiceStub(channel)
+            while True:
+                try:
+                    stub.ListModules(pb.ListModulesRequest(), timeout=5)
+                    return time.monotonic() - self.started_at
+                except grpc.RpcError:
+                    time.sleep(0.005)
+
+    def control(self, name: str, **request: Any) -> dict[str, Any]:
+        return control.call(self.target, name, **request)
+
+    def cpu(self) -> float:
+        """Server CPU seconds so far (user + system)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / TICKS
+
+    def rss(self) -> int:
+        return int(self.control("rss", collect=True)["rss"])
+
+    def stop(self) -> float:
+        """SIGTERM; returns seconds until the process exited."""
+        start = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._dir.cleanup()
+        return time.monotonic() - start
+
+
+def loadgen(*args: str) -> dict[str, Any]:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.loadgen", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"loadgen failed: {result.stderr[-2000:]}")
+    value: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    return value
+
+
+class Watchers:
+    """A load generator holding many WaitTask streams open."""
+
+    def __init__(self, target: str, ids_file: Path, streams: int) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.loadgen", "watch", "--target", target,
+             "--ids-file", str(ids_file), "--streams", str(streams)],
+            cwd=ROOT, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert self.proc.stdout is not None
+        self._out: IO[str] = self.proc.stdout
+        self.ready: dict[str, Any] = json.loads(self._out.readline())
+
+    def result(self) -> dict[str, Any]:
+        value: dict[str, Any] = json.loads(self._out.readline())
+        self.proc.wait(60)
+        return value
+
+
+def write_ids(directory: Path, name: str, ids: list[str]) -> Path:
+    path = directory / f"{name}.json"
+    path.write_text(json.dumps(ids))
+    return path
+
+
+def unary_on(server: Server, *args: str) -> dict[str, Any]:
+    cpu0 = server.cpu()
+    result = loadgen("unary", "--target", server.target, *args)
+    result["server_cpu_s"] = server.cpu() - cpu0
+    result["server_cpu_us_per_call"] = result["server_cpu_s"] / max(1, result["calls"]) * 1e6
+    return result
+
+
+def bench_reads_listing_memory(cfg: Config, tmp: Path) -> list[Figure]:
+    figures = []
+    tm, base = Server("tm", cfg.shards), Server("baseline", cfg.shards)
+    try:
+        populated = tm.control("populate", kind="running", n=cfg.scale, module="bench")
+        tm.control("populate", kind="running", n=cfg.small_module, module="small")
+        samples = tm.control("samples", module="bench")
+        base.control("prepare", status=samples["status"], page=samples["page"])
+        ids = write_ids(tmp, "ids", samples["ids"])
+        for concurrency in cfg.concurrencies:
+            args = ("--method", "GetTaskStatus", "--ids-file", str(ids), "--concurrency",
+                    str(concurrency), "--duration", str(cfg.duration))  # fmt: skip
+            ours, theirs = unary_on(tm, *args), unary_on(base, *args)
+            ratio = ours["rate"] / theirs["rate"]
+            cpu = ours["server_cpu_us_per_call"]
+            figures.append(Figure(
+                f"status reads, {concurrency} in flight",
+                f"GetTaskStatus of random ids, {cfg.scale:,} tasks on {cfg.shards} shards",
+                "calls/s", ours["rate"], theirs["rate"], ratio,
+                ">= 0.9x baseline calls/s and <= 160 us server CPU a call",
+                ratio >= 0.9 and cpu <= 160,
+                {"server_cpu_us_per_call": cpu,
+                 "baseline_server_cpu_us_per_call": theirs["server_cpu_us_per_call"],
+                 "p99_ms": ours["p99_ms"], "baseline_p99_ms": theirs["p99_ms"],
+                 "client_cpu_s": ours["client_cpu_s"], "errors": ours["errors"]},
+            ))  # fmt: skip
+        walk = ("--method", "ListModuleTasks", "--concurrency", "4", "--duration",
+                str(cfg.duration), "--page-size", "100")  # fmt: skip
+        big = unary_on(tm, *walk, "--module", "bench")
+        small = unary_on(tm, *walk, "--module", "small")
+        cost = small["rate"] / big["rate"]
+        figures.append(Figure(
+            "listing", f"pages of 100, walked through a module of {cfg.scale:,} tasks vs one "
+            f"of {cfg.small_module:,}", "pages/s", big["rate"], small["rate"], cost,
+            "a page of the big module costs <= 1.5x one of the small", cost <= 1.5,
+            {"note": "baseline column: the small module",
+             "big_p99_ms": big["p99_ms"], "small_p99_ms": small["p99_ms"]},
+        ))  # fmt: skip
+        per_task = (populated["rss_after"] - populated["rss_before"]) / cfg.scale
+        figures.append(Figure(
+            "memory: running", f"resident memory per running reported task at {cfg.scale:,}",
+            "bytes/task", per_task, None, None, "<= 600 bytes a task", per_task <= 600,
+            {"populate_us_per_task": populated["seconds"] / cfg.scale * 1e6},
+        ))  # fmt: skip
+        figures.append(Figure(
+            "start-up", "server start to first successful call", "s", tm.first_call_seconds,
+            base.first_call_seconds, tm.first_call_seconds / base.first_call_seconds,
+        ))  # fmt: skip
+    finally:
+        tm.stop()
+        base.stop()
+    return figures
+
+
+def bench_memory(cfg: Config, kind: str, label: str) -> Figure:
+    tm = Server("tm", cfg.shards)
+    try:
+        populated = tm.control("populate", kind=kind, n=cfg.scale, module="bench")
+    finally:
+        tm.stop()
+    per_task = (populated["rss_after"] - populated["rss_before"]) / cfg.scale
+    return Figure(
+        f"memory: {label}", f"resident memory per {label} task at {cfg.scale:,}", "bytes/task",
+        per_task, None, None, "<= 600 bytes a task", per_task <= 600,
+        {"populate_us_per_task": populated["seconds"] / cfg.scale * 1e6},
+    )  # fmt: skip
+
+
+def bench_progress(cfg: Config, tmp: Path) -> Figure:
+    tm, base = Server("tm", cfg.shards), Server("baseline", cfg.shards)
+    try:
+        tm.control("populate", kind="running", n=cfg.progress_tasks, module="bench")
+        samples = tm.control("samples", module="bench", count=cfg.progress_tasks)
+        base.control("prepare", status=samples["status"])
+        ids = write_ids(tmp, "progress", samples["ids"])
+        results = {}
+        for name, server in (("tm", tm), ("baseline", base)):
+            watchers = Watchers(server.target, ids, cfg.watchers)
+            load = unary_on(server, "--method", "ReportProgress", "--ids-file", str(ids),
+                            "--concurrency", "64", "--duration", str(cfg.duration))  # fmt: skip
+            if name == "tm":
+                server.control("finish", module="bench")
+            else:
+                server.control("broadcast")
+            results[name] = (load, watchers.result())
+    finally:
+        tm.stop()
+        base.stop()
+    (ours, our_watch), (theirs, _) = results["tm"], results["baseline"]
+    ratio = ours["rate"] / theirs["rate"]
+    done = our_watch["outcomes"].get("final_done", 0)
+    return Figure(
+        "progress reports", f"ReportProgress on {cfg.progress_tasks:,} running tasks, "
+        f"{cfg.watchers:,} watchers attached", "calls/s", ours["rate"], theirs["rate"], ratio,
+        ">= 0.75x baseline calls/s, every watcher ends on the final state",
+        ratio >= 0.75 and done == cfg.watchers,
+        {"watchers_final_done": done, "watcher_outcomes": our_watch["outcomes"],
+         "server_cpu_us_per_call": ours["server_cpu_us_per_call"],
+         "client_cpu_s": ours["client_cpu_s"], "errors": ours["errors"]},
+    )  # fmt: skip
+
+
+def _fanout(server: Server, ids: Path, streams: int, finish: dict[str, Any]) -> dict[str, Any]:
+    rss0 = server.rss()
+    watchers = Watchers(server.target, ids, streams)
+    rss1 = server.rss()
+    start = time.monotonic()
+    server.control(**finish)
+    result = watchers.result()
+    result.update(
+        open=watchers.ready,
+        per_stream_bytes=(rss1 - rss0) / max(1, watchers.ready["opened"]),
+        broadcast_seconds=result["last_end"] - start,
+    )
+    return result
+
+
+def bench_fanout_burst_shutdown(cfg: Config, tmp: Path) -> list[Figure]:
+    figures = []
+    tm, base = Server("tm", cfg.shards), Server("baseline", cfg.shards)
+    try:
+        tm.control("populate", kind="running", n=3, module="fan")
+        samples = tm.control("samples", module="fan", count=3)
+        base.control("prepare", status=samples["status"])
+        first, second, third = (write_ids(tmp, f"fan{i}", [x]) for i, x in
+                                enumerate(samples["ids"]))  # fmt: skip
+        ours = _fanout(tm, first, cfg.fanout_streams,
+                       {"name": "finish", "ids": json.loads(first.read_text())})  # fmt: skip
+        theirs = _fanout(base, first, cfg.fanout_streams, {"name": "broadcast"})
+        mem_ratio = ours["per_stream_bytes"] / theirs["per_stream_bytes"]
+        time_ratio = ours["broadcast_seconds"] / theirs["broadcast_seconds"]
+        figures.append(Figure(
+            "watch fan-out: memory", f"{cfg.fanout_streams:,} WaitTask streams on one task",
+            "bytes/stream", ours["per_stream_bytes"], theirs["per_stream_bytes"], mem_ratio,
+            "<= 1.25x the baseline's bare stream", mem_ratio <= 1.25,
+        ))  # fmt: skip
+        done = ours["outcomes"].get("final_done", 0)
+        figures.append(Figure(
+            "watch fan-out: broadcast", "the task finishes: time until the last watcher has "
+            "the final status", "s", ours["broadcast_seconds"], theirs["broadcast_seconds"],
+            time_ratio, "<= 1.25x the baseline's broadcast of one message",
+            time_ratio <= 1.25 and done == cfg.fanout_streams, {"final_done": done},
+        ))  # fmt: skip
+        # Burst: every stream opened at once must be accepted and end on the final state.
+        burst = Watchers(tm.target, second, cfg.burst_streams)
+        tm.control("finish", ids=json.loads(second.read_text()))
+        burst_result = burst.result()
+        done = burst_result["outcomes"].get("final_done", 0)
+        figures.append(Figure(
+            "burst", f"{cfg.burst_streams:,} WaitTask streams opened at once", "streams ended "
+            "on the final state", done, None, None, "every one accepted and ended on the "
+            "final state", done == cfg.burst_streams and burst.ready["opened"] ==
+            cfg.burst_streams, {"accepted": burst.ready["opened"],
+                                "outcomes": burst_result["outcomes"]},
+        ))  # fmt: skip
+        # Shutdown with streams open.
+        open_streams = Watchers(tm.target, third, cfg.fanout_streams)
+        exit_seconds = tm.stop()
+        ended = open_streams.result()
+        figures.append(Figure(
+            "shutdown", f"SIGTERM with {open_streams.ready['opened']:,} open WaitTask streams "
+            "to exit", "s", exit_seconds, None, None, "reported", None,
+            {"exit_code": tm.proc.returncode, "stream_outcomes": ended["outcomes"]},
+        ))  # fmt: skip
+    finally:
+        if tm.proc.poll() is None:
+            tm.stop()
+        base.stop()
+    return figures
+
+
+def bench_recursive(cfg: Config) -> Figure:
+    tm, base = Server("tm", cfg.shards), Server("baseline", cfg.shards)
+    try:
+        tree = tm.control("tree", module="tree", fanouts=list(cfg.tree_fanouts))
+        base.control("prepare", status=tree["status"], recursive_count=tree["count"])
+        ours = loadgen("recursive", "--target", tm.target, "--id", tree["root"])
+        theirs = loadgen("recursive", "--target", base.target, "--id", tree["root"])
+    finally:
+        tm.stop()
+        base.stop()
+    ratio = ours["rate"] / theirs["rate"]
+    return Figure(
+        "recursive status", f"GetTaskStatusRecursive on a tree of {tree['count']:,} tasks "
+        f"(depth {len(cfg.tree_fanouts)})", "messages/s", ours["rate"], theirs["rate"], ratio,
+        ">= 0.7x the baseline's messages/s", ratio >= 0.7 and ours["messages"] == tree["count"],
+        {"messages": ours["messages"], "client_cpu_s": ours["client_cpu_s"]},
+    )  # fmt: skip
+
+
+def bench_pauses(cfg: Config, tmp: Path) -> Figure:
+    tm = Server("tm", cfg.shards)
+    try:
+        tm.control("populate", kind="running", n=100, module="seed")
+        ids = write_ids(tmp, "seed", tm.control("samples", module="seed", count=100)["ids"])
+        args = ("--method", "GetTaskStatus", "--ids-file", str(ids), "--concurrency", "4",
+                "--channels", "1")  # fmt: skip
+        empty = loadgen("unary", "--target", tm.target, *args, "--duration", str(cfg.duration))
+        # Creations arrive 20 at a time between reads, as calls from producers would.
+        tm.control("grow", n=cfg.scale, module="grow", chunk=20)
+        windows = []
+        while True:
+            windows.append(loadgen("unary", "--target", tm.target, *args, "--duration", "1"))
+            status = tm.control("grow_status")
+            if status["finished"]:
+                break
+    finally:
+        tm.stop()
+    growing_p99 = max(w["p99_ms"] for w in windows)
+    ratio = growing_p99 / empty["p99_ms"]
+    return Figure(
+        "pauses", f"p99 of status reads (4 in flight) while the registry grows 0 -> "
+        f"{cfg.scale:,} tasks, vs on an empty registry", "ms (p99)", growing_p99,
+        empty["p99_ms"], ratio, "<= 2x the empty registry's p99", ratio <= 2,
+        {"windows": len(windows), "grow_seconds": status["seconds"],
+         "window_p99s_ms": [round(w["p99_ms"], 3) for w in windows]},
+    )  # fmt: skip
+
+
+def markdown(results: dict[str, Any]) -> str:
+    lines = [
+        "# tm benchmark results",
+        "",
+        f"Run {results['started']} on {results['machine']['cpus']} CPUs, Python "
+        f"{results['machine']['python']}, grpcio {results['machine']['grpcio']}"
+        f"{' (tiny configuration)' if results['tiny'] else ''}. Every ratio is tm / baseline "
+        "from the same run; the baseline is the same gRPC stack returning prebuilt messages.",
+        "",
+        "| figure | workload | tm | baseline | ratio | target | met |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for f in results["figures"]:
+        base = "" if f["baseline"] is None else f"{f['baseline']:,.3g}"
+        ratio = "" if f["ratio"] is None else f"{f['ratio']:.2f}"
+        met = {True: "yes", False: "**no**", None: ""}[f["met"]]
+        lines.append(f"| {f['name']} | {f['workload']} | {f['tm']:,.3g} {f['unit']} | {base} "
+                     f"| {ratio} | {f['target']} | {met} |")  # fmt: skip
+    lines += ["", "## Details", ""]
+    for f in results["figures"]:
+        if f["extra"]:
+            lines.append(f"- **{f['name']}**: `{json.dumps(f['extra'])}`")
+    lines += ["", "## Profiling notes", ""] + [f"- {n}" for n in results["profile_notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench.run", description=__doc__.splitlines()[0])
+    parser.add_argument("--tiny", action="store_true", help="toy sizes (for tests)")
+    parser.add_argument("--output", type=Path, default=RESULTS, help="results folder")
+    parser.add_argument("--only", nargs="*", help="run only these groups")
+    args = parser.parse_args(argv)
+    cfg = TINY if args.tiny else Config()
+    groups: dict[str, Callable[[Path], list[Figure]]] = {
+        "reads": lambda tmp: bench_reads_listing_memory(cfg, tmp),
+        "progress": lambda tmp: [bench_progress(cfg, tmp)],
+        "fanout": lambda tmp: bench_fanout_burst_shutdown(cfg, tmp),
+        "recursive": lambda tmp: [bench_recursive(cfg)],
+        "memory": lambda tmp: [
+            bench_memory(cfg, "ttl", "finished-with-TTL"),
+            bench_memory(cfg, "folded", "folded"),
+        ],
+        "pauses": lambda tmp: [bench_pauses(cfg, tmp)],
+    }
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    figures: list[Figure] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, group in groups.items():
+            if args.only and name not in args.only:
+                continue
+            t0 = time.monotonic()
+            figures.extend(group(Path(tmp)))
+            print(f"bench: {name} done in {time.monotonic() - t0:.1f}s", file=sys.stderr)
+    results = {
+        "started": started,
+        "tiny": args.tiny,
+        "config": asdict(cfg),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "grpcio": grpc.__version__,
+            "platform": platform.platform(),
+        },
+        "figures": [asdict(f) for f in figures],
+        "profile_notes": PROFILE_NOTES,
+    }
+    args.output.mkdir(parents=True, exist_ok=True)
+    (args.output / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
+    (args.output / "latest.md").write_text(markdown(results))
+    print(markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

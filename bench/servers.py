@@ -1,0 +1,294 @@
+"""The two servers a benchmark compares: tm itself, and a baseline that does no work.
+
+The baseline serves the same services from the same grpcio, protobuf and
+server options, but every RPC returns a prebuilt message of the size tm's
+would have (copied from a real tm reply), so the difference is tm's own cost.
+
+Run as ``python -m bench.servers {tm,baseline} --port-file FILE``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import gc
+import random
+import signal
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import grpc
+
+from bench.control import handler
+from tm_client.pb import task_manager_pb2 as pb
+from tm_client.pb import task_manager_pb2_grpc as pb_grpc
+from tm_client.pb import task_reporting_pb2 as rpb
+from tm_client.pb import task_reporting_pb2_grpc as rpb_grpc
+from tm_server.core.producers import TaskSpec
+from tm_server.server import SERVER_OPTIONS, ServerConfig, TmServer
+from tm_server.service.convert import status_to_pb
+
+
+def rss_bytes() -> int:
+    """This process's resident memory."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+def measured_rss() -> int:
+    gc.collect()
+    return rss_bytes()
+
+
+class TmBench:
+    """Control methods of the tm server under test."""
+
+    def __init__(self, server: TmServer) -> None:
+        self.server = server
+        self.manager = server.manager
+        self.producers = server.producers
+        self.created: dict[str, list[UUID]] = {}
+        self.grow_done = 0
+        self.grow_seconds = 0.0
+        self.grow_finished = True
+        self._grow_task: asyncio.Task[None] | None = None
+
+    def methods(self) -> dict[str, Any]:
+        return {
+            "populate": self.populate,
+            "grow": self.grow,
+            "grow_status": self.grow_status,
+            "tree": self.tree,
+            "finish": self.finish,
+            "rss": self.rss,
+            "samples": self.samples,
+        }
+
+    def _spec(self, module: str, **extra: Any) -> TaskSpec:
+        return TaskSpec(module=module, type="bench", scope="node", progress_units="units", **extra)
+
+    async def _new(self, spec: TaskSpec, start: bool = True) -> UUID:
+        status, _ = await self.producers.create_task(spec, start=start)
+        return status.id
+
+    async def populate(self, req: dict[str, Any]) -> dict[str, Any]:
+        kind, n, module = req["kind"], int(req["n"]), req["module"]
+        await self.manager.set_task_ttl(86_400)
+        await self.manager.register_module(module)
+        ids = self.created.setdefault(module, [])
+        before = measured_rss()
+        start = time.perf_counter()
+        spec = self._spec(module)
+        if kind == "running":
+            for _ in range(n):
+                ids.append(await self._new(spec))
+        elif kind == "ttl":
+            for _ in range(n):
+                task_id = await self._new(spec)
+                await self.producers.finish_task(task_id, None)
+                ids.append(task_id)
+        elif kind == "folded":
+            per_parent = 100
+            for _ in range(max(1, n // per_parent)):
+                parent = await self._new(spec)
+                ids.append(parent)
+                child_spec = self._spec(module, parent_id=parent)
+                for _ in range(per_parent):
+                    child = await self._new(child_spec)
+                    await self.producers.finish_task(child, None)
+        else:
+            raise ValueError(kind)
+        seconds = time.perf_counter() - start
+        after = measured_rss()
+        return {"seconds": seconds, "rss_before": before, "rss_after": after, "n": n}
+
+    async def samples(self, req: dict[str, Any]) -> dict[str, Any]:
+        module, count = req["module"], int(req.get("count", 10_000))
+        ids = self.created.get(module, [])
+        picked = random.sample(ids, min(count, len(ids)))
+        status = await self.manager.get_status(picked[0])
+        entries, _ = await self.manager.list_module_tasks(module, _filter(), page_size=100)
+        from tm_server.service.convert import stats_to_pb
+
+        page = pb.ListModuleTasksResponse(tasks=[stats_to_pb(e) for e in entries])
+        return {
+            "ids": [str(i) for i in picked],
+            "status": base64.b64encode(status_to_pb(status).SerializeToString()).decode(),
+            "page": base64.b64encode(page.SerializeToString()).decode(),
+        }
+
+    async def grow(self, req: dict[str, Any]) -> dict[str, Any]:
+        n, chunk, module = int(req["n"]), int(req.get("chunk", 1000)), req["module"]
+        await self.manager.register_module(module)
+        self.grow_done, self.grow_finished = 0, False
+
+        async def run() -> None:
+            spec = self._spec(module)
+            start = time.perf_counter()
+            while self.grow_done < n:
+                for _ in range(min(chunk, n - self.grow_done)):
+                    await self._new(spec)
+                    self.grow_done += 1
+                await asyncio.sleep(0)  # let calls in between, as a live server would
+            self.grow_seconds = time.perf_counter() - start
+            self.grow_finished = True
+
+        self._grow_task = asyncio.get_running_loop().create_task(run())
+        return {}
+
+    async def grow_status(self, req: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "done": self.grow_done,
+            "finished": self.grow_finished,
+            "seconds": self.grow_seconds,
+        }
+
+    async def tree(self, req: dict[str, Any]) -> dict[str, Any]:
+        module, fanouts = req["module"], [int(f) for f in req["fanouts"]]
+        await self.manager.register_module(module)
+        shards = len(self.manager.shards)
+        root = await self._new(self._spec(module))
+        level, count = [root], 1
+        for fanout in fanouts:
+            nxt = []
+            for parent in level:
+                for i in range(fanout):
+                    spec = self._spec(module, parent_id=parent, shard=(count + i) % shards)
+                    nxt.append(await self._new(spec))
+                count += fanout
+            level = nxt
+        status = await self.manager.get_status(level[0])
+        return {
+            "root": str(root),
+            "count": count,
+            "status": base64.b64encode(status_to_pb(status).SerializeToString()).decode(),
+        }
+
+    async def finish(self, req: dict[str, Any]) -> dict[str, Any]:
+        ids = [UUID(i) for i in req.get("ids", [])] or self.created.get(req.get("module", ""), [])
+        for task_id in ids:
+            await self.producers.finish_task(task_id, None)
+        return {"finished": len(ids)}
+
+    async def rss(self, req: dict[str, Any]) -> dict[str, Any]:
+        return {"rss": measured_rss() if req.get("collect") else rss_bytes()}
+
+
+def _filter() -> Any:
+    from tm_server.core import ListFilter
+
+    return ListFilter()
+
+
+class Baseline(pb_grpc.TaskManagerServiceServicer, rpb_grpc.TaskReportingServiceServicer):
+    """Every RPC returns a prebuilt message; streams wait for one broadcast."""
+
+    def __init__(self) -> None:
+        self.status = pb.GetTaskStatusResponse()
+        self.wait_first = pb.WaitTaskResponse()
+        self.wait_final = pb.WaitTaskResponse()
+        self.page = pb.ListModuleTasksResponse()
+        self.recursive = pb.GetTaskStatusRecursiveResponse()
+        self.recursive_count = 0
+        self.progress = rpb.ReportProgressResponse()
+        self.modules = pb.ListModulesResponse(modules=["bench"])
+        self.broadcast_event = asyncio.Event()
+
+    def methods(self) -> dict[str, Any]:
+        return {"prepare": self.prepare, "broadcast": self.broadcast, "rss": self.rss}
+
+    async def prepare(self, req: dict[str, Any]) -> dict[str, Any]:
+        if "status" in req:
+            status = pb.TaskStatus.FromString(base64.b64decode(req["status"]))
+            self.status = pb.GetTaskStatusResponse(status=status)
+            self.wait_first = pb.WaitTaskResponse(status=status)
+            final = pb.TaskStatus()
+            final.CopyFrom(status)
+            final.state = pb.TASK_STATE_DONE
+            final.end_time.CopyFrom(status.start_time)
+            self.wait_final = pb.WaitTaskResponse(status=final)
+            self.recursive = pb.GetTaskStatusRecursiveResponse(status=status)
+        if "page" in req:
+            self.page = pb.ListModuleTasksResponse.FromString(base64.b64decode(req["page"]))
+        self.recursive_count = int(req.get("recursive_count", self.recursive_count))
+        self.broadcast_event = asyncio.Event()
+        return {}
+
+    async def broadcast(self, req: dict[str, Any]) -> dict[str, Any]:
+        self.broadcast_event.set()
+        return {}
+
+    async def rss(self, req: dict[str, Any]) -> dict[str, Any]:
+        return {"rss": measured_rss() if req.get("collect") else rss_bytes()}
+
+    async def ListModules(self, request: Any, context: Any) -> pb.ListModulesResponse:
+        return self.modules
+
+    async def GetTaskStatus(self, request: Any, context: Any) -> pb.GetTaskStatusResponse:
+        return self.status
+
+    async def ListModuleTasks(self, request: Any, context: Any) -> pb.ListModuleTasksResponse:
+        return self.page
+
+    async def ReportProgress(self, request: Any, context: Any) -> rpb.ReportProgressResponse:
+        return self.progress
+
+    async def WaitTask(self, request: Any, context: Any) -> AsyncIterator[pb.WaitTaskResponse]:
+        yield self.wait_first
+        await self.broadcast_event.wait()
+        yield self.wait_final
+
+    async def GetTaskStatusRecursive(
+        self, request: Any, context: Any
+    ) -> AsyncIterator[pb.GetTaskStatusRecursiveResponse]:
+        message = self.recursive
+        for _ in range(self.recursive_count):
+            yield message
+
+
+async def serve(kind: str, port_file: Path, shards: int) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if kind == "tm":
+        tm = TmServer(ServerConfig(address="127.0.0.1:0", shards=shards, node="bench"))
+        tm.server.add_generic_rpc_handlers((handler(TmBench(tm).methods()),))
+        port = await tm.start()
+        await asyncio.to_thread(port_file.write_text, str(port))
+        await stop.wait()
+        await tm.stop()
+        return
+    # The baseline serves only the RPCs the benchmarks call; the others stay
+    # abstract (UNIMPLEMENTED), which mypy flags.
+    baseline = Baseline()  # type: ignore[abstract]
+    server = grpc.aio.server(options=SERVER_OPTIONS)
+    pb_grpc.add_TaskManagerServiceServicer_to_server(baseline, server)
+    rpb_grpc.add_TaskReportingServiceServicer_to_server(baseline, server)
+    server.add_generic_rpc_handlers((handler(baseline.methods()),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    await asyncio.to_thread(port_file.write_text, str(port))
+    await stop.wait()
+    baseline.broadcast_event.set()
+    await server.stop(5)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("kind", choices=("tm", "baseline"))
+    parser.add_argument("--port-file", type=Path, required=True)
+    parser.add_argument("--shards", type=int, default=2)
+    args = parser.parse_args()
+    asyncio.run(serve(args.kind, args.port_file, args.shards))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""The benchmark script runs end to end at toy sizes, so that it cannot rot (no timing asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FIGURES = {
+    "status reads, 8 in flight",
+    "status reads, 16 in flight",
+    "listing",
+    "memory: running",
+    "start-up",
+    "progress reports",
+    "watch fan-out: memory",
+    "watch fan-out: broadcast",
+    "burst",
+    "shutdown",
+    "recursive status",
+    "memory: finished-with-TTL",
+    "memory: folded",
+    "pauses",
+}
+
+
+@pytest.mark.timeout(300)
+def test_bench_runs_every_figure_in_the_tiny_configuration(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--tiny", "--output", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((tmp_path / "latest.json").read_text())
+    figures = {f["name"]: f for f in results["figures"]}
+    assert set(figures) == FIGURES
+    for figure in figures.values():
+        assert figure["tm"] > 0, figure
+        if figure["baseline"] is not None:
+            assert figure["ratio"] == pytest.approx(figure["tm"] / figure["baseline"])
+    # Correctness parts of the figures hold at any size.
+    assert figures["burst"]["extra"]["outcomes"] == {"final_done": 200}
+    assert figures["progress reports"]["extra"]["watchers_final_done"] == 20
+    assert figures["watch fan-out: broadcast"]["extra"]["final_done"] == 100
+    assert figures["recursive status"]["extra"]["messages"] == 1 + 3 + 9 + 27 + 81
+    assert figures["shutdown"]["extra"]["exit_code"] == 0
+    markdown = (tmp_path / "latest.md").read_text()
+    assert "| burst |" in markdown and "Profiling notes" in markdown
