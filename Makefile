@@ -8,7 +8,7 @@ BUF := .tools/buf/node_modules/.bin/buf
 PROTOS := $(wildcard protos/tm/v1/*.proto)
 GEN_DIR := tm_client/pb
 
-.PHONY: run demo test proto proto-check lint typecheck buf-lint pytest venv clean examples-deps
+.PHONY: run demo bench test proto proto-check lint typecheck buf-lint pytest venv clean examples-deps
 
 venv: $(VENV)/.installed
 
@@ -27,6 +27,10 @@ run: venv
 # A realistic producer against a running server (`make run` in another shell).
 demo: venv
 	$(PY) -m tm_client.demo $(ARGS)
+
+# Benchmarks against a do-nothing baseline (a few minutes); results in bench/results/.
+bench: venv
+	$(PY) -m bench.run $(ARGS)
 
 NODE_EXAMPLE := examples/node-producer
 
