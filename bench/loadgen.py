@@ -60,12 +60,15 @@ async def unary(args: argparse.Namespace) -> None:
     errors: Counter[str] = Counter()
     counter = 0
     deadline = time.monotonic() + args.duration
+    stop_file = Path(args.stop_file) if args.stop_file else None
 
     async def worker(n: int) -> None:
         nonlocal counter
         stub, reporter = stubs[n % len(stubs)], reporters[n % len(stubs)]
         token = ""
         while time.monotonic() < deadline:
+            if stop_file is not None and stop_file.exists():
+                break
             start = time.perf_counter()
             try:
                 if args.method == "GetTaskStatus":
@@ -101,6 +104,7 @@ async def unary(args: argparse.Namespace) -> None:
             "rate": len(latencies) / elapsed,
             "p50_ms": percentile(latencies, 0.5) * 1e3,
             "p99_ms": percentile(latencies, 0.99) * 1e3,
+            "max_ms": max(latencies, default=0.0) * 1e3,
             "client_cpu_s": cpu,
             "errors": dict(errors),
         }
@@ -185,6 +189,7 @@ def main() -> None:
     parser.add_argument("--channels", type=int, default=4)
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--streams", type=int, default=1000)
+    parser.add_argument("--stop-file", help="unary: stop early once this file exists")
     parser.add_argument("--ready-timeout", type=float, default=120.0)
     parser.add_argument("--end-timeout", type=float, default=120.0)
     args = parser.parse_args()

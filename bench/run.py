@@ -42,7 +42,41 @@ PROFILE_NOTES = [
     "use or shared (flyweight), and names are interned: 807 -> ~506 bytes per running task.",
     "Finished roots waiting for their TTL sat in a heap of (time, id) tuples; one FIFO queue "
     "per TTL value costs a pointer per task instead.",
+    "First full run: a burst of 10,000 streams lost 5,455 to grpcio's pending-request limits "
+    "(raised); each WaitTask stream held two helper asyncio tasks (1.30x the baseline's "
+    "memory per stream, now 1.08x) and re-encoded the same status (broadcast 1.41x, now "
+    "1.18x); recursive status re-summed every subtree's progress per node (now cached per "
+    "version); full GC passes paused reads for ~0.8 s at a million tasks (heap manager).",
 ]
+
+
+#: Why a figure misses its target, as far as profiling showed (written when it misses).
+MISS_ANALYSIS = {
+    "status reads": (
+        "py-spy on the server under this load: tm's own code (lookup, status, encoding) is "
+        "about 6% of the server's samples, about 27 us a call measured in-process; the rest "
+        "is grpcio's asyncio machinery, the same in the baseline. The baseline alone costs "
+        "about 380 us of server CPU a call on this 2-core machine while the load generator "
+        "takes most of the other core, so the 160 us target (from a quieter reference "
+        "machine, 140 us for a bare echo) cannot be met by either server here; the "
+        "throughput ratio misses 0.9 by about 0.1, more than tm's in-process cost explains "
+        "(a 500 MB heap of a million tasks also slows grpcio's own Python code)."
+    ),
+    "recursive status": (
+        "Each message is a status computed and encoded for a different task (about 40 us "
+        "in-process: status object, 20 child ids as strings, protobuf), where the baseline "
+        "re-sends one prebuilt message; the load generator decoding 100,000 messages takes "
+        "most of the other core. Summing subtree progress is cached per task version."
+    ),
+    "pauses": (
+        "Garbage-collection pauses are gone: growing a registry to 600,000 tasks in-process, "
+        "the event loop's longest stall is 24 ms with the heap manager against 338 ms "
+        "without it (9 full collections). What remains is the growth itself: this workload "
+        "creates tasks flat out on the server's one event loop, so reads queue behind "
+        "creation work and grpcio's poller thread waits for the GIL; growth through the "
+        "API at a producer's pace would share the loop call by call."
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -391,22 +425,29 @@ def bench_pauses(cfg: Config, tmp: Path) -> Figure:
         empty = loadgen("unary", "--target", tm.target, *args, "--duration", str(cfg.duration))
         # Creations arrive 20 at a time between reads, as calls from producers would.
         tm.control("grow", n=cfg.scale, module="grow", chunk=20)
-        windows = []
-        while True:
-            windows.append(loadgen("unary", "--target", tm.target, *args, "--duration", "1"))
-            status = tm.control("grow_status")
-            if status["finished"]:
-                break
+        # One load generator for the whole growth (no process start-up in between),
+        # stopped through a file once the registry is full.
+        stop_file = tmp / "grown"
+        reader = subprocess.Popen(
+            [sys.executable, "-m", "bench.loadgen", "unary", "--target", tm.target, *args,
+             "--duration", "3600", "--stop-file", str(stop_file)],
+            cwd=ROOT, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        while not (status := tm.control("grow_status"))["finished"]:
+            time.sleep(0.2)
+        stop_file.touch()
+        out, _ = reader.communicate(timeout=120)
+        growing = json.loads(out.strip().splitlines()[-1])
     finally:
         tm.stop()
-    growing_p99 = max(w["p99_ms"] for w in windows)
+    growing_p99 = growing["p99_ms"]
     ratio = growing_p99 / empty["p99_ms"]
     return Figure(
         "pauses", f"p99 of status reads (4 in flight) while the registry grows 0 -> "
         f"{cfg.scale:,} tasks, vs on an empty registry", "ms (p99)", growing_p99,
         empty["p99_ms"], ratio, "<= 2x the empty registry's p99", ratio <= 2,
-        {"windows": len(windows), "grow_seconds": status["seconds"],
-         "window_p99s_ms": [round(w["p99_ms"], 3) for w in windows]},
+        {"grow_seconds": status["seconds"], "reads_during_growth": growing["calls"],
+         "max_ms": growing["max_ms"], "empty_max_ms": empty["max_ms"]},
     )  # fmt: skip
 
 
@@ -432,6 +473,14 @@ def markdown(results: dict[str, Any]) -> str:
     for f in results["figures"]:
         if f["extra"]:
             lines.append(f"- **{f['name']}**: `{json.dumps(f['extra'])}`")
+    misses = [f for f in results["figures"] if f["met"] is False]
+    if misses:
+        lines += ["", "## Targets missed, and why", ""]
+        for f in misses:
+            why = next((v for k, v in MISS_ANALYSIS.items() if f["name"].startswith(k)), "")
+            lines.append(f"- **{f['name']}** ({f['tm']:,.3g} {f['unit']}, ratio "
+                         f"{f['ratio'] if f['ratio'] is None else round(f['ratio'], 2)}, "
+                         f"target {f['target']}): {why or 'not analysed yet.'}")  # fmt: skip
     lines += ["", "## Profiling notes", ""] + [f"- {n}" for n in results["profile_notes"]]
     return "\n".join(lines) + "\n"
 
@@ -474,6 +523,11 @@ def main(argv: list[str] | None = None) -> int:
             "platform": platform.platform(),
         },
         "figures": [asdict(f) for f in figures],
+        "miss_analysis": {
+            f.name: next((v for k, v in MISS_ANALYSIS.items() if f.name.startswith(k)), "")
+            for f in figures
+            if f.met is False
+        },
         "profile_notes": PROFILE_NOTES,
     }
     args.output.mkdir(parents=True, exist_ok=True)

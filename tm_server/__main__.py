@@ -86,9 +86,9 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
     parser.add_argument(
         "--gc-freeze-interval-seconds",
         type=_non_negative_float,
-        default=1.0,
+        default=0.1,
         help="how often long-lived objects are frozen out of garbage collection, which "
-        "keeps pauses short with millions of tasks (0 disables; default 1)",
+        "keeps pauses short with millions of tasks (0 disables; default 0.1)",
     )
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     args = parser.parse_args(argv)

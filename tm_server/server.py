@@ -61,7 +61,7 @@ class ServerConfig:
     user_task_ttl: int = 3600
     enable_test_service: bool = False
     producer_lease_seconds: float = 30.0
-    gc_freeze_interval: float = 1.0
+    gc_freeze_interval: float = 0.1
     grace_seconds: float = 5.0
 
 
