@@ -15,7 +15,7 @@ from .errors import (
     TaskNotFoundError,
 )
 from .manager import MAX_NAME_LENGTH, MAX_TEXT_LENGTH, TaskManager, check_length, check_name
-from .shard import Task, check_progress
+from .shard import check_progress
 from .task import TaskContext, TaskImpl
 from .types import TaskKind, TaskState, TaskStatus, new_task_id
 
@@ -280,11 +280,7 @@ class Producers:
 
     async def _external(self, task_id: UUID) -> int:
         shard = await self.manager.locate(task_id)
-
-        async def is_external(task: Task) -> bool:
-            return task.impl.external
-
-        if not await shard.invoke(task_id, is_external):
+        if not await shard.is_external(task_id):
             raise InvalidStateError(
                 f"task with id {task_id} is run by the server, not reported by a producer"
             )

@@ -862,6 +862,10 @@ class Shard:
                     break
         return out
 
+    async def is_external(self, task_id: UUID) -> bool:
+        """Whether a registered task here is driven from outside (by a producer)."""
+        return self._registered(task_id).impl.external
+
     async def invoke(self, task_id: UUID, fn: Callable[[Task], Awaitable[T]]) -> T:
         """Runs ``fn`` on a registered task here (ScyllaDB's ``invoke_on_task``)."""
         return await fn(self._registered(task_id))
