@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -353,27 +354,46 @@ def bench_fanout_burst_shutdown(cfg: Config, tmp: Path) -> list[Figure]:
     figures = []
     tm, base = Server("tm", cfg.shards), Server("baseline", cfg.shards)
     try:
-        tm.control("populate", kind="running", n=3, module="fan")
-        samples = tm.control("samples", module="fan", count=3)
-        base.control("prepare", status=samples["status"])
-        first, second, third = (write_ids(tmp, f"fan{i}", [x]) for i, x in
-                                enumerate(samples["ids"]))  # fmt: skip
-        ours = _fanout(tm, first, cfg.fanout_streams,
-                       {"name": "finish", "ids": json.loads(first.read_text())})  # fmt: skip
-        theirs = _fanout(base, first, cfg.fanout_streams, {"name": "broadcast"})
-        mem_ratio = ours["per_stream_bytes"] / theirs["per_stream_bytes"]
-        time_ratio = ours["broadcast_seconds"] / theirs["broadcast_seconds"]
+        rounds = 3  # a single broadcast is one noisy event: take the median of three
+        tm.control("populate", kind="running", n=2 + rounds, module="fan")
+        samples = tm.control("samples", module="fan", count=2 + rounds)
+        fan_ids = [write_ids(tmp, f"fan{i}", [x]) for i, x in enumerate(samples["ids"])]
+        second, third = fan_ids[0], fan_ids[1]
+        ours_runs, theirs_runs = [], []
+        for ids_file in fan_ids[2:]:
+            ours_runs.append(
+                _fanout(
+                    tm,
+                    ids_file,
+                    cfg.fanout_streams,
+                    {"name": "finish", "ids": json.loads(ids_file.read_text())},
+                )
+            )
+            base.control("prepare", status=samples["status"])
+            theirs_runs.append(_fanout(base, ids_file, cfg.fanout_streams, {"name": "broadcast"}))
+
+        def median(runs: list[dict[str, Any]], key: str) -> float:
+            return float(statistics.median(r[key] for r in runs))
+
+        ours_mem, theirs_mem = ours_runs[0]["per_stream_bytes"], theirs_runs[0]["per_stream_bytes"]
+        mem_ratio = ours_mem / theirs_mem
+        ours_time = median(ours_runs, "broadcast_seconds")
+        theirs_time = median(theirs_runs, "broadcast_seconds")
+        time_ratio = ours_time / theirs_time
         figures.append(Figure(
-            "watch fan-out: memory", f"{cfg.fanout_streams:,} WaitTask streams on one task",
-            "bytes/stream", ours["per_stream_bytes"], theirs["per_stream_bytes"], mem_ratio,
+            "watch fan-out: memory", f"{cfg.fanout_streams:,} WaitTask streams on one task "
+            "(first round)", "bytes/stream", ours_mem, theirs_mem, mem_ratio,
             "<= 1.25x the baseline's bare stream", mem_ratio <= 1.25,
         ))  # fmt: skip
-        done = ours["outcomes"].get("final_done", 0)
+        done = min(r["outcomes"].get("final_done", 0) for r in ours_runs)
         figures.append(Figure(
             "watch fan-out: broadcast", "the task finishes: time until the last watcher has "
-            "the final status", "s", ours["broadcast_seconds"], theirs["broadcast_seconds"],
+            f"the final status (median of {rounds})", "s", ours_time, theirs_time,
             time_ratio, "<= 1.25x the baseline's broadcast of one message",
-            time_ratio <= 1.25 and done == cfg.fanout_streams, {"final_done": done},
+            time_ratio <= 1.25 and done == cfg.fanout_streams,
+            {"final_done": done,
+             "tm_rounds_s": [round(r["broadcast_seconds"], 3) for r in ours_runs],
+             "baseline_rounds_s": [round(r["broadcast_seconds"], 3) for r in theirs_runs]},
         ))  # fmt: skip
         # Burst: every stream opened at once must be accepted and end on the final state.
         burst = Watchers(tm.target, second, cfg.burst_streams)
