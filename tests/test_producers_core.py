@@ -251,3 +251,16 @@ async def test_server_run_tasks_are_not_reported_ones(producers: Producers) -> N
     task = await create_test_task(producers.manager)
     with pytest.raises(InvalidStateError, match="run by the server"):
         await producers.finish_task(task, None)
+
+
+async def test_stopping_ends_session_streams(producers: Producers) -> None:
+    from tm_server.core import ShuttingDownError
+
+    stream = producers.open_session()
+    waiting = asyncio.ensure_future(stream.next_abort())
+    await asyncio.sleep(0)
+    producers.stop_streams()
+    with pytest.raises(ShuttingDownError):
+        await asyncio.wait_for(waiting, 1)
+    with pytest.raises(ShuttingDownError):
+        producers.open_session()

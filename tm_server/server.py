@@ -26,7 +26,7 @@ from tm_server.core.test_module import register_test_module
 
 from .heap import HeapManager
 from .service.reporting_servicer import TaskReportingServicer
-from .service.servicer import Lifecycle, TaskManagerServicer
+from .service.servicer import TaskManagerServicer
 from .service.test_servicer import TaskManagerTestServicer
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,6 @@ class TmServer:
         )
         self.heap = HeapManager(config.gc_freeze_interval)
         self.producers = Producers(self.manager, lease_seconds=config.producer_lease_seconds)
-        self.lifecycle = Lifecycle()
         self.health = health_aio.HealthServicer()
         self.server = grpc.aio.server(options=SERVER_OPTIONS)
         self.port = 0
@@ -100,10 +99,10 @@ class TmServer:
         """Registers the services, binds the address and starts serving; returns the port."""
         services = [TASK_MANAGER_SERVICE, REPORTING_SERVICE]
         task_manager_pb2_grpc.add_TaskManagerServiceServicer_to_server(
-            TaskManagerServicer(self.manager, self.lifecycle), self.server
+            TaskManagerServicer(self.manager), self.server
         )
         task_reporting_pb2_grpc.add_TaskReportingServiceServicer_to_server(
-            TaskReportingServicer(self.producers, self.lifecycle), self.server
+            TaskReportingServicer(self.producers), self.server
         )
         if self.config.enable_test_service:
             task_manager_test_pb2_grpc.add_TaskManagerTestServiceServicer_to_server(
@@ -130,8 +129,8 @@ class TmServer:
             return
         self._stopped.set()
         await self.health.enter_graceful_shutdown()
-        self.lifecycle.shutting_down.set()
         self.manager.stop_watches()
+        self.producers.stop_streams()
         await self.server.stop(self.config.grace_seconds)
         await self.manager.close()
         await self.heap.stop()

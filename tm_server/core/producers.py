@@ -10,6 +10,7 @@ from uuid import UUID, uuid4
 from .clock import Clock, TimerHandle
 from .errors import (
     InvalidStateError,
+    ShuttingDownError,
     TaskAlreadyExistsError,
     TaskManagerError,
     TaskNotFoundError,
@@ -111,7 +112,7 @@ class ProducerSession:
         self.id = session_id
         self.tasks: dict[UUID, int] = {}  # unfinished task id -> shard
         self.pending_aborts: dict[UUID, None] = {}
-        self.queue: asyncio.Queue[UUID | None] | None = None
+        self.queue: asyncio.Queue[object] | None = None
         self.lease_timer: TimerHandle | None = None
         self.expired = False
 
@@ -134,20 +135,32 @@ class ProducerSession:
         self.pending_aborts.pop(task_id, None)
 
 
+#: Put on a stream's queue when the server stops.
+_STOP = object()
+
+
 class SessionStream:
     """One open session stream: abort requests arrive through ``next_abort``."""
 
     def __init__(self, session: ProducerSession, resumed: bool) -> None:
         self.session = session
         self.resumed = resumed
-        self.queue: asyncio.Queue[UUID | None] = asyncio.Queue()
+        self.queue: asyncio.Queue[object] = asyncio.Queue()
         # Aborts requested while no stream was open are sent again.
         for task_id in session.pending_aborts:
             self.queue.put_nowait(task_id)
 
     async def next_abort(self) -> UUID | None:
-        """Returns the next task to abort, or ``None`` once another stream took the session over."""
-        return await self.queue.get()
+        """Returns the next task to abort, or ``None`` once another stream took the session over.
+
+        Raises:
+            ShuttingDownError: the server is stopping.
+        """
+        item = await self.queue.get()
+        if item is _STOP:
+            raise ShuttingDownError()
+        assert item is None or isinstance(item, UUID)
+        return item
 
 
 class Producers:
@@ -164,6 +177,14 @@ class Producers:
         self._task_sessions: dict[int, ProducerSession] = {}
         self._impls: dict[tuple[object, ...], RemoteTaskImpl] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self._stopping = False
+
+    def stop_streams(self) -> None:
+        """Ends every open session stream with ``ShuttingDownError``; new ones fail at once."""
+        self._stopping = True
+        for session in self._sessions.values():
+            if session.queue is not None:
+                session.queue.put_nowait(_STOP)
 
     def session_of(self, task_id: UUID) -> ProducerSession | None:
         """The session a task belongs to, if any."""
@@ -319,7 +340,10 @@ class Producers:
 
         Raises:
             SessionNotFoundError: ``session_id`` is unknown or expired.
+            ShuttingDownError: the server is stopping.
         """
+        if self._stopping:
+            raise ShuttingDownError()
         if session_id is None:
             session = ProducerSession(uuid4())
             self._sessions[session.id] = session

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
-from uuid import UUID
 
-import grpc
 from google.protobuf import duration_pb2
 
 from tm_client.pb import task_reporting_pb2 as pb
@@ -15,9 +12,7 @@ from tm_server.core.manager import check_name
 from tm_server.core.producers import Producers, TaskSpec
 
 from .convert import parse_uuid, require_uuid, status_to_pb
-from .errors import make_status
-from .handlers import Context, abort_with, streaming, unary
-from .servicer import Lifecycle
+from .handlers import Context, streaming, unary
 
 
 def spec_from_pb(request: pb.CreateTaskRequest) -> TaskSpec:
@@ -43,9 +38,8 @@ def spec_from_pb(request: pb.CreateTaskRequest) -> TaskSpec:
 class TaskReportingServicer(pb_grpc.TaskReportingServiceServicer):
     """The producer API."""
 
-    def __init__(self, producers: Producers, lifecycle: Lifecycle) -> None:
+    def __init__(self, producers: Producers) -> None:
         self._producers = producers
-        self._lifecycle = lifecycle
 
     @unary
     async def RegisterModule(
@@ -113,8 +107,6 @@ class TaskReportingServicer(pb_grpc.TaskReportingServiceServicer):
         """Opens or resumes a session and streams abort requests for its tasks."""
         session_id = parse_uuid("session_id", request.session_id, required=False)
         stream = self._producers.open_session(session_id)
-        stopping = asyncio.ensure_future(self._lifecycle.shutting_down.wait())
-        step: asyncio.Future[UUID | None] | None = None
         try:
             lease = duration_pb2.Duration()
             lease.FromNanoseconds(round(self._producers.lease_seconds * 1e9))
@@ -123,28 +115,12 @@ class TaskReportingServicer(pb_grpc.TaskReportingServiceServicer):
                     session_id=str(stream.session.id), lease=lease, resumed=stream.resumed
                 )
             )
-            while True:
-                step = next_abort = asyncio.ensure_future(stream.next_abort())
-                await asyncio.wait([next_abort, stopping], return_when=asyncio.FIRST_COMPLETED)
-                if not next_abort.done():
-                    await abort_with(
-                        context,
-                        make_status(
-                            grpc.StatusCode.UNAVAILABLE,
-                            "the server is shutting down",
-                            "SHUTTING_DOWN",
-                        ),
-                    )
-                task_id = next_abort.result()
-                step = None
-                if task_id is None:
-                    return  # a newer stream resumed this session
+            # Shutdown ends the wait with ShuttingDownError (UNAVAILABLE).
+            while (task_id := await stream.next_abort()) is not None:
                 yield pb.OpenSessionResponse(
                     abort_requested=pb.AbortRequested(task_id=str(task_id))
                 )
+            # None: a newer stream resumed this session; this one ends.
         finally:
-            stopping.cancel()
-            if step is not None:
-                step.cancel()
             # However the stream ended (the producer crashed included), the lease starts now.
             self._producers.close_stream(stream)

@@ -17,19 +17,11 @@ from .errors import make_status
 from .handlers import Context, abort_with, streaming, unary
 
 
-class Lifecycle:
-    """Server-wide state the streams watch: set ``shutting_down`` to end them cleanly."""
-
-    def __init__(self) -> None:
-        self.shutting_down = asyncio.Event()
-
-
 class TaskManagerServicer(pb_grpc.TaskManagerServiceServicer):
     """The public API, one RPC per ScyllaDB /task_manager endpoint."""
 
-    def __init__(self, manager: TaskManager, lifecycle: Lifecycle) -> None:
+    def __init__(self, manager: TaskManager) -> None:
         self._tm = manager
-        self._lifecycle = lifecycle
         self._last_wait: tuple[TaskStatus, pb.WaitTaskResponse] | None = None
 
     @unary
