@@ -92,6 +92,13 @@ async def unary(args: argparse.Namespace) -> None:
                 continue
             latencies.append(time.perf_counter() - start)
 
+    if stop_file is not None:
+        # Running until told to stop: connect first, then say so, so the caller
+        # starts the workload only once reads are flowing.
+        for stub in stubs:
+            await stub.ListModules(pb.ListModulesRequest())
+        emit({"started": True})
+        deadline = time.monotonic() + args.duration
     cpu0, t0 = cpu_seconds(), time.monotonic()
     await asyncio.gather(*(worker(i) for i in range(args.concurrency)))
     elapsed, cpu = time.monotonic() - t0, cpu_seconds() - cpu0

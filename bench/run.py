@@ -451,15 +451,17 @@ def bench_pauses(cfg: Config, tmp: Path) -> Figure:
                 "--channels", "1")  # fmt: skip
         empty = loadgen("unary", "--target", tm.target, *args, "--duration", str(cfg.duration))
         # Creations arrive 20 at a time between reads, as calls from producers would.
-        tm.control("grow", n=cfg.scale, module="grow", chunk=20)
         # One load generator for the whole growth (no process start-up in between),
-        # stopped through a file once the registry is full.
+        # reading before the growth starts and stopped through a file once it is full.
         stop_file = tmp / "grown"
         reader = subprocess.Popen(
             [sys.executable, "-m", "bench.loadgen", "unary", "--target", tm.target, *args,
              "--duration", "3600", "--stop-file", str(stop_file)],
             cwd=ROOT, stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
+        assert reader.stdout is not None
+        json.loads(reader.stdout.readline())  # {"started": true}
+        tm.control("grow", n=cfg.scale, module="grow", chunk=20)
         while not (status := tm.control("grow_status"))["finished"]:
             time.sleep(0.2)
         stop_file.touch()
