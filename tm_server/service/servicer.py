@@ -83,8 +83,11 @@ class TaskManagerServicer(pb_grpc.TaskManagerServiceServicer):
         try:
             while True:
                 try:
-                    async with asyncio.timeout_at(deadline):
-                        status = await anext(updates)
+                    if deadline is None:
+                        status = await anext(updates)  # no timer to arm for most watchers
+                    else:
+                        async with asyncio.timeout_at(deadline):
+                            status = await anext(updates)
                 except StopAsyncIteration:
                     return
                 except TimeoutError:
