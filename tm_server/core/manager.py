@@ -336,11 +336,21 @@ class TaskManager:
             TaskNotFoundError: unknown id (before anything is yielded), or a
                 virtual task that its group stopped tracking.
         """
+        async for status in await self.open_watch(task_id):
+            yield status
+
+    async def open_watch(self, task_id: UUID) -> AsyncGenerator[TaskStatus, None]:
+        """Returns ``watch_task``'s stream without a layer of its own (for servers).
+
+        A regular task's stream is its shard's own watch: with 10,000 watchers
+        woken by one change, one generator layer less is 10,000 resumptions less.
+        """
         shard = await self._find_shard(task_id)
         if shard is not None:
-            async for status in shard.watch(task_id):
-                yield status
-            return
+            return shard.watch(task_id)
+        return self._watch_virtual(task_id)
+
+    async def _watch_virtual(self, task_id: UUID) -> AsyncGenerator[TaskStatus, None]:
         found = await self._find_virtual(task_id)
         if found is None:
             raise TaskNotFoundError(task_id)

@@ -14,7 +14,7 @@ import enum
 import logging
 import math
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, TypeVar
 from uuid import UUID
@@ -896,7 +896,7 @@ class Shard:
                 sync.done.set_result(None)
         return sync.done
 
-    async def watch(self, task_id: UUID) -> AsyncIterator[TaskStatus]:
+    async def watch(self, task_id: UUID) -> AsyncGenerator[TaskStatus, None]:
         """Yields the task's status now and after every change, until it has finished.
 
         The watch holds the task, so it ends with the final status even if the

@@ -79,7 +79,7 @@ class TaskManagerServicer(pb_grpc.TaskManagerServiceServicer):
         task_id = require_uuid("task_id", request.task_id)
         timeout = duration_seconds("timeout", request.timeout) if request.HasField("timeout") else 0
         deadline = asyncio.get_running_loop().time() + timeout if timeout > 0 else None
-        updates = self._tm.watch_task(task_id)
+        updates = await self._tm.open_watch(task_id)
         try:
             while True:
                 try:
