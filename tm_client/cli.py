@@ -29,6 +29,7 @@ from ._errors import (
     UnavailableError,
 )
 from ._types import TaskState, TaskStats, TaskStatus
+from .argtypes import non_negative_int, non_negative_seconds
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 50051
@@ -469,20 +470,6 @@ def cmd_drain(client: TaskManagerClient, args: argparse.Namespace, out: Output) 
 # ---- parsing and running ---------------------------------------------------------------------
 
 
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative: {value}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must not be negative: {text}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The ``tm`` argument parser."""
     common = argparse.ArgumentParser(add_help=False)
@@ -516,10 +503,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keyspace", "-ks", default="", help="only this keyspace's tasks")
     p.add_argument("--table", "-t", default="", help="only this table's tasks")
     p.add_argument(
-        "--interval", type=_non_negative_float, default=10.0, help="seconds between listings"
+        "--interval", type=non_negative_seconds, default=10.0, help="seconds between listings"
     )
     p.add_argument(
-        "--iterations", "-i", type=_non_negative_int, default=0, help="repeat this many more times"
+        "--iterations", "-i", type=non_negative_int, default=0, help="repeat this many more times"
     )
     p.set_defaults(func=cmd_list)
 
@@ -533,7 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("wait", parents=[common], help="wait for a task to finish")
     p.add_argument("id")
-    p.add_argument("--timeout", type=_non_negative_float, default=None, help="seconds")
+    p.add_argument("--timeout", type=non_negative_seconds, default=None, help="seconds")
     p.add_argument("--quiet", "-q", action="store_true", help="print nothing; exit code only")
     p.set_defaults(func=cmd_wait)
 

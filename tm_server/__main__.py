@@ -9,35 +9,14 @@ import os
 import socket
 import sys
 
+from tm_client.argtypes import (
+    non_negative_int,
+    non_negative_seconds,
+    positive_int,
+    positive_seconds,
+)
+
 from .server import ServerConfig, serve
-
-
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative: {value}")
-    return value
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {value}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a non-negative number of seconds: {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text}")
-    return value
 
 
 def parse_args(argv: list[str] | None = None) -> ServerConfig:
@@ -55,19 +34,19 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
     )
     parser.add_argument(
         "--shards",
-        type=_positive,
+        type=positive_int,
         default=os.cpu_count() or 1,
         help="number of registry shards (default: the CPU count)",
     )
     parser.add_argument(
         "--task-ttl-in-seconds",
-        type=_non_negative,
+        type=non_negative_int,
         default=0,
         help="how long finished root tasks are kept (default 0)",
     )
     parser.add_argument(
         "--user-task-ttl-in-seconds",
-        type=_non_negative,
+        type=non_negative_int,
         default=3600,
         help="how long finished user tasks are kept (default 3600)",
     )
@@ -78,14 +57,14 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
     )
     parser.add_argument(
         "--producer-lease-seconds",
-        type=_positive_float,
+        type=positive_seconds,
         default=30.0,
         help="how long a producer session survives a broken stream before its "
         "unfinished tasks fail (default 30)",
     )
     parser.add_argument(
         "--gc-freeze-interval-seconds",
-        type=_non_negative_float,
+        type=non_negative_seconds,
         default=0.1,
         help="how often long-lived objects are frozen out of garbage collection, which "
         "keeps pauses short with millions of tasks (0 disables; default 0.1)",
