@@ -80,6 +80,11 @@ class TaskHandle:
     shard: int
     _task: Task = field(repr=False, compare=False)
 
+    @property
+    def abort_requested(self) -> bool:
+        """Whether an abort was requested (a child created under an aborting parent is)."""
+        return self._task.abort_requested
+
     async def start(self) -> None:
         """Starts the task; its body runs in the background."""
         await self.manager.shards[self.shard].start_task(self.id)

@@ -259,7 +259,7 @@ class Producers:
         if session is not None:
             session.tasks[task_id] = shard
             self._task_sessions[task_id.int] = session
-            if (await handle.status()).abort_requested:
+            if handle.abort_requested:
                 session.push_abort(task_id)  # created under an aborting parent
         if start:
             await handle.start()
