@@ -28,9 +28,10 @@ from tm_client.pb import task_manager_pb2 as pb
 from tm_client.pb import task_manager_pb2_grpc as pb_grpc
 from tm_client.pb import task_reporting_pb2 as rpb
 from tm_client.pb import task_reporting_pb2_grpc as rpb_grpc
+from tm_server.core import ListFilter
 from tm_server.core.producers import TaskSpec
 from tm_server.server import SERVER_OPTIONS, ServerConfig, TmServer
-from tm_server.service.convert import status_to_pb
+from tm_server.service.convert import stats_to_pb, status_to_pb
 
 
 def rss_bytes() -> int:
@@ -114,9 +115,7 @@ class TmBench:
         ids = self.created.get(module, [])
         picked = random.sample(ids, min(count, len(ids)))
         status = await self.manager.get_status(picked[0])
-        entries, _ = await self.manager.list_module_tasks(module, _filter(), page_size=100)
-        from tm_server.service.convert import stats_to_pb
-
+        entries, _ = await self.manager.list_module_tasks(module, ListFilter(), page_size=100)
         page = pb.ListModuleTasksResponse(tasks=[stats_to_pb(e) for e in entries])
         return {
             "ids": [str(i) for i in picked],
@@ -179,12 +178,6 @@ class TmBench:
 
     async def rss(self, req: dict[str, Any]) -> dict[str, Any]:
         return {"rss": measured_rss() if req.get("collect") else rss_bytes()}
-
-
-def _filter() -> Any:
-    from tm_server.core import ListFilter
-
-    return ListFilter()
 
 
 class Baseline(pb_grpc.TaskManagerServiceServicer, rpb_grpc.TaskReportingServiceServicer):
