@@ -31,7 +31,7 @@ from tm_client.pb import task_reporting_pb2_grpc as rpb_grpc
 from tm_server.core import ListFilter
 from tm_server.core.producers import TaskSpec
 from tm_server.server import SERVER_OPTIONS, ServerConfig, TmServer
-from tm_server.service.convert import stats_to_pb, status_to_pb
+from tm_server.service.convert import page_to_pb, status_to_pb
 
 
 def rss_bytes() -> int:
@@ -116,7 +116,7 @@ class TmBench:
         picked = random.sample(ids, min(count, len(ids)))
         status = await self.manager.get_status(picked[0])
         entries, _ = await self.manager.list_module_tasks(module, ListFilter(), page_size=100)
-        page = pb.ListModuleTasksResponse(tasks=[stats_to_pb(e) for e in entries])
+        page = page_to_pb(entries, "")
         return {
             "ids": [str(i) for i in picked],
             "status": base64.b64encode(status_to_pb(status).SerializeToString()).decode(),

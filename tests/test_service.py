@@ -35,6 +35,7 @@ from tm_client.pb import task_manager_pb2_grpc as pb_grpc
 from tm_client.pb import task_manager_test_pb2 as test_pb
 from tm_client.pb import task_manager_test_pb2_grpc as test_pb_grpc
 from tm_server.core import TaskStatus, VirtualTaskHint
+from tm_server.service import servicer as servicer_module
 
 from .bodies import Controlled
 from .server_fixture import ServerThread
@@ -311,6 +312,25 @@ def test_recursive_status_bfs_with_live_and_folded_children(
         client.get_status_recursive(uuid4())
     with pytest.raises(InvalidArgumentError):
         client.get_status_recursive("nope")
+
+
+def test_recursive_status_streams_a_tree_larger_than_one_encoding_batch(
+    client: TaskManagerClient, testsvc: TestServiceClient
+) -> None:
+    # The servicer encodes statuses a batch at a time (servicer._RECURSIVE_BATCH):
+    # a tree spanning several batches must still arrive whole and in BFS order.
+    root = testsvc.create_task(shard=0)
+    level1 = [testsvc.create_task(parent_id=root, shard=i % 3) for i in range(30)]
+    level2 = [
+        testsvc.create_task(parent_id=parent, shard=(i + j) % 3)
+        for i, parent in enumerate(level1)
+        for j in range(20)
+    ]
+    assert 1 + len(level1) + len(level2) > 2 * servicer_module._RECURSIVE_BATCH
+    tree = client.get_status_recursive(root)
+    assert [s.id for s in tree] == [root, *level1, *level2]
+    assert [s.parent_id for s in tree[1:31]] == [root] * 30
+    assert all(len(s.children) == 20 for s in tree[1:31])
 
 
 # ---- ttl and drain ---------------------------------------------------------------------------

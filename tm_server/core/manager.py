@@ -6,7 +6,7 @@ import asyncio
 import sys
 from collections import deque
 from collections.abc import AsyncGenerator, Awaitable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -187,8 +187,7 @@ class TaskManager:
         self._groups.pop(name, None)
 
     def _normalize(self, group: VirtualTaskGroup, status: TaskStatus) -> TaskStatus:
-        return replace(
-            status,
+        return status._replace(
             kind=TaskKind.CLUSTER,
             shard=0,
             sequence_number=0,
@@ -498,7 +497,7 @@ class TaskManager:
                     continue
                 if after is not None and stats.task_id <= after:
                     continue
-                entries.append(replace(stats, kind=TaskKind.CLUSTER, shard=0, sequence_number=0))
+                entries.append(stats._replace(kind=TaskKind.CLUSTER, shard=0, sequence_number=0))
         entries.sort(key=lambda s: s.task_id)
         return entries[:limit]
 

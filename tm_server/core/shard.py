@@ -15,7 +15,7 @@ import logging
 import math
 from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 from uuid import UUID
 
@@ -562,8 +562,8 @@ class Shard:
     async def _folded(self, task: Task) -> FoldedTask:
         failed = tuple(f for f in task.folded_children or () if f.has_failure)
         status = await self._status(task)
-        status = replace(
-            status, children=tuple(TaskIdentity(f.status.id, self._node) for f in failed)
+        status = status._replace(
+            children=tuple(TaskIdentity(f.status.id, self._node) for f in failed)
         )
         return FoldedTask(status, failed)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import NamedTuple
 from uuid import UUID
 
 from uuid6 import uuid7
@@ -55,11 +56,13 @@ class Progress:
         return Progress(self.completed + other.completed, self.total + other.total)
 
 
-@dataclass(frozen=True, slots=True)
-class TaskStatus:
+class TaskStatus(NamedTuple):
     """The full status of a task (ScyllaDB's ``task_status`` plus tm's extra fields).
 
     Times are epoch seconds; ``None`` means unset (ScyllaDB prints the epoch).
+    A named tuple rather than a frozen dataclass: as immutable (one status is
+    shared by every watcher of a change), but built about three times faster,
+    and every status read, watch update and recursive message builds one.
     """
 
     id: UUID
@@ -88,9 +91,11 @@ class TaskStatus:
     expire_time: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class TaskStats:
-    """One entry of a module's task list (ScyllaDB's ``task_stats``)."""
+class TaskStats(NamedTuple):
+    """One entry of a module's task list (ScyllaDB's ``task_stats``).
+
+    A named tuple for the same reason as ``TaskStatus``: a page builds a hundred.
+    """
 
     task_id: UUID
     state: TaskState
@@ -140,9 +145,14 @@ def new_task_id() -> UUID:
 
 def creation_time_of(task_id: UUID) -> float | None:
     """Decodes the creation time of a time-based UUID (version 7 or 1), else ``None``."""
-    if task_id.version == 7:
-        return (task_id.int >> 80) / 1000.0
-    if task_id.version == 1:
+    # Read the version nibble off the int: UUID.version is a slow Python property.
+    value = task_id.int
+    if (value >> 62) & 0b11 != 0b10:
+        return None  # not an RFC 4122 UUID: its version bits mean nothing
+    version = (value >> 76) & 0xF
+    if version == 7:
+        return (value >> 80) / 1000.0
+    if version == 1:
         # 100 ns intervals since 1582-10-15, the Gregorian reform.
         return (task_id.time - 0x01B21DD213814000) / 1e7
     return None

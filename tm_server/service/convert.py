@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from uuid import UUID
 
 from google.protobuf import duration_pb2, timestamp_pb2
@@ -9,14 +10,16 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from tm_client.pb import task_manager_pb2 as pb
 from tm_server.core import InvalidArgumentError, TaskKind, TaskState, TaskStats, TaskStatus
 
+# Keyed by the members' plain values: hashing an Enum member runs Python code
+# (Enum.__hash__), a string's hash is cached; this runs for every status sent.
 _STATES = {
-    TaskState.CREATED: pb.TASK_STATE_CREATED,
-    TaskState.RUNNING: pb.TASK_STATE_RUNNING,
-    TaskState.DONE: pb.TASK_STATE_DONE,
-    TaskState.FAILED: pb.TASK_STATE_FAILED,
-    TaskState.SUSPENDED: pb.TASK_STATE_SUSPENDED,
+    TaskState.CREATED.value: pb.TASK_STATE_CREATED,
+    TaskState.RUNNING.value: pb.TASK_STATE_RUNNING,
+    TaskState.DONE.value: pb.TASK_STATE_DONE,
+    TaskState.FAILED.value: pb.TASK_STATE_FAILED,
+    TaskState.SUSPENDED.value: pb.TASK_STATE_SUSPENDED,
 }
-_KINDS = {TaskKind.NODE: pb.TASK_KIND_NODE, TaskKind.CLUSTER: pb.TASK_KIND_CLUSTER}
+_KINDS = {TaskKind.NODE.value: pb.TASK_KIND_NODE, TaskKind.CLUSTER.value: pb.TASK_KIND_CLUSTER}
 
 
 def parse_uuid(field: str, value: str, *, required: bool = True) -> UUID | None:
@@ -54,62 +57,88 @@ def duration_seconds(field: str, value: duration_pb2.Duration) -> float:
     return value.seconds + value.nanos / 1e9
 
 
-def _timestamp(seconds: float | None) -> timestamp_pb2.Timestamp | None:
-    if seconds is None:
-        return None
+def _set_time(target: timestamp_pb2.Timestamp, seconds: float) -> None:
     # Epoch seconds as a float hold about microseconds; finer digits are noise.
-    # (The constructor is about twice as fast as Timestamp.FromMicroseconds.)
     micros = round(seconds * 1e6)
-    return timestamp_pb2.Timestamp(seconds=micros // 1_000_000, nanos=micros % 1_000_000 * 1000)
+    target.seconds = micros // 1_000_000
+    target.nanos = micros % 1_000_000 * 1000
+
+
+def fill_status(target: pb.TaskStatus, status: TaskStatus) -> None:
+    """Encodes a core status into ``target`` (an empty message, usually a reply's field).
+
+    Unset times stay unset; roots have an empty parent_id. Fields are set in
+    place: building a TaskStatus from keywords and then copying it into its
+    reply costs twice as much, and every status read, watch update and
+    recursive message goes through here.
+    """
+    target.id = str(status.id)
+    target.type = status.type
+    target.kind = _KINDS[status.kind._value_]
+    target.scope = status.scope
+    target.state = _STATES[status.state._value_]
+    target.is_abortable = status.is_abortable
+    if status.creation_time is not None:
+        _set_time(target.creation_time, status.creation_time)
+    if status.start_time is not None:
+        _set_time(target.start_time, status.start_time)
+    if status.end_time is not None:
+        _set_time(target.end_time, status.end_time)
+    target.error = status.error
+    if status.parent_id is not None:
+        target.parent_id = str(status.parent_id)
+    target.sequence_number = status.sequence_number
+    target.shard = status.shard
+    target.keyspace = status.keyspace
+    target.table = status.table
+    target.entity = status.entity
+    target.progress_units = status.progress_units
+    progress = status.progress
+    target.progress_total = progress.total
+    target.progress_completed = progress.completed
+    if status.children:
+        add = target.children_ids.add
+        for child in status.children:
+            add(task_id=str(child.task_id), node=child.node)
+    target.module = status.module
+    target.internal = status.internal
+    target.user_task = status.user_task
+    target.abort_requested = status.abort_requested
+    if status.expire_time is not None:
+        _set_time(target.expire_time, status.expire_time)
 
 
 def status_to_pb(status: TaskStatus) -> pb.TaskStatus:
-    """Encodes a core status; unset times stay unset, roots have an empty parent_id."""
-    return pb.TaskStatus(
-        id=str(status.id),
-        type=status.type,
-        kind=_KINDS[status.kind],
-        scope=status.scope,
-        state=_STATES[status.state],
-        is_abortable=status.is_abortable,
-        creation_time=_timestamp(status.creation_time),
-        start_time=_timestamp(status.start_time),
-        end_time=_timestamp(status.end_time),
-        error=status.error,
-        parent_id="" if status.parent_id is None else str(status.parent_id),
-        sequence_number=status.sequence_number,
-        shard=status.shard,
-        keyspace=status.keyspace,
-        table=status.table,
-        entity=status.entity,
-        progress_units=status.progress_units,
-        progress_total=status.progress.total,
-        progress_completed=status.progress.completed,
-        children_ids=[
-            pb.TaskIdentity(task_id=str(c.task_id), node=c.node) for c in status.children
-        ],
-        module=status.module,
-        internal=status.internal,
-        user_task=status.user_task,
-        abort_requested=status.abort_requested,
-        expire_time=_timestamp(status.expire_time),
-    )
+    """Encodes a core status as a new message (see ``fill_status``)."""
+    message = pb.TaskStatus()
+    fill_status(message, status)
+    return message
 
 
-def stats_to_pb(stats: TaskStats) -> pb.TaskStats:
-    """Encodes a core list entry."""
-    return pb.TaskStats(
-        task_id=str(stats.task_id),
-        state=_STATES[stats.state],
-        type=stats.type,
-        kind=_KINDS[stats.kind],
-        scope=stats.scope,
-        keyspace=stats.keyspace,
-        table=stats.table,
-        entity=stats.entity,
-        sequence_number=stats.sequence_number,
-        shard=stats.shard,
-        creation_time=_timestamp(stats.creation_time),
-        start_time=_timestamp(stats.start_time),
-        end_time=_timestamp(stats.end_time),
-    )
+def fill_stats(target: pb.TaskStats, stats: TaskStats) -> None:
+    """Encodes a core list entry into ``target`` (in place, as ``fill_status``)."""
+    target.task_id = str(stats.task_id)
+    target.state = _STATES[stats.state._value_]
+    target.type = stats.type
+    target.kind = _KINDS[stats.kind._value_]
+    target.scope = stats.scope
+    target.keyspace = stats.keyspace
+    target.table = stats.table
+    target.entity = stats.entity
+    target.sequence_number = stats.sequence_number
+    target.shard = stats.shard
+    if stats.creation_time is not None:
+        _set_time(target.creation_time, stats.creation_time)
+    if stats.start_time is not None:
+        _set_time(target.start_time, stats.start_time)
+    if stats.end_time is not None:
+        _set_time(target.end_time, stats.end_time)
+
+
+def page_to_pb(entries: Iterable[TaskStats], next_page_token: str) -> pb.ListModuleTasksResponse:
+    """Encodes one page of a module's task list."""
+    response = pb.ListModuleTasksResponse(next_page_token=next_page_token)
+    add = response.tasks.add
+    for entry in entries:
+        fill_stats(add(), entry)
+    return response

@@ -11,7 +11,7 @@ from tm_client.pb import task_reporting_pb2_grpc as pb_grpc
 from tm_server.core.manager import check_name
 from tm_server.core.producers import Producers, TaskSpec
 
-from .convert import parse_uuid, require_uuid, status_to_pb
+from .convert import fill_status, parse_uuid, require_uuid
 from .handlers import Context, streaming, unary
 
 
@@ -67,7 +67,9 @@ class TaskReportingServicer(pb_grpc.TaskReportingServiceServicer):
             session_id=parse_uuid("session_id", request.session_id, required=False),
             start=request.start,
         )
-        return pb.CreateTaskResponse(status=status_to_pb(status), created=created)
+        response = pb.CreateTaskResponse(created=created)
+        fill_status(response.status, status)
+        return response
 
     @unary
     async def StartTask(
@@ -75,7 +77,9 @@ class TaskReportingServicer(pb_grpc.TaskReportingServiceServicer):
     ) -> pb.StartTaskResponse:
         """Starts a created task."""
         status = await self._producers.start_task(require_uuid("task_id", request.task_id))
-        return pb.StartTaskResponse(status=status_to_pb(status))
+        response = pb.StartTaskResponse()
+        fill_status(response.status, status)
+        return response
 
     @unary
     async def ReportProgress(
@@ -98,7 +102,9 @@ class TaskReportingServicer(pb_grpc.TaskReportingServiceServicer):
             require_uuid("task_id", request.task_id),
             request.error if request.HasField("error") else None,
         )
-        return pb.FinishTaskResponse(status=status_to_pb(status))
+        response = pb.FinishTaskResponse()
+        fill_status(response.status, status)
+        return response
 
     @streaming
     async def OpenSession(
