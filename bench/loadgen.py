@@ -66,10 +66,21 @@ async def unary(args: argparse.Namespace) -> None:
         nonlocal counter
         stub, reporter = stubs[n % len(stubs)], reporters[n % len(stubs)]
         token = ""
+        # Paced (--rate): each worker sends on its own schedule, and a call's
+        # latency counts from when it was due, so a stalled server is charged
+        # for the calls it held back (no coordinated omission).
+        interval = args.concurrency / args.rate if args.rate > 0 else 0.0
+        due = time.perf_counter() + n * interval / args.concurrency
         while time.monotonic() < deadline:
             if stop_file is not None and stop_file.exists():
                 break
-            start = time.perf_counter()
+            if interval:
+                wait = due - time.perf_counter()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                start, due = due, due + interval
+            else:
+                start = time.perf_counter()
             try:
                 if args.method == "GetTaskStatus":
                     await stub.GetTaskStatus(pb.GetTaskStatusRequest(task_id=random.choice(ids)))
@@ -195,6 +206,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--channels", type=int, default=4)
     parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument(
+        "--rate", type=float, default=0.0, help="unary: calls/s in all, 0: flat out"
+    )
     parser.add_argument("--streams", type=int, default=1000)
     parser.add_argument("--stop-file", help="unary: stop early once this file exists")
     parser.add_argument("--ready-timeout", type=float, default=120.0)

@@ -128,6 +128,8 @@ class TmBench:
         await self.manager.register_module(module)
         self.grow_done, self.grow_finished = 0, False
 
+        rate = float(req.get("rate", 0))  # tasks a second; 0: flat out
+
         async def run() -> None:
             spec = self._spec(module)
             start = time.perf_counter()
@@ -135,7 +137,10 @@ class TmBench:
                 for _ in range(min(chunk, n - self.grow_done)):
                     await self._new(spec)
                     self.grow_done += 1
-                await asyncio.sleep(0)  # let calls in between, as a live server would
+                # Let calls in between, as a live server would; at a set rate,
+                # wait until this chunk is due.
+                due = start + self.grow_done / rate if rate > 0 else 0.0
+                await asyncio.sleep(max(0.0, due - time.perf_counter()))
             self.grow_seconds = time.perf_counter() - start
             self.grow_finished = True
 
