@@ -106,11 +106,13 @@ MISS_ANALYSIS = {
     "pauses": (
         "In-process (no gRPC) the loop's longest stall while growing to 1,000,000 tasks at "
         "this rate is ~30 ms (dict resizes at 350k and 700k tasks; no collection over 5 ms "
-        "with the heap manager, 338 ms without it), and served with one paced reader no "
-        "read took over 100 ms; the two windows are taken one after the other on a shared "
-        "2-core machine, and over full runs the ratio moved from 1.25x to 5.65x with the "
-        "host's load. Next: repeat the pair of windows and take the median, or run the "
-        "figure on a quiet machine."
+        "with the heap manager, 338 ms without it). Served, a timeline of reads over 100 ms "
+        "shows episodes of 0.1-1 s at unrelated registry sizes (8,640 tasks as well as "
+        "538,000), not at the resizes, and the median read barely moves (p50 ~4 ms); one "
+        "such run had none at all. So the stalls come from this shared host (see "
+        "host_steal_pct), made worse by the paced growth running flat out to catch up "
+        "after one. Over full runs the ratio moved from 1.25x to 17.5x. Next: repeat the "
+        "pair of windows and take the median, or run the figure on a quiet machine."
     ),
 }
 
@@ -216,6 +218,13 @@ class Server:
             self.proc.wait(10)
         self._dir.cleanup()
         return time.monotonic() - start
+
+
+def host_cpu_ticks() -> tuple[int, int]:
+    """This machine's CPU ticks so far: (busy, stolen by the hypervisor), from /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    return user + nice + system + irq + softirq, steal
 
 
 def loadgen(*args: str) -> dict[str, Any]:
@@ -632,8 +641,15 @@ def main(argv: list[str] | None = None) -> int:
         for name, group in groups.items():
             if args.only and name not in args.only:
                 continue
-            t0 = time.monotonic()
-            figures.extend(group(Path(tmp)))
+            t0, (busy0, steal0) = time.monotonic(), host_cpu_ticks()
+            produced = group(Path(tmp))
+            busy1, steal1 = host_cpu_ticks()
+            busy, steal = busy1 - busy0, steal1 - steal0
+            for figure in produced:
+                # CPU time the hypervisor gave to other guests while this group ran:
+                # a high share marks figures taken on a contended host.
+                figure.extra["host_steal_pct"] = round(100 * steal / max(1, busy + steal), 1)
+            figures.extend(produced)
             print(f"bench: {name} done in {time.monotonic() - t0:.1f}s", file=sys.stderr)
     results = {
         "started": started,
