@@ -57,11 +57,30 @@ def duration_seconds(field: str, value: duration_pb2.Duration) -> float:
     return value.seconds + value.nanos / 1e9
 
 
-def _set_time(target: timestamp_pb2.Timestamp, seconds: float) -> None:
+def _set_time(target: timestamp_pb2.Timestamp, seconds: float | None) -> None:
+    # Unset stays unset: reading a sub-message field does not mark it present.
+    if seconds is None:
+        return
     # Epoch seconds as a float hold about microseconds; finer digits are noise.
     micros = round(seconds * 1e6)
     target.seconds = micros // 1_000_000
     target.nanos = micros % 1_000_000 * 1000
+
+
+def _fill_common(target: pb.TaskStatus | pb.TaskStats, source: TaskStatus | TaskStats) -> None:
+    # The fields a status and a list entry share, under the same names.
+    target.type = source.type
+    target.kind = _KINDS[source.kind._value_]
+    target.scope = source.scope
+    target.state = _STATES[source.state._value_]
+    target.keyspace = source.keyspace
+    target.table = source.table
+    target.entity = source.entity
+    target.sequence_number = source.sequence_number
+    target.shard = source.shard
+    _set_time(target.creation_time, source.creation_time)
+    _set_time(target.start_time, source.start_time)
+    _set_time(target.end_time, source.end_time)
 
 
 def fill_status(target: pb.TaskStatus, status: TaskStatus) -> None:
@@ -73,25 +92,11 @@ def fill_status(target: pb.TaskStatus, status: TaskStatus) -> None:
     recursive message goes through here.
     """
     target.id = str(status.id)
-    target.type = status.type
-    target.kind = _KINDS[status.kind._value_]
-    target.scope = status.scope
-    target.state = _STATES[status.state._value_]
+    _fill_common(target, status)
     target.is_abortable = status.is_abortable
-    if status.creation_time is not None:
-        _set_time(target.creation_time, status.creation_time)
-    if status.start_time is not None:
-        _set_time(target.start_time, status.start_time)
-    if status.end_time is not None:
-        _set_time(target.end_time, status.end_time)
     target.error = status.error
     if status.parent_id is not None:
         target.parent_id = str(status.parent_id)
-    target.sequence_number = status.sequence_number
-    target.shard = status.shard
-    target.keyspace = status.keyspace
-    target.table = status.table
-    target.entity = status.entity
     target.progress_units = status.progress_units
     progress = status.progress
     target.progress_total = progress.total
@@ -104,8 +109,7 @@ def fill_status(target: pb.TaskStatus, status: TaskStatus) -> None:
     target.internal = status.internal
     target.user_task = status.user_task
     target.abort_requested = status.abort_requested
-    if status.expire_time is not None:
-        _set_time(target.expire_time, status.expire_time)
+    _set_time(target.expire_time, status.expire_time)
 
 
 def status_to_pb(status: TaskStatus) -> pb.TaskStatus:
@@ -118,21 +122,7 @@ def status_to_pb(status: TaskStatus) -> pb.TaskStatus:
 def fill_stats(target: pb.TaskStats, stats: TaskStats) -> None:
     """Encodes a core list entry into ``target`` (in place, as ``fill_status``)."""
     target.task_id = str(stats.task_id)
-    target.state = _STATES[stats.state._value_]
-    target.type = stats.type
-    target.kind = _KINDS[stats.kind._value_]
-    target.scope = stats.scope
-    target.keyspace = stats.keyspace
-    target.table = stats.table
-    target.entity = stats.entity
-    target.sequence_number = stats.sequence_number
-    target.shard = stats.shard
-    if stats.creation_time is not None:
-        _set_time(target.creation_time, stats.creation_time)
-    if stats.start_time is not None:
-        _set_time(target.start_time, stats.start_time)
-    if stats.end_time is not None:
-        _set_time(target.end_time, stats.end_time)
+    _fill_common(target, stats)
 
 
 def page_to_pb(entries: Iterable[TaskStats], next_page_token: str) -> pb.ListModuleTasksResponse:
