@@ -61,10 +61,10 @@ PROFILE_NOTES = [
     "Pauses: with growth flat out and reads back to back, the p99 (4.4x) measured a "
     "saturated event loop, not pauses; in-process, growing to 1,000,000 tasks at 10,000/s "
     "stalls the loop for at most ~30 ms (dict resizes at 350k and 700k), with no "
-    "collection over 5 ms; served and read alone at 200/s, no read took over 100 ms. "
-    "The figure now paces both and reads the empty registry as long as the growth (an "
-    "idle server's p99 is 22 ms over 60 s against 3 ms over 5 s here). Reading a second, "
-    "empty server beside the growing one was tried and dropped: it overcommits 2 cores.",
+    "collection over 5 ms. The figure now paces both and reads the empty registry as "
+    "long as the growth (an idle server's p99 is 22 ms over 60 s against 3 ms over 5 s "
+    "here). Reading a second, empty server beside the growing one was tried (11.5x) and "
+    "dropped: it adds two busy processes to 2 cores.",
 ]
 
 
@@ -108,11 +108,11 @@ MISS_ANALYSIS = {
         "this rate is ~30 ms (dict resizes at 350k and 700k tasks; no collection over 5 ms "
         "with the heap manager, 338 ms without it). Served, a timeline of reads over 100 ms "
         "shows episodes of 0.1-1 s at unrelated registry sizes (8,640 tasks as well as "
-        "538,000), not at the resizes, and the median read barely moves (p50 ~4 ms); one "
-        "such run had none at all. So the stalls come from this shared host (see "
-        "host_steal_pct), made worse by the paced growth running flat out to catch up "
-        "after one. Over full runs the ratio moved from 1.25x to 17.5x. Next: repeat the "
-        "pair of windows and take the median, or run the figure on a quiet machine."
+        "538,000), not at the resizes, and the median read barely moves (p50 ~4 ms). So "
+        "the stalls most likely come from this shared host (see host_steal_pct), made "
+        "worse by the paced growth running flat out to catch up after one; not proven. "
+        "Over full runs the ratio moved from 1.25x to 17.5x. Next: repeat the pair of "
+        "windows and take the median, or run the figure on a quiet machine."
     ),
 }
 
@@ -540,9 +540,8 @@ def bench_pauses(cfg: Config, tmp: Path) -> Figure:
     # The empty registry's reads run as long as the growth: on this shared
     # machine a minute of reads catches stalls five seconds miss (p99 3 ms
     # over 5 s, 22 ms over 60 s, same server, same rate). The two windows
-    # are taken one after the other: a second server reading beside the
-    # growing one overcommits 2 cores (p99 ratio 11.5x that way, against
-    # no read over 100 ms for the growing server read alone).
+    # are taken one after the other: a second server read beside the growing
+    # one adds two busy processes to 2 cores (p99 ratio 11.5x that way).
     window = cfg.scale / cfg.grow_rate
     tm = Server("tm", cfg.shards)
     try:
