@@ -33,6 +33,9 @@ from tm_client.pb import task_manager_pb2_grpc as pb_grpc
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 TICKS = os.sysconf("SC_CLK_TCK")
+#: Rounds of each compared figure, alternating tm and baseline; the median is
+#: reported, as single windows on a shared machine vary by 10-30%.
+ROUNDS = 3
 
 #: What profiling found and what changed, kept with every result (see the README).
 PROFILE_NOTES = [
@@ -260,6 +263,16 @@ class Watchers:
         return value
 
 
+def median(runs: list[dict[str, Any]], key: str) -> float:
+    """The median of one value over the rounds of a figure."""
+    return float(statistics.median(r[key] for r in runs))
+
+
+def round_ratios(ours: list[dict[str, Any]], theirs: list[dict[str, Any]]) -> list[float]:
+    """The rate ratio (tm / baseline) of each alternating round, for the details."""
+    return [round(o["rate"] / t["rate"], 3) for o, t in zip(ours, theirs, strict=True)]
+
+
 def write_ids(directory: Path, name: str, ids: list[str]) -> Path:
     path = directory / f"{name}.json"
     path.write_text(json.dumps(ids))
@@ -283,37 +296,33 @@ def bench_reads_listing_memory(cfg: Config, tmp: Path) -> list[Figure]:
         samples = tm.control("samples", module="bench")
         base.control("prepare", status=samples["status"], page=samples["page"])
         ids = write_ids(tmp, "ids", samples["ids"])
-        rounds = 3  # alternating rounds, medians: single windows here vary by +-10%
         window = max(0.3, cfg.duration * 0.6)
         for concurrency in cfg.concurrencies:
             args = ("--method", "GetTaskStatus", "--ids-file", str(ids), "--concurrency",
                     str(concurrency), "--duration", str(window))  # fmt: skip
             ours_runs, theirs_runs = [], []
-            for i in range(rounds):
+            for i in range(ROUNDS):
                 first, second = (tm, base) if i % 2 == 0 else (base, tm)
                 a, b = unary_on(first, *args), unary_on(second, *args)
                 ours_runs.append(a if first is tm else b)
                 theirs_runs.append(b if first is tm else a)
 
-            def med(runs: list[dict[str, Any]], key: str) -> float:
-                return float(statistics.median(r[key] for r in runs))
-
-            rate, base_rate = med(ours_runs, "rate"), med(theirs_runs, "rate")
+            rate, base_rate = median(ours_runs, "rate"), median(theirs_runs, "rate")
             ratio = rate / base_rate
-            cpu = med(ours_runs, "server_cpu_us_per_call")
+            cpu = median(ours_runs, "server_cpu_us_per_call")
             figures.append(Figure(
                 f"status reads, {concurrency} in flight",
                 f"GetTaskStatus of random ids, {cfg.scale:,} tasks on {cfg.shards} shards "
-                f"(median of {rounds} alternating rounds)",
+                f"(median of {ROUNDS} alternating rounds)",
                 "calls/s", rate, base_rate, ratio,
                 ">= 0.9x baseline calls/s and <= 160 us server CPU a call",
                 ratio >= 0.9 and cpu <= 160,
                 {"server_cpu_us_per_call": cpu,
-                 "baseline_server_cpu_us_per_call": med(theirs_runs, "server_cpu_us_per_call"),
-                 "p99_ms": med(ours_runs, "p99_ms"), "baseline_p99_ms": med(theirs_runs, "p99_ms"),
-                 "client_cpu_s": med(ours_runs, "client_cpu_s"),
-                 "round_ratios": [round(o["rate"] / t["rate"], 3)
-                                  for o, t in zip(ours_runs, theirs_runs, strict=True)],
+                 "baseline_server_cpu_us_per_call": median(theirs_runs, "server_cpu_us_per_call"),
+                 "p99_ms": median(ours_runs, "p99_ms"),
+                 "baseline_p99_ms": median(theirs_runs, "p99_ms"),
+                 "client_cpu_s": median(ours_runs, "client_cpu_s"),
+                 "round_ratios": round_ratios(ours_runs, theirs_runs),
                  "errors": ours_runs[-1]["errors"]},
             ))  # fmt: skip
         walk = ("--method", "ListModuleTasks", "--concurrency", "4", "--duration",
@@ -361,7 +370,6 @@ def bench_memory(cfg: Config, kind: str, label: str) -> Figure:
 
 def bench_progress(cfg: Config, tmp: Path) -> Figure:
     tm, base = Server("tm", cfg.shards), Server("baseline", cfg.shards)
-    rounds = 3  # alternating rounds, medians, as for status reads
     runs: dict[str, list[dict[str, Any]]] = {"tm": [], "baseline": []}
     try:
         tm.control("populate", kind="running", n=cfg.progress_tasks, module="bench")
@@ -370,7 +378,7 @@ def bench_progress(cfg: Config, tmp: Path) -> Figure:
         ids = write_ids(tmp, "progress", samples["ids"])
         watchers = {name: Watchers(server.target, ids, cfg.watchers)
                     for name, server in (("tm", tm), ("baseline", base))}  # fmt: skip
-        for _ in range(rounds):
+        for _ in range(ROUNDS):
             for name, server in (("tm", tm), ("baseline", base)):
                 runs[name].append(unary_on(
                     server, "--method", "ReportProgress", "--ids-file", str(ids),
@@ -384,10 +392,7 @@ def bench_progress(cfg: Config, tmp: Path) -> Figure:
         tm.stop()
         base.stop()
 
-    def med(name: str, key: str) -> float:
-        return float(statistics.median(r[key] for r in runs[name]))
-
-    rate, base_rate = med("tm", "rate"), med("baseline", "rate")
+    rate, base_rate = median(runs["tm"], "rate"), median(runs["baseline"], "rate")
     ratio = rate / base_rate
     done = our_watch["outcomes"].get("final_done", 0)
     errors: dict[str, int] = {}
@@ -396,16 +401,15 @@ def bench_progress(cfg: Config, tmp: Path) -> Figure:
             errors[code] = errors.get(code, 0) + count
     return Figure(
         "progress reports", f"ReportProgress on {cfg.progress_tasks:,} running tasks, "
-        f"{cfg.watchers:,} watchers attached (median of {rounds} alternating rounds)", "calls/s",
+        f"{cfg.watchers:,} watchers attached (median of {ROUNDS} alternating rounds)", "calls/s",
         rate, base_rate, ratio,
         ">= 0.75x baseline calls/s, every watcher ends on the final state",
         ratio >= 0.75 and done == cfg.watchers,
         {"watchers_final_done": done, "watcher_outcomes": our_watch["outcomes"],
-         "server_cpu_us_per_call": med("tm", "server_cpu_us_per_call"),
-         "baseline_server_cpu_us_per_call": med("baseline", "server_cpu_us_per_call"),
-         "client_cpu_s": med("tm", "client_cpu_s"), "errors": errors,
-         "round_ratios": [round(o["rate"] / t["rate"], 3)
-                          for o, t in zip(runs["tm"], runs["baseline"], strict=True)]},
+         "server_cpu_us_per_call": median(runs["tm"], "server_cpu_us_per_call"),
+         "baseline_server_cpu_us_per_call": median(runs["baseline"], "server_cpu_us_per_call"),
+         "client_cpu_s": median(runs["tm"], "client_cpu_s"), "errors": errors,
+         "round_ratios": round_ratios(runs["tm"], runs["baseline"])},
     )  # fmt: skip
 
 
@@ -428,9 +432,8 @@ def bench_fanout_burst_shutdown(cfg: Config, tmp: Path) -> list[Figure]:
     figures = []
     tm, base = Server("tm", cfg.shards), Server("baseline", cfg.shards)
     try:
-        rounds = 3  # a single broadcast is one noisy event: take the median of three
-        tm.control("populate", kind="running", n=2 + rounds, module="fan")
-        samples = tm.control("samples", module="fan", count=2 + rounds)
+        tm.control("populate", kind="running", n=2 + ROUNDS, module="fan")
+        samples = tm.control("samples", module="fan", count=2 + ROUNDS)
         fan_ids = [write_ids(tmp, f"fan{i}", [x]) for i, x in enumerate(samples["ids"])]
         second, third = fan_ids[0], fan_ids[1]
         ours_runs, theirs_runs = [], []
@@ -446,9 +449,6 @@ def bench_fanout_burst_shutdown(cfg: Config, tmp: Path) -> list[Figure]:
             base.control("prepare", status=samples["status"])
             theirs_runs.append(_fanout(base, ids_file, cfg.fanout_streams, {"name": "broadcast"}))
 
-        def median(runs: list[dict[str, Any]], key: str) -> float:
-            return float(statistics.median(r[key] for r in runs))
-
         ours_mem, theirs_mem = ours_runs[0]["per_stream_bytes"], theirs_runs[0]["per_stream_bytes"]
         mem_ratio = ours_mem / theirs_mem
         ours_time = median(ours_runs, "broadcast_seconds")
@@ -462,7 +462,7 @@ def bench_fanout_burst_shutdown(cfg: Config, tmp: Path) -> list[Figure]:
         done = min(r["outcomes"].get("final_done", 0) for r in ours_runs)
         figures.append(Figure(
             "watch fan-out: broadcast", "the task finishes: time until the last watcher has "
-            f"the final status (median of {rounds})", "s", ours_time, theirs_time,
+            f"the final status (median of {ROUNDS})", "s", ours_time, theirs_time,
             time_ratio, "<= 1.25x the baseline's broadcast of one message",
             time_ratio <= 1.25 and done == cfg.fanout_streams,
             {"final_done": done,
@@ -499,13 +499,12 @@ def bench_fanout_burst_shutdown(cfg: Config, tmp: Path) -> list[Figure]:
 
 def bench_recursive(cfg: Config) -> Figure:
     tm, base = Server("tm", cfg.shards), Server("baseline", cfg.shards)
-    rounds = 3  # alternating rounds, medians, as for status reads
     ours_runs: list[dict[str, Any]] = []
     theirs_runs: list[dict[str, Any]] = []
     try:
         tree = tm.control("tree", module="tree", fanouts=list(cfg.tree_fanouts))
         base.control("prepare", status=tree["status"], recursive_count=tree["count"])
-        for _ in range(rounds):
+        for _ in range(ROUNDS):
             for server, runs in ((tm, ours_runs), (base, theirs_runs)):
                 cpu0 = server.cpu()
                 run = loadgen("recursive", "--target", server.target, "--id", tree["root"])
@@ -515,21 +514,17 @@ def bench_recursive(cfg: Config) -> Figure:
         tm.stop()
         base.stop()
 
-    def med(runs: list[dict[str, Any]], key: str) -> float:
-        return float(statistics.median(r[key] for r in runs))
-
-    rate, base_rate = med(ours_runs, "rate"), med(theirs_runs, "rate")
+    rate, base_rate = median(ours_runs, "rate"), median(theirs_runs, "rate")
     ratio = rate / base_rate
     whole = all(r["messages"] == tree["count"] for r in ours_runs)
     return Figure(
         "recursive status", f"GetTaskStatusRecursive on a tree of {tree['count']:,} tasks "
-        f"(depth {len(cfg.tree_fanouts)}; median of {rounds} alternating rounds)", "messages/s",
+        f"(depth {len(cfg.tree_fanouts)}; median of {ROUNDS} alternating rounds)", "messages/s",
         rate, base_rate, ratio, ">= 0.7x the baseline's messages/s", ratio >= 0.7 and whole,
-        {"messages": ours_runs[0]["messages"], "client_cpu_s": med(ours_runs, "client_cpu_s"),
-         "server_cpu_us_per_message": med(ours_runs, "server_cpu_us"),
-         "baseline_server_cpu_us_per_message": med(theirs_runs, "server_cpu_us"),
-         "round_ratios": [round(o["rate"] / t["rate"], 3)
-                          for o, t in zip(ours_runs, theirs_runs, strict=True)]},
+        {"messages": ours_runs[0]["messages"], "client_cpu_s": median(ours_runs, "client_cpu_s"),
+         "server_cpu_us_per_message": median(ours_runs, "server_cpu_us"),
+         "baseline_server_cpu_us_per_message": median(theirs_runs, "server_cpu_us"),
+         "round_ratios": round_ratios(ours_runs, theirs_runs)},
     )  # fmt: skip
 
 
