@@ -301,9 +301,12 @@ class TaskManager:
         Raises:
             TaskNotFoundError: unknown id.
         """
-        shard = await self._find_shard(task_id)
-        if shard is not None:
-            return await shard.get_status(task_id)
+        # One call a shard (the hot path of status reads), first found wins:
+        # creation keeps ids unique across shards.
+        for shard in self.shards:
+            status = await shard.find_status(task_id)
+            if status is not None:
+                return status
         found = await self._find_virtual(task_id)
         if found is not None:
             group, hint = found

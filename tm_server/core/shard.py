@@ -34,6 +34,7 @@ from .errors import (
 )
 from .task import TaskContext, TaskImpl
 from .types import (
+    NO_PROGRESS,
     FoldedTask,
     ListFilter,
     Progress,
@@ -72,6 +73,16 @@ def _known_total(task: Task) -> float | None:
     if task.reported_total is not None:
         return task.reported_total
     return task.impl.expected_total_workload()
+
+
+def _leaf_progress(task: Task) -> Progress:
+    """The progress of a task without children: reported, else none of its expected total."""
+    if task.reported is not None:
+        return task.reported  # the task's own progress, as specific types override it
+    if task.state.is_complete:
+        return NO_PROGRESS
+    leaf_total = _known_total(task)
+    return NO_PROGRESS if leaf_total is None else Progress(0.0, leaf_total)
 
 
 class ParentKind(enum.Enum):
@@ -750,24 +761,22 @@ class Shard:
     # ---- reading -----------------------------------------------------------------------------
 
     async def _progress(self, task: Task) -> Progress:
-        live = task.live_children
-        folded_children = task.folded_children
-        if not live and not folded_children:
-            if task.reported is not None:
-                return task.reported  # the task's own progress, as specific types override it
-            if task.state.is_complete:
-                return Progress()
-            leaf_total = _known_total(task)
-            return Progress() if leaf_total is None else Progress(0.0, leaf_total)
+        if not task.live_children and not task.folded_children:
+            return _leaf_progress(task)
+        return await self._rolled_up_progress(task)
+
+    async def _rolled_up_progress(self, task: Task) -> Progress:
+        # A task with children: the sum of theirs (cached per version of the
+        # task), with the task's own expected total while it runs.
         cached = task.children_progress
         if cached is not None and cached[0] == task.version:
             total = cached[1]
         else:
             version = task.version
-            total = Progress()
-            for folded in folded_children or ():
+            total = NO_PROGRESS
+            for folded in task.folded_children or ():
                 total = total + folded.status.progress
-            for child_id, child_shard in list((live or {}).items()):
+            for child_id, child_shard in list((task.live_children or {}).items()):
                 total = total + await self._peers[child_shard].get_progress(child_id)
             if task.version == version:
                 task.children_progress = (version, total)
@@ -781,11 +790,16 @@ class Shard:
     async def get_progress(self, task_id: UUID) -> Progress:
         """Returns a reachable task's progress, or zero if it is gone."""
         task = self._reachable(task_id)
-        return Progress() if task is None else await self._progress(task)
+        return NO_PROGRESS if task is None else await self._progress(task)
 
     async def _status(self, task: Task) -> TaskStatus:
+        # Every status read comes through here: a leaf (most tasks) costs no
+        # further coroutine for its progress.
         children: tuple[TaskIdentity, ...] = ()
-        if task.live_children or task.folded_children:
+        if not task.live_children and not task.folded_children:
+            progress = _leaf_progress(task)
+        else:
+            progress = await self._rolled_up_progress(task)
             node = self._node
             children = tuple(TaskIdentity(cid, node) for cid in task.live_children or ()) + tuple(
                 TaskIdentity(f.status.id, node) for f in task.folded_children or ()
@@ -808,7 +822,7 @@ class Shard:
             table=task.table,
             entity=task.entity,
             progress_units=task.impl.progress_units,
-            progress=await self._progress(task),
+            progress=progress,
             children=children,
             module=task.module,
             internal=task.internal,
@@ -827,8 +841,21 @@ class Shard:
         return await self._status(task)
 
     async def get_status(self, task_id: UUID) -> TaskStatus:
-        """Returns a registered task's status (no side effects)."""
+        """Returns a registered task's status (no side effects).
+
+        Raises:
+            TaskNotFoundError: no task with this id is registered here.
+        """
         return await self._status(self._registered(task_id))
+
+    async def find_status(self, task_id: UUID) -> TaskStatus | None:
+        """Returns a registered task's status, or ``None`` when it is not here.
+
+        One call where ``contains`` then ``get_status`` would be two: the
+        manager asks every shard this for every status read.
+        """
+        task = self._tasks.get(task_id.int)
+        return None if task is None else await self._status(task)
 
     async def get_tree_node(self, task_id: UUID) -> TreeNode | None:
         """Returns a reachable task's status and children, as recursive status walks them."""

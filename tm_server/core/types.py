@@ -19,15 +19,16 @@ class TaskState(enum.Enum):
     FAILED = "failed"
     SUSPENDED = "suspended"
 
-    @property
-    def is_complete(self) -> bool:
-        """Done or failed."""
-        return self in (TaskState.DONE, TaskState.FAILED)
+    #: Done or failed.
+    is_complete: bool
+    #: A state a wait ends on: done, failed, or (virtual tasks only) suspended.
+    is_final: bool
 
-    @property
-    def is_final(self) -> bool:
-        """A state a wait ends on: done, failed, or (virtual tasks only) suspended."""
-        return self in (TaskState.DONE, TaskState.FAILED, TaskState.SUSPENDED)
+    def __init__(self, value: str) -> None:
+        # Plain member attributes rather than properties: every status read
+        # asks, and a property comparing members costs ten times as much.
+        self.is_complete = value in ("done", "failed")
+        self.is_final = value in ("done", "failed", "suspended")
 
 
 class TaskKind(enum.Enum):
@@ -54,6 +55,10 @@ class Progress:
 
     def __add__(self, other: Progress) -> Progress:
         return Progress(self.completed + other.completed, self.total + other.total)
+
+
+#: Zero of zero units: shared, as progress values are immutable.
+NO_PROGRESS = Progress()
 
 
 class TaskStatus(NamedTuple):

@@ -57,14 +57,17 @@ def duration_seconds(field: str, value: duration_pb2.Duration) -> float:
     return value.seconds + value.nanos / 1e9
 
 
-def _set_time(target: timestamp_pb2.Timestamp, seconds: float | None) -> None:
-    # Unset stays unset: reading a sub-message field does not mark it present.
-    if seconds is None:
-        return
+def _set_time(target: timestamp_pb2.Timestamp, seconds: float) -> None:
     # Epoch seconds as a float hold about microseconds; finer digits are noise.
-    micros = round(seconds * 1e6)
-    target.seconds = micros // 1_000_000
-    target.nanos = micros % 1_000_000 * 1000
+    target.seconds, micros = divmod(round(seconds * 1e6), 1_000_000)
+    target.nanos = micros * 1000
+
+
+# Both encoders below run for every status read, watch update, recursive
+# message and list entry: they set only the fields that differ from their
+# defaults (a target starts empty, and proto3 does not send defaults anyway),
+# since a test is cheaper than a protobuf field write and most tasks have no
+# keyspace, table, entity, error, parent or end time.
 
 
 def _fill_common(target: pb.TaskStatus | pb.TaskStats, source: TaskStatus | TaskStats) -> None:
@@ -73,14 +76,22 @@ def _fill_common(target: pb.TaskStatus | pb.TaskStats, source: TaskStatus | Task
     target.kind = _KINDS[source.kind._value_]
     target.scope = source.scope
     target.state = _STATES[source.state._value_]
-    target.keyspace = source.keyspace
-    target.table = source.table
-    target.entity = source.entity
+    if source.keyspace:
+        target.keyspace = source.keyspace
+    if source.table:
+        target.table = source.table
+    if source.entity:
+        target.entity = source.entity
     target.sequence_number = source.sequence_number
-    target.shard = source.shard
-    _set_time(target.creation_time, source.creation_time)
-    _set_time(target.start_time, source.start_time)
-    _set_time(target.end_time, source.end_time)
+    if source.shard:
+        target.shard = source.shard
+    # Unset times stay unset: reading a sub-message field does not mark it present.
+    if source.creation_time is not None:
+        _set_time(target.creation_time, source.creation_time)
+    if source.start_time is not None:
+        _set_time(target.start_time, source.start_time)
+    if source.end_time is not None:
+        _set_time(target.end_time, source.end_time)
 
 
 def fill_status(target: pb.TaskStatus, status: TaskStatus) -> None:
@@ -88,28 +99,35 @@ def fill_status(target: pb.TaskStatus, status: TaskStatus) -> None:
 
     Unset times stay unset; roots have an empty parent_id. Fields are set in
     place: building a TaskStatus from keywords and then copying it into its
-    reply costs twice as much, and every status read, watch update and
-    recursive message goes through here.
+    reply costs twice as much.
     """
     target.id = str(status.id)
     _fill_common(target, status)
-    target.is_abortable = status.is_abortable
-    target.error = status.error
+    if status.is_abortable:
+        target.is_abortable = True
+    if status.error:
+        target.error = status.error
     if status.parent_id is not None:
         target.parent_id = str(status.parent_id)
     target.progress_units = status.progress_units
     progress = status.progress
-    target.progress_total = progress.total
-    target.progress_completed = progress.completed
+    if progress.total:
+        target.progress_total = progress.total
+    if progress.completed:
+        target.progress_completed = progress.completed
     if status.children:
         add = target.children_ids.add
         for child in status.children:
             add(task_id=str(child.task_id), node=child.node)
     target.module = status.module
-    target.internal = status.internal
-    target.user_task = status.user_task
-    target.abort_requested = status.abort_requested
-    _set_time(target.expire_time, status.expire_time)
+    if status.internal:
+        target.internal = True
+    if status.user_task:
+        target.user_task = True
+    if status.abort_requested:
+        target.abort_requested = True
+    if status.expire_time is not None:
+        _set_time(target.expire_time, status.expire_time)
 
 
 def status_to_pb(status: TaskStatus) -> pb.TaskStatus:
