@@ -115,6 +115,9 @@ async def unary(args: argparse.Namespace) -> None:
     elapsed, cpu = time.monotonic() - t0, cpu_seconds() - cpu0
     for channel in channels:
         await channel.close(None)
+    if args.latencies_file:
+        # For a caller that pools several windows into one percentile.
+        await asyncio.to_thread(Path(args.latencies_file).write_text, json.dumps(latencies))
     emit(
         {
             "calls": len(latencies),
@@ -211,6 +214,7 @@ def main() -> None:
     )
     parser.add_argument("--streams", type=int, default=1000)
     parser.add_argument("--stop-file", help="unary: stop early once this file exists")
+    parser.add_argument("--latencies-file", help="unary: also write every latency (s) here")
     parser.add_argument("--ready-timeout", type=float, default=120.0)
     parser.add_argument("--end-timeout", type=float, default=120.0)
     args = parser.parse_args()

@@ -30,6 +30,7 @@ from tm_client.pb import task_reporting_pb2 as rpb
 from tm_client.pb import task_reporting_pb2_grpc as rpb_grpc
 from tm_server.core import ListFilter
 from tm_server.core.producers import TaskSpec
+from tm_server.heap import HeapManager
 from tm_server.server import SERVER_OPTIONS, ServerConfig, TmServer
 from tm_server.service.convert import page_to_pb, status_to_pb
 
@@ -273,10 +274,16 @@ async def serve(kind: str, port_file: Path, shards: int) -> None:
     server.add_generic_rpc_handlers((handler(baseline.methods()),))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
+    # The same garbage-collection management as tm's server: it is a setting
+    # of the process, not work per call, and without it the baseline's full
+    # collections would land in its timings and flatter tm.
+    heap = HeapManager(ServerConfig().gc_freeze_interval)
+    heap.start()
     await asyncio.to_thread(port_file.write_text, str(port))
     await stop.wait()
     baseline.broadcast_event.set()
     await server.stop(5)
+    await heap.stop()
 
 
 def main() -> None:

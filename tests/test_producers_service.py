@@ -86,6 +86,9 @@ def test_abort_is_pushed_to_the_block(producer: Producer, client: TaskManagerCli
         task.check_abort()
     final = client.get_status(task.id)
     assert final.state is TaskState.FAILED and "abort" in final.error
+    # Flags the encoder writes only when set (defaults are skipped) still arrive.
+    assert final.is_abortable and final.abort_requested
+    assert final.end_time is not None and final.expire_time is not None
     tree = client.get_status_recursive(task.id)
     assert tree[1].state is TaskState.FAILED and tree[1].error == "abort requested"
 
