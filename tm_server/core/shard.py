@@ -66,6 +66,9 @@ def check_progress(completed: float, total: float | None) -> None:
 T = TypeVar("T")
 
 ABORT_ERROR = "abort requested"
+# An Enum member read off its class goes through the metaclass; every status
+# built here reads this one.
+_NODE = TaskKind.NODE
 
 
 def _known_total(task: Task) -> float | None:
@@ -804,13 +807,14 @@ class Shard:
             children = tuple(TaskIdentity(cid, node) for cid in task.live_children or ()) + tuple(
                 TaskIdentity(f.status.id, node) for f in task.folded_children or ()
             )
+        impl = task.impl
         return TaskStatus(
             id=task.id,
-            type=task.impl.type,
-            kind=TaskKind.NODE,
-            scope=task.impl.scope,
+            type=impl.type,
+            kind=_NODE,
+            scope=impl.scope,
             state=task.state,
-            is_abortable=task.impl.abortable,
+            is_abortable=impl.abortable,
             creation_time=creation_time_of(task.id),
             start_time=task.start_time,
             end_time=task.end_time,
@@ -821,12 +825,12 @@ class Shard:
             keyspace=task.keyspace,
             table=task.table,
             entity=task.entity,
-            progress_units=task.impl.progress_units,
+            progress_units=impl.progress_units,
             progress=progress,
             children=children,
             module=task.module,
             internal=task.internal,
-            user_task=task.impl.user_task,
+            user_task=impl.user_task,
             abort_requested=task.abort_requested,
             expire_time=task.expire_at,
         )

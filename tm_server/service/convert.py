@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from uuid import UUID
+from uuid import UUID, SafeUUID
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
@@ -22,6 +22,35 @@ _STATES = {
 _KINDS = {TaskKind.NODE.value: pb.TASK_KIND_NODE, TaskKind.CLUSTER.value: pb.TASK_KIND_CLUSTER}
 
 
+# Bound once: each lookup below (an Enum member through its metaclass above
+# all) costs as much as a step of the parse itself.
+_new_object = object.__new__
+_set_attribute = object.__setattr__
+_UNKNOWN_SAFETY = SafeUUID.unknown
+
+
+def _uuid_from_hex(value: str) -> UUID | None:
+    """``UUID(value)`` for the usual forms, in half the time; ``None`` for the others.
+
+    Every request carries ids, and ``UUID.__init__`` is Python code that
+    strips prefixes and braces first. When the hyphen-less text is 32 hex
+    digits for ``int`` (so no "urn:", "uuid:" or braces were there to strip),
+    ``UUID(value)`` computes this very number; the object is then made the
+    way ``UUID.__init__`` itself finishes, attribute by attribute.
+    """
+    digits = value.replace("-", "")
+    if len(digits) != 32:
+        return None
+    try:
+        number = int(digits, 16)
+    except ValueError:
+        return None
+    uuid = _new_object(UUID)
+    _set_attribute(uuid, "int", number)
+    _set_attribute(uuid, "is_safe", _UNKNOWN_SAFETY)
+    return uuid
+
+
 def parse_uuid(field: str, value: str, *, required: bool = True) -> UUID | None:
     """Parses a UUID request field.
 
@@ -32,6 +61,9 @@ def parse_uuid(field: str, value: str, *, required: bool = True) -> UUID | None:
         if required:
             raise InvalidArgumentError(field, "must not be empty")
         return None
+    parsed = _uuid_from_hex(value)
+    if parsed is not None:
+        return parsed
     try:
         return UUID(value)
     except ValueError as exc:
