@@ -284,6 +284,10 @@ class TaskManager:
             raise
         return TaskHandle(self, task_id, shard, task)
 
+    def home_shard(self, task_id: UUID) -> int:
+        """The shard a task goes to when its creator names none (spreads ids evenly)."""
+        return task_id.int % len(self.shards)
+
     async def locate(self, task_id: UUID) -> Shard:
         """Returns the shard holding the regular task ``task_id``.
 
@@ -301,12 +305,18 @@ class TaskManager:
         Raises:
             TaskNotFoundError: unknown id.
         """
-        # One call a shard (the hot path of status reads), first found wins:
-        # creation keeps ids unique across shards.
+        # The hot path of status reads: one call a shard, first found wins
+        # (creation keeps ids unique across shards), starting with the id's
+        # home shard, where reported tasks land unless told otherwise.
+        home = self.shards[self.home_shard(task_id)]
+        status = await home.find_status(task_id)
+        if status is not None:
+            return status
         for shard in self.shards:
-            status = await shard.find_status(task_id)
-            if status is not None:
-                return status
+            if shard is not home:
+                status = await shard.find_status(task_id)
+                if status is not None:
+                    return status
         found = await self._find_virtual(task_id)
         if found is not None:
             group, hint = found

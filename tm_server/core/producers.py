@@ -236,7 +236,7 @@ class Producers:
             if existing is not None:
                 return existing, False
         task_id = spec.task_id or new_task_id()
-        shard = spec.shard if spec.shard is not None else task_id.int % len(self.manager.shards)
+        shard = spec.shard if spec.shard is not None else self.manager.home_shard(task_id)
         await self.manager.register_module(spec.module)
         try:
             handle = await self.manager.create_task(
