@@ -72,6 +72,12 @@ PROFILE_NOTES = [
     "five coroutines; now one call a shard, no coroutine for a leaf's progress, "
     "TaskState.is_complete a plain attribute (the property cost 0.30 us, 0.02 now), "
     "defaults not written. In-process ~17 -> ~13 us a read; served ~0.885x -> ~0.90x.",
+    "Status reads, third pass (thread CPU around each step inside the server, 64 in "
+    "flight): parsing the id took ~7.5 us, the status ~11, encoding ~14.5, two to three "
+    "times their tight-loop cost. Ids with 32 hex digits are now built straight from "
+    "int() as UUID.__init__ ends (0.7 vs 1.3-1.6 us tight; ~6 us served), Enum members "
+    "are bound once (SafeUUID.unknown cost 0.27 us a read), and a read probes the id's "
+    "home shard first (half the reads missed on the other shard first). Served ~0.91x.",
     "Baseline fairness: the fan-out rounds measured memory (a full collection) right "
     "before each timed broadcast, which spared the baseline (no heap manager) its full "
     "collections in the window only: with it, tm took 1.1-1.25x the baseline; without "
@@ -87,18 +93,18 @@ PROFILE_NOTES = [
 #: Why a figure misses its target, as far as profiling showed (written when it misses).
 MISS_ANALYSIS = {
     "status reads": (
-        "The throughput ratio sits at about 0.9 on this host (0.87-0.94 a round in a quiet "
-        "hour; 0.70-1.0 when the host is busy): tm's handler (parse, lookup, status, "
-        "encoding) costs ~13 us a call in a tight loop but ~30 us of event-loop CPU served "
-        "(doubling it inside the server added 31 us a call), as grpcio's work between calls "
-        "leaves the caches cold, and the event-loop thread is the busier of the two "
-        "processes sharing 2 cores. A handler that only looks the task up and returns a "
-        "prebuilt reply measures ~0.99x, so the rest is tm's own work per read. The 160 us "
-        "of server CPU a call is out of reach for either server here: the do-nothing "
-        "baseline's event-loop thread alone spends ~250 us a call on this 2-core machine "
-        "(grpcio's poller thread ~47 us, its event-engine threads ~55), with the load "
-        "generator on the other core; the target comes from a quieter machine (140 us "
-        "for a bare echo driven by h2load)."
+        "Of its two parts, the 160 us of server CPU a call is the one that misses (the "
+        "details give tm's and the baseline's): it is out of reach for either server on "
+        "this 2-core machine, where the do-nothing baseline's event-loop thread alone "
+        "spends ~250 us a call (grpcio's poller thread ~47 us, its event-engine threads "
+        "~55) with the load generator on the other core; the target comes from a quieter "
+        "machine (140 us for a bare echo driven by h2load). The throughput ratio sits at "
+        "about 0.9 here (rounds 0.86-0.94 in a quiet hour, 0.70-1.0 when the host is "
+        "busy) and misses in some runs: served, tm's own work is ~33 us of event-loop CPU "
+        "a read (id parse ~6, status ~11, encoding ~15; thread CPU measured around each "
+        "step), two to three times its tight-loop cost (~13 us), as grpcio's work between "
+        "calls leaves the caches cold. A handler that only looks the task up and returns "
+        "a prebuilt reply measures ~0.99x."
     ),
     "progress reports": (
         "tm does more than the baseline here: a report on one of the 1,000 watched tasks "
