@@ -13,6 +13,7 @@ from tm_server.core import (
     ListFilter,
     ManualClock,
     Progress,
+    ShuttingDownError,
     TaskAlreadyExistsError,
     TaskKind,
     TaskManager,
@@ -546,6 +547,24 @@ async def test_cancelled_watch_releases_its_waiter(tm: TaskManager) -> None:
     await settle()
     await gen.aclose()
     assert tm.watcher_count() == 0
+
+
+@pytest.mark.parametrize("parked", [True, False])
+async def test_shutdown_ends_every_watch_parked_or_not(tm: TaskManager, parked: bool) -> None:
+    task = await create_test_task(tm)
+    updates = await tm.open_watch(task)
+    assert (await anext(updates)).state is TaskState.RUNNING
+    pending = asyncio.ensure_future(anext(updates))
+    if parked:
+        await settle()  # waiting for a change
+    # Otherwise the watch is still between its first status and parking (its
+    # status being written out): shutdown must end it all the same.
+    tm.stop_watches()
+    with pytest.raises(ShuttingDownError):
+        await asyncio.wait_for(pending, 5)
+    assert tm.watcher_count() == 0
+    with pytest.raises(ShuttingDownError):  # and a new one fails at once
+        await anext(await tm.open_watch(task))
 
 
 async def test_wait_on_unknown_id_is_not_found(tm: TaskManager) -> None:

@@ -959,6 +959,11 @@ class Shard:
             if task.state.is_complete:
                 return
             if task.version == version:
+                # Checked again here, not only on entry: shutdown may have come
+                # while this watch's last status was being written, and a watch
+                # parked after it would be left for the server to cancel.
+                if self._stopping:
+                    raise ShuttingDownError()
                 fut = asyncio.get_running_loop().create_future()
                 if sync.waiters is None:
                     sync.waiters = set()
