@@ -51,6 +51,15 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def latency_summary(latencies: list[float]) -> dict[str, float]:
+    """The median, p99 and worst of latencies in seconds, in milliseconds."""
+    return {
+        "p50_ms": percentile(latencies, 0.5) * 1e3,
+        "p99_ms": percentile(latencies, 0.99) * 1e3,
+        "max_ms": max(latencies, default=0.0) * 1e3,
+    }
+
+
 async def unary(args: argparse.Namespace) -> None:
     ids = load_ids(args.ids_file)
     channels = [grpc.aio.insecure_channel(args.target) for _ in range(args.channels)]
@@ -123,9 +132,7 @@ async def unary(args: argparse.Namespace) -> None:
             "calls": len(latencies),
             "seconds": elapsed,
             "rate": len(latencies) / elapsed,
-            "p50_ms": percentile(latencies, 0.5) * 1e3,
-            "p99_ms": percentile(latencies, 0.99) * 1e3,
-            "max_ms": max(latencies, default=0.0) * 1e3,
+            **latency_summary(latencies),
             "client_cpu_s": cpu,
             "errors": dict(errors),
         }

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ from typing import IO, Any
 import grpc
 
 from bench import control
-from bench.loadgen import percentile
+from bench.loadgen import latency_summary
 from tm_client.pb import task_manager_pb2 as pb
 from tm_client.pb import task_manager_pb2_grpc as pb_grpc
 
@@ -300,6 +301,14 @@ def median(runs: list[dict[str, Any]], key: str) -> float:
     return float(statistics.median(r[key] for r in runs))
 
 
+def total_errors(runs: list[dict[str, Any]]) -> dict[str, int]:
+    """Failed calls by status code, summed over the rounds of a figure."""
+    errors: Counter[str] = Counter()
+    for run in runs:
+        errors.update(run["errors"])
+    return dict(errors)
+
+
 def round_ratios(ours: list[dict[str, Any]], theirs: list[dict[str, Any]]) -> list[float]:
     """The rate ratio (tm / baseline) of each alternating round, for the details."""
     return [round(o["rate"] / t["rate"], 3) for o, t in zip(ours, theirs, strict=True)]
@@ -355,7 +364,7 @@ def bench_reads_listing_memory(cfg: Config, tmp: Path) -> list[Figure]:
                  "baseline_p99_ms": median(theirs_runs, "p99_ms"),
                  "client_cpu_s": median(ours_runs, "client_cpu_s"),
                  "round_ratios": round_ratios(ours_runs, theirs_runs),
-                 "errors": ours_runs[-1]["errors"]},
+                 "errors": total_errors(ours_runs)},
             ))  # fmt: skip
         walk = ("--method", "ListModuleTasks", "--concurrency", "4", "--duration",
                 str(cfg.duration), "--page-size", "100")  # fmt: skip
@@ -427,10 +436,6 @@ def bench_progress(cfg: Config, tmp: Path) -> Figure:
     rate, base_rate = median(runs["tm"], "rate"), median(runs["baseline"], "rate")
     ratio = rate / base_rate
     done = our_watch["outcomes"].get("final_done", 0)
-    errors: dict[str, int] = {}
-    for run in runs["tm"]:
-        for code, count in run["errors"].items():
-            errors[code] = errors.get(code, 0) + count
     return Figure(
         "progress reports", f"ReportProgress on {cfg.progress_tasks:,} running tasks, "
         f"{cfg.watchers:,} watchers attached (median of {cfg.rounds} alternating rounds)",
@@ -441,7 +446,7 @@ def bench_progress(cfg: Config, tmp: Path) -> Figure:
         {"watchers_final_done": done, "watcher_outcomes": our_watch["outcomes"],
          "server_cpu_us_per_call": median(runs["tm"], "server_cpu_us_per_call"),
          "baseline_server_cpu_us_per_call": median(runs["baseline"], "server_cpu_us_per_call"),
-         "client_cpu_s": median(runs["tm"], "client_cpu_s"), "errors": errors,
+         "client_cpu_s": median(runs["tm"], "client_cpu_s"), "errors": total_errors(runs["tm"]),
          "round_ratios": round_ratios(runs["tm"], runs["baseline"])},
     )  # fmt: skip
 
@@ -584,12 +589,6 @@ def _stop_reads(reader: subprocess.Popen[str], out: Path) -> dict[str, Any]:
     return result
 
 
-def _latency_summary(latencies: list[float]) -> dict[str, float]:
-    return {"p50_ms": percentile(latencies, 0.5) * 1e3,
-            "p99_ms": percentile(latencies, 0.99) * 1e3,
-            "max_ms": max(latencies, default=0.0) * 1e3}  # fmt: skip
-
-
 def bench_pauses(cfg: Config, tmp: Path) -> Figure:
     # Reads at a steady rate (latency counted from when each was due) while
     # tasks are created at a steady rate that leaves the server headroom, so
@@ -603,10 +602,9 @@ def bench_pauses(cfg: Config, tmp: Path) -> Figure:
     # Each side's p99 is over all of its reads pooled, so a single pause of
     # the growing server still counts in full.
     segment = cfg.scale // cfg.pause_segments
-    grow_reads: list[float] = []
-    empty_reads: list[float] = []
+    grow_runs: list[dict[str, Any]] = []
+    empty_runs: list[dict[str, Any]] = []
     grow_seconds = 0.0
-    errors: dict[str, int] = {}
     growing, empty = Server("tm", cfg.shards), Server("tm", cfg.shards)
     try:
         ids = {}
@@ -622,19 +620,18 @@ def bench_pauses(cfg: Config, tmp: Path) -> Figure:
             while not (grown := growing.control("grow_status"))["finished"]:
                 time.sleep(0.1)
             grow_seconds += grown["seconds"]
-            result = _stop_reads(reader, out)
-            grow_reads += result["latencies"]
-            for code, count in result["errors"].items():
-                errors[code] = errors.get(code, 0) + count
+            grow_runs.append(_stop_reads(reader, out))
             out = tmp / f"empty{i}.json"
             reader = _paced_reads(empty, ids["empty"], cfg, out)
             time.sleep(grown["seconds"])
-            empty_reads += _stop_reads(reader, out)["latencies"]
+            empty_runs.append(_stop_reads(reader, out))
         size = segment * cfg.pause_segments
     finally:
         growing.stop()
         empty.stop()
-    ours, theirs = _latency_summary(grow_reads), _latency_summary(empty_reads)
+    grow_reads = [latency for run in grow_runs for latency in run["latencies"]]
+    empty_reads = [latency for run in empty_runs for latency in run["latencies"]]
+    ours, theirs = latency_summary(grow_reads), latency_summary(empty_reads)
     ratio = ours["p99_ms"] / theirs["p99_ms"]
     return Figure(
         "pauses", f"p99 of status reads at {cfg.pause_read_rate:g}/s while the registry grows "
@@ -645,7 +642,7 @@ def bench_pauses(cfg: Config, tmp: Path) -> Figure:
         {"grow_seconds": grow_seconds, "reads_during_growth": len(grow_reads),
          "reads_empty": len(empty_reads), "max_ms": ours["max_ms"],
          "empty_max_ms": theirs["max_ms"], "p50_ms": ours["p50_ms"],
-         "empty_p50_ms": theirs["p50_ms"], "errors": errors},
+         "empty_p50_ms": theirs["p50_ms"], "errors": total_errors(grow_runs)},
     )  # fmt: skip
 
 
