@@ -31,7 +31,7 @@ from tm_client.pb import task_reporting_pb2_grpc as rpb_grpc
 from tm_server.core import ListFilter
 from tm_server.core.producers import TaskSpec
 from tm_server.heap import HeapManager
-from tm_server.server import SERVER_OPTIONS, ServerConfig, TmServer
+from tm_server.server import ServerConfig, TmServer, server_options
 from tm_server.service.convert import page_to_pb, status_to_pb
 
 
@@ -268,7 +268,7 @@ async def serve(kind: str, port_file: Path, shards: int) -> None:
     # The baseline serves only the RPCs the benchmarks call; the others stay
     # abstract (UNIMPLEMENTED), which mypy flags.
     baseline = Baseline()  # type: ignore[abstract]
-    server = grpc.aio.server(options=SERVER_OPTIONS)
+    server = grpc.aio.server(options=server_options())
     pb_grpc.add_TaskManagerServiceServicer_to_server(baseline, server)
     rpb_grpc.add_TaskReportingServiceServicer_to_server(baseline, server)
     server.add_generic_rpc_handlers((handler(baseline.methods()),))

@@ -58,3 +58,33 @@ def test_empty_id_is_refused_only_when_required() -> None:
     with pytest.raises(InvalidArgumentError) as err:
         require_uuid("task_id", "")
     assert err.value.field == "task_id" and "must not be empty" in err.value.description
+
+
+def _dashed(digits: str) -> str:
+    return "-".join((digits[:8], digits[8:12], digits[12:16], digits[16:20], digits[20:]))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "0x" + _ID.hex[2:],  # int() reads this as another number
+        _dashed("0x" + _ID.hex[2:]),
+        "+" + _ID.hex[1:],
+        _dashed("+" + _ID.hex[1:]),
+        _ID.hex[:4] + "_" + _ID.hex[5:],
+        " " + _ID.hex[1:],
+        _ID.hex[:31] + " ",
+        _dashed(_ID.hex[:31] + "\n"),
+        _dashed("\uff11" * 32),  # full-width digits
+        "\uff11" * 32,
+        _ID.hex[:4] + "-" + _ID.hex[4:8] + "-" + _ID.hex[8:],  # hyphens in other places
+        "{" + _ID.hex + "}",
+        "{" + str(_ID),
+        "urn:uuid:" + _ID.hex,
+        "uuid:" + str(_ID),
+    ],
+)
+def test_forms_uuid_takes_beyond_its_documented_ones_are_refused(text: str) -> None:
+    with pytest.raises(InvalidArgumentError) as err:
+        parse_uuid("task_id", text)
+    assert err.value.field == "task_id" and "not a valid UUID" in err.value.description

@@ -75,6 +75,13 @@ def test_bad_flags_fail_with_a_message() -> None:
         timeout=30,
     )
     assert result.returncode == 2 and "must not be negative" in result.stderr
+    result = subprocess.run(
+        [str(BIN / "tm-server"), "--user-task-ttl-in-seconds", str(10**12)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2 and "must be at most 10000000000" in result.stderr
 
 
 def grpcurl(target: str, *args: str, data: dict[str, Any] | None = None) -> tuple[int, str]:
@@ -117,6 +124,10 @@ def test_grpcurl_drives_every_rpc_through_reflection(proc: ServerProcess) -> Non
     assert status["children_ids"] == [{"task_id": child, "node": "n1"}]
     listed = call(target, svc + "ListModuleTasks", {"module": "test", "internal": True})
     assert {t["task_id"] for t in listed["tasks"]} == {root, child}
+    assert call(target, svc + "ListTaskChildren", {"task_id": root}) == {
+        "children": [{"task_id": child, "node": "n1"}],
+        "children_count": 1,
+    }
 
     rc, out = grpcurl(target, svc + "WaitTask", data={"task_id": root, "timeout": "0.3s"})
     assert rc != 0 and "DeadlineExceeded" in out and "WAIT_TIMEOUT" in out

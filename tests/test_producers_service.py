@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from uuid import uuid4
@@ -251,3 +253,36 @@ def test_progress_flood_coalesces_and_ends_on_the_latest(
     running = [s for s in seen if s.state is TaskState.RUNNING]
     assert running[-1].progress_completed == 3000  # the latest report reached the watcher
     assert len(seen) <= 3002  # at most one message per change, often far fewer
+
+
+def test_a_frozen_producer_is_noticed_after_keepalive_and_its_timeout() -> None:
+    # A producer whose host froze (SIGSTOP: the kernel still acknowledges TCP, only
+    # the pings go unanswered). The server notices after keepalive + timeout, then
+    # the lease runs: about 1 + 1 + 1 s here. grpc-core used to wait 60 s for a
+    # ping's answer whatever keepalive_timeout said.
+    server = ServerThread(
+        producer_lease_seconds=1.0,
+        task_ttl=600,
+        keepalive_seconds=1.0,
+        keepalive_timeout_seconds=1.0,
+    ).start()
+    script = Path(__file__).with_name("producer_script.py")
+    proc = subprocess.Popen(
+        [sys.executable, str(script), server.target], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        root_id, _ = proc.stdout.readline().split()
+        with TaskManagerClient(server.target) as client:
+            watch = client.watch(root_id, timeout=30)
+            assert next(watch).state is TaskState.RUNNING
+            proc.send_signal(signal.SIGSTOP)
+            frozen = time.monotonic()
+            final = list(watch)[-1]
+            noticed = time.monotonic() - frozen
+        assert final.state is TaskState.FAILED and "producer lost" in final.error
+        # Expected ~3 s; well under the ~60 s it took before, with room for a slow host.
+        assert noticed < 20, f"the frozen producer was noticed after {noticed:.1f}s"
+    finally:
+        proc.kill()
+        server.stop()

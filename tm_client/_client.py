@@ -9,8 +9,8 @@ from uuid import UUID
 import grpc
 from google.protobuf import duration_pb2
 
-from ._errors import from_rpc_error
-from ._types import TaskStats, TaskStatus
+from ._errors import InternalError, from_rpc_error
+from ._types import TaskIdentity, TaskStats, TaskStatus
 from .pb import task_manager_pb2 as pb
 from .pb import task_manager_pb2_grpc as pb_grpc
 from .pb import task_manager_test_pb2 as test_pb
@@ -43,6 +43,35 @@ def _list_request(
 
 def _page(response: pb.ListModuleTasksResponse) -> tuple[list[TaskStats], str]:
     return [TaskStats.from_pb(t) for t in response.tasks], response.next_page_token
+
+
+def _children_page(
+    response: pb.ListTaskChildrenResponse,
+) -> tuple[list[TaskIdentity], int, str]:
+    children = [TaskIdentity(UUID(c.task_id), c.node) for c in response.children]
+    return children, response.children_count, response.next_page_token
+
+
+class _FinalCheck:
+    """Follows a watch's statuses; raises if the stream ended on a state that is not final.
+
+    tm ends every wait that ends with OK on a final state; a stream that ends
+    otherwise (a server without that guarantee) must not pass for a finished
+    task: ``wait()`` would hand back a RUNNING status as the final one.
+    """
+
+    def __init__(self, task_id: TaskId) -> None:
+        self.task_id = task_id
+        self.last: TaskStatus | None = None
+
+    def ended(self) -> None:
+        if self.last is None or not self.last.state.is_final:
+            state = "no status" if self.last is None else f"state {self.last.state.value}"
+            raise InternalError(
+                f"the server ended the wait for task {self.task_id} on {state}, "
+                "not on a final state",
+                reason="WAIT_ENDED_EARLY",
+            )
 
 
 class _SyncChannelClient:
@@ -169,15 +198,21 @@ class TaskManagerClient(_SyncChannelClient):
             WaitTimeoutError: ``timeout`` seconds passed first.
         """
         request = pb.WaitTaskRequest(task_id=str(task_id), timeout=_duration(timeout))
+        check = _FinalCheck(task_id)
         for response in self._stream(self._stub.WaitTask, request):
-            yield TaskStatus.from_pb(response.status)
+            check.last = TaskStatus.from_pb(response.status)
+            yield check.last
+        check.ended()
 
     def wait(self, task_id: TaskId, *, timeout: float | None = None) -> TaskStatus:
-        """Waits until the task finishes and returns its final status (failed is no error)."""
+        """Waits until the task finishes and returns its final status (failed is no error).
+
+        The status returned always has a final state (done, failed or suspended).
+        """
         last: TaskStatus | None = None
         for last in self.watch(task_id, timeout=timeout):  # noqa: B007
             pass
-        assert last is not None
+        assert last is not None  # watch() raised otherwise
         return last
 
     def get_status_recursive(self, task_id: TaskId) -> list[TaskStatus]:
@@ -187,6 +222,29 @@ class TaskManagerClient(_SyncChannelClient):
             TaskStatus.from_pb(r.status)
             for r in self._stream(self._stub.GetTaskStatusRecursive, request)
         ]
+
+    def list_children_page(
+        self, task_id: TaskId, *, page_size: int = 0, page_token: str = ""
+    ) -> tuple[list[TaskIdentity], int, str]:
+        """Returns one page of a task's children (by id), how many it has, and the next token."""
+        request = pb.ListTaskChildrenRequest(
+            task_id=str(task_id), page_size=page_size, page_token=page_token
+        )
+        return _children_page(self._unary(self._stub.ListTaskChildren, request))
+
+    def list_children(self, task_id: TaskId, *, page_size: int = 0) -> Iterator[TaskIdentity]:
+        """Iterates over all of a task's children, fetching pages as needed.
+
+        A status lists at most the server's ``--max-status-children``; this lists all.
+        """
+        token = ""
+        while True:
+            children, _, token = self.list_children_page(
+                task_id, page_size=page_size, page_token=token
+            )
+            yield from children
+            if not token:
+                return
 
     def get_ttl(self) -> int:
         """Returns task_ttl in seconds."""
@@ -241,6 +299,10 @@ class Task:
     def tree(self) -> list[TaskStatus]:
         """Returns the task and its descendants in BFS order."""
         return self.client.get_status_recursive(self.id)
+
+    def children(self) -> list[TaskIdentity]:
+        """Returns all the task's children (by id), however many."""
+        return list(self.client.list_children(self.id))
 
 
 class AsyncTaskManagerClient:
@@ -344,8 +406,11 @@ class AsyncTaskManagerClient:
     ) -> AsyncIterator[TaskStatus]:
         """Yields the task's status now and after every change, ending on its final state."""
         request = pb.WaitTaskRequest(task_id=str(task_id), timeout=_duration(timeout))
+        check = _FinalCheck(task_id)
         async for response in self._stream(self._stub.WaitTask, request):
-            yield TaskStatus.from_pb(response.status)
+            check.last = TaskStatus.from_pb(response.status)
+            yield check.last
+        check.ended()
 
     async def wait(self, task_id: TaskId, *, timeout: float | None = None) -> TaskStatus:
         """Waits until the task finishes and returns its final status."""
@@ -362,6 +427,29 @@ class AsyncTaskManagerClient:
             TaskStatus.from_pb(r.status)
             async for r in self._stream(self._stub.GetTaskStatusRecursive, request)
         ]
+
+    async def list_children_page(
+        self, task_id: TaskId, *, page_size: int = 0, page_token: str = ""
+    ) -> tuple[list[TaskIdentity], int, str]:
+        """Returns one page of a task's children (by id), how many it has, and the next token."""
+        request = pb.ListTaskChildrenRequest(
+            task_id=str(task_id), page_size=page_size, page_token=page_token
+        )
+        return _children_page(await self._unary(self._stub.ListTaskChildren, request))
+
+    async def list_children(
+        self, task_id: TaskId, *, page_size: int = 0
+    ) -> AsyncIterator[TaskIdentity]:
+        """Iterates over all of a task's children, fetching pages as needed."""
+        token = ""
+        while True:
+            children, _, token = await self.list_children_page(
+                task_id, page_size=page_size, page_token=token
+            )
+            for child in children:
+                yield child
+            if not token:
+                return
 
     async def get_ttl(self) -> int:
         """Returns task_ttl in seconds."""
@@ -417,6 +505,10 @@ class AsyncTask:
     async def tree(self) -> list[TaskStatus]:
         """Returns the task and its descendants in BFS order."""
         return await self.client.get_status_recursive(self.id)
+
+    async def children(self) -> list[TaskIdentity]:
+        """Returns all the task's children (by id), however many."""
+        return [child async for child in self.client.list_children(self.id)]
 
 
 class TestServiceClient(_SyncChannelClient):

@@ -19,6 +19,27 @@ from .pb import task_reporting_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
+#: The longest error text a tm server takes (its MAX_TEXT_LENGTH).
+MAX_ERROR_LENGTH = 4096
+# Aborts pushed for tasks this producer does not know (yet): kept for a
+# create_task still on its way back, up to this many.
+_MAX_UNCLAIMED_ABORTS = 1024
+
+
+def truncate_error(text: str, limit: int = MAX_ERROR_LENGTH) -> str:
+    """Shortens an error text to at most ``limit`` characters, keeping its start and its end.
+
+    A traceback's start says where it came from and its end says what went
+    wrong; the middle gives way, with a note of how much was cut.
+    """
+    if len(text) <= limit:
+        return text
+    # The note's length depends on the number in it: reserve the most digits.
+    keep = limit - len("\n[...  characters cut ...]\n") - len(str(len(text)))
+    marker = f"\n[... {len(text) - keep} characters cut ...]\n"
+    head = keep // 2
+    return text[:head] + marker + text[len(text) - (keep - head) :]
+
 
 class TaskAbortedError(Exception):
     """Raised inside a task's block once tm asked for the task to be aborted.
@@ -62,7 +83,9 @@ class Producer(_SyncChannelClient):
         super().__init__(target, channel=channel, timeout=timeout)
         self.module = module
         self._stub = pb_grpc.TaskReportingServiceStub(self._channel)
+        # One Event per task this producer runs, dropped when the task finishes.
         self._aborted: dict[UUID, threading.Event] = {}
+        self._unclaimed_aborts: dict[UUID, None] = {}
         self._lock = threading.Lock()
         self._closing = threading.Event()
         self._session_ready = threading.Event()
@@ -110,7 +133,7 @@ class Producer(_SyncChannelClient):
                         self._session_ready.set()
                         delay = 0.1
                     elif message.HasField("abort_requested"):
-                        self._event(UUID(message.abort_requested.task_id)).set()
+                        self._abort_pushed(UUID(message.abort_requested.task_id))
             except grpc.RpcError as exc:
                 if self._closing.is_set():
                     return
@@ -124,12 +147,38 @@ class Producer(_SyncChannelClient):
                 return
             delay = min(delay * 2, 2.0)
 
+    def _abort_pushed(self, task_id: UUID) -> None:
+        with self._lock:
+            event = self._aborted.get(task_id)
+            if event is None:
+                # Its CreateTask reply is still on its way (or it has finished
+                # here already): remember it, within bounds.
+                self._unclaimed_aborts[task_id] = None
+                while len(self._unclaimed_aborts) > _MAX_UNCLAIMED_ABORTS:
+                    del self._unclaimed_aborts[next(iter(self._unclaimed_aborts))]
+                return
+        event.set()
+
     def _event(self, task_id: UUID) -> threading.Event:
         with self._lock:
             event = self._aborted.get(task_id)
             if event is None:
                 event = self._aborted[task_id] = threading.Event()
+                if task_id in self._unclaimed_aborts:
+                    del self._unclaimed_aborts[task_id]
+                    event.set()
             return event
+
+    def _release(self, task_id: UUID) -> None:
+        """Forgets a finished task's abort Event."""
+        with self._lock:
+            self._aborted.pop(task_id, None)
+            self._unclaimed_aborts.pop(task_id, None)
+
+    def tracked_tasks(self) -> int:
+        """How many unfinished tasks this producer holds state for (for leak checks)."""
+        with self._lock:
+            return len(self._aborted)
 
     def create_task(
         self,
@@ -215,11 +264,17 @@ class ReportedTask:
             return
         if exc is None:
             self.finish()
-        elif isinstance(exc, TaskAbortedError):
-            self.finish(error=str(exc))
+            return
+        if isinstance(exc, TaskAbortedError):
+            error = str(exc)
         else:
-            text = "".join(traceback.format_exception_only(exc)).strip()
-            self.finish(error=text or type(exc).__name__)
+            error = "".join(traceback.format_exception_only(exc)).strip() or type(exc).__name__
+        try:
+            self.finish(error=error)
+        except Exception:
+            # The block's own exception is what the caller must see; a failed
+            # report of it must not take its place.
+            log.warning("could not report task %s as failed", self.id, exc_info=True)
 
     @property
     def abort_requested(self) -> bool:
@@ -251,8 +306,15 @@ class ReportedTask:
         return self.producer.create_task(type, parent=self, **options)
 
     def finish(self, error: str | None = None) -> TaskStatus:
-        """Finishes the task (failed with ``error`` if given); returns the final status."""
+        """Finishes the task (failed with ``error`` if given); returns the final status.
+
+        An error text longer than the server takes (``MAX_ERROR_LENGTH``) is
+        shortened, keeping its start and its end, so the finish goes through.
+        """
+        if error is not None:
+            error = truncate_error(error)
         request = pb.FinishTaskRequest(task_id=str(self.id), error=error)
         response = self.producer._unary(self.producer._stub.FinishTask, request)
         self.finished = True
+        self.producer._release(self.id)
         return TaskStatus.from_pb(response.status)

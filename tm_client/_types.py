@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 from google.protobuf import timestamp_pb2
@@ -44,8 +44,21 @@ _STATES = {
 _KINDS = {pb.TASK_KIND_NODE: TaskKind.NODE, pb.TASK_KIND_CLUSTER: TaskKind.CLUSTER}
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_LATEST = datetime.max.replace(tzinfo=UTC)
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
+
+
 def _time(msg: timestamp_pb2.Timestamp, present: bool) -> datetime | None:
-    return msg.ToDatetime(tzinfo=UTC) if present else None
+    # Any Timestamp the wire can carry decodes: one beyond what a datetime
+    # holds (years 1 to 9999) is clamped to its end instead of raising, so no
+    # single task can break a listing or a status for its readers.
+    if not present:
+        return None
+    try:
+        return _EPOCH + timedelta(seconds=msg.seconds, microseconds=msg.nanos // 1000)
+    except OverflowError:
+        return _LATEST if msg.seconds > 0 else _EARLIEST
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +98,14 @@ class TaskStatus:
     user_task: bool
     abort_requested: bool
     expire_time: datetime | None
+    #: How many children the task has; ``children`` lists at most the server's
+    #: ``--max-status-children`` (see ``TaskManagerClient.list_children``).
+    children_count: int = 0
+
+    @property
+    def children_truncated(self) -> bool:
+        """Whether ``children`` lists fewer children than the task has."""
+        return self.children_count > len(self.children)
 
     @classmethod
     def from_pb(cls, msg: pb.TaskStatus) -> TaskStatus:
@@ -115,6 +136,7 @@ class TaskStatus:
             user_task=msg.user_task,
             abort_requested=msg.abort_requested,
             expire_time=_time(msg.expire_time, msg.HasField("expire_time")),
+            children_count=max(msg.children_count, len(msg.children_ids)),
         )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -151,6 +152,7 @@ def status_json(status: TaskStatus) -> dict[str, Any]:
         "user_task": status.user_task,
         "abort_requested": status.abort_requested,
         "expire_time": _json_time(status.expire_time),
+        "children_count": status.children_count,
     }
 
 
@@ -300,9 +302,21 @@ def cmd_list(client: TaskManagerClient, args: argparse.Namespace, out: Output) -
     return 0
 
 
+def _all_children(client: TaskManagerClient, status: TaskStatus) -> TaskStatus:
+    # A status lists at most the server's --max-status-children children; the
+    # rest come page by page from ListTaskChildren.
+    if not status.children_truncated:
+        return status
+    try:
+        children = tuple(client.list_children(status.id))
+    except NotFoundError:
+        return status  # unregistered since: the status as it was is all there is
+    return dataclasses.replace(status, children=children, children_count=len(children))
+
+
 def cmd_status(client: TaskManagerClient, args: argparse.Namespace, out: Output) -> int:
     """``tm tasks status ID``."""
-    status = client.get_status(args.id)
+    status = _all_children(client, client.get_status(args.id))
     if out.json:
         out.document(status_json(status))
     else:
@@ -355,7 +369,7 @@ def cmd_tree(client: TaskManagerClient, args: argparse.Namespace, out: Output) -
                 except NotFoundError:
                     continue  # unregistered since it was listed
     if out.json:
-        out.document([status_json(s) for tree in trees for s in tree])
+        out.document([status_json(_all_children(client, s)) for tree in trees for s in tree])
         return 0
     for i, tree in enumerate(trees):
         if i:
@@ -395,7 +409,7 @@ def cmd_wait(client: TaskManagerClient, args: argparse.Namespace, out: Output) -
     if last is None:
         raise CliError("the server ended the wait without a status", EXIT_WAIT_ERROR)
     if not args.quiet and not out.json:
-        for line in status_lines(last):
+        for line in status_lines(_all_children(client, last)):
             out.line(line)
     return _wait_exit(last)
 

@@ -10,13 +10,24 @@ import socket
 import sys
 
 from tm_client.argtypes import (
-    non_negative_int,
     non_negative_seconds,
     positive_int,
     positive_seconds,
 )
+from tm_server.core import MAX_TTL_SECONDS
+from tm_server.core.manager import DEFAULT_MAX_MODULES, DEFAULT_MAX_STATUS_CHILDREN
 
 from .server import ServerConfig, serve
+
+
+def ttl_seconds(text: str) -> int:
+    """A TTL flag: whole seconds from 0 to ``MAX_TTL_SECONDS``."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {value}")
+    if value > MAX_TTL_SECONDS:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_TTL_SECONDS}: {value}")
+    return value
 
 
 def parse_args(argv: list[str] | None = None) -> ServerConfig:
@@ -40,13 +51,13 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
     )
     parser.add_argument(
         "--task-ttl-in-seconds",
-        type=non_negative_int,
+        type=ttl_seconds,
         default=0,
         help="how long finished root tasks are kept (default 0)",
     )
     parser.add_argument(
         "--user-task-ttl-in-seconds",
-        type=non_negative_int,
+        type=ttl_seconds,
         default=3600,
         help="how long finished user tasks are kept (default 3600)",
     )
@@ -61,6 +72,32 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         default=30.0,
         help="how long a producer session survives a broken stream before its "
         "unfinished tasks fail (default 30)",
+    )
+    parser.add_argument(
+        "--keepalive-seconds",
+        type=positive_seconds,
+        default=20.0,
+        help="ping a connection after this long without a frame from it (default 20)",
+    )
+    parser.add_argument(
+        "--keepalive-timeout-seconds",
+        type=positive_seconds,
+        default=10.0,
+        help="close a connection whose ping is not answered within this long; a frozen "
+        "producer is noticed after keepalive + timeout, then its lease runs (default 10)",
+    )
+    parser.add_argument(
+        "--max-modules",
+        type=positive_int,
+        default=DEFAULT_MAX_MODULES,
+        help=f"most modules registered at once (default {DEFAULT_MAX_MODULES})",
+    )
+    parser.add_argument(
+        "--max-status-children",
+        type=positive_int,
+        default=DEFAULT_MAX_STATUS_CHILDREN,
+        help="most children a status lists; ListTaskChildren pages through all "
+        f"(default {DEFAULT_MAX_STATUS_CHILDREN})",
     )
     parser.add_argument(
         "--gc-freeze-interval-seconds",
@@ -84,6 +121,10 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         user_task_ttl=args.user_task_ttl_in_seconds,
         enable_test_service=args.enable_test_service,
         producer_lease_seconds=args.producer_lease_seconds,
+        keepalive_seconds=args.keepalive_seconds,
+        keepalive_timeout_seconds=args.keepalive_timeout_seconds,
+        max_modules=args.max_modules,
+        max_status_children=args.max_status_children,
         gc_freeze_interval=args.gc_freeze_interval_seconds,
     )
 

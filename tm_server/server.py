@@ -10,21 +10,23 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import _async as reflection_aio
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from tm_client.pb import (
     task_manager_pb2,
     task_manager_pb2_grpc,
-    task_manager_test_pb2,
     task_manager_test_pb2_grpc,
     task_reporting_pb2,
     task_reporting_pb2_grpc,
 )
 from tm_server.core import Clock, TaskManager
+from tm_server.core.manager import DEFAULT_MAX_MODULES, DEFAULT_MAX_STATUS_CHILDREN
 from tm_server.core.producers import Producers
 from tm_server.core.test_module import register_test_module
 
 from .heap import HeapManager
+from .service.decoding import add_service
 from .service.reporting_servicer import TaskReportingServicer
 from .service.servicer import TaskManagerServicer
 from .service.test_servicer import TaskManagerTestServicer
@@ -32,22 +34,54 @@ from .service.test_servicer import TaskManagerTestServicer
 log = logging.getLogger(__name__)
 
 TASK_MANAGER_SERVICE = task_manager_pb2.DESCRIPTOR.services_by_name["TaskManagerService"].full_name
-TEST_SERVICE = task_manager_test_pb2.DESCRIPTOR.services_by_name["TaskManagerTestService"].full_name
 REPORTING_SERVICE = task_reporting_pb2.DESCRIPTOR.services_by_name["TaskReportingService"].full_name
 
-# Pings find a producer whose host vanished without closing its connection,
-# so its session stream ends and its lease starts within about 30 s.
-SERVER_OPTIONS = [
-    ("grpc.keepalive_time_ms", 20_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
-    ("grpc.http2.max_pings_without_data", 0),
-    # grpcio refuses calls that wait for the application beyond 1,000 (and all
-    # beyond 3,000): a burst of 10,000 watchers opening at once would lose half.
-    ("grpc.server.max_pending_requests", 100_000),
-    ("grpc.server.max_pending_requests_hard_limit", 200_000),
-]
+
+def server_options(
+    keepalive_seconds: float = 20.0, keepalive_timeout_seconds: float = 10.0
+) -> list[tuple[str, int]]:
+    """The grpcio server options tm runs with (the benchmark's baseline uses them too)."""
+    keepalive_ms = round(keepalive_seconds * 1000)
+    timeout_ms = round(keepalive_timeout_seconds * 1000)
+    return [
+        # A producer whose host froze or vanished without closing its
+        # connection is found by pings: after keepalive_seconds without a
+        # frame from it the server pings, and a ping not answered within the
+        # timeout closes the connection, ending its session stream (its lease
+        # starts then). grpc-core waits for a ping's answer for
+        # ping_timeout_ms (60 s by default), not keepalive_timeout_ms, so both
+        # are set: without it a frozen producer was noticed after 60-80 s.
+        ("grpc.keepalive_time_ms", keepalive_ms),
+        ("grpc.keepalive_timeout_ms", timeout_ms),
+        ("grpc.http2.ping_timeout_ms", timeout_ms),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+        ("grpc.http2.max_pings_without_data", 0),
+        # grpcio refuses calls that wait for the application beyond 1,000 (and
+        # all beyond 3,000): a burst of 10,000 watchers opening at once would
+        # lose half.
+        ("grpc.server.max_pending_requests", 100_000),
+        ("grpc.server.max_pending_requests_hard_limit", 200_000),
+    ]
+
+
+class HealthServicer(health_aio.HealthServicer):  # type: ignore[misc]
+    """grpcio's asyncio health servicer, with the ``List`` RPC it leaves unimplemented.
+
+    Left as it is, ``List`` answers with a NotImplementedError, which grpcio
+    logs with a traceback for every call.
+    """
+
+    async def List(
+        self, request: health_pb2.HealthListRequest, context: object
+    ) -> health_pb2.HealthListResponse:
+        """Returns the serving status of every service the server reports."""
+        return health_pb2.HealthListResponse(
+            statuses={
+                name: health_pb2.HealthCheckResponse(status=status)
+                for name, status in self._server_status.items()
+            }
+        )
 
 
 @dataclass(frozen=True)
@@ -61,6 +95,10 @@ class ServerConfig:
     user_task_ttl: int = 3600
     enable_test_service: bool = False
     producer_lease_seconds: float = 30.0
+    keepalive_seconds: float = 20.0
+    keepalive_timeout_seconds: float = 10.0
+    max_modules: int = DEFAULT_MAX_MODULES
+    max_status_children: int = DEFAULT_MAX_STATUS_CHILDREN
     gc_freeze_interval: float = 0.1
     grace_seconds: float = 5.0
 
@@ -87,33 +125,48 @@ class TmServer:
             clock=clock,
             task_ttl=config.task_ttl,
             user_task_ttl=config.user_task_ttl,
+            max_modules=config.max_modules,
+            max_status_children=config.max_status_children,
         )
         self.heap = HeapManager(config.gc_freeze_interval)
         self.producers = Producers(self.manager, lease_seconds=config.producer_lease_seconds)
-        self.health = health_aio.HealthServicer()
-        self.server = grpc.aio.server(options=SERVER_OPTIONS)
+        self.health = HealthServicer()
+        self.server = grpc.aio.server(
+            options=server_options(config.keepalive_seconds, config.keepalive_timeout_seconds)
+        )
         self.port = 0
         self._stopped = asyncio.Event()
 
     async def start(self) -> int:
         """Registers the services, binds the address and starts serving; returns the port."""
-        services = [TASK_MANAGER_SERVICE, REPORTING_SERVICE]
-        task_manager_pb2_grpc.add_TaskManagerServiceServicer_to_server(
-            TaskManagerServicer(self.manager), self.server
+        # Every service goes through add_service, so that a request body that
+        # does not decode is INVALID_ARGUMENT, never grpcio's UNKNOWN.
+        services = add_service(
+            self.server,
+            task_manager_pb2_grpc.add_TaskManagerServiceServicer_to_server,
+            TaskManagerServicer(self.manager),
         )
-        task_reporting_pb2_grpc.add_TaskReportingServiceServicer_to_server(
-            TaskReportingServicer(self.producers), self.server
+        services += add_service(
+            self.server,
+            task_reporting_pb2_grpc.add_TaskReportingServiceServicer_to_server,
+            TaskReportingServicer(self.producers),
         )
         if self.config.enable_test_service:
-            task_manager_test_pb2_grpc.add_TaskManagerTestServiceServicer_to_server(
-                TaskManagerTestServicer(self.manager), self.server
+            services += add_service(
+                self.server,
+                task_manager_test_pb2_grpc.add_TaskManagerTestServiceServicer_to_server,
+                TaskManagerTestServicer(self.manager),
             )
-            services.append(TEST_SERVICE)
             await register_test_module(self.manager)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        services.append(health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
+        services += add_service(
+            self.server, health_pb2_grpc.add_HealthServicer_to_server, self.health
+        )
         services.append(reflection.SERVICE_NAME)
-        reflection.enable_server_reflection(services, self.server)
+        add_service(
+            self.server,
+            reflection_pb2_grpc.add_ServerReflectionServicer_to_server,
+            reflection_aio.ReflectionServicer(services),
+        )
         self.port = self.server.add_insecure_port(self.config.address)
         if self.port == 0:
             raise OSError(f"cannot listen on {self.config.address}")

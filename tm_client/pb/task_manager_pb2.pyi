@@ -145,6 +145,7 @@ class TaskStatus(_message.Message):
     USER_TASK_FIELD_NUMBER: _builtins.int
     ABORT_REQUESTED_FIELD_NUMBER: _builtins.int
     EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    CHILDREN_COUNT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The task id (a UUID string)."""
     type: _builtins.str
@@ -187,6 +188,10 @@ class TaskStatus(_message.Message):
     """Whether an abort was requested and the task has not noticed it yet or
     finished because of it.
     """
+    children_count: _builtins.int
+    """How many children the task has, whether children_ids lists them all or
+    not (beyond ScyllaDB).
+    """
     @_builtins.property
     def creation_time(self) -> _timestamp_pb2.Timestamp:
         """When the task was created (taken from its time-ordered id)."""
@@ -201,7 +206,11 @@ class TaskStatus(_message.Message):
 
     @_builtins.property
     def children_ids(self) -> _containers.RepeatedCompositeFieldContainer[Global___TaskIdentity]:
-        """All children: live ones and finished ones folded into this task."""
+        """The children: live ones (in creation order), then finished ones folded
+        into this task (in finishing order); at most the server's
+        --max-status-children of them (1000 by default). children_count says how
+        many there are; ListTaskChildren pages through them all.
+        """
 
     @_builtins.property
     def expire_time(self) -> _timestamp_pb2.Timestamp:
@@ -235,10 +244,11 @@ class TaskStatus(_message.Message):
         user_task: _builtins.bool = ...,
         abort_requested: _builtins.bool = ...,
         expire_time: _timestamp_pb2.Timestamp | None = ...,
+        children_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["creation_time", b"creation_time", "end_time", b"end_time", "expire_time", b"expire_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["abort_requested", b"abort_requested", "children_ids", b"children_ids", "creation_time", b"creation_time", "end_time", b"end_time", "entity", b"entity", "error", b"error", "expire_time", b"expire_time", "id", b"id", "internal", b"internal", "is_abortable", b"is_abortable", "keyspace", b"keyspace", "kind", b"kind", "module", b"module", "parent_id", b"parent_id", "progress_completed", b"progress_completed", "progress_total", b"progress_total", "progress_units", b"progress_units", "scope", b"scope", "sequence_number", b"sequence_number", "shard", b"shard", "start_time", b"start_time", "state", b"state", "table", b"table", "type", b"type", "user_task", b"user_task"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["abort_requested", b"abort_requested", "children_count", b"children_count", "children_ids", b"children_ids", "creation_time", b"creation_time", "end_time", b"end_time", "entity", b"entity", "error", b"error", "expire_time", b"expire_time", "id", b"id", "internal", b"internal", "is_abortable", b"is_abortable", "keyspace", b"keyspace", "kind", b"kind", "module", b"module", "parent_id", b"parent_id", "progress_completed", b"progress_completed", "progress_total", b"progress_total", "progress_units", b"progress_units", "scope", b"scope", "sequence_number", b"sequence_number", "shard", b"shard", "start_time", b"start_time", "state", b"state", "table", b"table", "type", b"type", "user_task", b"user_task"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -831,3 +841,67 @@ class DrainModuleTasksResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DrainModuleTasksResponse: _TypeAlias = DrainModuleTasksResponse  # noqa: Y015
+
+@_typing.final
+class ListTaskChildrenRequest(_message.Message):
+    """ListTaskChildrenRequest selects one page of a task's children."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    task_id: _builtins.str
+    """The task id (a UUID string)."""
+    page_size: _builtins.int
+    """Children per page: 0 means 100; at most 1000."""
+    page_token: _builtins.str
+    """The next_page_token of the previous page; empty for the first page. A
+    token is only valid for the same task.
+    """
+    def __init__(
+        self,
+        *,
+        task_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "task_id", b"task_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTaskChildrenRequest: _TypeAlias = ListTaskChildrenRequest  # noqa: Y015
+
+@_typing.final
+class ListTaskChildrenResponse(_message.Message):
+    """ListTaskChildrenResponse is one page of a task's children, ordered by id."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHILDREN_FIELD_NUMBER: _builtins.int
+    CHILDREN_COUNT_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    children_count: _builtins.int
+    """How many children the task has now."""
+    next_page_token: _builtins.str
+    """Pass as page_token for the next page; empty on the last page."""
+    @_builtins.property
+    def children(self) -> _containers.RepeatedCompositeFieldContainer[Global___TaskIdentity]:
+        """The children of this page: live and folded alike, each with its node."""
+
+    def __init__(
+        self,
+        *,
+        children: _abc.Iterable[Global___TaskIdentity] | None = ...,
+        children_count: _builtins.int = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["children", b"children", "children_count", b"children_count", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTaskChildrenResponse: _TypeAlias = ListTaskChildrenResponse  # noqa: Y015

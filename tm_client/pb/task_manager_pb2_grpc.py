@@ -91,6 +91,11 @@ class TaskManagerServiceStub:
                 request_serializer=tm_dot_v1_dot_task__manager__pb2.DrainModuleTasksRequest.SerializeToString,
                 response_deserializer=tm_dot_v1_dot_task__manager__pb2.DrainModuleTasksResponse.FromString,
                 _registered_method=True)
+        self.ListTaskChildren = channel.unary_unary(
+                '/tm.v1.TaskManagerService/ListTaskChildren',
+                request_serializer=tm_dot_v1_dot_task__manager__pb2.ListTaskChildrenRequest.SerializeToString,
+                response_deserializer=tm_dot_v1_dot_task__manager__pb2.ListTaskChildrenResponse.FromString,
+                _registered_method=True)
 
 
 class TaskManagerServiceServicer:
@@ -190,6 +195,14 @@ class TaskManagerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListTaskChildren(self, request, context):
+        """Lists one page of a task's children, by id (beyond ScyllaDB: a status
+        lists at most the server's --max-status-children of them, this lists all).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TaskManagerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -247,6 +260,11 @@ def add_TaskManagerServiceServicer_to_server(servicer, server):
                     servicer.DrainModuleTasks,
                     request_deserializer=tm_dot_v1_dot_task__manager__pb2.DrainModuleTasksRequest.FromString,
                     response_serializer=tm_dot_v1_dot_task__manager__pb2.DrainModuleTasksResponse.SerializeToString,
+            ),
+            'ListTaskChildren': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTaskChildren,
+                    request_deserializer=tm_dot_v1_dot_task__manager__pb2.ListTaskChildrenRequest.FromString,
+                    response_serializer=tm_dot_v1_dot_task__manager__pb2.ListTaskChildrenResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -548,6 +566,33 @@ class TaskManagerService:
             '/tm.v1.TaskManagerService/DrainModuleTasks',
             tm_dot_v1_dot_task__manager__pb2.DrainModuleTasksRequest.SerializeToString,
             tm_dot_v1_dot_task__manager__pb2.DrainModuleTasksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTaskChildren(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tm.v1.TaskManagerService/ListTaskChildren',
+            tm_dot_v1_dot_task__manager__pb2.ListTaskChildrenRequest.SerializeToString,
+            tm_dot_v1_dot_task__manager__pb2.ListTaskChildrenResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -88,6 +88,10 @@ class TaskManagerServiceStub:
     """Unregisters the module's finished (done or failed) regular tasks on every
     shard (POST /task_manager/drain).
     """
+    ListTaskChildren: _grpc.UnaryUnaryMultiCallable[_task_manager_pb2.ListTaskChildrenRequest, _task_manager_pb2.ListTaskChildrenResponse]
+    """Lists one page of a task's children, by id (beyond ScyllaDB: a status
+    lists at most the server's --max-status-children of them, this lists all).
+    """
 
 @_typing.type_check_only
 class TaskManagerServiceAsyncStub(TaskManagerServiceStub):
@@ -141,6 +145,10 @@ class TaskManagerServiceAsyncStub(TaskManagerServiceStub):
     DrainModuleTasks: _aio.UnaryUnaryMultiCallable[_task_manager_pb2.DrainModuleTasksRequest, _task_manager_pb2.DrainModuleTasksResponse]  # type: ignore[assignment]
     """Unregisters the module's finished (done or failed) regular tasks on every
     shard (POST /task_manager/drain).
+    """
+    ListTaskChildren: _aio.UnaryUnaryMultiCallable[_task_manager_pb2.ListTaskChildrenRequest, _task_manager_pb2.ListTaskChildrenResponse]  # type: ignore[assignment]
+    """Lists one page of a task's children, by id (beyond ScyllaDB: a status
+    lists at most the server's --max-status-children of them, this lists all).
     """
 
 class TaskManagerServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -258,6 +266,16 @@ class TaskManagerServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_task_manager_pb2.DrainModuleTasksResponse, _abc.Awaitable[_task_manager_pb2.DrainModuleTasksResponse]]:
         """Unregisters the module's finished (done or failed) regular tasks on every
         shard (POST /task_manager/drain).
+        """
+
+    @_abc_1.abstractmethod
+    def ListTaskChildren(
+        self,
+        request: _task_manager_pb2.ListTaskChildrenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_task_manager_pb2.ListTaskChildrenResponse, _abc.Awaitable[_task_manager_pb2.ListTaskChildrenResponse]]:
+        """Lists one page of a task's children, by id (beyond ScyllaDB: a status
+        lists at most the server's --max-status-children of them, this lists all).
         """
 
 def add_TaskManagerServiceServicer_to_server(servicer: TaskManagerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -3,7 +3,9 @@
 from .clock import Clock, ManualClock, SystemClock, TimerHandle
 from .errors import (
     InvalidArgumentError,
+    InvalidPageTokenError,
     InvalidStateError,
+    ModuleLimitError,
     ShuttingDownError,
     TaskAbortedError,
     TaskAlreadyExistsError,
@@ -12,9 +14,9 @@ from .errors import (
     TaskNotAbortableError,
     TaskNotFoundError,
     UnknownModuleError,
+    ValueOutOfRangeError,
 )
-from .manager import MAX_NAME_LENGTH, MAX_TEXT_LENGTH, TaskHandle, TaskManager
-from .paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
+from .manager import TaskHandle, TaskManager
 from .task import TaskContext, TaskImpl
 from .types import (
     FoldedTask,
@@ -28,19 +30,33 @@ from .types import (
     creation_time_of,
     new_task_id,
 )
+from .validation import (
+    DEFAULT_PAGE_SIZE,
+    MAX_ID_CLOCK_SKEW,
+    MAX_NAME_LENGTH,
+    MAX_PAGE_SIZE,
+    MAX_PROGRESS,
+    MAX_TEXT_LENGTH,
+    MAX_TTL_SECONDS,
+)
 from .virtual import VirtualTaskGroup, VirtualTaskHint
 
 __all__ = [
     "DEFAULT_PAGE_SIZE",
+    "MAX_ID_CLOCK_SKEW",
     "MAX_NAME_LENGTH",
     "MAX_PAGE_SIZE",
+    "MAX_PROGRESS",
     "MAX_TEXT_LENGTH",
+    "MAX_TTL_SECONDS",
     "Clock",
     "FoldedTask",
     "InvalidArgumentError",
+    "InvalidPageTokenError",
     "InvalidStateError",
     "ListFilter",
     "ManualClock",
+    "ModuleLimitError",
     "Progress",
     "ShuttingDownError",
     "SystemClock",
@@ -61,6 +77,7 @@ __all__ = [
     "TaskStatus",
     "TimerHandle",
     "UnknownModuleError",
+    "ValueOutOfRangeError",
     "VirtualTaskGroup",
     "VirtualTaskHint",
     "creation_time_of",

@@ -46,8 +46,8 @@ class TaskAlreadyExistsError(TaskManagerError):
 
     reason = "TASK_ALREADY_EXISTS"
 
-    def __init__(self, task_id: UUID) -> None:
-        super().__init__(f"task with id {task_id} already exists")
+    def __init__(self, task_id: UUID, detail: str = "") -> None:
+        super().__init__(f"task with id {task_id} already exists{detail}")
         self.task_id = task_id
 
 
@@ -66,6 +66,35 @@ class InvalidArgumentError(TaskManagerError):
         super().__init__(f"invalid {field}: {message}")
         self.field = field
         self.description = message
+
+
+class InvalidPageTokenError(InvalidArgumentError):
+    """A page token this server did not issue, or one issued for another listing."""
+
+    reason = "INVALID_PAGE_TOKEN"
+
+    def __init__(self, message: str) -> None:
+        super().__init__("page_token", message)
+
+
+class ValueOutOfRangeError(InvalidArgumentError):
+    """A value past a documented maximum (a TTL, a progress value)."""
+
+    reason = "VALUE_OUT_OF_RANGE"
+
+
+class ModuleLimitError(TaskManagerError):
+    """Registering one more module would pass the server's ``--max-modules``."""
+
+    reason = "MODULE_LIMIT_REACHED"
+
+    def __init__(self, module: str, limit: int) -> None:
+        super().__init__(
+            f"cannot register module {module}: the server holds its maximum of {limit} modules "
+            "(--max-modules); unregister unused ones first"
+        )
+        self.module = module
+        self.limit = limit
 
 
 class ShuttingDownError(TaskManagerError):

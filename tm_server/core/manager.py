@@ -13,6 +13,7 @@ from uuid import UUID
 from .clock import Clock, SystemClock
 from .errors import (
     InvalidArgumentError,
+    ModuleLimitError,
     ShuttingDownError,
     TaskAlreadyExistsError,
     TaskNotAbortableError,
@@ -20,50 +21,42 @@ from .errors import (
     UnknownModuleError,
 )
 from .paging import (
+    PAGE_BYTES,
     PHASE_REGULAR,
     PHASE_VIRTUAL,
     PagePosition,
-    check_page_size,
-    decode_token,
-    encode_token,
+    PageTokens,
+    entry_bytes,
 )
 from .shard import AttachResult, ParentKind, ParentLink, Shard, Task, TtlConfig
 from .task import TaskImpl
 from .types import (
     FoldedTask,
     ListFilter,
+    Progress,
     TaskIdentity,
     TaskKind,
     TaskStats,
     TaskStatus,
     new_task_id,
 )
+from .validation import (
+    MAX_NAME_LENGTH,
+    MAX_TEXT_LENGTH,
+    check_length,
+    check_name,
+    check_page_size,
+    check_ttl,
+    finite_or_zero,
+)
 from .virtual import VirtualTaskGroup, VirtualTaskHint
 
 T = TypeVar("T")
 
-#: Longest module, type, scope, keyspace and table names accepted.
-MAX_NAME_LENGTH = 256
-#: Longest entity and error texts accepted.
-MAX_TEXT_LENGTH = 4096
-
-
-def check_length(field: str, value: str, limit: int) -> str:
-    """Returns ``value`` if it is at most ``limit`` characters long.
-
-    Raises:
-        InvalidArgumentError: it is longer.
-    """
-    if len(value) > limit:
-        raise InvalidArgumentError(field, f"at most {limit} characters, got {len(value)}")
-    return value
-
-
-def check_name(field: str, value: str) -> str:
-    """Checks a required name: not empty and at most ``MAX_NAME_LENGTH`` characters."""
-    if not value:
-        raise InvalidArgumentError(field, "must not be empty")
-    return check_length(field, value, MAX_NAME_LENGTH)
+#: Modules a server holds at most, unless told otherwise (``--max-modules``).
+DEFAULT_MAX_MODULES = 1000
+#: Children a status lists at most (``--max-status-children``); ListTaskChildren pages all.
+DEFAULT_MAX_STATUS_CHILDREN = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,20 +110,29 @@ class TaskManager:
         clock: Clock | None = None,
         task_ttl: int = 0,
         user_task_ttl: int = 3600,
+        max_modules: int = DEFAULT_MAX_MODULES,
+        max_status_children: int = DEFAULT_MAX_STATUS_CHILDREN,
     ) -> None:
         if shards < 1:
             raise ValueError("a task manager needs at least one shard")
-        if task_ttl < 0 or user_task_ttl < 0:
-            raise ValueError("TTLs must not be negative")
+        if max_modules < 1 or max_status_children < 1:
+            raise ValueError("max_modules and max_status_children must be at least 1")
+        self.max_modules = max_modules
+        self.max_status_children = max_status_children
+        check_ttl("task_ttl", task_ttl)
+        check_ttl("user_task_ttl", user_task_ttl)
         self.clock: Clock = clock or SystemClock()
         self.node = node
         self._task_ttl = task_ttl
         self._user_task_ttl = user_task_ttl
         self.shards = [
-            Shard(i, self, self.clock, node, TtlConfig(task_ttl, user_task_ttl))
+            Shard(
+                i, self, self.clock, node, TtlConfig(task_ttl, user_task_ttl), max_status_children
+            )
             for i in range(shards)
         ]
         self._groups: dict[str, VirtualTaskGroup] = {}
+        self._page_tokens = PageTokens()
         self._stopping: asyncio.Future[None] | None = None
 
     # ---- modules -----------------------------------------------------------------------------
@@ -138,6 +140,9 @@ class TaskManager:
     async def register_module(self, name: str) -> bool:
         """Registers a module on every shard; returns False if it already existed."""
         check_name("module", name)
+        first = self.shards[0]
+        if not await first.has_module(name) and len(await first.list_modules()) >= self.max_modules:
+            raise ModuleLimitError(name, self.max_modules)
         results = [await shard.register_module(name) for shard in self.shards]
         return results[0]
 
@@ -187,12 +192,17 @@ class TaskManager:
         self._groups.pop(name, None)
 
     def _normalize(self, group: VirtualTaskGroup, status: TaskStatus) -> TaskStatus:
+        progress = status.progress
         return status._replace(
+            # The group's numbers are the application's: the wire never carries inf or NaN.
+            progress=Progress(finite_or_zero(progress.completed), finite_or_zero(progress.total)),
             kind=TaskKind.CLUSTER,
             shard=0,
             sequence_number=0,
             module=group.module,
             internal=False,
+            children=status.children[: self.max_status_children],
+            children_count=max(status.children_count, len(status.children)),
         )
 
     async def get_children(self, parent_id: UUID) -> list[TaskIdentity]:
@@ -261,8 +271,8 @@ class TaskManager:
             raise UnknownModuleError(module)
         if task_id is None:
             task_id = new_task_id()
-        elif await self._find_shard(task_id) is not None:
-            raise TaskAlreadyExistsError(task_id)
+        else:
+            await self._check_unused(task_id)
         link: ParentLink | None = None
         inherited: AttachResult | None = None
         if parent_id is not None:
@@ -283,6 +293,22 @@ class TaskManager:
                 await self.shards[link.shard].detach_child(link.id, task_id)
             raise
         return TaskHandle(self, task_id, shard, task)
+
+    async def _check_unused(self, task_id: UUID) -> None:
+        # A client-chosen id must name nothing a registered tree still names:
+        # reused as a parent's id it could close a cycle (a task its own
+        # ancestor), reused as a folded or held child's it would put two
+        # tasks with one id into one tree.
+        for shard in self.shards:
+            if await shard.contains(task_id):
+                raise TaskAlreadyExistsError(task_id)
+        for shard in self.shards:
+            if await shard.id_in_use(task_id):
+                raise TaskAlreadyExistsError(
+                    task_id,
+                    ": a registered task tree still refers to it (as a parent, or as a "
+                    "finished child); choose another id",
+                )
 
     def home_shard(self, task_id: UUID) -> int:
         """The shard a task goes to when its creator names none (spreads ids evenly)."""
@@ -324,6 +350,49 @@ class TaskManager:
             if status is not None:
                 return self._normalize(group, status)
         raise TaskNotFoundError(task_id)
+
+    async def list_children(
+        self, task_id: UUID, *, page_size: int = 0, page_token: str = ""
+    ) -> tuple[list[TaskIdentity], int, str]:
+        """Returns one page of a task's children by id, how many it has, and the next token.
+
+        A status lists at most ``max_status_children`` children; this lists
+        them all, a page at a time, for regular and virtual tasks alike.
+
+        Raises:
+            InvalidArgumentError: bad page size or token.
+            TaskNotFoundError: unknown id.
+        """
+        size = check_page_size(page_size)
+        scope = f"children of {task_id}"
+        pos = self._page_tokens.decode(page_token, scope, None, len(self.shards))
+        after = None if pos is None else pos.after
+        page: list[TaskIdentity] | None = None
+        count = 0
+        for shard in self._probe_order(task_id):
+            found = await shard.children_page(task_id, after, size + 1)
+            if found is not None:
+                page, count = found
+                break
+        if page is None:
+            virtual = await self._find_virtual(task_id)
+            status = None if virtual is None else await virtual[0].get_status(task_id, virtual[1])
+            if status is None:
+                raise TaskNotFoundError(task_id)
+            children = sorted(status.children, key=lambda c: c.task_id.int)
+            count = len(children)
+            page = [c for c in children if after is None or c.task_id.int > after.int][: size + 1]
+        if len(page) <= size:
+            return page, count, ""
+        page = page[:size]
+        token = self._page_tokens.encode(scope, None, PagePosition(0, 0, page[-1].task_id))
+        return page, count, token
+
+    def _probe_order(self, task_id: UUID) -> list[Shard]:
+        # The id's home shard first (where reported tasks land unless told
+        # otherwise), then the others.
+        home = self.shards[self.home_shard(task_id)]
+        return [home, *(shard for shard in self.shards if shard is not home)]
 
     async def abort_task(self, task_id: UUID) -> None:
         """Requests the abort of a task and all its descendants (as the API does).
@@ -382,6 +451,12 @@ class TaskManager:
         final = await self._unless_stopping(group.wait(task_id, hint))
         if final is None:
             raise TaskNotFoundError(task_id)
+        if not final.state.is_final:
+            # The stream must not end OK on a state that is not final.
+            raise RuntimeError(
+                f"virtual task group {group.name} returned a {final.state.value} status "
+                f"from wait() for task {task_id}; wait() must return a final one"
+            )
         final = self._normalize(group, final)
         if final != first:
             yield final
@@ -474,7 +549,7 @@ class TaskManager:
         """
         size = check_page_size(page_size)
         await self._check_module(module)
-        pos = decode_token(page_token, module, flt, len(self.shards))
+        pos = self._page_tokens.decode(page_token, module, flt, len(self.shards))
         out: list[tuple[int, int, TaskStats]] = []
         for shard in self.shards[pos.shard if pos else 0 :]:
             phases = (PHASE_REGULAR, PHASE_VIRTUAL) if shard.index == 0 else (PHASE_REGULAR,)
@@ -490,10 +565,22 @@ class TaskManager:
                     entries = await self._virtual_stats(module, flt, after, need)
                 out.extend((shard.index, phase, e) for e in entries)
                 if len(out) > size:
-                    s, p, last = out[size - 1]
-                    token = encode_token(module, flt, PagePosition(s, p, last.task_id))
-                    return [e for _, _, e in out[:size]], token
-        return [e for _, _, e in out], ""
+                    break
+            if len(out) > size:
+                break
+        # A page ends at page_size entries, or before the reply would pass
+        # PAGE_BYTES (4 KB entities make 1,000 entries larger than a client accepts).
+        end, used = 0, 0
+        while end < len(out) and end < size:
+            used += entry_bytes(out[end][2])
+            if used > PAGE_BYTES and end > 0:
+                break
+            end += 1
+        if end == len(out):
+            return [e for _, _, e in out], ""
+        s, p, last = out[end - 1]
+        token = self._page_tokens.encode(module, flt, PagePosition(s, p, last.task_id))
+        return [e for _, _, e in out[:end]], token
 
     async def _virtual_stats(
         self, module: str, flt: ListFilter, after: UUID | None, limit: int
@@ -528,8 +615,7 @@ class TaskManager:
 
     async def set_task_ttl(self, seconds: int) -> int:
         """Sets task_ttl on every shard for tasks that finish from now on; returns the old value."""
-        if seconds < 0:
-            raise InvalidArgumentError("ttl_seconds", f"must not be negative, got {seconds}")
+        check_ttl("ttl_seconds", seconds)
         previous, self._task_ttl = self._task_ttl, seconds
         for shard in self.shards:
             await shard.set_ttl(task_ttl=seconds)
@@ -537,8 +623,7 @@ class TaskManager:
 
     async def set_user_task_ttl(self, seconds: int) -> int:
         """Sets user_task_ttl on every shard; returns the old value."""
-        if seconds < 0:
-            raise InvalidArgumentError("user_ttl_seconds", f"must not be negative, got {seconds}")
+        check_ttl("user_ttl_seconds", seconds)
         previous, self._user_task_ttl = self._user_task_ttl, seconds
         for shard in self.shards:
             await shard.set_ttl(user_task_ttl=seconds)

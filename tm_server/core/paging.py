@@ -1,77 +1,122 @@
-"""Opaque page tokens for task listings: where the previous page stopped, bound to its query."""
+"""Opaque page tokens for listings: where the previous page stopped, bound to its query, signed.
+
+A token is a small binary record (the position and a digest of the query)
+followed by an HMAC of it under a key that only this server holds, all in
+URL-safe base64. The server checks the MAC before it reads anything else, so
+it never parses bytes it did not write: a token that was edited, made up, or
+issued by another server (or by this one before a restart) is refused as
+``INVALID_ARGUMENT`` with reason ``INVALID_PAGE_TOKEN``.
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import hashlib
+import hmac
 import json
+import secrets
+import struct
 from dataclasses import dataclass
 from uuid import UUID
 
-from .errors import InvalidArgumentError
-from .types import ListFilter
+from .errors import InvalidPageTokenError
+from .types import ListFilter, TaskStats
 
-DEFAULT_PAGE_SIZE = 100
-MAX_PAGE_SIZE = 1000
+#: A listing page's entries stop before their encoding would pass this many
+#: bytes: half of the 4 MiB a default gRPC client accepts.
+PAGE_BYTES = 2 * 1024 * 1024
+# Per entry beyond its strings: the id, enums, numbers, three timestamps, tags.
+_ENTRY_OVERHEAD = 128
 
 PHASE_REGULAR = 0
 PHASE_VIRTUAL = 1
 
+_VERSION = 1
+# version, shard, phase, the last entry's id, the query digest
+_RECORD = struct.Struct(">BHB16s8s")
+_MAC_BYTES = 16
+_TOKEN_BYTES = _RECORD.size + _MAC_BYTES
+# Longer texts cannot be a token: refused before any decoding work.
+_MAX_TOKEN_CHARS = 4 * ((_TOKEN_BYTES + 2) // 3)
+
 
 @dataclass(frozen=True, slots=True)
 class PagePosition:
-    """The last entry a page returned: its shard, its phase and its task id."""
+    """The last entry a page returned: its shard, its phase and its id."""
 
     shard: int
     phase: int
     after: UUID
 
 
-def _query_digest(module: str, flt: ListFilter) -> str:
-    key = json.dumps([module, flt.internal, flt.keyspace, flt.table])
-    return hashlib.sha256(key.encode()).hexdigest()[:16]
+def _query_digest(scope: str, flt: ListFilter | None) -> bytes:
+    key = [scope] if flt is None else [scope, flt.internal, flt.keyspace, flt.table]
+    return hashlib.sha256(json.dumps(key).encode()).digest()[:8]
 
 
-def encode_token(module: str, flt: ListFilter, pos: PagePosition) -> str:
-    """Encodes a position as an opaque, URL-safe token."""
-    body = {"s": pos.shard, "p": pos.phase, "a": pos.after.hex, "q": _query_digest(module, flt)}
-    return base64.urlsafe_b64encode(json.dumps(body, separators=(",", ":")).encode()).decode()
+def _utf8_len(text: str) -> int:
+    # isascii() reads a flag: most names cost no encoding to measure.
+    return len(text) if text.isascii() else len(text.encode())
 
 
-def decode_token(token: str, module: str, flt: ListFilter, shards: int) -> PagePosition | None:
-    """Decodes a token made by ``encode_token`` for the same query; ``""`` means the first page.
+def entry_bytes(stats: TaskStats) -> int:
+    """An upper bound of a list entry's encoded size."""
+    return _ENTRY_OVERHEAD + (
+        _utf8_len(stats.type)
+        + _utf8_len(stats.scope)
+        + _utf8_len(stats.keyspace)
+        + _utf8_len(stats.table)
+        + _utf8_len(stats.entity)
+    )
 
-    Raises:
-        InvalidArgumentError: the token is malformed or belongs to another query.
-    """
-    if not token:
-        return None
-    try:
-        body = json.loads(base64.urlsafe_b64decode(token.encode("ascii")))
-        pos = PagePosition(int(body["s"]), int(body["p"]), UUID(hex=str(body["a"])))
-        digest = str(body["q"])
-    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeError) as exc:
-        raise InvalidArgumentError("page_token", "malformed page token") from exc
-    if digest != _query_digest(module, flt):
-        raise InvalidArgumentError(
-            "page_token", "the token belongs to a listing with another module or filters"
+
+class PageTokens:
+    """Makes and checks page tokens under a per-process secret key."""
+
+    def __init__(self, key: bytes | None = None) -> None:
+        self._key = key if key is not None else secrets.token_bytes(32)
+
+    def _mac(self, record: bytes) -> bytes:
+        return hmac.new(self._key, record, hashlib.sha256).digest()[:_MAC_BYTES]
+
+    def encode(self, scope: str, flt: ListFilter | None, pos: PagePosition) -> str:
+        """Returns the token of the page after ``pos`` of the listing ``scope`` (and ``flt``)."""
+        record = _RECORD.pack(
+            _VERSION, pos.shard, pos.phase, pos.after.bytes, _query_digest(scope, flt)
         )
-    if not 0 <= pos.shard < shards or pos.phase not in (PHASE_REGULAR, PHASE_VIRTUAL):
-        raise InvalidArgumentError("page_token", "malformed page token")
-    return pos
+        return base64.urlsafe_b64encode(record + self._mac(record)).decode("ascii")
 
+    def decode(
+        self, token: str, scope: str, flt: ListFilter | None, shards: int
+    ) -> PagePosition | None:
+        """Checks and decodes a token made by ``encode`` for the same listing; ``""`` is the start.
 
-def check_page_size(page_size: int) -> int:
-    """Returns the effective page size: 0 means the default.
-
-    Raises:
-        InvalidArgumentError: negative or above the maximum.
-    """
-    if page_size == 0:
-        return DEFAULT_PAGE_SIZE
-    if page_size < 0 or page_size > MAX_PAGE_SIZE:
-        raise InvalidArgumentError(
-            "page_size", f"must be between 0 and {MAX_PAGE_SIZE}, got {page_size}"
-        )
-    return page_size
+        Raises:
+            InvalidPageTokenError: the token was not made by this server, or
+                belongs to another listing (module or filters).
+        """
+        if not token:
+            return None
+        if len(token) > _MAX_TOKEN_CHARS:
+            raise InvalidPageTokenError("not a page token this server issued")
+        try:
+            raw = base64.urlsafe_b64decode(token.encode("ascii"))
+        except (ValueError, binascii.Error, UnicodeError) as exc:
+            raise InvalidPageTokenError("not a page token this server issued") from exc
+        record, mac = raw[: _RECORD.size], raw[_RECORD.size :]
+        if len(raw) != _TOKEN_BYTES or not hmac.compare_digest(mac, self._mac(record)):
+            raise InvalidPageTokenError(
+                "not a page token this server issued (it may have restarted since): "
+                "list again from the first page"
+            )
+        version, shard, phase, after, digest = _RECORD.unpack(record)
+        if version != _VERSION or not 0 <= shard < shards:
+            raise InvalidPageTokenError("not a page token this server issued")
+        if phase not in (PHASE_REGULAR, PHASE_VIRTUAL):
+            raise InvalidPageTokenError("not a page token this server issued")
+        if digest != _query_digest(scope, flt):
+            raise InvalidPageTokenError(
+                "the token belongs to a listing with another module or filters"
+            )
+        return PagePosition(shard, phase, UUID(bytes=after))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from dataclasses import dataclass
 from uuid import UUID, uuid4
 
@@ -15,10 +16,16 @@ from .errors import (
     TaskManagerError,
     TaskNotFoundError,
 )
-from .manager import MAX_NAME_LENGTH, MAX_TEXT_LENGTH, TaskManager, check_length, check_name
-from .shard import check_progress
+from .manager import TaskManager
 from .task import TaskContext, TaskImpl
 from .types import TaskKind, TaskState, TaskStatus, new_task_id
+from .validation import (
+    MAX_NAME_LENGTH,
+    MAX_TEXT_LENGTH,
+    check_length,
+    check_name,
+    check_progress_value,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +71,7 @@ class TaskSpec:
             check_length(field, getattr(self, field), MAX_NAME_LENGTH)
         check_length("entity", self.entity, MAX_TEXT_LENGTH)
         if self.progress_total is not None:
-            check_progress(0.0, self.progress_total)
+            check_progress_value("progress_total", self.progress_total)
 
 
 class RemoteTaskImpl(TaskImpl):
@@ -175,7 +182,11 @@ class Producers:
         self._sessions: dict[UUID, ProducerSession] = {}
         # The session of each unfinished session task (by id int).
         self._task_sessions: dict[int, ProducerSession] = {}
-        self._impls: dict[tuple[object, ...], RemoteTaskImpl] = {}
+        # Held weakly: a shape's object goes with the last task of that shape,
+        # so clients inventing types without end do not grow it without end.
+        self._impls: weakref.WeakValueDictionary[tuple[object, ...], RemoteTaskImpl] = (
+            weakref.WeakValueDictionary()
+        )
         self._background: set[asyncio.Task[None]] = set()
         self._stopping = False
 

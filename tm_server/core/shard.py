@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import heapq
+import itertools
 import logging
-import math
 from collections import deque
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 from uuid import UUID
@@ -45,22 +46,12 @@ from .types import (
     TaskStatus,
     creation_time_of,
 )
+from .validation import MAX_PROGRESS, check_progress
 
 if TYPE_CHECKING:
     from .manager import TaskManager
 
 log = logging.getLogger(__name__)
-
-
-def check_progress(completed: float, total: float | None) -> None:
-    """Checks progress values: finite and not negative.
-
-    Raises:
-        InvalidArgumentError: naming the bad field.
-    """
-    for name, value in (("completed", completed), ("total", total)):
-        if value is not None and (not math.isfinite(value) or value < 0):
-            raise InvalidArgumentError(name, f"must be a finite number, 0 or more, got {value}")
 
 
 T = TypeVar("T")
@@ -75,7 +66,10 @@ def _known_total(task: Task) -> float | None:
     """The total a producer reported, else the implementation's expected workload."""
     if task.reported_total is not None:
         return task.reported_total
-    return task.impl.expected_total_workload()
+    expected = task.impl.expected_total_workload()
+    if expected is None or not 0.0 <= expected <= MAX_PROGRESS:
+        return None  # an implementation's inf or NaN is no known total
+    return expected
 
 
 def _leaf_progress(task: Task) -> Progress:
@@ -86,6 +80,26 @@ def _leaf_progress(task: Task) -> Progress:
         return NO_PROGRESS
     leaf_total = _known_total(task)
     return NO_PROGRESS if leaf_total is None else Progress(0.0, leaf_total)
+
+
+def _count(counts: dict[int, int], key: int, delta: int) -> None:
+    """Adds ``delta`` to a reference count, forgetting the key at 0."""
+    value = counts.get(key, 0) + delta
+    if value > 0:
+        counts[key] = value
+    else:
+        counts.pop(key, None)
+
+
+def _folded_keys(folded: FoldedTask) -> list[int]:
+    """The ids a folded record names: its own and its kept failed descendants' (iteratively)."""
+    keys: list[int] = []
+    stack = [folded]
+    while stack:
+        item = stack.pop()
+        keys.append(item.status.id.int)
+        stack.extend(item.failed_children)
+    return keys
 
 
 class ParentKind(enum.Enum):
@@ -289,9 +303,16 @@ class Shard:
     """One shard: tasks, module instances, sequence counters and TTL expiry."""
 
     def __init__(
-        self, index: int, manager: TaskManager, clock: Clock, node: str, ttl: TtlConfig
+        self,
+        index: int,
+        manager: TaskManager,
+        clock: Clock,
+        node: str,
+        ttl: TtlConfig,
+        max_status_children: int,
     ) -> None:
         self.index = index
+        self._max_children = max_status_children
         self.manager = manager
         self._clock = clock
         self._node = node
@@ -301,6 +322,14 @@ class Shard:
         # Finished tasks already unregistered but still reachable through a
         # live parent (ScyllaDB keeps them alive by the parent's pointer).
         self._held: dict[int, Task] = {}
+        # Ids that trees here still name without a task of their own being
+        # registered or held: parents that tasks here point to, and finished
+        # children folded into parents here (with their kept failed
+        # descendants). Counts, as one id can be named more than once. A
+        # client-chosen id in here is refused: reusing it could make a task
+        # its own ancestor, or two tasks share one id in a tree.
+        self._parent_refs: dict[int, int] = {}
+        self._folded_refs: dict[int, int] = {}
         self._modules: dict[str, ModuleState] = {}
         # Children of virtual parents: virtual id -> child ids on this shard.
         self._virtual_children: dict[int, dict[UUID, None]] = {}
@@ -380,6 +409,20 @@ class Shard:
         """Whether a regular task with this id is registered here."""
         return task_id.int in self._tasks
 
+    async def id_in_use(self, task_id: UUID) -> bool:
+        """Whether a tree here still names this id.
+
+        It does if a task with this id is registered or held here, if tasks
+        here point to it as their parent, or if it was folded into a parent here.
+        """
+        key = task_id.int
+        return (
+            key in self._tasks
+            or key in self._held
+            or key in self._parent_refs
+            or key in self._folded_refs
+        )
+
     async def attach_child(self, parent_id: UUID, child_id: UUID, child_shard: int) -> AttachResult:
         """Adds a child to a registered parent here; returns what the child inherits.
 
@@ -439,6 +482,8 @@ class Shard:
         key = task_id.int
         self._tasks[key] = task
         module.tasks[key] = task
+        if parent is not None:
+            _count(self._parent_refs, parent.id.int, 1)
         if parent is not None and parent.kind is ParentKind.VIRTUAL:
             self._virtual_children.setdefault(parent.id.int, {})[task_id] = None
         if inherited is not None and inherited.abort_pending:
@@ -576,8 +621,10 @@ class Shard:
     async def _folded(self, task: Task) -> FoldedTask:
         failed = tuple(f for f in task.folded_children or () if f.has_failure)
         status = await self._status(task)
+        shown = failed if len(failed) <= self._max_children else failed[: self._max_children]
         status = status._replace(
-            children=tuple(TaskIdentity(f.status.id, self._node) for f in failed)
+            children=tuple(TaskIdentity(f.status.id, self._node) for f in shown),
+            children_count=len(failed),
         )
         return FoldedTask(status, failed)
 
@@ -593,6 +640,8 @@ class Shard:
         if parent.folded_children is None:
             parent.folded_children = []
         parent.folded_children.append(folded)
+        for key in _folded_keys(folded):
+            _count(self._folded_refs, key, 1)
         await self._changed(parent)
         return True
 
@@ -699,6 +748,11 @@ class Shard:
         # Children the dropped task still pointed at are released with it.
         for child_id, child_shard in (task.live_children or {}).items():
             self._spawn(self._peers[child_shard].release(child_id))
+        if task.parent is not None:
+            _count(self._parent_refs, task.parent.id.int, -1)
+        for folded in task.folded_children or ():
+            for key in _folded_keys(folded):
+                _count(self._folded_refs, key, -1)
 
     async def release(self, task_id: UUID) -> None:
         """Forgets a held task whose parent went away (or marks a live one orphaned)."""
@@ -799,14 +853,12 @@ class Shard:
         # Every status read comes through here: a leaf (most tasks) costs no
         # further coroutine for its progress.
         children: tuple[TaskIdentity, ...] = ()
+        count = 0
         if not task.live_children and not task.folded_children:
             progress = _leaf_progress(task)
         else:
             progress = await self._rolled_up_progress(task)
-            node = self._node
-            children = tuple(TaskIdentity(cid, node) for cid in task.live_children or ()) + tuple(
-                TaskIdentity(f.status.id, node) for f in task.folded_children or ()
-            )
+            children, count = self._children(task)
         impl = task.impl
         return TaskStatus(
             id=task.id,
@@ -833,7 +885,39 @@ class Shard:
             user_task=impl.user_task,
             abort_requested=task.abort_requested,
             expire_time=task.expire_at,
+            children_count=count,
         )
+
+    def _children(self, task: Task) -> tuple[tuple[TaskIdentity, ...], int]:
+        # Live children in creation order, then folded ones in finishing order,
+        # the first max_status_children only: a root with 95,000 children
+        # must not make a status no client can receive (children_page lists all).
+        node, cap = self._node, self._max_children
+        live = task.live_children or {}
+        folded = task.folded_children or ()
+        count = len(live) + len(folded)
+        ids: Iterable[UUID] = itertools.chain(live, (f.status.id for f in folded))
+        if count > cap:
+            ids = itertools.islice(ids, cap)
+        return tuple(TaskIdentity(cid, node) for cid in ids), count
+
+    async def children_page(
+        self, task_id: UUID, after: UUID | None, limit: int
+    ) -> tuple[list[TaskIdentity], int] | None:
+        """A page of a reachable task's children by id, after ``after``, and how many it has.
+
+        ``None`` when no such task is registered here. Paging goes by id, as
+        children move from live to folded while a client pages.
+        """
+        task = self._tasks.get(task_id.int)
+        if task is None:
+            return None
+        live = task.live_children or {}
+        folded = task.folded_children or ()
+        floor = -1 if after is None else after.int
+        keys = itertools.chain((cid.int for cid in live), (f.status.id.int for f in folded))
+        page = heapq.nsmallest(limit, (k for k in keys if k > floor))
+        return [TaskIdentity(UUID(int=k), self._node) for k in page], len(live) + len(folded)
 
     async def status_of(self, task: Task) -> TaskStatus:
         """Returns the status of a task object held by its creator, registered or not."""
@@ -956,7 +1040,10 @@ class Shard:
             if status is not last and status != last:
                 yield status
                 last = status
-            if task.state.is_complete:
+            # Ends on what was sent, not on the task's state now: while a slow
+            # reader held the last status, the task may have moved on and
+            # finished, and that final status is still owed (the loop sends it).
+            if last is not None and last.state.is_complete:
                 return
             if task.version == version:
                 # Checked again here, not only on entry: shutdown may have come

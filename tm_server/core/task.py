@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, ClassVar
 from uuid import UUID
 
 from .errors import TaskAbortedError
+from .validation import check_progress
 
 if TYPE_CHECKING:
     from .manager import TaskHandle
@@ -92,7 +93,12 @@ class TaskContext:
         await self._shard.wait_abort(self._task)
 
     async def report_progress(self, completed: float, total: float | None = None) -> None:
-        """Sets this task's own progress; watchers of it and its ancestors are woken."""
+        """Sets this task's own progress; watchers of it and its ancestors are woken.
+
+        Raises:
+            InvalidArgumentError: a value is negative, not finite or above ``MAX_PROGRESS``.
+        """
+        check_progress(completed, total)
         await self._shard.set_progress(self._task, completed, total)
 
     async def create_child(

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import enum
+import time
 from dataclasses import dataclass, field
 from typing import NamedTuple
 from uuid import UUID
 
 from uuid6 import uuid7
+
+from .validation import plausible_time
 
 
 class TaskState(enum.Enum):
@@ -88,12 +91,16 @@ class TaskStatus(NamedTuple):
     entity: str
     progress_units: str
     progress: Progress
+    #: The first children (live ones, then folded ones), at most the server's
+    #: ``max_status_children``; ``children_count`` says how many there are.
     children: tuple[TaskIdentity, ...] = ()
     module: str = ""
     internal: bool = False
     user_task: bool = False
     abort_requested: bool = False
     expire_time: float | None = None
+    #: How many children the task has, listed or not (``len(children)`` when 0).
+    children_count: int = 0
 
 
 class TaskStats(NamedTuple):
@@ -149,15 +156,21 @@ def new_task_id() -> UUID:
 
 
 def creation_time_of(task_id: UUID) -> float | None:
-    """Decodes the creation time of a time-based UUID (version 7 or 1), else ``None``."""
+    """Decodes the creation time of a time-based UUID (version 7 or 1), else ``None``.
+
+    The time is only taken when it is plausible: not before the epoch and not
+    more than ``MAX_ID_CLOCK_SKEW`` ahead of the wall clock (ids are made from
+    the wall clock, and a client may choose its own: one from year 10889 must
+    not give every reader a time it cannot represent).
+    """
     # Read the version nibble off the int: UUID.version is a slow Python property.
     value = task_id.int
     if (value >> 62) & 0b11 != 0b10:
         return None  # not an RFC 4122 UUID: its version bits mean nothing
     version = (value >> 76) & 0xF
     if version == 7:
-        return (value >> 80) / 1000.0
+        return plausible_time((value >> 80) / 1000.0, time.time())
     if version == 1:
         # 100 ns intervals since 1582-10-15, the Gregorian reform.
-        return (task_id.time - 0x01B21DD213814000) / 1e7
+        return plausible_time((task_id.time - 0x01B21DD213814000) / 1e7, time.time())
     return None

@@ -3,12 +3,30 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from uuid import UUID, SafeUUID
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from tm_client.pb import task_manager_pb2 as pb
-from tm_server.core import InvalidArgumentError, TaskKind, TaskState, TaskStats, TaskStatus
+from tm_server.core import (
+    InvalidArgumentError,
+    TaskIdentity,
+    TaskKind,
+    TaskState,
+    TaskStats,
+    TaskStatus,
+)
+from tm_server.core.validation import parse_uuid, require_uuid
+
+__all__ = [
+    "children_page_to_pb",
+    "duration_seconds",
+    "fill_stats",
+    "fill_status",
+    "page_to_pb",
+    "parse_uuid",
+    "require_uuid",
+    "status_to_pb",
+]
 
 # Keyed by the members' plain values: hashing an Enum member runs Python code
 # (Enum.__hash__), a string's hash is cached; this runs for every status sent.
@@ -22,62 +40,6 @@ _STATES = {
 _KINDS = {TaskKind.NODE.value: pb.TASK_KIND_NODE, TaskKind.CLUSTER.value: pb.TASK_KIND_CLUSTER}
 
 
-# Bound once: each lookup below (an Enum member through its metaclass above
-# all) costs as much as a step of the parse itself.
-_new_object = object.__new__
-_set_attribute = object.__setattr__
-_UNKNOWN_SAFETY = SafeUUID.unknown
-
-
-def _uuid_from_hex(value: str) -> UUID | None:
-    """``UUID(value)`` for the usual forms, in half the time; ``None`` for the others.
-
-    Every request carries ids, and ``UUID.__init__`` is Python code that
-    strips prefixes and braces first. When the hyphen-less text is 32 hex
-    digits for ``int`` (so no "urn:", "uuid:" or braces were there to strip),
-    ``UUID(value)`` computes this very number; the object is then made the
-    way ``UUID.__init__`` itself finishes, attribute by attribute.
-    """
-    digits = value.replace("-", "")
-    if len(digits) != 32:
-        return None
-    try:
-        number = int(digits, 16)
-    except ValueError:
-        return None
-    uuid = _new_object(UUID)
-    _set_attribute(uuid, "int", number)
-    _set_attribute(uuid, "is_safe", _UNKNOWN_SAFETY)
-    return uuid
-
-
-def parse_uuid(field: str, value: str, *, required: bool = True) -> UUID | None:
-    """Parses a UUID request field.
-
-    Raises:
-        InvalidArgumentError: malformed, or empty when required.
-    """
-    if not value:
-        if required:
-            raise InvalidArgumentError(field, "must not be empty")
-        return None
-    parsed = _uuid_from_hex(value)
-    if parsed is not None:
-        return parsed
-    try:
-        return UUID(value)
-    except ValueError as exc:
-        shown = value if len(value) <= 64 else value[:64] + "..."
-        raise InvalidArgumentError(field, f"not a valid UUID: {shown!r}") from exc
-
-
-def require_uuid(field: str, value: str) -> UUID:
-    """Parses a required UUID request field."""
-    parsed = parse_uuid(field, value)
-    assert parsed is not None
-    return parsed
-
-
 def duration_seconds(field: str, value: duration_pb2.Duration) -> float:
     """Returns a Duration in seconds.
 
@@ -89,7 +51,16 @@ def duration_seconds(field: str, value: duration_pb2.Duration) -> float:
     return value.seconds + value.nanos / 1e9
 
 
+# The range a Timestamp may hold: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z.
+_MIN_TIME = -62_135_596_800.0
+_MAX_TIME = 253_402_300_799.0
+
+
 def _set_time(target: timestamp_pb2.Timestamp, seconds: float) -> None:
+    # Core times are bounded (plausible ids, bounded TTLs), but a virtual
+    # group's are the application's: clamp, so no time fails the encoding.
+    if not (_MIN_TIME <= seconds <= _MAX_TIME):
+        seconds = _MAX_TIME if seconds > 0 else _MIN_TIME  # NaN too: any valid time
     # Epoch seconds as a float hold about microseconds; finer digits are noise.
     target.seconds, micros = divmod(round(seconds * 1e6), 1_000_000)
     target.nanos = micros * 1000
@@ -160,6 +131,9 @@ def fill_status(target: pb.TaskStatus, status: TaskStatus) -> None:
         target.abort_requested = True
     if status.expire_time is not None:
         _set_time(target.expire_time, status.expire_time)
+    count = status.children_count or len(status.children)
+    if count:
+        target.children_count = count
 
 
 def status_to_pb(status: TaskStatus) -> pb.TaskStatus:
@@ -173,6 +147,17 @@ def fill_stats(target: pb.TaskStats, stats: TaskStats) -> None:
     """Encodes a core list entry into ``target`` (in place, as ``fill_status``)."""
     target.task_id = str(stats.task_id)
     _fill_common(target, stats)
+
+
+def children_page_to_pb(
+    children: Iterable[TaskIdentity], count: int, next_page_token: str
+) -> pb.ListTaskChildrenResponse:
+    """Encodes one page of a task's children."""
+    response = pb.ListTaskChildrenResponse(children_count=count, next_page_token=next_page_token)
+    add = response.children.add
+    for child in children:
+        add(task_id=str(child.task_id), node=child.node)
+    return response
 
 
 def page_to_pb(entries: Iterable[TaskStats], next_page_token: str) -> pb.ListModuleTasksResponse:

@@ -10,6 +10,7 @@ from grpc_status import rpc_status
 from tm_server.core import (
     InvalidArgumentError,
     InvalidStateError,
+    ModuleLimitError,
     ShuttingDownError,
     TaskAlreadyExistsError,
     TaskManagerError,
@@ -31,6 +32,7 @@ _CODES: dict[type[TaskManagerError], grpc.StatusCode] = {
     TaskAlreadyExistsError: grpc.StatusCode.ALREADY_EXISTS,
     SessionNotFoundError: grpc.StatusCode.NOT_FOUND,
     ShuttingDownError: grpc.StatusCode.UNAVAILABLE,
+    ModuleLimitError: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
 
@@ -76,8 +78,10 @@ def status_for(exc: TaskManagerError) -> grpc.Status:
     violation: tuple[str, str] | None = None
     if isinstance(exc, TaskNotFoundError | TaskNotAbortableError | TaskAlreadyExistsError):
         metadata["task_id"] = str(exc.task_id)
-    if isinstance(exc, UnknownModuleError):
+    if isinstance(exc, UnknownModuleError | ModuleLimitError):
         metadata["module"] = exc.module
+    if isinstance(exc, ModuleLimitError):
+        metadata["limit"] = str(exc.limit)
     if isinstance(exc, SessionNotFoundError):
         metadata["session_id"] = str(exc.session_id)
     if isinstance(exc, InvalidArgumentError):

@@ -12,10 +12,15 @@ from typing import Any, Concatenate, NoReturn, TypeVar, cast
 import grpc
 
 from tm_server.core import TaskManagerError
+from tm_server.core.logs import RateLimitedLog
 
+from .decoding import MalformedRequest
 from .errors import make_status, status_for
 
 log = logging.getLogger(__name__)
+# An error that repeats (every call failing the same way) logs its traceback
+# once, then one line per interval with a count.
+_unexpected_log = RateLimitedLog(log)
 
 S = TypeVar("S")
 Req = TypeVar("Req")
@@ -33,7 +38,20 @@ async def abort_with(context: Context, status: grpc.Status) -> NoReturn:
 async def abort_unexpected(context: Context, method: str, exc: BaseException) -> NoReturn:
     """Logs an unexpected error with its traceback and ends the call with a safe INTERNAL."""
     incident = uuid.uuid4().hex[:12]
-    log.error("unexpected error in %s (incident %s)", method, incident, exc_info=exc)
+    frame = exc.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    where = (frame.tb_frame.f_code.co_filename, frame.tb_lineno) if frame is not None else None
+    _unexpected_log.log(
+        logging.ERROR,
+        (method, type(exc), where),
+        "unexpected error in %s (incident %s): %s: %s",
+        method,
+        incident,
+        type(exc).__name__,
+        exc,
+        exc_info=exc,
+    )
     await abort_with(
         context,
         make_status(
@@ -52,6 +70,8 @@ def unary(
 
     @functools.wraps(fn)
     async def wrapper(self: S, request: Req, context: Context) -> Resp:
+        if isinstance(request, MalformedRequest):
+            await abort_with(context, request.status(fn.__qualname__))
         try:
             return await fn(self, request, context)
         except TaskManagerError as exc:
@@ -61,6 +81,7 @@ def unary(
         except Exception as exc:
             await abort_unexpected(context, fn.__name__, exc)
 
+    wrapper.checks_malformed = True  # type: ignore[attr-defined]
     return wrapper
 
 
@@ -71,6 +92,8 @@ def streaming(
 
     @functools.wraps(fn)
     async def wrapper(self: S, request: Req, context: Context) -> AsyncIterator[Resp]:
+        if isinstance(request, MalformedRequest):
+            await abort_with(context, request.status(fn.__qualname__))
         try:
             async for item in fn(self, request, context):
                 yield item
@@ -81,4 +104,5 @@ def streaming(
         except Exception as exc:
             await abort_unexpected(context, fn.__name__, exc)
 
+    wrapper.checks_malformed = True  # type: ignore[attr-defined]
     return wrapper

@@ -8,8 +8,8 @@ from google.protobuf import duration_pb2
 
 from tm_client.pb import task_reporting_pb2 as pb
 from tm_client.pb import task_reporting_pb2_grpc as pb_grpc
-from tm_server.core.manager import check_name
 from tm_server.core.producers import Producers, TaskSpec
+from tm_server.core.validation import check_name
 
 from .convert import fill_status, parse_uuid, require_uuid
 from .handlers import Context, streaming, unary

@@ -10,9 +10,15 @@ import grpc
 from tm_client.pb import task_manager_pb2 as pb
 from tm_client.pb import task_manager_pb2_grpc as pb_grpc
 from tm_server.core import MAX_NAME_LENGTH, ListFilter, TaskManager, TaskStatus
-from tm_server.core.manager import check_length, check_name
+from tm_server.core.validation import check_length, check_name
 
-from .convert import duration_seconds, fill_status, page_to_pb, require_uuid
+from .convert import (
+    children_page_to_pb,
+    duration_seconds,
+    fill_status,
+    page_to_pb,
+    require_uuid,
+)
 from .errors import make_status
 from .handlers import Context, abort_with, streaming, unary
 
@@ -178,3 +184,15 @@ class TaskManagerServicer(pb_grpc.TaskManagerServiceServicer):
         """Unregisters a module's finished tasks."""
         count = await self._tm.drain(check_name("module", request.module))
         return pb.DrainModuleTasksResponse(drained_count=count)
+
+    @unary
+    async def ListTaskChildren(
+        self, request: pb.ListTaskChildrenRequest, context: Context
+    ) -> pb.ListTaskChildrenResponse:
+        """Lists one page of a task's children."""
+        children, count, token = await self._tm.list_children(
+            require_uuid("task_id", request.task_id),
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return children_page_to_pb(children, count, token)

@@ -6,7 +6,7 @@ from tm_client.pb import task_manager_test_pb2 as pb
 from tm_client.pb import task_manager_test_pb2_grpc as pb_grpc
 from tm_server.core import MAX_TEXT_LENGTH, TaskManager, UnknownModuleError
 from tm_server.core import test_module as tests
-from tm_server.core.manager import check_length
+from tm_server.core.validation import check_length
 
 from .convert import parse_uuid, require_uuid
 from .handlers import Context, unary

@@ -1,0 +1,181 @@
+"""Request bodies that do not decode: INVALID_ARGUMENT for the caller, not UNKNOWN.
+
+grpcio calls a method's request deserializer before the handler runs; when it
+raises (a truncated message, a bad tag, invalid UTF-8 in a string field),
+grpcio answers ``UNKNOWN`` with "Unexpected <class ...DecodeError>" and logs a
+kilobyte of traceback at ERROR, one per bad request. So every service is
+registered here with deserializers that never raise: a body that does not
+decode becomes a ``MalformedRequest``, and the handler (tm's own wrappers in
+``handlers``, a guard for grpc's health and reflection services) answers it
+with ``INVALID_ARGUMENT`` (reason ``MALFORMED_REQUEST``), logging one
+rate-limited line. Nothing is added per call: the deserializers are swapped
+once, at registration, and a body that decodes costs what it did.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any, cast
+
+import grpc
+
+from tm_server.core.logs import RateLimitedLog
+
+from .errors import make_status
+
+# grpc's RpcMethodHandler (a named tuple at run time; its stubs type it loosely).
+Handler = Any
+
+log = logging.getLogger(__name__)
+_malformed_log = RateLimitedLog(log)
+
+#: The ErrorInfo reason of a request body that does not decode.
+MALFORMED_REQUEST = "MALFORMED_REQUEST"
+
+
+class MalformedRequest:
+    """What a request deserializer returns for bytes that are not its message."""
+
+    __slots__ = ("message_type", "size")
+
+    def __init__(self, message_type: str, size: int) -> None:
+        self.message_type = message_type
+        self.size = size
+
+    def status(self, method: str) -> grpc.Status:
+        """Logs one rate-limited line and returns the INVALID_ARGUMENT to answer with."""
+        _malformed_log.log(
+            logging.INFO,
+            method,
+            "refused a request body to %s that is not a valid %s (%d bytes)",
+            method,
+            self.message_type,
+            self.size,
+        )
+        return make_status(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"the request body is not a valid {self.message_type} message "
+            "(a truncated message, a wrong field type or invalid UTF-8 in a string)",
+            MALFORMED_REQUEST,
+            {"message_type": self.message_type},
+        )
+
+
+def _tolerant(deserialize: Callable[[bytes], Any], message_type: str) -> Callable[[bytes], Any]:
+    def deserialize_or_mark(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception:  # DecodeError, or whatever a deserializer raises on bad bytes
+            return MalformedRequest(message_type, len(data))
+
+    return deserialize_or_mark
+
+
+def _message_type(deserialize: Callable[[bytes], Any]) -> str:
+    # Generated handlers pass a message class's FromString; its class names the type.
+    owner = getattr(deserialize, "__self__", None)
+    descriptor = getattr(owner, "DESCRIPTOR", None)
+    return str(getattr(descriptor, "full_name", "request"))
+
+
+def _guard(handler: Handler, method: str) -> Handler:
+    """Wraps a behaviour that does not check for ``MalformedRequest`` itself."""
+
+    async def refuse(context: grpc.aio.ServicerContext[Any, Any], bad: MalformedRequest) -> None:
+        await cast(Any, context).abort_with_status(bad.status(method))
+
+    async def checked(
+        requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
+        async for request in requests:
+            if isinstance(request, MalformedRequest):
+                await refuse(context, request)
+            yield request
+
+    if handler.unary_unary is not None:
+        inner_uu = handler.unary_unary
+
+        @functools.wraps(inner_uu)
+        async def unary_unary(request: Any, context: Any) -> Any:
+            if isinstance(request, MalformedRequest):
+                await refuse(context, request)
+            return await inner_uu(request, context)
+
+        return handler._replace(unary_unary=unary_unary)
+    if handler.unary_stream is not None:
+        inner_us = handler.unary_stream
+
+        @functools.wraps(inner_us)
+        async def unary_stream(request: Any, context: Any) -> AsyncIterator[Any]:
+            if isinstance(request, MalformedRequest):
+                await refuse(context, request)
+            async for response in inner_us(request, context):
+                yield response
+
+        return handler._replace(unary_stream=unary_stream)
+    if handler.stream_unary is not None:
+        inner_su = handler.stream_unary
+
+        @functools.wraps(inner_su)
+        async def stream_unary(requests: Any, context: Any) -> Any:
+            return await inner_su(checked(requests, context), context)
+
+        return handler._replace(stream_unary=stream_unary)
+    inner_ss = handler.stream_stream
+    assert inner_ss is not None
+
+    @functools.wraps(inner_ss)
+    async def stream_stream(requests: Any, context: Any) -> AsyncIterator[Any]:
+        async for response in inner_ss(checked(requests, context), context):
+            yield response
+
+    return handler._replace(stream_stream=stream_stream)
+
+
+def _behaviour(handler: Handler) -> Any:
+    return (
+        handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
+    )
+
+
+class _Captured:
+    """Stands in for the server while a generated ``add_*_to_server`` registers a service."""
+
+    def __init__(self) -> None:
+        self.services: list[tuple[str, dict[str, Handler]]] = []
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        pass  # the same handlers arrive by name below
+
+    def add_registered_method_handlers(self, name: str, handlers: dict[str, Handler]) -> None:
+        self.services.append((name, handlers))
+
+
+def add_service(
+    server: grpc.aio.Server, add_to_server: Callable[[Any, Any], None], servicer: Any
+) -> list[str]:
+    """Registers a servicer through its generated ``add_*_to_server``, with tolerant decoding.
+
+    Behaviours that check for ``MalformedRequest`` themselves (tm's handler
+    wrappers mark theirs with ``checks_malformed``) run as they are; others
+    get a guard. Returns the full names of the services registered.
+    """
+    captured = _Captured()
+    add_to_server(servicer, captured)
+    for name, handlers in captured.services:
+        tolerant: dict[str, Handler] = {}
+        for method, handler in handlers.items():
+            deserialize = handler.request_deserializer
+            if deserialize is not None:
+                handler = handler._replace(
+                    request_deserializer=_tolerant(deserialize, _message_type(deserialize))
+                )
+            if not getattr(_behaviour(handler), "checks_malformed", False):
+                handler = _guard(handler, f"/{name}/{method}")
+            tolerant[method] = handler
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, tolerant),))
+        # Known methods dispatch without a lookup through the generic handler.
+        cast(Any, server).add_registered_method_handlers(name, tolerant)
+    return [name for name, _ in captured.services]
