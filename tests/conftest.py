@@ -8,7 +8,7 @@ import pytest
 
 from tm_client import TaskManagerClient, TestServiceClient
 from tm_server.core import ManualClock, TaskManager
-from tm_server.core.test_module import register_test_module
+from tm_server.testing import register_test_module
 
 from .server_fixture import ServerThread
 

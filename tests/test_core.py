@@ -24,7 +24,7 @@ from tm_server.core import (
     UnknownModuleError,
     creation_time_of,
 )
-from tm_server.core.test_module import (
+from tm_server.testing import (
     create_test_task,
     delete_test_task,
     finish_test_task,

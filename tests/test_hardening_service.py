@@ -433,7 +433,7 @@ def test_a_token_of_another_server_or_listing_is_refused(
 
 
 async def _test_task(server: ServerThread) -> UUID:
-    from tm_server.core.test_module import create_test_task
+    from tm_server.testing import create_test_task
 
     return await create_test_task(server.manager)
 

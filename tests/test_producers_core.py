@@ -14,12 +14,13 @@ from tm_server.core import (
     InvalidStateError,
     ManualClock,
     Progress,
+    SessionNotFoundError,
     TaskAlreadyExistsError,
     TaskManager,
     TaskNotFoundError,
     TaskState,
 )
-from tm_server.core.producers import Producers, SessionNotFoundError, TaskSpec
+from tm_server.core.producers import Producers, TaskSpec
 
 
 @pytest.fixture
@@ -245,7 +246,7 @@ async def test_unregistering_a_module_fails_its_reported_tasks(producers: Produc
 
 
 async def test_server_run_tasks_are_not_reported_ones(producers: Producers) -> None:
-    from tm_server.core.test_module import create_test_task, register_test_module
+    from tm_server.testing import create_test_task, register_test_module
 
     await register_test_module(producers.manager)
     task = await create_test_task(producers.manager)

@@ -18,7 +18,7 @@ from tm_server.core import (
     TaskNotFoundError,
     TaskState,
 )
-from tm_server.core.test_module import create_test_task, finish_test_task
+from tm_server.testing import create_test_task, finish_test_task
 
 from .virtual_group import InMemoryGroup, Operation
 

@@ -12,7 +12,7 @@ from uuid import UUID
 import grpc
 
 from ._client import DEFAULT_TARGET, TaskId, _SyncChannelClient
-from ._errors import NotFoundError, from_rpc_error
+from ._errors import NotFoundError, TmError, from_rpc_error
 from ._types import TaskStatus
 from .pb import task_reporting_pb2 as pb
 from .pb import task_reporting_pb2_grpc as pb_grpc
@@ -108,12 +108,20 @@ class Producer(_SyncChannelClient):
         return self._session_id
 
     def close(self) -> None:
-        """Ends the session stream and closes the channel; unfinished tasks are left as they are.
+        """Ends the session cleanly and closes the channel.
 
-        The server fails them once the lease runs out, unless a producer
-        resumes the session first.
+        The server ends the session at once, with no lease: tasks of it still
+        unfinished fail then ("the producer closed its session"). A producer
+        that crashes instead leaves its tasks to the lease.
         """
         self._closing.set()
+        if self._session_id:
+            try:
+                request = pb.CloseSessionRequest(session_id=self._session_id)
+                self._unary(self._stub.CloseSession, request)
+                self._session_id = ""
+            except TmError as exc:  # unreachable, or expired already: the lease does the rest
+                log.info("could not close producer session %s: %s", self._session_id, exc)
         call = self._call
         if call is not None:
             call.cancel()

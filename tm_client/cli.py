@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.metadata
 import json
 import os
 import shutil
@@ -227,7 +228,8 @@ class Output:
             highlight=False,
             soft_wrap=not self.tty,
             force_terminal=self.tty,
-            no_color=not self.tty,
+            # https://no-color.org: set and not empty means no colour.
+            no_color=not self.tty or bool(os.environ.get("NO_COLOR")),
         )
 
     def line(self, text: str = "") -> None:
@@ -326,7 +328,9 @@ def cmd_status(client: TaskManagerClient, args: argparse.Namespace, out: Output)
 
 
 def _tree_label(status: TaskStatus, out: Output) -> Text:
-    label = Text(str(status.id), style="dim" if out.tty else "")
+    # The id alone is dim: a style given to Text() itself would dim the whole label.
+    label = Text()
+    label.append(str(status.id), style="dim" if out.tty else "")
     label.append(f"  {status.type}")
     if status.scope:
         label.append(f"/{status.scope}")
@@ -443,8 +447,13 @@ def cmd_abort(client: TaskManagerClient, args: argparse.Namespace, out: Output) 
     """``tm tasks abort ID``."""
     try:
         client.abort(args.id)
-    except TaskNotAbortableError as exc:
-        raise CliError(f"Task with id {args.id} is not abortable") from exc
+    except TaskNotAbortableError:
+        # As nodetool: a message, not a failure (exit 0).
+        if out.json:
+            out.document({"task_id": args.id, "abort_requested": False, "abortable": False})
+        else:
+            out.line(f"Task with id {args.id} is not abortable")
+        return 0
     if out.json:
         out.document({"task_id": args.id, "abort_requested": True})
     return 0
@@ -484,34 +493,59 @@ def cmd_drain(client: TaskManagerClient, args: argparse.Namespace, out: Output) 
 # ---- parsing and running ---------------------------------------------------------------------
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("tm")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The ``tm`` argument parser."""
+    """The ``tm`` argument parser.
+
+    As with nodetool, ``-h``/``--host`` and ``-p``/``--port`` name the server,
+    before the verb or after it; help is ``--help`` only.
+    """
     common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--help", action="help", help="show this help and exit")
     common.add_argument(
         "--format",
         choices=("table", "json"),
         default=argparse.SUPPRESS,
         help="output: a human table (default) or JSON (JSON lines for streams)",
     )
+    # Given after the verb they win; not given there, the ones before it stand.
+    common.add_argument("--host", "-h", "-H", default=argparse.SUPPRESS, help="server host")
+    common.add_argument("--port", "-p", type=int, default=argparse.SUPPRESS, help="server port")
     parser = argparse.ArgumentParser(
-        prog="tm", description="Inspect, wait for and abort the tasks of a tm server."
+        prog="tm",
+        description="Inspect, wait for and abort the tasks of a tm server.",
+        add_help=False,
     )
+    parser.add_argument("--help", action="help", help="show this help and exit")
+    parser.add_argument("--version", action="version", version=f"tm {_version()}")
     parser.add_argument(
         "--target", default=os.environ.get("TM_TARGET"), help="host:port (or $TM_TARGET)"
     )
-    parser.add_argument("--host", "-H", default=DEFAULT_HOST, help=f"default {DEFAULT_HOST}")
     parser.add_argument(
-        "--port", "-p", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}"
+        "--host", "-h", "-H", default=DEFAULT_HOST, help=f"server host (default {DEFAULT_HOST})"
+    )
+    parser.add_argument(
+        "--port", "-p", type=int, default=DEFAULT_PORT, help=f"server port (default {DEFAULT_PORT})"
     )
     parser.add_argument("--format", choices=("table", "json"), default="table")
     groups = parser.add_subparsers(dest="group", required=True, metavar="tasks")
-    tasks = groups.add_parser("tasks", help="task manager commands")
+    tasks = groups.add_parser("tasks", help="task manager commands", add_help=False)
+    tasks.add_argument("--help", action="help", help="show this help and exit")
     sub = tasks.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("modules", parents=[common], help="list module names")
+    def verb(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], add_help=False, help=help)
+
+    p = verb("modules", "list module names")
     p.set_defaults(func=cmd_modules)
 
-    p = sub.add_parser("list", parents=[common], help="list a module's tasks")
+    p = verb("list", "list a module's tasks")
     p.add_argument("module")
     p.add_argument("--internal", action="store_true", help="include internal tasks")
     p.add_argument("--keyspace", "-ks", default="", help="only this keyspace's tasks")
@@ -524,33 +558,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_list)
 
-    p = sub.add_parser("status", parents=[common], help="a task's status")
+    p = verb("status", "a task's status")
     p.add_argument("id")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("tree", parents=[common], help="a task's tree, or every task's")
+    p = verb("tree", "a task's tree, or every task's")
     p.add_argument("id", nargs="?")
     p.set_defaults(func=cmd_tree)
 
-    p = sub.add_parser("wait", parents=[common], help="wait for a task to finish")
+    p = verb("wait", "wait for a task to finish")
     p.add_argument("id")
     p.add_argument("--timeout", type=non_negative_seconds, default=None, help="seconds")
     p.add_argument("--quiet", "-q", action="store_true", help="print nothing; exit code only")
     p.set_defaults(func=cmd_wait)
 
-    p = sub.add_parser("abort", parents=[common], help="abort a task and its descendants")
+    p = verb("abort", "abort a task and its descendants")
     p.add_argument("id")
     p.set_defaults(func=cmd_abort)
 
-    p = sub.add_parser("ttl", parents=[common], help="show or set task_ttl")
+    p = verb("ttl", "show or set task_ttl")
     p.add_argument("--set", type=int, metavar="N")
     p.set_defaults(func=cmd_ttl)
 
-    p = sub.add_parser("user-ttl", parents=[common], help="show or set user_task_ttl")
+    p = verb("user-ttl", "show or set user_task_ttl")
     p.add_argument("--set", type=int, metavar="N")
     p.set_defaults(func=cmd_user_ttl)
 
-    p = sub.add_parser("drain", parents=[common], help="unregister finished tasks")
+    p = verb("drain", "unregister finished tasks")
     p.add_argument("--module", help="one module (default: every module)")
     p.set_defaults(func=cmd_drain)
     return parser

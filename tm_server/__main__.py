@@ -20,6 +20,16 @@ from tm_server.core.manager import DEFAULT_MAX_MODULES, DEFAULT_MAX_STATUS_CHILD
 from .server import ServerConfig, serve
 
 
+def log_level(text: str) -> str:
+    """A logging level's name, in any case."""
+    name = text.upper()
+    if name not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise argparse.ArgumentTypeError(
+            f"unknown level {text!r}: use DEBUG, INFO, WARNING, ERROR or CRITICAL"
+        )
+    return name
+
+
 def ttl_seconds(text: str) -> int:
     """A TTL flag: whole seconds from 0 to ``MAX_TTL_SECONDS``."""
     value = int(text)
@@ -106,10 +116,15 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         help="how often long-lived objects are frozen out of garbage collection, which "
         "keeps pauses short with millions of tasks (0 disables; default 0.1)",
     )
-    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    parser.add_argument(
+        "--log-level",
+        type=log_level,
+        default="INFO",
+        help="logging level: DEBUG, INFO, WARNING, ERROR or CRITICAL (default INFO)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=args.log_level.upper(),
+        level=args.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import signal
+import socket
 from dataclasses import dataclass
 
 import grpc
@@ -23,13 +25,11 @@ from tm_client.pb import (
 from tm_server.core import Clock, TaskManager
 from tm_server.core.manager import DEFAULT_MAX_MODULES, DEFAULT_MAX_STATUS_CHILDREN
 from tm_server.core.producers import Producers
-from tm_server.core.test_module import register_test_module
 
 from .heap import HeapManager
 from .service.decoding import add_service
 from .service.reporting_servicer import TaskReportingServicer
 from .service.servicer import TaskManagerServicer
-from .service.test_servicer import TaskManagerTestServicer
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,10 @@ def server_options(
         ("grpc.keepalive_timeout_ms", timeout_ms),
         ("grpc.http2.ping_timeout_ms", timeout_ms),
         ("grpc.keepalive_permit_without_calls", 1),
+        # grpcio sets SO_REUSEPORT by default: a second server on the same
+        # port would start without a word and take half the calls into an
+        # empty registry. Off, the second bind fails.
+        ("grpc.so_reuseport", 0),
         ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
         ("grpc.http2.max_pings_without_data", 0),
         # grpcio refuses calls that wait for the application beyond 1,000 (and
@@ -63,6 +67,24 @@ def server_options(
         ("grpc.server.max_pending_requests", 100_000),
         ("grpc.server.max_pending_requests_hard_limit", 200_000),
     ]
+
+
+def _bind_error(address: str) -> str:
+    """Why ``address`` cannot be listened on, as the OS says it (grpcio does not say)."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]") or "0.0.0.0"
+    if not port.isdigit():
+        return "expected HOST:PORT, e.g. 127.0.0.1:50051"
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.bind((host, int(port)))
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
+            return f"{reason} (is another tm-server running there?)"
+        return reason
+    return "grpcio refused the address"
 
 
 class HealthServicer(health_aio.HealthServicer):  # type: ignore[misc]
@@ -152,6 +174,10 @@ class TmServer:
             TaskReportingServicer(self.producers),
         )
         if self.config.enable_test_service:
+            # The test-only API is imported only when asked for.
+            from .testing import register_test_module
+            from .testing.servicer import TaskManagerTestServicer
+
             services += add_service(
                 self.server,
                 task_manager_test_pb2_grpc.add_TaskManagerTestServiceServicer_to_server,
@@ -167,9 +193,14 @@ class TmServer:
             reflection_pb2_grpc.add_ServerReflectionServicer_to_server,
             reflection_aio.ReflectionServicer(services),
         )
-        self.port = self.server.add_insecure_port(self.config.address)
+        try:
+            self.port = self.server.add_insecure_port(self.config.address)
+        except RuntimeError:
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"cannot listen on {self.config.address}")
+            raise OSError(
+                f"cannot listen on {self.config.address}: {_bind_error(self.config.address)}"
+            )
         await self.server.start()
         self.heap.start()
         for name in ("", TASK_MANAGER_SERVICE, REPORTING_SERVICE):

@@ -76,6 +76,11 @@ class TaskReportingServiceStub:
                 request_serializer=tm_dot_v1_dot_task__reporting__pb2.OpenSessionRequest.SerializeToString,
                 response_deserializer=tm_dot_v1_dot_task__reporting__pb2.OpenSessionResponse.FromString,
                 _registered_method=True)
+        self.CloseSession = channel.unary_unary(
+                '/tm.v1.TaskReportingService/CloseSession',
+                request_serializer=tm_dot_v1_dot_task__reporting__pb2.CloseSessionRequest.SerializeToString,
+                response_deserializer=tm_dot_v1_dot_task__reporting__pb2.CloseSessionResponse.FromString,
+                _registered_method=True)
 
 
 class TaskReportingServiceServicer:
@@ -144,6 +149,14 @@ class TaskReportingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CloseSession(self, request, context):
+        """Ends a session cleanly: its open stream ends with OK, no lease runs, and
+        its tasks still unfinished fail at once (a producer that closes is done).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TaskReportingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -181,6 +194,11 @@ def add_TaskReportingServiceServicer_to_server(servicer, server):
                     servicer.OpenSession,
                     request_deserializer=tm_dot_v1_dot_task__reporting__pb2.OpenSessionRequest.FromString,
                     response_serializer=tm_dot_v1_dot_task__reporting__pb2.OpenSessionResponse.SerializeToString,
+            ),
+            'CloseSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.CloseSession,
+                    request_deserializer=tm_dot_v1_dot_task__reporting__pb2.CloseSessionRequest.FromString,
+                    response_serializer=tm_dot_v1_dot_task__reporting__pb2.CloseSessionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -379,6 +397,33 @@ class TaskReportingService:
             '/tm.v1.TaskReportingService/OpenSession',
             tm_dot_v1_dot_task__reporting__pb2.OpenSessionRequest.SerializeToString,
             tm_dot_v1_dot_task__reporting__pb2.OpenSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CloseSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tm.v1.TaskReportingService/CloseSession',
+            tm_dot_v1_dot_task__reporting__pb2.CloseSessionRequest.SerializeToString,
+            tm_dot_v1_dot_task__reporting__pb2.CloseSessionResponse.FromString,
             options,
             channel_credentials,
             insecure,

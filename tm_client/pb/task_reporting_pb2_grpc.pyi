@@ -68,6 +68,10 @@ class TaskReportingServiceStub:
     which session it is, then one message per abort request for the
     session's tasks (pending ones are sent again on resume).
     """
+    CloseSession: _grpc.UnaryUnaryMultiCallable[_task_reporting_pb2.CloseSessionRequest, _task_reporting_pb2.CloseSessionResponse]
+    """Ends a session cleanly: its open stream ends with OK, no lease runs, and
+    its tasks still unfinished fail at once (a producer that closes is done).
+    """
 
 @_typing.type_check_only
 class TaskReportingServiceAsyncStub(TaskReportingServiceStub):
@@ -106,6 +110,10 @@ class TaskReportingServiceAsyncStub(TaskReportingServiceStub):
     """Opens (or resumes) a producer session: the stream's first message says
     which session it is, then one message per abort request for the
     session's tasks (pending ones are sent again on resume).
+    """
+    CloseSession: _aio.UnaryUnaryMultiCallable[_task_reporting_pb2.CloseSessionRequest, _task_reporting_pb2.CloseSessionResponse]  # type: ignore[assignment]
+    """Ends a session cleanly: its open stream ends with OK, no lease runs, and
+    its tasks still unfinished fail at once (a producer that closes is done).
     """
 
 class TaskReportingServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -184,6 +192,16 @@ class TaskReportingServiceServicer(metaclass=_abc_1.ABCMeta):
         """Opens (or resumes) a producer session: the stream's first message says
         which session it is, then one message per abort request for the
         session's tasks (pending ones are sent again on resume).
+        """
+
+    @_abc_1.abstractmethod
+    def CloseSession(
+        self,
+        request: _task_reporting_pb2.CloseSessionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_task_reporting_pb2.CloseSessionResponse, _abc.Awaitable[_task_reporting_pb2.CloseSessionResponse]]:
+        """Ends a session cleanly: its open stream ends with OK, no lease runs, and
+        its tasks still unfinished fail at once (a producer that closes is done).
         """
 
 def add_TaskReportingServiceServicer_to_server(servicer: TaskReportingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

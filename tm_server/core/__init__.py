@@ -6,6 +6,7 @@ from .errors import (
     InvalidPageTokenError,
     InvalidStateError,
     ModuleLimitError,
+    SessionNotFoundError,
     ShuttingDownError,
     TaskAbortedError,
     TaskAlreadyExistsError,
@@ -15,8 +16,10 @@ from .errors import (
     TaskNotFoundError,
     UnknownModuleError,
     ValueOutOfRangeError,
+    WaitTimeoutError,
 )
-from .manager import TaskHandle, TaskManager
+from .handle import TaskHandle
+from .manager import TaskManager
 from .task import TaskContext, TaskImpl
 from .types import (
     FoldedTask,
@@ -58,6 +61,7 @@ __all__ = [
     "ManualClock",
     "ModuleLimitError",
     "Progress",
+    "SessionNotFoundError",
     "ShuttingDownError",
     "SystemClock",
     "TaskAbortedError",
@@ -80,6 +84,7 @@ __all__ = [
     "ValueOutOfRangeError",
     "VirtualTaskGroup",
     "VirtualTaskHint",
+    "WaitTimeoutError",
     "creation_time_of",
     "new_task_id",
 ]

@@ -97,6 +97,27 @@ class ModuleLimitError(TaskManagerError):
         self.limit = limit
 
 
+class SessionNotFoundError(TaskManagerError):
+    """No live producer session with this id (it expired, or never existed)."""
+
+    reason = "SESSION_NOT_FOUND"
+
+    def __init__(self, session_id: UUID) -> None:
+        super().__init__(f"producer session {session_id} not found: it expired or never existed")
+        self.session_id = session_id
+
+
+class WaitTimeoutError(TaskManagerError):
+    """A wait's timeout passed before the task finished (the task goes on)."""
+
+    reason = "WAIT_TIMEOUT"
+
+    def __init__(self, task_id: UUID, timeout: float | None = None) -> None:
+        within = "" if timeout is None else f" within {timeout:g}s"
+        super().__init__(f"task with id {task_id} did not finish{within}")
+        self.task_id = task_id
+
+
 class ShuttingDownError(TaskManagerError):
     """The task manager is stopping: open waits end."""
 

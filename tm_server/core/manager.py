@@ -1,45 +1,39 @@
-"""The task manager: a sharded registry of modules and tasks plus virtual task groups on shard 0."""
+"""The task manager: a sharded registry of modules and tasks, plus virtual task groups.
+
+The manager is the registry's front: everything outside the core (the
+servicers, the producer API, the test module, embedding code) calls it, and
+it reaches the shards only through their ports (``port.py``), looking an id
+up one way on every path: the id's home shard first, then the others, then
+the virtual groups. Walks over trees that cross shards (abort, release,
+progress roll-up, change notification) are loops of one port call a task.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import sys
 from collections import deque
-from collections.abc import AsyncGenerator, Awaitable
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass
 from uuid import UUID
 
 from .clock import Clock, SystemClock
 from .errors import (
     InvalidArgumentError,
+    InvalidStateError,
     ModuleLimitError,
-    ShuttingDownError,
     TaskAlreadyExistsError,
     TaskNotAbortableError,
     TaskNotFoundError,
     UnknownModuleError,
 )
-from .paging import (
-    PAGE_BYTES,
-    PHASE_REGULAR,
-    PHASE_VIRTUAL,
-    PagePosition,
-    PageTokens,
-    entry_bytes,
-)
-from .shard import AttachResult, ParentKind, ParentLink, Shard, Task, TtlConfig
+from .handle import TaskHandle
+from .listing import list_page
+from .paging import PagePosition, PageTokens
+from .port import AttachResult, ChildRef, Deadline, NewTask, ParentKind, ParentLink, ShardPort
+from .shard import Shard, TtlConfig
 from .task import TaskImpl
-from .types import (
-    FoldedTask,
-    ListFilter,
-    Progress,
-    TaskIdentity,
-    TaskKind,
-    TaskStats,
-    TaskStatus,
-    new_task_id,
-)
+from .types import FoldedTask, ListFilter, TaskIdentity, TaskStats, TaskStatus, new_task_id
 from .validation import (
     MAX_NAME_LENGTH,
     MAX_TEXT_LENGTH,
@@ -47,11 +41,8 @@ from .validation import (
     check_name,
     check_page_size,
     check_ttl,
-    finite_or_zero,
 )
-from .virtual import VirtualTaskGroup, VirtualTaskHint
-
-T = TypeVar("T")
+from .virtual import VirtualGroups, VirtualTaskGroup
 
 #: Modules a server holds at most, unless told otherwise (``--max-modules``).
 DEFAULT_MAX_MODULES = 1000
@@ -60,46 +51,19 @@ DEFAULT_MAX_STATUS_CHILDREN = 1000
 
 
 @dataclass(frozen=True, slots=True)
-class TaskHandle:
-    """A created task, for the code that created it.
+class Created:
+    """A task just created: its id, its shard, and whether it was aborted at once."""
 
-    Like the task pointer a ScyllaDB creator holds, the handle keeps the task
-    object: ``status`` and ``wait`` work even after the task was unregistered
-    (an internal child is, as soon as it finishes).
-    """
-
-    manager: TaskManager
-    id: UUID
+    task_id: UUID
     shard: int
-    _task: Task = field(repr=False, compare=False)
-
-    @property
-    def abort_requested(self) -> bool:
-        """Whether an abort was requested (a child created under an aborting parent is)."""
-        return self._task.abort_requested
-
-    async def start(self) -> None:
-        """Starts the task; its body runs in the background."""
-        await self.manager.shards[self.shard].start_task(self.id)
-
-    async def status(self) -> TaskStatus:
-        """Returns the task's status."""
-        return await self.manager.shards[self.shard].status_of(self._task)
-
-    async def wait(self) -> TaskStatus:
-        """Waits until the task finishes and returns its final status."""
-        return await self.manager.shards[self.shard].wait_done(self._task)
-
-    async def abort(self) -> None:
-        """Requests the abort of the task and its descendants, as the API does."""
-        await self.manager.abort_task(self.id)
+    abort_pending: bool
 
 
 class TaskManager:
     """A node's task manager: ``shards`` shards, each owning its tasks; virtual groups on shard 0.
 
-    Everything runs on one asyncio loop; shards reach each other only through
-    their ``async`` methods.
+    Everything runs on one asyncio loop; the shards reach each other only
+    through their ports.
     """
 
     def __init__(
@@ -117,33 +81,50 @@ class TaskManager:
             raise ValueError("a task manager needs at least one shard")
         if max_modules < 1 or max_status_children < 1:
             raise ValueError("max_modules and max_status_children must be at least 1")
-        self.max_modules = max_modules
-        self.max_status_children = max_status_children
         check_ttl("task_ttl", task_ttl)
         check_ttl("user_task_ttl", user_task_ttl)
         self.clock: Clock = clock or SystemClock()
         self.node = node
+        self.max_modules = max_modules
         self._task_ttl = task_ttl
         self._user_task_ttl = user_task_ttl
-        self.shards = [
+        ports: list[ShardPort] = [
             Shard(
-                i, self, self.clock, node, TtlConfig(task_ttl, user_task_ttl), max_status_children
+                i,
+                clock=self.clock,
+                node=node,
+                ttl=TtlConfig(task_ttl, user_task_ttl),
+                max_status_children=max_status_children,
+                creator=self,
             )
             for i in range(shards)
         ]
-        self._groups: dict[str, VirtualTaskGroup] = {}
+        for port in ports:
+            port.connect(ports)
+        self._shards: tuple[ShardPort, ...] = tuple(ports)
+        # The one lookup order, per home shard: that shard first, then the others.
+        self._orders = tuple((home, *(p for p in ports if p is not home)) for home in self._shards)
+        self._groups = VirtualGroups(self.clock, max_status_children)
         self._page_tokens = PageTokens()
-        self._stopping: asyncio.Future[None] | None = None
+
+    @property
+    def shards(self) -> tuple[ShardPort, ...]:
+        """The shards' ports, by index, for diagnostics and tests (the API is the manager's)."""
+        return self._shards
 
     # ---- modules -----------------------------------------------------------------------------
 
     async def register_module(self, name: str) -> bool:
-        """Registers a module on every shard; returns False if it already existed."""
+        """Registers a module on every shard; returns False if it already existed.
+
+        Raises:
+            ModuleLimitError: ``max_modules`` modules are registered already.
+        """
         check_name("module", name)
-        first = self.shards[0]
+        first = self._shards[0]
         if not await first.has_module(name) and len(await first.list_modules()) >= self.max_modules:
             raise ModuleLimitError(name, self.max_modules)
-        results = [await shard.register_module(name) for shard in self.shards]
+        results = [await shard.register_module(name) for shard in self._shards]
         return results[0]
 
     async def unregister_module(self, name: str) -> None:
@@ -153,24 +134,23 @@ class TaskManager:
             UnknownModuleError: no such module.
         """
         await self._check_module(name)
-        for group_name in [g.name for g in self._groups.values() if g.module == name]:
-            del self._groups[group_name]
-        for shard in self.shards:
-            await shard.abort_module(name)
+        self._groups.remove_module(name)
+        for shard in self._shards:
+            await self._abort_all(await shard.abort_module(name))
         # Producers were told of the abort; their tasks cannot outlive the module.
-        for shard in self.shards:
+        for shard in self._shards:
             await shard.fail_external_tasks(name, f"aborted: module {name} was unregistered")
-        for shard in self.shards:
+        for shard in self._shards:
             await shard.wait_module_idle(name)
-        for shard in self.shards:
+        for shard in self._shards:
             await shard.remove_module(name)
 
     async def list_modules(self) -> list[str]:
         """Returns the registered module names, sorted."""
-        return sorted(await self.shards[0].list_modules())
+        return sorted(await self._shards[0].list_modules())
 
     async def _check_module(self, name: str) -> None:
-        if not await self.shards[0].has_module(name):
+        if not await self._shards[0].has_module(name):
             raise UnknownModuleError(name)
 
     # ---- virtual task groups -----------------------------------------------------------------
@@ -183,32 +163,16 @@ class TaskManager:
             ValueError: a group with this name is already registered.
         """
         await self._check_module(group.module)
-        if group.name in self._groups:
-            raise ValueError(f"virtual task group {group.name} is already registered")
-        self._groups[group.name] = group
+        self._groups.add(group)
 
     def unregister_virtual_group(self, name: str) -> None:
         """Removes a virtual task group, if registered."""
-        self._groups.pop(name, None)
-
-    def _normalize(self, group: VirtualTaskGroup, status: TaskStatus) -> TaskStatus:
-        progress = status.progress
-        return status._replace(
-            # The group's numbers are the application's: the wire never carries inf or NaN.
-            progress=Progress(finite_or_zero(progress.completed), finite_or_zero(progress.total)),
-            kind=TaskKind.CLUSTER,
-            shard=0,
-            sequence_number=0,
-            module=group.module,
-            internal=False,
-            children=status.children[: self.max_status_children],
-            children_count=max(status.children_count, len(status.children)),
-        )
+        self._groups.remove(name)
 
     async def get_children(self, parent_id: UUID) -> list[TaskIdentity]:
         """Identities of this node's tasks whose parent is the virtual task ``parent_id``."""
         out: list[TaskIdentity] = []
-        for shard in self.shards:
+        for shard in self._shards:
             out.extend(
                 TaskIdentity(c, self.node) for c in await shard.virtual_children_of(parent_id)
             )
@@ -216,20 +180,35 @@ class TaskManager:
 
     # ---- lookup ------------------------------------------------------------------------------
 
-    async def _find_shard(self, task_id: UUID) -> Shard | None:
-        found = [shard for shard in self.shards if await shard.contains(task_id)]
-        if len(found) > 1:
-            raise RuntimeError(f"task {task_id} is registered on shards {[s.index for s in found]}")
-        return found[0] if found else None
+    def home_shard(self, task_id: UUID) -> int:
+        """The shard a task goes to when its creator names none (spreads ids evenly)."""
+        return task_id.int % len(self._shards)
 
-    async def _find_virtual(self, task_id: UUID) -> tuple[VirtualTaskGroup, VirtualTaskHint] | None:
-        for group in list(self._groups.values()):
-            hint = await group.contains(task_id)
-            if hint is not None:
-                return group, hint
+    def _probe(self, task_id: UUID) -> tuple[ShardPort, ...]:
+        # The one lookup order: the id's home shard (where reported tasks land
+        # unless told otherwise) first, then the others.
+        return self._orders[task_id.int % len(self._shards)]
+
+    async def _locate(self, task_id: UUID) -> ShardPort | None:
+        for shard in self._probe(task_id):
+            if await shard.contains(task_id):
+                return shard
         return None
 
-    # ---- tasks -------------------------------------------------------------------------------
+    async def _owner(self, task_id: UUID) -> ShardPort:
+        shard = await self._locate(task_id)
+        if shard is None:
+            raise TaskNotFoundError(task_id)
+        return shard
+
+    def _port(self, shard: int) -> ShardPort:
+        if not 0 <= shard < len(self._shards):
+            raise InvalidArgumentError(
+                "shard", f"must be between 0 and {len(self._shards) - 1}, got {shard}"
+            )
+        return self._shards[shard]
+
+    # ---- creating tasks ----------------------------------------------------------------------
 
     async def create_task(
         self,
@@ -253,20 +232,45 @@ class TaskManager:
         Raises:
             InvalidArgumentError: bad shard or over-long strings.
             UnknownModuleError: the module is not registered.
-            TaskAlreadyExistsError: ``task_id`` is taken.
+            TaskAlreadyExistsError: ``task_id`` is taken, or a registered tree names it.
             TaskNotFoundError: the parent does not exist.
             InvalidStateError: the parent has finished.
         """
-        if not 0 <= shard < len(self.shards):
-            raise InvalidArgumentError(
-                "shard", f"must be between 0 and {len(self.shards) - 1}, got {shard}"
-            )
+        created = await self.create(
+            module,
+            impl,
+            shard=shard,
+            parent_id=parent_id,
+            task_id=task_id,
+            keyspace=keyspace,
+            table=table,
+            entity=entity,
+            progress_total=progress_total,
+            handle=True,
+        )
+        return TaskHandle(self, created.task_id, self._shards[created.shard])
+
+    async def create(
+        self,
+        module: str,
+        impl: TaskImpl,
+        *,
+        shard: int,
+        parent_id: UUID | None = None,
+        task_id: UUID | None = None,
+        keyspace: str = "",
+        table: str = "",
+        entity: str = "",
+        progress_total: float | None = None,
+        handle: bool = False,
+    ) -> Created:
+        """Creates a task as ``create_task`` does, without a handle unless asked."""
+        target = self._port(shard)
         check_length("keyspace", keyspace, MAX_NAME_LENGTH)
         check_length("table", table, MAX_NAME_LENGTH)
         check_length("entity", entity, MAX_TEXT_LENGTH)
         # Names repeat across millions of tasks: keep one copy of each.
         module, keyspace, table = sys.intern(module), sys.intern(keyspace), sys.intern(table)
-        target = self.shards[shard]
         if not await target.has_module(module):
             raise UnknownModuleError(module)
         if task_id is None:
@@ -276,33 +280,47 @@ class TaskManager:
         link: ParentLink | None = None
         inherited: AttachResult | None = None
         if parent_id is not None:
-            parent_shard = await self._find_shard(parent_id)
+            parent_shard = await self._locate(parent_id)
             if parent_shard is not None:
                 inherited = await parent_shard.attach_child(parent_id, task_id, shard)
                 link = ParentLink(parent_id, ParentKind.NODE, parent_shard.index)
-            elif await self._find_virtual(parent_id) is not None:
+            elif await self._groups.find(parent_id) is not None:
                 link = ParentLink(parent_id, ParentKind.VIRTUAL, 0)
             else:
                 raise TaskNotFoundError(parent_id, "parent task")
+        spec = NewTask(module, task_id, link, inherited, keyspace, table, entity, progress_total)
         try:
-            task = await target.create_task(
-                module, impl, task_id, link, inherited, keyspace, table, entity, progress_total
-            )
+            await target.create_task(spec, impl, handle=handle)
         except BaseException:
             if link is not None and link.kind is ParentKind.NODE:
-                await self.shards[link.shard].detach_child(link.id, task_id)
+                await self._shards[link.shard].detach_child(link.id, task_id)
             raise
-        return TaskHandle(self, task_id, shard, task)
+        return Created(task_id, shard, inherited is not None and inherited.abort_pending)
+
+    async def created_status(self, created: Created) -> TaskStatus:
+        """The status of a task made by ``create(handle=True)``, which then lets it go.
+
+        It works even when the task already left the registry (a child
+        created under an aborting parent and started fails at once).
+        """
+        port = self._shards[created.shard]
+        try:
+            status = await port.handle_status(created.task_id)
+        finally:
+            port.release_handle(created.task_id)
+        if status is None:
+            raise TaskNotFoundError(created.task_id)
+        return status
 
     async def _check_unused(self, task_id: UUID) -> None:
         # A client-chosen id must name nothing a registered tree still names:
         # reused as a parent's id it could close a cycle (a task its own
         # ancestor), reused as a folded or held child's it would put two
         # tasks with one id into one tree.
-        for shard in self.shards:
+        for shard in self._probe(task_id):
             if await shard.contains(task_id):
                 raise TaskAlreadyExistsError(task_id)
-        for shard in self.shards:
+        for shard in self._probe(task_id):
             if await shard.id_in_use(task_id):
                 raise TaskAlreadyExistsError(
                     task_id,
@@ -310,20 +328,51 @@ class TaskManager:
                     "finished child); choose another id",
                 )
 
-    def home_shard(self, task_id: UUID) -> int:
-        """The shard a task goes to when its creator names none (spreads ids evenly)."""
-        return task_id.int % len(self.shards)
+    # ---- driving tasks by id -----------------------------------------------------------------
 
-    async def locate(self, task_id: UUID) -> Shard:
-        """Returns the shard holding the regular task ``task_id``.
+    async def start_task(self, task_id: UUID) -> None:
+        """Starts a created task."""
+        await (await self._owner(task_id)).start_task(task_id)
+
+    async def report_progress(self, task_id: UUID, completed: float, total: float | None) -> bool:
+        """Records a running task's own progress; returns whether an abort is pending."""
+        return await (await self._owner(task_id)).report_progress(task_id, completed, total)
+
+    async def finish_task(self, task_id: UUID, error: str | None) -> TaskStatus:
+        """Finishes a running task from outside its body; returns its final status."""
+        return await (await self._owner(task_id)).finish_task(task_id, error)
+
+    async def fail_task(self, task_id: UUID, error: str) -> bool:
+        """Fails an unfinished task (its producer is gone); False if it had finished or is gone."""
+        shard = await self._locate(task_id)
+        return shard is not None and await shard.fail_task(task_id, error)
+
+    async def check_external(self, task_id: UUID) -> None:
+        """Checks that a registered task is driven by a producer.
 
         Raises:
-            TaskNotFoundError: no shard has it.
+            TaskNotFoundError: no such task.
+            InvalidStateError: the server runs its body itself.
         """
-        shard = await self._find_shard(task_id)
-        if shard is None:
+        if not await (await self._owner(task_id)).is_external(task_id):
+            raise InvalidStateError(
+                f"task with id {task_id} is run by the server, not reported by a producer"
+            )
+
+    async def wait_done(self, task_id: UUID) -> TaskStatus:
+        """Waits until a registered task finishes; returns its final status."""
+        status = await (await self._owner(task_id)).wait_done(task_id)
+        if status is None:
             raise TaskNotFoundError(task_id)
-        return shard
+        return status
+
+    async def unregister_task(self, task_id: UUID) -> None:
+        """Unregisters a task now, whatever its TTL (a no-op for an unknown id)."""
+        shard = await self._locate(task_id)
+        if shard is not None:
+            await shard.unregister_task(task_id)
+
+    # ---- reading -----------------------------------------------------------------------------
 
     async def get_status(self, task_id: UUID) -> TaskStatus:
         """Returns a task's status: regular tasks first, then the virtual groups.
@@ -331,25 +380,16 @@ class TaskManager:
         Raises:
             TaskNotFoundError: unknown id.
         """
-        # The hot path of status reads: one call a shard, first found wins
-        # (creation keeps ids unique across shards), starting with the id's
-        # home shard, where reported tasks land unless told otherwise.
-        home = self.shards[self.home_shard(task_id)]
-        status = await home.find_status(task_id)
-        if status is not None:
-            return status
-        for shard in self.shards:
-            if shard is not home:
-                status = await shard.find_status(task_id)
-                if status is not None:
-                    return status
-        found = await self._find_virtual(task_id)
-        if found is not None:
-            group, hint = found
-            status = await group.get_status(task_id, hint)
+        # The hot path of status reads: one call a shard in the lookup order,
+        # the first found wins (creation keeps ids unique across shards).
+        for shard in self._orders[task_id.int % len(self._shards)]:
+            status = await shard.find_status(task_id)
             if status is not None:
-                return self._normalize(group, status)
-        raise TaskNotFoundError(task_id)
+                return status
+        status = await self._groups.status(task_id)
+        if status is None:
+            raise TaskNotFoundError(task_id)
+        return status
 
     async def list_children(
         self, task_id: UUID, *, page_size: int = 0, page_token: str = ""
@@ -365,18 +405,17 @@ class TaskManager:
         """
         size = check_page_size(page_size)
         scope = f"children of {task_id}"
-        pos = self._page_tokens.decode(page_token, scope, None, len(self.shards))
+        pos = self._page_tokens.decode(page_token, scope, None, len(self._shards))
         after = None if pos is None else pos.after
         page: list[TaskIdentity] | None = None
         count = 0
-        for shard in self._probe_order(task_id):
+        for shard in self._probe(task_id):
             found = await shard.children_page(task_id, after, size + 1)
             if found is not None:
                 page, count = found
                 break
         if page is None:
-            virtual = await self._find_virtual(task_id)
-            status = None if virtual is None else await virtual[0].get_status(task_id, virtual[1])
+            status = await self._groups.status(task_id, raw=True)
             if status is None:
                 raise TaskNotFoundError(task_id)
             children = sorted(status.children, key=lambda c: c.task_id.int)
@@ -388,112 +427,6 @@ class TaskManager:
         token = self._page_tokens.encode(scope, None, PagePosition(0, 0, page[-1].task_id))
         return page, count, token
 
-    def _probe_order(self, task_id: UUID) -> list[Shard]:
-        # The id's home shard first (where reported tasks land unless told
-        # otherwise), then the others.
-        home = self.shards[self.home_shard(task_id)]
-        return [home, *(shard for shard in self.shards if shard is not home)]
-
-    async def abort_task(self, task_id: UUID) -> None:
-        """Requests the abort of a task and all its descendants (as the API does).
-
-        Returns once every descendant has been told, not once they stopped.
-
-        Raises:
-            TaskNotFoundError: unknown id.
-            TaskNotAbortableError: the task is not abortable.
-        """
-        shard = await self._find_shard(task_id)
-        if shard is not None:
-            await shard.abort_task(task_id, check_abortable=True)
-            return
-        found = await self._find_virtual(task_id)
-        if found is None:
-            raise TaskNotFoundError(task_id)
-        group, hint = found
-        if not await group.is_abortable(task_id, hint):
-            raise TaskNotAbortableError(task_id)
-        await group.abort(task_id, hint)
-
-    async def watch_task(self, task_id: UUID) -> AsyncGenerator[TaskStatus, None]:
-        """Yields a task's status now and after each change; ends after a final state.
-
-        Raises:
-            TaskNotFoundError: unknown id (before anything is yielded), or a
-                virtual task that its group stopped tracking.
-        """
-        async for status in await self.open_watch(task_id):
-            yield status
-
-    async def open_watch(self, task_id: UUID) -> AsyncGenerator[TaskStatus, None]:
-        """Returns ``watch_task``'s stream without a layer of its own (for servers).
-
-        A regular task's stream is its shard's own watch: with 10,000 watchers
-        woken by one change, one generator layer less is 10,000 resumptions less.
-        """
-        shard = await self._find_shard(task_id)
-        if shard is not None:
-            return shard.watch(task_id)
-        return self._watch_virtual(task_id)
-
-    async def _watch_virtual(self, task_id: UUID) -> AsyncGenerator[TaskStatus, None]:
-        found = await self._find_virtual(task_id)
-        if found is None:
-            raise TaskNotFoundError(task_id)
-        group, hint = found
-        first = await group.get_status(task_id, hint)
-        if first is None:
-            raise TaskNotFoundError(task_id)
-        first = self._normalize(group, first)
-        yield first
-        if first.state.is_final:
-            return
-        final = await self._unless_stopping(group.wait(task_id, hint))
-        if final is None:
-            raise TaskNotFoundError(task_id)
-        if not final.state.is_final:
-            # The stream must not end OK on a state that is not final.
-            raise RuntimeError(
-                f"virtual task group {group.name} returned a {final.state.value} status "
-                f"from wait() for task {task_id}; wait() must return a final one"
-            )
-        final = self._normalize(group, final)
-        if final != first:
-            yield final
-
-    async def _unless_stopping(self, wait: Awaitable[T]) -> T:
-        if self._stopping is None:
-            self._stopping = asyncio.get_running_loop().create_future()
-        if self._stopping.done():
-            raise ShuttingDownError()
-        waiter = asyncio.ensure_future(wait)
-        try:
-            pending: list[asyncio.Future[Any]] = [waiter, self._stopping]
-            await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if not waiter.done():
-                waiter.cancel()
-        if not waiter.done() or waiter.cancelled():
-            raise ShuttingDownError()
-        return waiter.result()
-
-    def stop_watches(self) -> None:
-        """Ends every open watch with ``ShuttingDownError``; new ones fail at once."""
-        for shard in self.shards:
-            shard.stop_watches()
-        if self._stopping is None:
-            self._stopping = asyncio.get_running_loop().create_future()
-        if not self._stopping.done():
-            self._stopping.set_result(None)
-
-    async def wait_task(self, task_id: UUID) -> TaskStatus:
-        """Waits until a task finishes; returns its final status (failed is not an error)."""
-        last: TaskStatus | None = None
-        async for status in self.watch_task(task_id):
-            last = status
-        assert last is not None  # watch_task yields at least once or raises
-        return last
-
     async def get_status_recursive(self, task_id: UUID) -> AsyncGenerator[TaskStatus, None]:
         """Yields the task and all its descendants in ScyllaDB's BFS order.
 
@@ -504,8 +437,8 @@ class TaskManager:
         Raises:
             TaskNotFoundError: unknown id.
         """
-        queue: deque[tuple[UUID, int] | FoldedTask] = deque()
-        shard = await self._find_shard(task_id)
+        queue: deque[ChildRef | FoldedTask] = deque()
+        shard = await self._locate(task_id)
         if shard is not None:
             root = await shard.get_tree_node(task_id)
             if root is None:
@@ -514,10 +447,9 @@ class TaskManager:
             queue.extend(root.live_children)
             queue.extend(root.folded_children)
         else:
-            status = await self.get_status(task_id)
-            yield status
-            for shard in self.shards:
-                queue.extend((c, shard.index) for c in await shard.virtual_children_of(task_id))
+            yield await self.get_status(task_id)
+            for port in self._shards:
+                queue.extend((c, port.index) for c in await port.virtual_children_of(task_id))
         while queue:
             item = queue.popleft()
             if isinstance(item, FoldedTask):
@@ -525,23 +457,19 @@ class TaskManager:
                 queue.extend(item.failed_children)
                 continue
             child_id, child_shard = item
-            node = await self.shards[child_shard].get_tree_node(child_id)
+            node = await self._shards[child_shard].get_tree_node(child_id)
             if node is None:
                 continue  # already gone
             yield node.status
             queue.extend(node.live_children)
             queue.extend(node.folded_children)
 
-    # ---- listing -----------------------------------------------------------------------------
-
     async def list_module_tasks(
         self, module: str, flt: ListFilter, *, page_size: int = 0, page_token: str = ""
     ) -> tuple[list[TaskStats], str]:
         """Returns one page of a module's tasks and the token of the next page ("" at the end).
 
-        The order is stable: shard by shard, each shard's regular tasks by id,
-        then on shard 0 the virtual tasks by id. A page never scans entries
-        before its token, so deep pages cost what shallow ones do.
+        See ``listing.list_page`` for the order and the page bounds.
 
         Raises:
             InvalidArgumentError: bad page size or token.
@@ -549,57 +477,88 @@ class TaskManager:
         """
         size = check_page_size(page_size)
         await self._check_module(module)
-        pos = self._page_tokens.decode(page_token, module, flt, len(self.shards))
-        out: list[tuple[int, int, TaskStats]] = []
-        for shard in self.shards[pos.shard if pos else 0 :]:
-            phases = (PHASE_REGULAR, PHASE_VIRTUAL) if shard.index == 0 else (PHASE_REGULAR,)
-            for phase in phases:
-                here = (shard.index, phase)
-                if pos is not None and here < (pos.shard, pos.phase):
-                    continue
-                after = pos.after if pos is not None and here == (pos.shard, pos.phase) else None
-                need = size + 1 - len(out)
-                if phase == PHASE_REGULAR:
-                    entries = await shard.list_tasks(module, flt, after, need)
-                else:
-                    entries = await self._virtual_stats(module, flt, after, need)
-                out.extend((shard.index, phase, e) for e in entries)
-                if len(out) > size:
-                    break
-            if len(out) > size:
-                break
-        # A page ends at page_size entries, or before the reply would pass
-        # PAGE_BYTES (4 KB entities make 1,000 entries larger than a client accepts).
-        end, used = 0, 0
-        while end < len(out) and end < size:
-            used += entry_bytes(out[end][2])
-            if used > PAGE_BYTES and end > 0:
-                break
-            end += 1
-        if end == len(out):
-            return [e for _, _, e in out], ""
-        s, p, last = out[end - 1]
-        token = self._page_tokens.encode(module, flt, PagePosition(s, p, last.task_id))
-        return [e for _, _, e in out[:end]], token
+        return await list_page(
+            self._shards, self._groups, self._page_tokens, module, flt, size, page_token
+        )
 
-    async def _virtual_stats(
-        self, module: str, flt: ListFilter, after: UUID | None, limit: int
-    ) -> list[TaskStats]:
-        entries: list[TaskStats] = []
-        for group in list(self._groups.values()):
-            if group.module != module:
-                continue
-            for stats in await group.get_stats():
-                # The internal filter never hides virtual tasks; keyspace and table do.
-                if flt.keyspace and stats.keyspace != flt.keyspace:
-                    continue
-                if flt.table and stats.table != flt.table:
-                    continue
-                if after is not None and stats.task_id <= after:
-                    continue
-                entries.append(stats._replace(kind=TaskKind.CLUSTER, shard=0, sequence_number=0))
-        entries.sort(key=lambda s: s.task_id)
-        return entries[:limit]
+    # ---- abort -------------------------------------------------------------------------------
+
+    async def abort_task(self, task_id: UUID) -> None:
+        """Requests the abort of a task and all its descendants (as the API does).
+
+        Returns once every descendant has been told, not once they stopped.
+
+        Raises:
+            TaskNotFoundError: unknown id.
+            TaskNotAbortableError: the task is not abortable.
+        """
+        shard = await self._locate(task_id)
+        if shard is not None:
+            await self._abort_all(await shard.abort(task_id, check_abortable=True))
+            return
+        found = await self._groups.find(task_id)
+        if found is None:
+            raise TaskNotFoundError(task_id)
+        group, hint = found
+        if not await group.is_abortable(task_id, hint):
+            raise TaskNotAbortableError(task_id)
+        await group.abort(task_id, hint)
+
+    async def _abort_all(self, children: Sequence[ChildRef]) -> None:
+        # Down the tree one port call a task, breadth first, whatever the
+        # children's own abortable flags say.
+        queue = deque(children)
+        while queue:
+            child_id, child_shard = queue.popleft()
+            queue.extend(await self._shards[child_shard].abort(child_id, check_abortable=False))
+
+    # ---- waiting -----------------------------------------------------------------------------
+
+    async def watch_task(
+        self, task_id: UUID, timeout: float | None = None
+    ) -> AsyncGenerator[TaskStatus, None]:
+        """Yields a task's status now and after each change; ends after a final state.
+
+        Raises:
+            TaskNotFoundError: unknown id (before anything is yielded), or a
+                virtual task that its group stopped tracking.
+            WaitTimeoutError: ``timeout`` seconds passed (on the injected clock)
+                before a final status; 0 means "tell me now".
+        """
+        async for status in await self.open_watch(task_id, timeout):
+            yield status
+
+    async def open_watch(
+        self, task_id: UUID, timeout: float | None = None
+    ) -> AsyncGenerator[TaskStatus, None]:
+        """Returns ``watch_task``'s stream without a layer of its own (for servers).
+
+        A regular task's stream is its shard's own watch: with 10,000 watchers
+        woken by one change, one generator layer less is 10,000 resumptions less.
+        """
+        deadline = None if timeout is None else Deadline(self.clock.now() + timeout, timeout)
+        shard = await self._locate(task_id)
+        if shard is not None:
+            return shard.watch(task_id, deadline)
+        return self._groups.watch(task_id, deadline)
+
+    async def wait_task(self, task_id: UUID, timeout: float | None = None) -> TaskStatus:
+        """Waits until a task finishes; returns its final status (failed is not an error)."""
+        last: TaskStatus | None = None
+        async for status in self.watch_task(task_id, timeout):
+            last = status
+        assert last is not None  # watch_task yields at least once or raises
+        return last
+
+    def stop_watches(self) -> None:
+        """Ends every open watch with ``ShuttingDownError``; new ones fail at once."""
+        for shard in self._shards:
+            shard.stop_watches()
+        self._groups.stop()
+
+    def watcher_count(self) -> int:
+        """How many watches are parked on tasks, over all shards (for leak checks)."""
+        return sum(shard.watcher_count() for shard in self._shards)
 
     # ---- ttl and drain -----------------------------------------------------------------------
 
@@ -617,7 +576,7 @@ class TaskManager:
         """Sets task_ttl on every shard for tasks that finish from now on; returns the old value."""
         check_ttl("ttl_seconds", seconds)
         previous, self._task_ttl = self._task_ttl, seconds
-        for shard in self.shards:
+        for shard in self._shards:
             await shard.set_ttl(task_ttl=seconds)
         return previous
 
@@ -625,21 +584,21 @@ class TaskManager:
         """Sets user_task_ttl on every shard; returns the old value."""
         check_ttl("user_ttl_seconds", seconds)
         previous, self._user_task_ttl = self._user_task_ttl, seconds
-        for shard in self.shards:
+        for shard in self._shards:
             await shard.set_ttl(user_task_ttl=seconds)
         return previous
 
     async def drain(self, module: str) -> int:
         """Unregisters the module's finished regular tasks on every shard; returns how many."""
         await self._check_module(module)
-        return sum([await shard.drain(module) for shard in self.shards])
+        return sum([await shard.drain(module) for shard in self._shards])
 
     # ---- lifetime ----------------------------------------------------------------------------
 
-    def watcher_count(self) -> int:
-        """How many watches are parked on tasks, over all shards (for leak checks)."""
-        return sum(shard.watcher_count() for shard in self.shards)
+    def stats_counts(self) -> list[dict[str, int]]:
+        """Registered and held tasks, per shard (for tests and diagnostics)."""
+        return [shard.stats_counts() for shard in self._shards]
 
     async def close(self) -> None:
         """Cancels running task bodies and timers on every shard."""
-        await asyncio.gather(*(shard.close() for shard in self.shards))
+        await asyncio.gather(*(shard.close() for shard in self._shards))

@@ -10,10 +10,9 @@ from uuid import UUID, uuid4
 
 from .clock import Clock, TimerHandle
 from .errors import (
-    InvalidStateError,
+    SessionNotFoundError,
     ShuttingDownError,
     TaskAlreadyExistsError,
-    TaskManagerError,
     TaskNotFoundError,
 )
 from .manager import TaskManager
@@ -28,16 +27,6 @@ from .validation import (
 )
 
 log = logging.getLogger(__name__)
-
-
-class SessionNotFoundError(TaskManagerError):
-    """No live producer session with this id (it expired, or never existed)."""
-
-    reason = "SESSION_NOT_FOUND"
-
-    def __init__(self, session_id: UUID) -> None:
-        super().__init__(f"producer session {session_id} not found: it expired or never existed")
-        self.session_id = session_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +106,7 @@ class ProducerSession:
 
     def __init__(self, session_id: UUID) -> None:
         self.id = session_id
-        self.tasks: dict[UUID, int] = {}  # unfinished task id -> shard
+        self.tasks: dict[UUID, None] = {}  # unfinished tasks, in creation order
         self.pending_aborts: dict[UUID, None] = {}
         self.queue: asyncio.Queue[object] | None = None
         self.lease_timer: TimerHandle | None = None
@@ -250,7 +239,7 @@ class Producers:
         shard = spec.shard if spec.shard is not None else self.manager.home_shard(task_id)
         await self.manager.register_module(spec.module)
         try:
-            handle = await self.manager.create_task(
+            created = await self.manager.create(
                 spec.module,
                 self._impl(spec),
                 shard=shard,
@@ -260,6 +249,7 @@ class Producers:
                 table=spec.table,
                 entity=spec.entity,
                 progress_total=spec.progress_total,
+                handle=True,
             )
         except TaskAlreadyExistsError:
             # A concurrent retry won the race: answer as the retry would.
@@ -268,13 +258,17 @@ class Producers:
                 raise
             return existing, False
         if session is not None:
-            session.tasks[task_id] = shard
+            session.tasks[task_id] = None
             self._task_sessions[task_id.int] = session
-            if handle.abort_requested:
+            if created.abort_pending:
                 session.push_abort(task_id)  # created under an aborting parent
         if start:
-            await handle.start()
-        return await handle.status(), True
+            try:
+                await self.manager.start_task(task_id)
+            except BaseException:
+                await self.manager.created_status(created)  # lets the handle go
+                raise
+        return await self.manager.created_status(created), True
 
     async def _existing(self, spec: TaskSpec, start: bool) -> TaskStatus | None:
         assert spec.task_id is not None
@@ -305,36 +299,27 @@ class Producers:
         if wanted != found or (spec.shard is not None and spec.shard != status.shard):
             raise TaskAlreadyExistsError(spec.task_id)
         if start and status.state is TaskState.CREATED:
-            shard = self.manager.shards[status.shard]
-            await shard.start_task(spec.task_id)
-            status = await shard.get_status(spec.task_id)
+            await self.manager.start_task(spec.task_id)
+            status = await self.manager.get_status(spec.task_id)
         return status
-
-    async def _external(self, task_id: UUID) -> int:
-        shard = await self.manager.locate(task_id)
-        if not await shard.is_external(task_id):
-            raise InvalidStateError(
-                f"task with id {task_id} is run by the server, not reported by a producer"
-            )
-        return shard.index
 
     async def start_task(self, task_id: UUID) -> TaskStatus:
         """Starts a created reported task."""
-        shard = self.manager.shards[await self._external(task_id)]
-        await shard.start_task(task_id)
-        return await shard.get_status(task_id)
+        await self.manager.check_external(task_id)
+        await self.manager.start_task(task_id)
+        return await self.manager.get_status(task_id)
 
     async def report_progress(self, task_id: UUID, completed: float, total: float | None) -> bool:
         """Records a running reported task's progress; returns whether an abort is pending."""
-        shard = self.manager.shards[await self._external(task_id)]
-        return await shard.report_progress(task_id, completed, total)
+        await self.manager.check_external(task_id)
+        return await self.manager.report_progress(task_id, completed, total)
 
     async def finish_task(self, task_id: UUID, error: str | None) -> TaskStatus:
         """Finishes a running reported task, failed when ``error`` is given."""
         if error is not None:
             check_length("error", error, MAX_TEXT_LENGTH)
-        shard = self.manager.shards[await self._external(task_id)]
-        return await shard.finish_task(task_id, error)
+        await self.manager.check_external(task_id)
+        return await self.manager.finish_task(task_id, error)
 
     # ---- sessions ----------------------------------------------------------------------------
 
@@ -394,13 +379,44 @@ class Producers:
         error = (
             f"producer lost: session {session.id} was not resumed within {self.lease_seconds:g}s"
         )
-        for task_id, shard in list(session.tasks.items()):
+        failed = await self._fail_tasks(session, error)
+        level = logging.WARNING if failed else logging.INFO
+        log.log(level, "producer session %s expired; %d tasks failed", session.id, failed)
+
+    async def _fail_tasks(self, session: ProducerSession, error: str) -> int:
+        failed = 0
+        for task_id in list(session.tasks):
             self._task_sessions.pop(task_id.int, None)
             try:
-                await self.manager.shards[shard].fail_task(task_id, error)
+                failed += await self.manager.fail_task(task_id, error)
             except Exception:
-                log.exception("could not fail task %s of lost session %s", task_id, session.id)
-        log.warning("producer session %s expired; %d tasks failed", session.id, len(session.tasks))
+                log.exception("could not fail task %s of session %s", task_id, session.id)
+        return failed
+
+    async def close_session(self, session_id: UUID) -> int:
+        """Ends a session cleanly, at once: no lease, and its open stream ends.
+
+        Tasks of the session still unfinished fail now ("the producer closed
+        its session"): a producer that closes means it is done. Returns how many.
+
+        Raises:
+            SessionNotFoundError: ``session_id`` is unknown or expired.
+        """
+        session = self._session(session_id)
+        session.expired = True
+        self._sessions.pop(session.id, None)
+        if session.lease_timer is not None:
+            session.lease_timer.cancel()
+            session.lease_timer = None
+        if session.queue is not None:
+            session.queue.put_nowait(None)  # the open stream ends with OK
+            session.queue = None
+        failed = await self._fail_tasks(
+            session, f"producer closed its session {session.id} before finishing the task"
+        )
+        if failed:
+            log.info("producer session %s closed; %d unfinished tasks failed", session.id, failed)
+        return failed
 
     def session_count(self) -> int:
         """How many sessions are alive (connected or within their lease)."""

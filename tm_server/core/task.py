@@ -10,8 +10,9 @@ from .errors import TaskAbortedError
 from .validation import check_progress
 
 if TYPE_CHECKING:
-    from .manager import TaskHandle
-    from .shard import Shard, Task
+    from .handle import TaskHandle
+    from .record import Task
+    from .shard import Shard
 
 
 class TaskImpl(abc.ABC):
@@ -113,8 +114,7 @@ class TaskContext:
         start: bool = True,
     ) -> TaskHandle:
         """Creates (and by default starts) a child task of this one in the same module."""
-        manager = self._shard.manager
-        handle = await manager.create_task(
+        handle = await self._shard.creator.create_task(
             self._task.module,
             impl,
             shard=self._shard.index if shard is None else shard,

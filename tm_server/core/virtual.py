@@ -1,11 +1,25 @@
-"""The virtual (cluster-wide) task group contract, registered on shard 0 only."""
+"""Virtual (cluster-wide) tasks: the group contract, and the registry that serves them.
+
+As in ScyllaDB, a virtual task's status is not kept but computed on demand by
+its group, and the groups live on shard 0 only; the manager asks them after
+the shards, so regular tasks win a lookup.
+"""
 
 from __future__ import annotations
 
 import abc
+import asyncio
+from collections.abc import AsyncGenerator, Awaitable
+from typing import Any, TypeVar
 from uuid import UUID
 
-from .types import TaskStats, TaskStatus
+from .clock import Clock
+from .errors import ShuttingDownError, TaskNotFoundError, WaitTimeoutError
+from .port import Deadline
+from .types import ListFilter, Progress, TaskKind, TaskStats, TaskStatus
+from .validation import finite_or_zero
+
+T = TypeVar("T")
 
 #: What ``contains`` hands back for an id of the group: data reused by the
 #: later calls (ScyllaDB's ``virtual_task_hint``); any value but ``None``.
@@ -53,3 +67,163 @@ class VirtualTaskGroup(abc.ABC):
     @abc.abstractmethod
     async def get_stats(self) -> list[TaskStats]:
         """Returns the list entries of the group's operations."""
+
+
+class VirtualGroups:
+    """The registered groups, asked in registration order, and what the API needs of them."""
+
+    def __init__(self, clock: Clock, max_status_children: int) -> None:
+        self._clock = clock
+        self._max_children = max_status_children
+        self._groups: dict[str, VirtualTaskGroup] = {}
+        self._stopping: asyncio.Future[None] | None = None
+
+    def add(self, group: VirtualTaskGroup) -> None:
+        """Registers a group.
+
+        Raises:
+            ValueError: a group with this name is already registered.
+        """
+        if group.name in self._groups:
+            raise ValueError(f"virtual task group {group.name} is already registered")
+        self._groups[group.name] = group
+
+    def remove(self, name: str) -> None:
+        """Removes a group, if registered."""
+        self._groups.pop(name, None)
+
+    def remove_module(self, module: str) -> None:
+        """Removes every group of a module (the module is being unregistered)."""
+        for name in [g.name for g in self._groups.values() if g.module == module]:
+            del self._groups[name]
+
+    async def find(self, task_id: UUID) -> tuple[VirtualTaskGroup, VirtualTaskHint] | None:
+        """The first group that has the operation, with its hint."""
+        for group in list(self._groups.values()):
+            hint = await group.contains(task_id)
+            if hint is not None:
+                return group, hint
+        return None
+
+    def normalize(self, group: VirtualTaskGroup, status: TaskStatus) -> TaskStatus:
+        """A group's status with the fields every virtual task shares, and sane values."""
+        progress = status.progress
+        return status._replace(
+            # The group's numbers are the application's: the wire never carries inf or NaN.
+            progress=Progress(finite_or_zero(progress.completed), finite_or_zero(progress.total)),
+            kind=TaskKind.CLUSTER,
+            shard=0,
+            sequence_number=0,
+            module=group.module,
+            internal=False,
+            children=status.children[: self._max_children],
+            children_count=max(status.children_count, len(status.children)),
+        )
+
+    async def status(self, task_id: UUID, *, raw: bool = False) -> TaskStatus | None:
+        """The status of a virtual task (``raw``: as its group made it), or ``None``."""
+        found = await self.find(task_id)
+        if found is None:
+            return None
+        group, hint = found
+        status = await group.get_status(task_id, hint)
+        if status is None or raw:
+            return status
+        return self.normalize(group, status)
+
+    async def stats(
+        self, module: str, flt: ListFilter, after: UUID | None, limit: int
+    ) -> list[TaskStats]:
+        """A page of the module's virtual tasks by id, after ``after``."""
+        entries: list[TaskStats] = []
+        for group in list(self._groups.values()):
+            if group.module != module:
+                continue
+            for stats in await group.get_stats():
+                # The internal filter never hides virtual tasks; keyspace and table do.
+                if flt.keyspace and stats.keyspace != flt.keyspace:
+                    continue
+                if flt.table and stats.table != flt.table:
+                    continue
+                if after is not None and stats.task_id <= after:
+                    continue
+                entries.append(stats._replace(kind=TaskKind.CLUSTER, shard=0, sequence_number=0))
+        entries.sort(key=lambda s: s.task_id)
+        return entries[:limit]
+
+    async def watch(
+        self, task_id: UUID, deadline: Deadline | None
+    ) -> AsyncGenerator[TaskStatus, None]:
+        """A virtual task's status now, then its final one (as ``Watches.follow`` does).
+
+        Raises:
+            TaskNotFoundError: unknown id, or a task its group stopped tracking.
+            WaitTimeoutError: ``deadline`` passed first.
+            ShuttingDownError: the server is stopping.
+        """
+        found = await self.find(task_id)
+        if found is None:
+            raise TaskNotFoundError(task_id)
+        group, hint = found
+        first = await group.get_status(task_id, hint)
+        if first is None:
+            raise TaskNotFoundError(task_id)
+        first = self.normalize(group, first)
+        yield first
+        if first.state.is_final:
+            return
+        if deadline is not None and self._clock.now() >= deadline.at:
+            raise WaitTimeoutError(task_id, deadline.timeout)
+        final = await self._wait(group.wait(task_id, hint), task_id, deadline)
+        if final is None:
+            raise TaskNotFoundError(task_id)
+        if not final.state.is_final:
+            # The stream must not end OK on a state that is not final.
+            raise RuntimeError(
+                f"virtual task group {group.name} returned a {final.state.value} status "
+                f"from wait() for task {task_id}; wait() must return a final one"
+            )
+        final = self.normalize(group, final)
+        if final != first:
+            yield final
+
+    async def _wait(self, wait: Awaitable[T], task_id: UUID, deadline: Deadline | None) -> T:
+        # A group's wait, ended early by shutdown or by the deadline (its own
+        # work goes on: as in ScyllaDB, a timeout abandons the wait only).
+        stopping = self._stopping_future()
+        if stopping.done():
+            raise ShuttingDownError()
+        waiter = asyncio.ensure_future(wait)
+        timeout = asyncio.get_running_loop().create_future()
+        timer = None
+        if deadline is not None:
+
+            def expire() -> None:
+                if not timeout.done():
+                    timeout.set_result(None)
+
+            timer = self._clock.call_at(deadline.at, expire)
+        try:
+            pending: list[asyncio.Future[Any]] = [waiter, stopping, timeout]
+            await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if timer is not None:
+                timer.cancel()
+            if not waiter.done():
+                waiter.cancel()
+        if waiter.done() and not waiter.cancelled():
+            return waiter.result()
+        if timeout.done() and deadline is not None:
+            raise WaitTimeoutError(task_id, deadline.timeout)
+        raise ShuttingDownError()
+
+    def _stopping_future(self) -> asyncio.Future[None]:
+        if self._stopping is None:
+            self._stopping = asyncio.get_running_loop().create_future()
+        return self._stopping
+
+    def stop(self) -> None:
+        """Ends every wait on a group with ``ShuttingDownError``; new ones fail at once."""
+        stopping = self._stopping_future()
+        if not stopping.done():
+            stopping.set_result(None)

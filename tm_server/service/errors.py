@@ -11,14 +11,15 @@ from tm_server.core import (
     InvalidArgumentError,
     InvalidStateError,
     ModuleLimitError,
+    SessionNotFoundError,
     ShuttingDownError,
     TaskAlreadyExistsError,
     TaskManagerError,
     TaskNotAbortableError,
     TaskNotFoundError,
     UnknownModuleError,
+    WaitTimeoutError,
 )
-from tm_server.core.producers import SessionNotFoundError
 
 #: The domain of every ErrorInfo this server sends.
 ERROR_DOMAIN = "tm"
@@ -33,6 +34,7 @@ _CODES: dict[type[TaskManagerError], grpc.StatusCode] = {
     SessionNotFoundError: grpc.StatusCode.NOT_FOUND,
     ShuttingDownError: grpc.StatusCode.UNAVAILABLE,
     ModuleLimitError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    WaitTimeoutError: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 
 
@@ -76,7 +78,10 @@ def status_for(exc: TaskManagerError) -> grpc.Status:
     """Maps a domain error to its gRPC status with machine-readable details."""
     metadata: dict[str, str] = {}
     violation: tuple[str, str] | None = None
-    if isinstance(exc, TaskNotFoundError | TaskNotAbortableError | TaskAlreadyExistsError):
+    if isinstance(
+        exc,
+        TaskNotFoundError | TaskNotAbortableError | TaskAlreadyExistsError | WaitTimeoutError,
+    ):
         metadata["task_id"] = str(exc.task_id)
     if isinstance(exc, UnknownModuleError | ModuleLimitError):
         metadata["module"] = exc.module

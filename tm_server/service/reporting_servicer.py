@@ -106,6 +106,14 @@ class TaskReportingServicer(pb_grpc.TaskReportingServiceServicer):
         fill_status(response.status, status)
         return response
 
+    @unary
+    async def CloseSession(
+        self, request: pb.CloseSessionRequest, context: Context
+    ) -> pb.CloseSessionResponse:
+        """Ends a session cleanly."""
+        failed = await self._producers.close_session(require_uuid("session_id", request.session_id))
+        return pb.CloseSessionResponse(failed_count=failed)
+
     @streaming
     async def OpenSession(
         self, request: pb.OpenSessionRequest, context: Context

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
-
-import grpc
 
 from tm_client.pb import task_manager_pb2 as pb
 from tm_client.pb import task_manager_pb2_grpc as pb_grpc
@@ -19,8 +16,7 @@ from .convert import (
     page_to_pb,
     require_uuid,
 )
-from .errors import make_status
-from .handlers import Context, abort_with, streaming, unary
+from .handlers import Context, streaming, unary
 
 #: Statuses of a recursive status stream encoded ahead of their writes.
 _RECURSIVE_BATCH = 256
@@ -82,33 +78,18 @@ class TaskManagerServicer(pb_grpc.TaskManagerServiceServicer):
     ) -> AsyncIterator[pb.WaitTaskResponse]:
         """Streams status updates until the task finishes, times out or the server stops.
 
-        A stream costs no helper task: the deadline is a timer around each wait,
-        and shutdown ends the core's watches (``ShuttingDownError``, UNAVAILABLE).
+        An unset timeout waits as long as it takes; zero sends the current
+        status, then DEADLINE_EXCEEDED unless the task has finished. The
+        timeout runs on the core's clock, and a stream costs no helper task;
+        shutdown ends the core's watches (``ShuttingDownError``, UNAVAILABLE).
         """
         task_id = require_uuid("task_id", request.task_id)
-        timeout = duration_seconds("timeout", request.timeout) if request.HasField("timeout") else 0
-        deadline = asyncio.get_running_loop().time() + timeout if timeout > 0 else None
-        updates = await self._tm.open_watch(task_id)
+        timeout = (
+            duration_seconds("timeout", request.timeout) if request.HasField("timeout") else None
+        )
+        updates = await self._tm.open_watch(task_id, timeout)
         try:
-            while True:
-                try:
-                    if deadline is None:
-                        status = await anext(updates)  # no timer to arm for most watchers
-                    else:
-                        async with asyncio.timeout_at(deadline):
-                            status = await anext(updates)
-                except StopAsyncIteration:
-                    return
-                except TimeoutError:
-                    await abort_with(
-                        context,
-                        make_status(
-                            grpc.StatusCode.DEADLINE_EXCEEDED,
-                            f"task with id {task_id} did not finish within {timeout:g}s",
-                            "WAIT_TIMEOUT",
-                            {"task_id": str(task_id)},
-                        ),
-                    )
+            async for status in updates:
                 yield self._wait_response(status)
         finally:
             # However the stream ended (the client went away included), release

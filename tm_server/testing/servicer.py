@@ -5,11 +5,10 @@ from __future__ import annotations
 from tm_client.pb import task_manager_test_pb2 as pb
 from tm_client.pb import task_manager_test_pb2_grpc as pb_grpc
 from tm_server.core import MAX_TEXT_LENGTH, TaskManager, UnknownModuleError
-from tm_server.core import test_module as tests
-from tm_server.core.validation import check_length
+from tm_server.core.validation import check_length, parse_uuid, require_uuid
+from tm_server.service.handlers import Context, unary
 
-from .convert import parse_uuid, require_uuid
-from .handlers import Context, unary
+from . import module as tests
 
 
 class TaskManagerTestServicer(pb_grpc.TaskManagerTestServiceServicer):

@@ -3,15 +3,33 @@
 from __future__ import annotations
 
 import asyncio
+import weakref
 from typing import Any
 from uuid import UUID
 
-from .errors import InvalidStateError, TaskAbortedError, TaskFailedError
-from .manager import TaskManager
-from .shard import Task
-from .task import TaskContext, TaskImpl
+from tm_server.core import (
+    InvalidStateError,
+    TaskAbortedError,
+    TaskContext,
+    TaskFailedError,
+    TaskImpl,
+    TaskManager,
+)
 
 TEST_MODULE = "test"
+
+# The bodies of each manager's unfinished test tasks, by id: finishing one
+# from outside goes by id, never through a shard's task record.
+_BODIES: weakref.WeakKeyDictionary[TaskManager, dict[UUID, TestTaskImpl]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _bodies(manager: TaskManager) -> dict[UUID, TestTaskImpl]:
+    bodies = _BODIES.get(manager)
+    if bodies is None:
+        bodies = _BODIES[manager] = {}
+    return bodies
 
 
 class TestTaskImpl(TaskImpl):
@@ -28,6 +46,7 @@ class TestTaskImpl(TaskImpl):
     def __init__(self, *, user_task: bool = False) -> None:
         self.user_task = user_task
         self._outcome: asyncio.Future[str | None] | None = None
+        self._bodies: dict[UUID, TestTaskImpl] | None = None
 
     def _future(self) -> asyncio.Future[str | None]:
         if self._outcome is None:
@@ -39,6 +58,11 @@ class TestTaskImpl(TaskImpl):
         fut = self._future()
         if not fut.done():
             fut.set_result(error)
+
+    def notify_finished(self, task_id: UUID) -> None:
+        """Forgets the body: a finished test task has nothing left to finish."""
+        if self._bodies is not None:
+            self._bodies.pop(task_id, None)
 
     async def run(self, ctx: TaskContext) -> None:
         """Waits for ``finish`` or an abort."""
@@ -79,9 +103,10 @@ async def create_test_task(
     user_task: bool = False,
 ) -> UUID:
     """Creates and starts a test task; returns its id."""
-    handle = await manager.create_task(
+    impl = TestTaskImpl(user_task=user_task)
+    created = await manager.create(
         TEST_MODULE,
-        TestTaskImpl(user_task=user_task),
+        impl,
         shard=shard,
         parent_id=parent_id,
         task_id=task_id,
@@ -89,35 +114,33 @@ async def create_test_task(
         table=table,
         entity=entity,
     )
-    await handle.start()
-    return handle.id
-
-
-async def _finish_and_wait(task: Task, error: str | None) -> None:
-    if not isinstance(task.impl, TestTaskImpl):
-        raise InvalidStateError(f"task with id {task.id} is not a test task")
-    task.impl.finish(error)
-    if task.runner is not None:
-        # Returns once the task's completion has resolved.
-        await asyncio.shield(task.runner)
+    bodies = _bodies(manager)
+    bodies[created.task_id] = impl
+    impl._bodies = bodies
+    await manager.start_task(created.task_id)
+    return created.task_id
 
 
 async def finish_test_task(manager: TaskManager, task_id: UUID, error: str | None = None) -> None:
-    """Finishes a test task (failed if ``error`` is given); a finished one is left as it is."""
-    shard = await manager.locate(task_id)
+    """Finishes a test task (failed if ``error`` is given); a finished one is left as it is.
 
-    async def finish(task: Task) -> None:
-        await _finish_and_wait(task, error)
+    Returns once the task's completion has resolved.
 
-    await shard.invoke(task_id, finish)
+    Raises:
+        TaskNotFoundError: no such task.
+        InvalidStateError: the task is not a test task.
+    """
+    status = await manager.get_status(task_id)
+    body = _bodies(manager).get(task_id)
+    if body is None:
+        if status.module != TEST_MODULE or status.type != TestTaskImpl.type:
+            raise InvalidStateError(f"task with id {task_id} is not a test task")
+        return  # finished already: nothing changes
+    body.finish(error)
+    await manager.wait_done(task_id)
 
 
 async def delete_test_task(manager: TaskManager, task_id: UUID) -> None:
     """Finishes a running test task successfully, waits for it, then unregisters it."""
-    shard = await manager.locate(task_id)
-
-    async def finish(task: Task) -> None:
-        await _finish_and_wait(task, None)
-
-    await shard.invoke(task_id, finish)
-    await shard.unregister_task(task_id)
+    await finish_test_task(manager, task_id)
+    await manager.unregister_task(task_id)

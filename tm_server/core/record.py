@@ -1,0 +1,205 @@
+"""The task record a shard keeps, its asyncio objects, and a module's instance on a shard.
+
+Only the owner shard touches these: they never cross the shard port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from uuid import UUID
+
+from sortedcontainers import SortedDict
+
+from .port import ParentKind, ParentLink
+from .task import TaskImpl
+from .types import (
+    FoldedTask,
+    ListFilter,
+    Progress,
+    TaskKind,
+    TaskState,
+    TaskStats,
+    TaskStatus,
+    creation_time_of,
+)
+
+# An Enum member read off its class goes through the metaclass; every list
+# entry built here reads this one.
+_NODE = TaskKind.NODE
+
+
+class ModuleState:
+    """A module's instance on one shard: its sequence counter and registered tasks."""
+
+    __slots__ = ("name", "sequence", "tasks")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.sequence = 0
+        # Sorted by id, so listings page in a stable order without a scan.
+        self.tasks: SortedDict[int, Task] = SortedDict()
+
+    def new_sequence_number(self) -> int:
+        """Returns the next sequence number of this module on this shard (the first is 1)."""
+        self.sequence += 1
+        return self.sequence
+
+
+class TaskSync:
+    """The asyncio objects of a task, made only for the tasks that need them.
+
+    Most registered tasks are never awaited, aborted from inside a body or
+    watched, so keeping these out of ``Task`` saves memory per task.
+    """
+
+    __slots__ = ("abort_event", "done", "runner", "status", "waiters")
+
+    def __init__(self) -> None:
+        self.abort_event: asyncio.Event | None = None
+        self.done: asyncio.Future[None] | None = None
+        self.runner: asyncio.Task[None] | None = None
+        # Watches parked until the task changes (a set: cancelling one is O(1)).
+        self.waiters: set[asyncio.Future[None]] | None = None
+        # The status at a version, shared by every watcher woken for it.
+        self.status: tuple[int, TaskStatus] | None = None
+
+
+class Task:
+    """A regular task's state on its owner shard.
+
+    Kept small (a million of them fit in a few hundred MB): containers and
+    asyncio objects are created on first use.
+    """
+
+    __slots__ = (
+        "abort_requested",
+        "children_progress",
+        "end_time",
+        "entity",
+        "error",
+        "expire_at",
+        "folded_children",
+        "folded_into_parent",
+        "id",
+        "impl",
+        "internal",
+        "keyspace",
+        "live_children",
+        "module",
+        "orphaned",
+        "parent",
+        "reported",
+        "reported_total",
+        "sequence_number",
+        "start_time",
+        "state",
+        "sync",
+        "table",
+        "version",
+    )
+
+    def __init__(
+        self,
+        task_id: UUID,
+        module: str,
+        impl: TaskImpl,
+        parent: ParentLink | None,
+        sequence_number: int,
+        keyspace: str,
+        table: str,
+        entity: str,
+        total: float | None = None,
+    ) -> None:
+        self.id = task_id
+        self.module = module
+        self.impl = impl
+        self.parent = parent
+        self.sequence_number = sequence_number
+        self.keyspace = keyspace
+        self.table = table
+        self.entity = entity
+        default_internal = parent is not None and parent.kind is ParentKind.NODE
+        self.internal = default_internal if impl.internal is None else impl.internal
+        self.state = TaskState.CREATED
+        self.start_time: float | None = None
+        self.end_time: float | None = None
+        self.error = ""
+        self.abort_requested = False
+        # Live children in creation order (id -> shard), made on the first child.
+        self.live_children: dict[UUID, int] | None = None
+        # Finished internal children in finishing order, made on the first fold.
+        self.folded_children: list[FoldedTask] | None = None
+        self.folded_into_parent = False
+        self.orphaned = False
+        self.reported: Progress | None = None
+        self.reported_total = total
+        self.expire_at: float | None = None
+        self.version = 0
+        self.sync: TaskSync | None = None
+        # The sum of the children's progress at ``version``: any change below
+        # bumps the version, so a tree's progress is summed once, not per read.
+        self.children_progress: tuple[int, Progress] | None = None
+
+    def get_sync(self) -> TaskSync:
+        """Returns the task's asyncio objects, making them on first use."""
+        if self.sync is None:
+            self.sync = TaskSync()
+        return self.sync
+
+    @property
+    def runner(self) -> asyncio.Task[None] | None:
+        """The asyncio task running the body, while it runs."""
+        return None if self.sync is None else self.sync.runner
+
+    @property
+    def parent_kind(self) -> ParentKind:
+        """Whether the parent is none, regular or virtual."""
+        return ParentKind.NONE if self.parent is None else self.parent.kind
+
+    @property
+    def regular_parent(self) -> ParentLink | None:
+        """The parent, if it is a regular task (the one changes and folding go up to)."""
+        parent = self.parent
+        return parent if parent is not None and parent.kind is ParentKind.NODE else None
+
+    @property
+    def has_children(self) -> bool:
+        """Whether any child is live or folded into this task."""
+        return bool(self.live_children) or bool(self.folded_children)
+
+    @property
+    def rolled_up_is_stale(self) -> bool:
+        """Whether the cached sum of the children's progress is missing or out of date."""
+        cached = self.children_progress
+        return cached is None or cached[0] != self.version
+
+    @property
+    def watched(self) -> bool:
+        """Whether watches are parked on the task."""
+        return self.sync is not None and bool(self.sync.waiters)
+
+    def stats(self, shard: int) -> TaskStats:
+        """Returns the task's list entry."""
+        return TaskStats(
+            task_id=self.id,
+            state=self.state,
+            type=self.impl.type,
+            kind=_NODE,
+            scope=self.impl.scope,
+            keyspace=self.keyspace,
+            table=self.table,
+            entity=self.entity,
+            sequence_number=self.sequence_number,
+            shard=shard,
+            creation_time=creation_time_of(self.id),
+            start_time=self.start_time,
+            end_time=self.end_time,
+        )
+
+    def matches(self, flt: ListFilter) -> bool:
+        """Whether the task passes a listing's filters."""
+        return (
+            (flt.internal or not self.internal)
+            and (not flt.keyspace or self.keyspace == flt.keyspace)
+            and (not flt.table or self.table == flt.table)
+        )

@@ -1,0 +1,247 @@
+"""A shard's store of task records: who is registered, held or handled, and what trees name.
+
+Plain bookkeeping with no waiting in it: the maps a shard looks tasks up in,
+its modules, the reference counts that keep a client from reusing an id a
+tree still names, unregistering (with the retention rules of ScyllaDB) and
+the expiry of finished roots. The shard (``shard.py``) drives it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from uuid import UUID
+
+from .clock import Clock
+from .errors import TaskNotFoundError, UnknownModuleError
+from .expiry import ExpiryQueues
+from .port import ChildRef, NewTask, ParentKind
+from .record import ModuleState, Task
+from .task import TaskImpl
+from .types import FoldedTask
+
+
+def _count(counts: dict[int, int], key: int, delta: int) -> None:
+    """Adds ``delta`` to a reference count, forgetting the key at 0."""
+    value = counts.get(key, 0) + delta
+    if value > 0:
+        counts[key] = value
+    else:
+        counts.pop(key, None)
+
+
+def _folded_keys(folded: FoldedTask) -> list[int]:
+    """The ids a folded record names: its own and its kept failed descendants' (iteratively)."""
+    keys: list[int] = []
+    stack = [folded]
+    while stack:
+        item = stack.pop()
+        keys.append(item.status.id.int)
+        stack.extend(item.failed_children)
+    return keys
+
+
+class TaskStore:
+    """The records of one shard, and what leaving the registry means for each."""
+
+    def __init__(self, clock: Clock, on_released: Callable[[list[ChildRef]], None]) -> None:
+        # Keyed by the id's int: it hashes in C, where a UUID hashes in Python.
+        self.tasks: dict[int, Task] = {}
+        # Finished tasks already unregistered but still reachable through a
+        # live parent (ScyllaDB keeps them alive by the parent's pointer).
+        self.held: dict[int, Task] = {}
+        # Tasks an in-process TaskHandle still refers to, registered or not,
+        # with how many handles do (kept here, not on the task, which most
+        # tasks never need).
+        self.handled: dict[int, Task] = {}
+        self._handles: dict[int, int] = {}
+        # Ids that trees here still name without a task of their own being
+        # registered or held: parents that tasks here point to, and finished
+        # children folded into parents here (with their kept failed
+        # descendants). Counts, as one id can be named more than once. A
+        # client-chosen id in here is refused: reusing it could make a task
+        # its own ancestor, or two tasks share one id in a tree.
+        self._parent_refs: dict[int, int] = {}
+        self._folded_refs: dict[int, int] = {}
+        self.modules: dict[str, ModuleState] = {}
+        # Children of virtual parents: virtual id -> child ids on this shard.
+        self.virtual_children: dict[int, dict[UUID, None]] = {}
+        self.expiry = ExpiryQueues(clock, self._expire_due)
+        # Told of the children of every task dropped, to release them (on any shard).
+        self._on_released = on_released
+
+    # ---- lookups -----------------------------------------------------------------------------
+
+    def module(self, name: str) -> ModuleState:
+        """The module's instance here.
+
+        Raises:
+            UnknownModuleError: it is not registered.
+        """
+        module = self.modules.get(name)
+        if module is None:
+            raise UnknownModuleError(name)
+        return module
+
+    def registered(self, task_id: UUID) -> Task:
+        """The registered task with this id.
+
+        Raises:
+            TaskNotFoundError: there is none.
+        """
+        task = self.tasks.get(task_id.int)
+        if task is None:
+            raise TaskNotFoundError(task_id)
+        return task
+
+    def reachable(self, task_id: UUID) -> Task | None:
+        """A registered task, or a finished one its live parent still holds."""
+        key = task_id.int
+        return self.tasks.get(key) or self.held.get(key)
+
+    def handled_task(self, task_id: UUID) -> Task | None:
+        """A reachable task, or one an in-process handle still refers to."""
+        key = task_id.int
+        return self.tasks.get(key) or self.held.get(key) or self.handled.get(key)
+
+    def id_in_use(self, task_id: UUID) -> bool:
+        """Whether a tree here still names this id (see ``ShardPort.id_in_use``)."""
+        key = task_id.int
+        return (
+            key in self.tasks
+            or key in self.held
+            or key in self.handled
+            or key in self._parent_refs
+            or key in self._folded_refs
+        )
+
+    # ---- adding ------------------------------------------------------------------------------
+
+    def add(self, spec: NewTask, impl: TaskImpl, *, handle: bool) -> Task:
+        """Builds and registers a task record."""
+        module = self.module(spec.module)
+        inherited = spec.inherited
+        sequence = module.new_sequence_number() if inherited is None else inherited.sequence_number
+        task = Task(
+            spec.task_id,
+            spec.module,
+            impl,
+            spec.parent,
+            sequence,
+            spec.keyspace,
+            spec.table,
+            spec.entity,
+            spec.progress_total,
+        )
+        key = spec.task_id.int
+        self.tasks[key] = task
+        module.tasks[key] = task
+        parent = spec.parent
+        if parent is not None:
+            _count(self._parent_refs, parent.id.int, 1)
+            if parent.kind is ParentKind.VIRTUAL:
+                self.virtual_children.setdefault(parent.id.int, {})[spec.task_id] = None
+        if inherited is not None and inherited.abort_pending:
+            # A child created under a parent with an abort pending is aborted at once.
+            task.abort_requested = True
+        if handle:
+            self.handled[key] = task
+            self._handles[key] = 1
+        return task
+
+    def folded(self, parent: Task, folded: FoldedTask) -> None:
+        """Records a child folded into ``parent``."""
+        if parent.folded_children is None:
+            parent.folded_children = []
+        parent.folded_children.append(folded)
+        for key in _folded_keys(folded):
+            _count(self._folded_refs, key, 1)
+
+    def release_handle(self, task_id: UUID) -> None:
+        """One handle of the task went away; at the last one, stop keeping it."""
+        key = task_id.int
+        count = self._handles.get(key, 0) - 1
+        if count > 0:
+            self._handles[key] = count
+        else:
+            self._handles.pop(key, None)
+            self.handled.pop(key, None)
+
+    # ---- leaving -----------------------------------------------------------------------------
+
+    def unregister(self, task: Task) -> None:
+        """Takes a task out of the registry: held by its live parent, or dropped."""
+        key = task.id.int
+        if self.tasks.pop(key, None) is None:
+            return
+        module = self.modules.get(task.module)
+        if module is not None:
+            module.tasks.pop(key, None)
+        parent = task.parent
+        if parent is not None and parent.kind is ParentKind.VIRTUAL:
+            siblings = self.virtual_children.get(parent.id.int)
+            if siblings is not None:
+                siblings.pop(task.id, None)
+                if not siblings:
+                    del self.virtual_children[parent.id.int]
+        held_by_parent = (
+            parent is not None
+            and parent.kind is ParentKind.NODE
+            and not task.folded_into_parent
+            and not task.orphaned
+        )
+        if held_by_parent:
+            self.held[key] = task
+        else:
+            released = self._drop(task)
+            if released:
+                self._on_released(released)
+
+    def _drop(self, task: Task) -> list[ChildRef]:
+        """Forgets what the task named; returns the children it pointed at, to release."""
+        if task.parent is not None:
+            _count(self._parent_refs, task.parent.id.int, -1)
+        for folded in task.folded_children or ():
+            for key in _folded_keys(folded):
+                _count(self._folded_refs, key, -1)
+        return list((task.live_children or {}).items())
+
+    def release(self, task_id: UUID) -> list[ChildRef]:
+        """Forgets a held task whose parent went away (or marks a live one orphaned).
+
+        Returns the dropped task's own children, to release next.
+        """
+        task = self.held.pop(task_id.int, None)
+        if task is not None:
+            return self._drop(task)
+        live = self.tasks.get(task_id.int)
+        if live is not None:
+            live.orphaned = True
+        return []
+
+    def expire_later(self, ttl: float, task: Task) -> None:
+        """Queues a finished task to leave the registry at its ``expire_at``."""
+        assert task.expire_at is not None
+        self.expiry.schedule(ttl, task.id.int, task.expire_at)
+
+    def _expires_at(self, key: int) -> float | None:
+        task = self.tasks.get(key)
+        return None if task is None else task.expire_at
+
+    def _expire_due(self) -> None:
+        for key in self.expiry.pop_due(self._expires_at):
+            task = self.tasks.get(key)
+            if task is not None:
+                self.unregister(task)
+
+    def remove_module(self, name: str) -> None:
+        """Unregisters the module's tasks (cutting TTLs short) and the module itself."""
+        for task in list(self.module(name).tasks.values()):
+            self.unregister(task)
+        del self.modules[name]
+
+    def drain(self, module: str) -> int:
+        """Unregisters the module's finished tasks; returns how many."""
+        finished = [t for t in self.module(module).tasks.values() if t.state.is_complete]
+        for task in finished:
+            self.unregister(task)
+        return len(finished)
