@@ -8,7 +8,7 @@ BUF := .tools/buf/node_modules/.bin/buf
 PROTOS := $(wildcard protos/tm/v1/*.proto)
 GEN_DIR := tm_client/pb
 
-.PHONY: run demo bench test proto proto-check lint typecheck buf-lint pytest venv clean examples-deps
+.PHONY: run demo bench test test-fast proto proto-check lint typecheck buf-lint pytest venv clean examples-deps
 
 venv: $(VENV)/.installed
 
@@ -84,6 +84,11 @@ typecheck: venv
 
 pytest: venv examples-deps
 	$(BIN)/pytest -q
+
+# The tests without the slow ones (benchmark smoke run, Node example, big
+# trees), for a quick loop while developing; CI runs `make test`, all of them.
+test-fast: venv examples-deps
+	$(BIN)/pytest -q -m "not slow"
 
 test: proto-check lint typecheck buf-lint pytest
 

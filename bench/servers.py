@@ -31,7 +31,12 @@ from tm_client.pb import task_reporting_pb2_grpc as rpb_grpc
 from tm_server.core import ListFilter
 from tm_server.core.producers import TaskSpec
 from tm_server.heap import HeapManager
-from tm_server.server import ServerConfig, TmServer, server_options
+from tm_server.server import (
+    DEFAULT_GC_FREEZE_INTERVAL,
+    ServerConfig,
+    TmServer,
+    server_options,
+)
 from tm_server.service.convert import page_to_pb, status_to_pb
 
 
@@ -258,7 +263,14 @@ async def serve(kind: str, port_file: Path, shards: int) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     if kind == "tm":
-        tm = TmServer(ServerConfig(address="127.0.0.1:0", shards=shards, node="bench"))
+        tm = TmServer(
+            ServerConfig(
+                address="127.0.0.1:0",
+                shards=shards,
+                node="bench",
+                gc_freeze_interval=DEFAULT_GC_FREEZE_INTERVAL,
+            )
+        )
         tm.server.add_generic_rpc_handlers((handler(TmBench(tm).methods()),))
         port = await tm.start()
         await asyncio.to_thread(port_file.write_text, str(port))
@@ -277,7 +289,7 @@ async def serve(kind: str, port_file: Path, shards: int) -> None:
     # The same garbage-collection management as tm's server: it is a setting
     # of the process, not work per call, and without it the baseline's full
     # collections would land in its timings and flatter tm.
-    heap = HeapManager(ServerConfig().gc_freeze_interval)
+    heap = HeapManager(DEFAULT_GC_FREEZE_INTERVAL)
     heap.start()
     await asyncio.to_thread(port_file.write_text, str(port))
     await stop.wait()

@@ -12,6 +12,14 @@ import time
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
+TM = str(BIN / "tm")
+
+
+def run_tm(target: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Runs the real ``tm`` CLI against ``target``."""
+    return subprocess.run(
+        [TM, "--target", target, *args], capture_output=True, text=True, timeout=timeout
+    )
 
 
 class ServerProcess:

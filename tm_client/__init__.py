@@ -14,6 +14,7 @@ from ._client import (
     TestServiceClient,
 )
 from ._errors import (
+    REASONS,
     AbortedError,
     AlreadyExistsError,
     CancelledError,
@@ -36,12 +37,14 @@ from ._errors import (
     UnknownModuleError,
     WaitTimeoutError,
     from_rpc_error,
+    reason_name,
 )
 from ._producer import Producer, ReportedTask, TaskAbortedError
 from ._types import TaskIdentity, TaskKind, TaskState, TaskStats, TaskStatus
 
 __all__ = [
     "DEFAULT_TARGET",
+    "REASONS",
     "AbortedError",
     "AlreadyExistsError",
     "AsyncTask",
@@ -78,4 +81,5 @@ __all__ = [
     "UnknownModuleError",
     "WaitTimeoutError",
     "from_rpc_error",
+    "reason_name",
 ]

@@ -8,6 +8,8 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from .pb import task_manager_pb2 as pb
+
 
 class TmError(Exception):
     """An error from a tm server (or from reaching it).
@@ -179,11 +181,20 @@ _BY_CODE: dict[grpc.StatusCode, type[TmError]] = {
     )
 }
 
+
+def reason_name(value: int) -> str:
+    """The ErrorInfo reason string of a ``tm.v1.ErrorReason`` value ("TASK_NOT_FOUND")."""
+    return pb.ErrorReason.Name(value).removeprefix("ERROR_REASON_")  # type: ignore[arg-type]
+
+
+#: Every reason a tm server sends, from the proto's ErrorReason enum.
+REASONS: frozenset[str] = frozenset(reason_name(v) for v in pb.ErrorReason.values() if v)
+
 _BY_REASON: dict[str, type[TmError]] = {
-    "TASK_NOT_FOUND": TaskNotFoundError,
-    "MODULE_NOT_FOUND": UnknownModuleError,
-    "TASK_NOT_ABORTABLE": TaskNotAbortableError,
-    "WAIT_TIMEOUT": WaitTimeoutError,
+    reason_name(pb.ERROR_REASON_TASK_NOT_FOUND): TaskNotFoundError,
+    reason_name(pb.ERROR_REASON_MODULE_NOT_FOUND): UnknownModuleError,
+    reason_name(pb.ERROR_REASON_TASK_NOT_ABORTABLE): TaskNotAbortableError,
+    reason_name(pb.ERROR_REASON_WAIT_TIMEOUT): WaitTimeoutError,
 }
 
 

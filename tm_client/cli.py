@@ -104,9 +104,11 @@ class ConnectionOptions:
             return cls(args.target)
         return cls(f"{args.host}:{args.port}")
 
-    def client(self) -> TaskManagerClient:
-        """Opens a client with these options."""
-        return TaskManagerClient(channel=grpc.insecure_channel(self.target), timeout=30.0)
+    def client(self, channel: grpc.Channel | None = None) -> TaskManagerClient:
+        """Opens a client with these options (on ``channel``, if one is given)."""
+        if channel is None:
+            channel = grpc.insecure_channel(self.target)
+        return TaskManagerClient(channel=channel, timeout=30.0)
 
 
 # ---- formatting ------------------------------------------------------------------------------
@@ -603,15 +605,19 @@ def _fail(message: str, code: int) -> NoReturn:
     sys.exit(code)
 
 
-def run(argv: Sequence[str] | None = None) -> int:
-    """Runs the CLI and returns its exit code (never raises for server errors)."""
+def run(argv: Sequence[str] | None = None, *, channel: grpc.Channel | None = None) -> int:
+    """Runs the CLI and returns its exit code (never raises for server errors).
+
+    ``channel`` replaces the connection the options name (tests pass an
+    in-process channel double).
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     out = Output(args.format)
     options = ConnectionOptions.from_args(args)
     is_wait = args.func is cmd_wait
     try:
-        with options.client() as client:
+        with options.client(channel) as client:
             return int(args.func(client, args, out))
     except CliError as exc:
         _fail(str(exc), exc.code)

@@ -17,7 +17,7 @@ from tm_client.argtypes import (
 from tm_server.core import MAX_TTL_SECONDS
 from tm_server.core.manager import DEFAULT_MAX_MODULES, DEFAULT_MAX_STATUS_CHILDREN
 
-from .server import ServerConfig, serve
+from .server import DEFAULT_GC_FREEZE_INTERVAL, ServerConfig, serve
 
 
 def log_level(text: str) -> str:
@@ -112,7 +112,7 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
     parser.add_argument(
         "--gc-freeze-interval-seconds",
         type=non_negative_seconds,
-        default=0.1,
+        default=DEFAULT_GC_FREEZE_INTERVAL,
         help="how often long-lived objects are frozen out of garbage collection, which "
         "keeps pauses short with millions of tasks (0 disables; default 0.1)",
     )

@@ -106,6 +106,10 @@ class HealthServicer(health_aio.HealthServicer):  # type: ignore[misc]
         )
 
 
+#: How often tm-server freezes long-lived objects out of garbage collection.
+DEFAULT_GC_FREEZE_INTERVAL = 0.1
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     """Everything the server flags set."""
@@ -121,7 +125,10 @@ class ServerConfig:
     keepalive_timeout_seconds: float = 10.0
     max_modules: int = DEFAULT_MAX_MODULES
     max_status_children: int = DEFAULT_MAX_STATUS_CHILDREN
-    gc_freeze_interval: float = 0.1
+    # Off by default: freezing the collector is a process-wide setting, and
+    # an application embedding a server may not want it; tm-server turns it
+    # on (DEFAULT_GC_FREEZE_INTERVAL).
+    gc_freeze_interval: float = 0.0
     grace_seconds: float = 5.0
 
 

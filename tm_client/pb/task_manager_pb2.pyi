@@ -28,6 +28,90 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _ErrorReason:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReason.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ERROR_REASON_UNSPECIFIED: _ErrorReason.ValueType  # 0
+    """Never sent."""
+    ERROR_REASON_TASK_NOT_FOUND: _ErrorReason.ValueType  # 1
+    """NOT_FOUND: no task with that id (also a parent id on create)."""
+    ERROR_REASON_MODULE_NOT_FOUND: _ErrorReason.ValueType  # 2
+    """NOT_FOUND: no module with that name."""
+    ERROR_REASON_SESSION_NOT_FOUND: _ErrorReason.ValueType  # 3
+    """NOT_FOUND: a producer session that expired or never existed."""
+    ERROR_REASON_INVALID_ARGUMENT: _ErrorReason.ValueType  # 4
+    """INVALID_ARGUMENT: a field has a bad value; the metadata's "field" and a
+    google.rpc.BadRequest name it.
+    """
+    ERROR_REASON_VALUE_OUT_OF_RANGE: _ErrorReason.ValueType  # 5
+    """INVALID_ARGUMENT: a value past a documented maximum (a TTL, a progress value)."""
+    ERROR_REASON_INVALID_PAGE_TOKEN: _ErrorReason.ValueType  # 6
+    """INVALID_ARGUMENT: a page token this server did not issue, or one of
+    another listing.
+    """
+    ERROR_REASON_MALFORMED_REQUEST: _ErrorReason.ValueType  # 7
+    """INVALID_ARGUMENT: the request body does not decode as the method's message."""
+    ERROR_REASON_TASK_NOT_ABORTABLE: _ErrorReason.ValueType  # 8
+    """FAILED_PRECONDITION: AbortTask on a task that is not abortable."""
+    ERROR_REASON_INVALID_STATE: _ErrorReason.ValueType  # 9
+    """FAILED_PRECONDITION: a transition the task's state does not allow."""
+    ERROR_REASON_TASK_ALREADY_EXISTS: _ErrorReason.ValueType  # 10
+    """ALREADY_EXISTS: a task with that id exists, or a registered tree names it."""
+    ERROR_REASON_MODULE_LIMIT_REACHED: _ErrorReason.ValueType  # 11
+    """RESOURCE_EXHAUSTED: registering a module past the server's --max-modules."""
+    ERROR_REASON_WAIT_TIMEOUT: _ErrorReason.ValueType  # 12
+    """DEADLINE_EXCEEDED: a wait's timeout passed (the task goes on)."""
+    ERROR_REASON_SHUTTING_DOWN: _ErrorReason.ValueType  # 13
+    """UNAVAILABLE: the server is shutting down."""
+    ERROR_REASON_INTERNAL: _ErrorReason.ValueType  # 14
+    """INTERNAL: an unexpected error; the metadata's "incident" is in the server log."""
+
+class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
+    """ErrorReason lists every reason a tm server puts in the google.rpc.ErrorInfo
+    (domain "tm") of an error. The reason string is the value's name without
+    its ERROR_REASON_ prefix, e.g. "TASK_NOT_FOUND", so clients in any language
+    can switch on it.
+    """
+
+ERROR_REASON_UNSPECIFIED: ErrorReason.ValueType  # 0
+"""Never sent."""
+ERROR_REASON_TASK_NOT_FOUND: ErrorReason.ValueType  # 1
+"""NOT_FOUND: no task with that id (also a parent id on create)."""
+ERROR_REASON_MODULE_NOT_FOUND: ErrorReason.ValueType  # 2
+"""NOT_FOUND: no module with that name."""
+ERROR_REASON_SESSION_NOT_FOUND: ErrorReason.ValueType  # 3
+"""NOT_FOUND: a producer session that expired or never existed."""
+ERROR_REASON_INVALID_ARGUMENT: ErrorReason.ValueType  # 4
+"""INVALID_ARGUMENT: a field has a bad value; the metadata's "field" and a
+google.rpc.BadRequest name it.
+"""
+ERROR_REASON_VALUE_OUT_OF_RANGE: ErrorReason.ValueType  # 5
+"""INVALID_ARGUMENT: a value past a documented maximum (a TTL, a progress value)."""
+ERROR_REASON_INVALID_PAGE_TOKEN: ErrorReason.ValueType  # 6
+"""INVALID_ARGUMENT: a page token this server did not issue, or one of
+another listing.
+"""
+ERROR_REASON_MALFORMED_REQUEST: ErrorReason.ValueType  # 7
+"""INVALID_ARGUMENT: the request body does not decode as the method's message."""
+ERROR_REASON_TASK_NOT_ABORTABLE: ErrorReason.ValueType  # 8
+"""FAILED_PRECONDITION: AbortTask on a task that is not abortable."""
+ERROR_REASON_INVALID_STATE: ErrorReason.ValueType  # 9
+"""FAILED_PRECONDITION: a transition the task's state does not allow."""
+ERROR_REASON_TASK_ALREADY_EXISTS: ErrorReason.ValueType  # 10
+"""ALREADY_EXISTS: a task with that id exists, or a registered tree names it."""
+ERROR_REASON_MODULE_LIMIT_REACHED: ErrorReason.ValueType  # 11
+"""RESOURCE_EXHAUSTED: registering a module past the server's --max-modules."""
+ERROR_REASON_WAIT_TIMEOUT: ErrorReason.ValueType  # 12
+"""DEADLINE_EXCEEDED: a wait's timeout passed (the task goes on)."""
+ERROR_REASON_SHUTTING_DOWN: ErrorReason.ValueType  # 13
+"""UNAVAILABLE: the server is shutting down."""
+ERROR_REASON_INTERNAL: ErrorReason.ValueType  # 14
+"""INTERNAL: an unexpected error; the metadata's "incident" is in the server log."""
+Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
+
 class _TaskState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -544,8 +628,9 @@ class WaitTaskRequest(_message.Message):
     """The task id (a UUID string)."""
     @_builtins.property
     def timeout(self) -> _duration_pb2.Duration:
-        """How long to wait; unset or zero waits until the task finishes (or the
-        call's deadline passes).
+        """How long to wait. Unset waits until the task finishes (or the call's
+        deadline passes); zero sends the current status, then ends with
+        DEADLINE_EXCEEDED unless the task has finished.
         """
 
     def __init__(

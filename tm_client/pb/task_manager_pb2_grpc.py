@@ -28,6 +28,11 @@ if _version_not_supported:
 class TaskManagerServiceStub:
     """TaskManagerService lets people and programs see, wait for and abort the
     long-running operations tracked by a tm server.
+
+    Every call may also end with INVALID_ARGUMENT (MALFORMED_REQUEST) for a
+    body that does not decode, UNAVAILABLE (SHUTTING_DOWN) while the server
+    stops, and INTERNAL (INTERNAL) for an unexpected error; the codes each RPC
+    lists are those it returns beyond these.
     """
 
     def __init__(self, channel):
@@ -101,10 +106,16 @@ class TaskManagerServiceStub:
 class TaskManagerServiceServicer:
     """TaskManagerService lets people and programs see, wait for and abort the
     long-running operations tracked by a tm server.
+
+    Every call may also end with INVALID_ARGUMENT (MALFORMED_REQUEST) for a
+    body that does not decode, UNAVAILABLE (SHUTTING_DOWN) while the server
+    stops, and INTERNAL (INTERNAL) for an unexpected error; the codes each RPC
+    lists are those it returns beyond these.
     """
 
     def ListModules(self, request, context):
         """Lists the names of the registered modules (GET /task_manager/list_modules).
+        Codes: OK.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -112,6 +123,8 @@ class TaskManagerServiceServicer:
 
     def ListModuleTasks(self, request, context):
         """Lists one page of a module's tasks (GET /task_manager/list_module_tasks).
+        Codes: OK; NOT_FOUND (MODULE_NOT_FOUND); INVALID_ARGUMENT
+        (INVALID_ARGUMENT for a bad module name or page size, INVALID_PAGE_TOKEN).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -120,6 +133,7 @@ class TaskManagerServiceServicer:
     def GetTaskStatus(self, request, context):
         """Returns a task's full status; it has no side effects
         (GET /task_manager/task_status).
+        Codes: OK; NOT_FOUND (TASK_NOT_FOUND); INVALID_ARGUMENT (a malformed id).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -129,6 +143,8 @@ class TaskManagerServiceServicer:
         """Requests the abort of a task and of all its descendants, on every shard.
         It returns once the request has reached them, not once they stopped
         (POST /task_manager/abort_task).
+        Codes: OK; NOT_FOUND (TASK_NOT_FOUND); FAILED_PRECONDITION
+        (TASK_NOT_ABORTABLE); INVALID_ARGUMENT (a malformed id).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -137,9 +153,13 @@ class TaskManagerServiceServicer:
     def WaitTask(self, request, context):
         """Streams a task's status: the current status at once, then one message
         whenever it changes (state, progress, children); the stream ends after
-        the message whose state is DONE, FAILED or SUSPENDED. With a timeout that
-        passes first, the stream ends with DEADLINE_EXCEEDED
+        the message whose state is DONE, FAILED or SUSPENDED. A stream that ends
+        with OK always ends on such a message, however slowly it is read
+        (updates in between may be coalesced, the final one never is). With a
+        timeout that passes first, the stream ends with DEADLINE_EXCEEDED
         (GET /task_manager/wait_task).
+        Codes: OK; DEADLINE_EXCEEDED (WAIT_TIMEOUT); NOT_FOUND (TASK_NOT_FOUND);
+        INVALID_ARGUMENT (a malformed id or a negative timeout).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -150,6 +170,7 @@ class TaskManagerServiceServicer:
         in breadth-first order: within a parent, live children before finished
         (folded) ones, folded ones in the order they finished
         (GET /task_manager/task_status_recursive).
+        Codes: OK; NOT_FOUND (TASK_NOT_FOUND); INVALID_ARGUMENT (a malformed id).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -158,6 +179,7 @@ class TaskManagerServiceServicer:
     def GetTtl(self, request, context):
         """Returns task_ttl: how long finished non-user root tasks are kept
         (GET /task_manager/ttl).
+        Codes: OK.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -166,6 +188,8 @@ class TaskManagerServiceServicer:
     def SetTtl(self, request, context):
         """Sets task_ttl in memory and returns the previous value
         (POST /task_manager/ttl).
+        Codes: OK; INVALID_ARGUMENT (INVALID_ARGUMENT when negative,
+        VALUE_OUT_OF_RANGE above 10^10 seconds).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -174,6 +198,7 @@ class TaskManagerServiceServicer:
     def GetUserTtl(self, request, context):
         """Returns user_task_ttl: how long finished user tasks are kept
         (GET /task_manager/user_ttl).
+        Codes: OK.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -182,6 +207,7 @@ class TaskManagerServiceServicer:
     def SetUserTtl(self, request, context):
         """Sets user_task_ttl in memory and returns the previous value
         (POST /task_manager/user_ttl).
+        Codes: OK; INVALID_ARGUMENT (as SetTtl).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -190,6 +216,7 @@ class TaskManagerServiceServicer:
     def DrainModuleTasks(self, request, context):
         """Unregisters the module's finished (done or failed) regular tasks on every
         shard (POST /task_manager/drain).
+        Codes: OK; NOT_FOUND (MODULE_NOT_FOUND); INVALID_ARGUMENT (a bad name).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -198,6 +225,8 @@ class TaskManagerServiceServicer:
     def ListTaskChildren(self, request, context):
         """Lists one page of a task's children, by id (beyond ScyllaDB: a status
         lists at most the server's --max-status-children of them, this lists all).
+        Codes: OK; NOT_FOUND (TASK_NOT_FOUND); INVALID_ARGUMENT (a malformed id,
+        a bad page size, INVALID_PAGE_TOKEN).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -277,6 +306,11 @@ def add_TaskManagerServiceServicer_to_server(servicer, server):
 class TaskManagerService:
     """TaskManagerService lets people and programs see, wait for and abort the
     long-running operations tracked by a tm server.
+
+    Every call may also end with INVALID_ARGUMENT (MALFORMED_REQUEST) for a
+    body that does not decode, UNAVAILABLE (SHUTTING_DOWN) while the server
+    stops, and INTERNAL (INTERNAL) for an unexpected error; the codes each RPC
+    lists are those it returns beyond these.
     """
 
     @staticmethod

@@ -36,6 +36,11 @@ GRPC_VERSION: str
 class TaskManagerServiceStub:
     """TaskManagerService lets people and programs see, wait for and abort the
     long-running operations tracked by a tm server.
+
+    Every call may also end with INVALID_ARGUMENT (MALFORMED_REQUEST) for a
+    body that does not decode, UNAVAILABLE (SHUTTING_DOWN) while the server
+    stops, and INTERNAL (INTERNAL) for an unexpected error; the codes each RPC
+    lists are those it returns beyond these.
     """
 
     @_typing.overload
@@ -43,117 +48,169 @@ class TaskManagerServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> TaskManagerServiceAsyncStub: ...
     ListModules: _grpc.UnaryUnaryMultiCallable[_task_manager_pb2.ListModulesRequest, _task_manager_pb2.ListModulesResponse]
-    """Lists the names of the registered modules (GET /task_manager/list_modules)."""
+    """Lists the names of the registered modules (GET /task_manager/list_modules).
+    Codes: OK.
+    """
     ListModuleTasks: _grpc.UnaryUnaryMultiCallable[_task_manager_pb2.ListModuleTasksRequest, _task_manager_pb2.ListModuleTasksResponse]
-    """Lists one page of a module's tasks (GET /task_manager/list_module_tasks)."""
+    """Lists one page of a module's tasks (GET /task_manager/list_module_tasks).
+    Codes: OK; NOT_FOUND (MODULE_NOT_FOUND); INVALID_ARGUMENT
+    (INVALID_ARGUMENT for a bad module name or page size, INVALID_PAGE_TOKEN).
+    """
     GetTaskStatus: _grpc.UnaryUnaryMultiCallable[_task_manager_pb2.GetTaskStatusRequest, _task_manager_pb2.GetTaskStatusResponse]
     """Returns a task's full status; it has no side effects
     (GET /task_manager/task_status).
+    Codes: OK; NOT_FOUND (TASK_NOT_FOUND); INVALID_ARGUMENT (a malformed id).
     """
     AbortTask: _grpc.UnaryUnaryMultiCallable[_task_manager_pb2.AbortTaskRequest, _task_manager_pb2.AbortTaskResponse]
     """Requests the abort of a task and of all its descendants, on every shard.
     It returns once the request has reached them, not once they stopped
     (POST /task_manager/abort_task).
+    Codes: OK; NOT_FOUND (TASK_NOT_FOUND); FAILED_PRECONDITION
+    (TASK_NOT_ABORTABLE); INVALID_ARGUMENT (a malformed id).
     """
     WaitTask: _grpc.UnaryStreamMultiCallable[_task_manager_pb2.WaitTaskRequest, _task_manager_pb2.WaitTaskResponse]
     """Streams a task's status: the current status at once, then one message
     whenever it changes (state, progress, children); the stream ends after
-    the message whose state is DONE, FAILED or SUSPENDED. With a timeout that
-    passes first, the stream ends with DEADLINE_EXCEEDED
+    the message whose state is DONE, FAILED or SUSPENDED. A stream that ends
+    with OK always ends on such a message, however slowly it is read
+    (updates in between may be coalesced, the final one never is). With a
+    timeout that passes first, the stream ends with DEADLINE_EXCEEDED
     (GET /task_manager/wait_task).
+    Codes: OK; DEADLINE_EXCEEDED (WAIT_TIMEOUT); NOT_FOUND (TASK_NOT_FOUND);
+    INVALID_ARGUMENT (a malformed id or a negative timeout).
     """
     GetTaskStatusRecursive: _grpc.UnaryStreamMultiCallable[_task_manager_pb2.GetTaskStatusRecursiveRequest, _task_manager_pb2.GetTaskStatusRecursiveResponse]
     """Streams the status of a task and all its descendants, one per message,
     in breadth-first order: within a parent, live children before finished
     (folded) ones, folded ones in the order they finished
     (GET /task_manager/task_status_recursive).
+    Codes: OK; NOT_FOUND (TASK_NOT_FOUND); INVALID_ARGUMENT (a malformed id).
     """
     GetTtl: _grpc.UnaryUnaryMultiCallable[_task_manager_pb2.GetTtlRequest, _task_manager_pb2.GetTtlResponse]
     """Returns task_ttl: how long finished non-user root tasks are kept
     (GET /task_manager/ttl).
+    Codes: OK.
     """
     SetTtl: _grpc.UnaryUnaryMultiCallable[_task_manager_pb2.SetTtlRequest, _task_manager_pb2.SetTtlResponse]
     """Sets task_ttl in memory and returns the previous value
     (POST /task_manager/ttl).
+    Codes: OK; INVALID_ARGUMENT (INVALID_ARGUMENT when negative,
+    VALUE_OUT_OF_RANGE above 10^10 seconds).
     """
     GetUserTtl: _grpc.UnaryUnaryMultiCallable[_task_manager_pb2.GetUserTtlRequest, _task_manager_pb2.GetUserTtlResponse]
     """Returns user_task_ttl: how long finished user tasks are kept
     (GET /task_manager/user_ttl).
+    Codes: OK.
     """
     SetUserTtl: _grpc.UnaryUnaryMultiCallable[_task_manager_pb2.SetUserTtlRequest, _task_manager_pb2.SetUserTtlResponse]
     """Sets user_task_ttl in memory and returns the previous value
     (POST /task_manager/user_ttl).
+    Codes: OK; INVALID_ARGUMENT (as SetTtl).
     """
     DrainModuleTasks: _grpc.UnaryUnaryMultiCallable[_task_manager_pb2.DrainModuleTasksRequest, _task_manager_pb2.DrainModuleTasksResponse]
     """Unregisters the module's finished (done or failed) regular tasks on every
     shard (POST /task_manager/drain).
+    Codes: OK; NOT_FOUND (MODULE_NOT_FOUND); INVALID_ARGUMENT (a bad name).
     """
     ListTaskChildren: _grpc.UnaryUnaryMultiCallable[_task_manager_pb2.ListTaskChildrenRequest, _task_manager_pb2.ListTaskChildrenResponse]
     """Lists one page of a task's children, by id (beyond ScyllaDB: a status
     lists at most the server's --max-status-children of them, this lists all).
+    Codes: OK; NOT_FOUND (TASK_NOT_FOUND); INVALID_ARGUMENT (a malformed id,
+    a bad page size, INVALID_PAGE_TOKEN).
     """
 
 @_typing.type_check_only
 class TaskManagerServiceAsyncStub(TaskManagerServiceStub):
     """TaskManagerService lets people and programs see, wait for and abort the
     long-running operations tracked by a tm server.
+
+    Every call may also end with INVALID_ARGUMENT (MALFORMED_REQUEST) for a
+    body that does not decode, UNAVAILABLE (SHUTTING_DOWN) while the server
+    stops, and INTERNAL (INTERNAL) for an unexpected error; the codes each RPC
+    lists are those it returns beyond these.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     ListModules: _aio.UnaryUnaryMultiCallable[_task_manager_pb2.ListModulesRequest, _task_manager_pb2.ListModulesResponse]  # type: ignore[assignment]
-    """Lists the names of the registered modules (GET /task_manager/list_modules)."""
+    """Lists the names of the registered modules (GET /task_manager/list_modules).
+    Codes: OK.
+    """
     ListModuleTasks: _aio.UnaryUnaryMultiCallable[_task_manager_pb2.ListModuleTasksRequest, _task_manager_pb2.ListModuleTasksResponse]  # type: ignore[assignment]
-    """Lists one page of a module's tasks (GET /task_manager/list_module_tasks)."""
+    """Lists one page of a module's tasks (GET /task_manager/list_module_tasks).
+    Codes: OK; NOT_FOUND (MODULE_NOT_FOUND); INVALID_ARGUMENT
+    (INVALID_ARGUMENT for a bad module name or page size, INVALID_PAGE_TOKEN).
+    """
     GetTaskStatus: _aio.UnaryUnaryMultiCallable[_task_manager_pb2.GetTaskStatusRequest, _task_manager_pb2.GetTaskStatusResponse]  # type: ignore[assignment]
     """Returns a task's full status; it has no side effects
     (GET /task_manager/task_status).
+    Codes: OK; NOT_FOUND (TASK_NOT_FOUND); INVALID_ARGUMENT (a malformed id).
     """
     AbortTask: _aio.UnaryUnaryMultiCallable[_task_manager_pb2.AbortTaskRequest, _task_manager_pb2.AbortTaskResponse]  # type: ignore[assignment]
     """Requests the abort of a task and of all its descendants, on every shard.
     It returns once the request has reached them, not once they stopped
     (POST /task_manager/abort_task).
+    Codes: OK; NOT_FOUND (TASK_NOT_FOUND); FAILED_PRECONDITION
+    (TASK_NOT_ABORTABLE); INVALID_ARGUMENT (a malformed id).
     """
     WaitTask: _aio.UnaryStreamMultiCallable[_task_manager_pb2.WaitTaskRequest, _task_manager_pb2.WaitTaskResponse]  # type: ignore[assignment]
     """Streams a task's status: the current status at once, then one message
     whenever it changes (state, progress, children); the stream ends after
-    the message whose state is DONE, FAILED or SUSPENDED. With a timeout that
-    passes first, the stream ends with DEADLINE_EXCEEDED
+    the message whose state is DONE, FAILED or SUSPENDED. A stream that ends
+    with OK always ends on such a message, however slowly it is read
+    (updates in between may be coalesced, the final one never is). With a
+    timeout that passes first, the stream ends with DEADLINE_EXCEEDED
     (GET /task_manager/wait_task).
+    Codes: OK; DEADLINE_EXCEEDED (WAIT_TIMEOUT); NOT_FOUND (TASK_NOT_FOUND);
+    INVALID_ARGUMENT (a malformed id or a negative timeout).
     """
     GetTaskStatusRecursive: _aio.UnaryStreamMultiCallable[_task_manager_pb2.GetTaskStatusRecursiveRequest, _task_manager_pb2.GetTaskStatusRecursiveResponse]  # type: ignore[assignment]
     """Streams the status of a task and all its descendants, one per message,
     in breadth-first order: within a parent, live children before finished
     (folded) ones, folded ones in the order they finished
     (GET /task_manager/task_status_recursive).
+    Codes: OK; NOT_FOUND (TASK_NOT_FOUND); INVALID_ARGUMENT (a malformed id).
     """
     GetTtl: _aio.UnaryUnaryMultiCallable[_task_manager_pb2.GetTtlRequest, _task_manager_pb2.GetTtlResponse]  # type: ignore[assignment]
     """Returns task_ttl: how long finished non-user root tasks are kept
     (GET /task_manager/ttl).
+    Codes: OK.
     """
     SetTtl: _aio.UnaryUnaryMultiCallable[_task_manager_pb2.SetTtlRequest, _task_manager_pb2.SetTtlResponse]  # type: ignore[assignment]
     """Sets task_ttl in memory and returns the previous value
     (POST /task_manager/ttl).
+    Codes: OK; INVALID_ARGUMENT (INVALID_ARGUMENT when negative,
+    VALUE_OUT_OF_RANGE above 10^10 seconds).
     """
     GetUserTtl: _aio.UnaryUnaryMultiCallable[_task_manager_pb2.GetUserTtlRequest, _task_manager_pb2.GetUserTtlResponse]  # type: ignore[assignment]
     """Returns user_task_ttl: how long finished user tasks are kept
     (GET /task_manager/user_ttl).
+    Codes: OK.
     """
     SetUserTtl: _aio.UnaryUnaryMultiCallable[_task_manager_pb2.SetUserTtlRequest, _task_manager_pb2.SetUserTtlResponse]  # type: ignore[assignment]
     """Sets user_task_ttl in memory and returns the previous value
     (POST /task_manager/user_ttl).
+    Codes: OK; INVALID_ARGUMENT (as SetTtl).
     """
     DrainModuleTasks: _aio.UnaryUnaryMultiCallable[_task_manager_pb2.DrainModuleTasksRequest, _task_manager_pb2.DrainModuleTasksResponse]  # type: ignore[assignment]
     """Unregisters the module's finished (done or failed) regular tasks on every
     shard (POST /task_manager/drain).
+    Codes: OK; NOT_FOUND (MODULE_NOT_FOUND); INVALID_ARGUMENT (a bad name).
     """
     ListTaskChildren: _aio.UnaryUnaryMultiCallable[_task_manager_pb2.ListTaskChildrenRequest, _task_manager_pb2.ListTaskChildrenResponse]  # type: ignore[assignment]
     """Lists one page of a task's children, by id (beyond ScyllaDB: a status
     lists at most the server's --max-status-children of them, this lists all).
+    Codes: OK; NOT_FOUND (TASK_NOT_FOUND); INVALID_ARGUMENT (a malformed id,
+    a bad page size, INVALID_PAGE_TOKEN).
     """
 
 class TaskManagerServiceServicer(metaclass=_abc_1.ABCMeta):
     """TaskManagerService lets people and programs see, wait for and abort the
     long-running operations tracked by a tm server.
+
+    Every call may also end with INVALID_ARGUMENT (MALFORMED_REQUEST) for a
+    body that does not decode, UNAVAILABLE (SHUTTING_DOWN) while the server
+    stops, and INTERNAL (INTERNAL) for an unexpected error; the codes each RPC
+    lists are those it returns beyond these.
     """
 
     @_abc_1.abstractmethod
@@ -162,7 +219,9 @@ class TaskManagerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _task_manager_pb2.ListModulesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_task_manager_pb2.ListModulesResponse, _abc.Awaitable[_task_manager_pb2.ListModulesResponse]]:
-        """Lists the names of the registered modules (GET /task_manager/list_modules)."""
+        """Lists the names of the registered modules (GET /task_manager/list_modules).
+        Codes: OK.
+        """
 
     @_abc_1.abstractmethod
     def ListModuleTasks(
@@ -170,7 +229,10 @@ class TaskManagerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _task_manager_pb2.ListModuleTasksRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_task_manager_pb2.ListModuleTasksResponse, _abc.Awaitable[_task_manager_pb2.ListModuleTasksResponse]]:
-        """Lists one page of a module's tasks (GET /task_manager/list_module_tasks)."""
+        """Lists one page of a module's tasks (GET /task_manager/list_module_tasks).
+        Codes: OK; NOT_FOUND (MODULE_NOT_FOUND); INVALID_ARGUMENT
+        (INVALID_ARGUMENT for a bad module name or page size, INVALID_PAGE_TOKEN).
+        """
 
     @_abc_1.abstractmethod
     def GetTaskStatus(
@@ -180,6 +242,7 @@ class TaskManagerServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_task_manager_pb2.GetTaskStatusResponse, _abc.Awaitable[_task_manager_pb2.GetTaskStatusResponse]]:
         """Returns a task's full status; it has no side effects
         (GET /task_manager/task_status).
+        Codes: OK; NOT_FOUND (TASK_NOT_FOUND); INVALID_ARGUMENT (a malformed id).
         """
 
     @_abc_1.abstractmethod
@@ -191,6 +254,8 @@ class TaskManagerServiceServicer(metaclass=_abc_1.ABCMeta):
         """Requests the abort of a task and of all its descendants, on every shard.
         It returns once the request has reached them, not once they stopped
         (POST /task_manager/abort_task).
+        Codes: OK; NOT_FOUND (TASK_NOT_FOUND); FAILED_PRECONDITION
+        (TASK_NOT_ABORTABLE); INVALID_ARGUMENT (a malformed id).
         """
 
     @_abc_1.abstractmethod
@@ -201,9 +266,13 @@ class TaskManagerServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_task_manager_pb2.WaitTaskResponse], _abc.AsyncIterator[_task_manager_pb2.WaitTaskResponse]]:
         """Streams a task's status: the current status at once, then one message
         whenever it changes (state, progress, children); the stream ends after
-        the message whose state is DONE, FAILED or SUSPENDED. With a timeout that
-        passes first, the stream ends with DEADLINE_EXCEEDED
+        the message whose state is DONE, FAILED or SUSPENDED. A stream that ends
+        with OK always ends on such a message, however slowly it is read
+        (updates in between may be coalesced, the final one never is). With a
+        timeout that passes first, the stream ends with DEADLINE_EXCEEDED
         (GET /task_manager/wait_task).
+        Codes: OK; DEADLINE_EXCEEDED (WAIT_TIMEOUT); NOT_FOUND (TASK_NOT_FOUND);
+        INVALID_ARGUMENT (a malformed id or a negative timeout).
         """
 
     @_abc_1.abstractmethod
@@ -216,6 +285,7 @@ class TaskManagerServiceServicer(metaclass=_abc_1.ABCMeta):
         in breadth-first order: within a parent, live children before finished
         (folded) ones, folded ones in the order they finished
         (GET /task_manager/task_status_recursive).
+        Codes: OK; NOT_FOUND (TASK_NOT_FOUND); INVALID_ARGUMENT (a malformed id).
         """
 
     @_abc_1.abstractmethod
@@ -226,6 +296,7 @@ class TaskManagerServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_task_manager_pb2.GetTtlResponse, _abc.Awaitable[_task_manager_pb2.GetTtlResponse]]:
         """Returns task_ttl: how long finished non-user root tasks are kept
         (GET /task_manager/ttl).
+        Codes: OK.
         """
 
     @_abc_1.abstractmethod
@@ -236,6 +307,8 @@ class TaskManagerServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_task_manager_pb2.SetTtlResponse, _abc.Awaitable[_task_manager_pb2.SetTtlResponse]]:
         """Sets task_ttl in memory and returns the previous value
         (POST /task_manager/ttl).
+        Codes: OK; INVALID_ARGUMENT (INVALID_ARGUMENT when negative,
+        VALUE_OUT_OF_RANGE above 10^10 seconds).
         """
 
     @_abc_1.abstractmethod
@@ -246,6 +319,7 @@ class TaskManagerServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_task_manager_pb2.GetUserTtlResponse, _abc.Awaitable[_task_manager_pb2.GetUserTtlResponse]]:
         """Returns user_task_ttl: how long finished user tasks are kept
         (GET /task_manager/user_ttl).
+        Codes: OK.
         """
 
     @_abc_1.abstractmethod
@@ -256,6 +330,7 @@ class TaskManagerServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_task_manager_pb2.SetUserTtlResponse, _abc.Awaitable[_task_manager_pb2.SetUserTtlResponse]]:
         """Sets user_task_ttl in memory and returns the previous value
         (POST /task_manager/user_ttl).
+        Codes: OK; INVALID_ARGUMENT (as SetTtl).
         """
 
     @_abc_1.abstractmethod
@@ -266,6 +341,7 @@ class TaskManagerServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_task_manager_pb2.DrainModuleTasksResponse, _abc.Awaitable[_task_manager_pb2.DrainModuleTasksResponse]]:
         """Unregisters the module's finished (done or failed) regular tasks on every
         shard (POST /task_manager/drain).
+        Codes: OK; NOT_FOUND (MODULE_NOT_FOUND); INVALID_ARGUMENT (a bad name).
         """
 
     @_abc_1.abstractmethod
@@ -276,6 +352,8 @@ class TaskManagerServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_task_manager_pb2.ListTaskChildrenResponse, _abc.Awaitable[_task_manager_pb2.ListTaskChildrenResponse]]:
         """Lists one page of a task's children, by id (beyond ScyllaDB: a status
         lists at most the server's --max-status-children of them, this lists all).
+        Codes: OK; NOT_FOUND (TASK_NOT_FOUND); INVALID_ARGUMENT (a malformed id,
+        a bad page size, INVALID_PAGE_TOKEN).
         """
 
 def add_TaskManagerServiceServicer_to_server(servicer: TaskManagerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

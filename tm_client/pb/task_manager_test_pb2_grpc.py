@@ -29,6 +29,10 @@ class TaskManagerTestServiceStub:
     """TaskManagerTestService registers the "test" module and creates, finishes
     and deletes test tasks, so the whole task semantics can be exercised by
     any client.
+
+    Every call may also end with INVALID_ARGUMENT (MALFORMED_REQUEST),
+    UNAVAILABLE (SHUTTING_DOWN) and INTERNAL (INTERNAL), as on
+    TaskManagerService.
     """
 
     def __init__(self, channel):
@@ -68,10 +72,15 @@ class TaskManagerTestServiceServicer:
     """TaskManagerTestService registers the "test" module and creates, finishes
     and deletes test tasks, so the whole task semantics can be exercised by
     any client.
+
+    Every call may also end with INVALID_ARGUMENT (MALFORMED_REQUEST),
+    UNAVAILABLE (SHUTTING_DOWN) and INTERNAL (INTERNAL), as on
+    TaskManagerService.
     """
 
     def RegisterTestModule(self, request, context):
         """Registers the "test" module on every shard (POST /task_manager_test/test_module).
+        Codes: OK; RESOURCE_EXHAUSTED (MODULE_LIMIT_REACHED).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -80,6 +89,7 @@ class TaskManagerTestServiceServicer:
     def UnregisterTestModule(self, request, context):
         """Stops the "test" module: aborts its tasks, unregisters them and the
         module (DELETE /task_manager_test/test_module).
+        Codes: OK; NOT_FOUND (MODULE_NOT_FOUND).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -87,6 +97,9 @@ class TaskManagerTestServiceServicer:
 
     def CreateTestTask(self, request, context):
         """Creates and starts a test task (POST /task_manager_test/test_task).
+        Codes: OK; NOT_FOUND (MODULE_NOT_FOUND, TASK_NOT_FOUND for the parent);
+        ALREADY_EXISTS (TASK_ALREADY_EXISTS); INVALID_ARGUMENT; FAILED_PRECONDITION
+        (INVALID_STATE: the parent has finished).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -95,6 +108,8 @@ class TaskManagerTestServiceServicer:
     def FinishTestTask(self, request, context):
         """Finishes a test task, with an error if one is given
         (POST /task_manager_test/finish_test_task).
+        Codes: OK; NOT_FOUND (TASK_NOT_FOUND); FAILED_PRECONDITION (INVALID_STATE:
+        not a test task); INVALID_ARGUMENT.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -103,6 +118,8 @@ class TaskManagerTestServiceServicer:
     def DeleteTestTask(self, request, context):
         """Finishes a running test task successfully, then unregisters it
         (DELETE /task_manager_test/test_task).
+        Codes: OK; NOT_FOUND (TASK_NOT_FOUND); FAILED_PRECONDITION (INVALID_STATE:
+        not a test task); INVALID_ARGUMENT (a malformed id).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -148,6 +165,10 @@ class TaskManagerTestService:
     """TaskManagerTestService registers the "test" module and creates, finishes
     and deletes test tasks, so the whole task semantics can be exercised by
     any client.
+
+    Every call may also end with INVALID_ARGUMENT (MALFORMED_REQUEST),
+    UNAVAILABLE (SHUTTING_DOWN) and INTERNAL (INTERNAL), as on
+    TaskManagerService.
     """
 
     @staticmethod

@@ -33,6 +33,10 @@ class TaskManagerTestServiceStub:
     """TaskManagerTestService registers the "test" module and creates, finishes
     and deletes test tasks, so the whole task semantics can be exercised by
     any client.
+
+    Every call may also end with INVALID_ARGUMENT (MALFORMED_REQUEST),
+    UNAVAILABLE (SHUTTING_DOWN) and INTERNAL (INTERNAL), as on
+    TaskManagerService.
     """
 
     @_typing.overload
@@ -40,20 +44,31 @@ class TaskManagerTestServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> TaskManagerTestServiceAsyncStub: ...
     RegisterTestModule: _grpc.UnaryUnaryMultiCallable[_task_manager_test_pb2.RegisterTestModuleRequest, _task_manager_test_pb2.RegisterTestModuleResponse]
-    """Registers the "test" module on every shard (POST /task_manager_test/test_module)."""
+    """Registers the "test" module on every shard (POST /task_manager_test/test_module).
+    Codes: OK; RESOURCE_EXHAUSTED (MODULE_LIMIT_REACHED).
+    """
     UnregisterTestModule: _grpc.UnaryUnaryMultiCallable[_task_manager_test_pb2.UnregisterTestModuleRequest, _task_manager_test_pb2.UnregisterTestModuleResponse]
     """Stops the "test" module: aborts its tasks, unregisters them and the
     module (DELETE /task_manager_test/test_module).
+    Codes: OK; NOT_FOUND (MODULE_NOT_FOUND).
     """
     CreateTestTask: _grpc.UnaryUnaryMultiCallable[_task_manager_test_pb2.CreateTestTaskRequest, _task_manager_test_pb2.CreateTestTaskResponse]
-    """Creates and starts a test task (POST /task_manager_test/test_task)."""
+    """Creates and starts a test task (POST /task_manager_test/test_task).
+    Codes: OK; NOT_FOUND (MODULE_NOT_FOUND, TASK_NOT_FOUND for the parent);
+    ALREADY_EXISTS (TASK_ALREADY_EXISTS); INVALID_ARGUMENT; FAILED_PRECONDITION
+    (INVALID_STATE: the parent has finished).
+    """
     FinishTestTask: _grpc.UnaryUnaryMultiCallable[_task_manager_test_pb2.FinishTestTaskRequest, _task_manager_test_pb2.FinishTestTaskResponse]
     """Finishes a test task, with an error if one is given
     (POST /task_manager_test/finish_test_task).
+    Codes: OK; NOT_FOUND (TASK_NOT_FOUND); FAILED_PRECONDITION (INVALID_STATE:
+    not a test task); INVALID_ARGUMENT.
     """
     DeleteTestTask: _grpc.UnaryUnaryMultiCallable[_task_manager_test_pb2.DeleteTestTaskRequest, _task_manager_test_pb2.DeleteTestTaskResponse]
     """Finishes a running test task successfully, then unregisters it
     (DELETE /task_manager_test/test_task).
+    Codes: OK; NOT_FOUND (TASK_NOT_FOUND); FAILED_PRECONDITION (INVALID_STATE:
+    not a test task); INVALID_ARGUMENT (a malformed id).
     """
 
 @_typing.type_check_only
@@ -61,30 +76,49 @@ class TaskManagerTestServiceAsyncStub(TaskManagerTestServiceStub):
     """TaskManagerTestService registers the "test" module and creates, finishes
     and deletes test tasks, so the whole task semantics can be exercised by
     any client.
+
+    Every call may also end with INVALID_ARGUMENT (MALFORMED_REQUEST),
+    UNAVAILABLE (SHUTTING_DOWN) and INTERNAL (INTERNAL), as on
+    TaskManagerService.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     RegisterTestModule: _aio.UnaryUnaryMultiCallable[_task_manager_test_pb2.RegisterTestModuleRequest, _task_manager_test_pb2.RegisterTestModuleResponse]  # type: ignore[assignment]
-    """Registers the "test" module on every shard (POST /task_manager_test/test_module)."""
+    """Registers the "test" module on every shard (POST /task_manager_test/test_module).
+    Codes: OK; RESOURCE_EXHAUSTED (MODULE_LIMIT_REACHED).
+    """
     UnregisterTestModule: _aio.UnaryUnaryMultiCallable[_task_manager_test_pb2.UnregisterTestModuleRequest, _task_manager_test_pb2.UnregisterTestModuleResponse]  # type: ignore[assignment]
     """Stops the "test" module: aborts its tasks, unregisters them and the
     module (DELETE /task_manager_test/test_module).
+    Codes: OK; NOT_FOUND (MODULE_NOT_FOUND).
     """
     CreateTestTask: _aio.UnaryUnaryMultiCallable[_task_manager_test_pb2.CreateTestTaskRequest, _task_manager_test_pb2.CreateTestTaskResponse]  # type: ignore[assignment]
-    """Creates and starts a test task (POST /task_manager_test/test_task)."""
+    """Creates and starts a test task (POST /task_manager_test/test_task).
+    Codes: OK; NOT_FOUND (MODULE_NOT_FOUND, TASK_NOT_FOUND for the parent);
+    ALREADY_EXISTS (TASK_ALREADY_EXISTS); INVALID_ARGUMENT; FAILED_PRECONDITION
+    (INVALID_STATE: the parent has finished).
+    """
     FinishTestTask: _aio.UnaryUnaryMultiCallable[_task_manager_test_pb2.FinishTestTaskRequest, _task_manager_test_pb2.FinishTestTaskResponse]  # type: ignore[assignment]
     """Finishes a test task, with an error if one is given
     (POST /task_manager_test/finish_test_task).
+    Codes: OK; NOT_FOUND (TASK_NOT_FOUND); FAILED_PRECONDITION (INVALID_STATE:
+    not a test task); INVALID_ARGUMENT.
     """
     DeleteTestTask: _aio.UnaryUnaryMultiCallable[_task_manager_test_pb2.DeleteTestTaskRequest, _task_manager_test_pb2.DeleteTestTaskResponse]  # type: ignore[assignment]
     """Finishes a running test task successfully, then unregisters it
     (DELETE /task_manager_test/test_task).
+    Codes: OK; NOT_FOUND (TASK_NOT_FOUND); FAILED_PRECONDITION (INVALID_STATE:
+    not a test task); INVALID_ARGUMENT (a malformed id).
     """
 
 class TaskManagerTestServiceServicer(metaclass=_abc_1.ABCMeta):
     """TaskManagerTestService registers the "test" module and creates, finishes
     and deletes test tasks, so the whole task semantics can be exercised by
     any client.
+
+    Every call may also end with INVALID_ARGUMENT (MALFORMED_REQUEST),
+    UNAVAILABLE (SHUTTING_DOWN) and INTERNAL (INTERNAL), as on
+    TaskManagerService.
     """
 
     @_abc_1.abstractmethod
@@ -93,7 +127,9 @@ class TaskManagerTestServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _task_manager_test_pb2.RegisterTestModuleRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_task_manager_test_pb2.RegisterTestModuleResponse, _abc.Awaitable[_task_manager_test_pb2.RegisterTestModuleResponse]]:
-        """Registers the "test" module on every shard (POST /task_manager_test/test_module)."""
+        """Registers the "test" module on every shard (POST /task_manager_test/test_module).
+        Codes: OK; RESOURCE_EXHAUSTED (MODULE_LIMIT_REACHED).
+        """
 
     @_abc_1.abstractmethod
     def UnregisterTestModule(
@@ -103,6 +139,7 @@ class TaskManagerTestServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_task_manager_test_pb2.UnregisterTestModuleResponse, _abc.Awaitable[_task_manager_test_pb2.UnregisterTestModuleResponse]]:
         """Stops the "test" module: aborts its tasks, unregisters them and the
         module (DELETE /task_manager_test/test_module).
+        Codes: OK; NOT_FOUND (MODULE_NOT_FOUND).
         """
 
     @_abc_1.abstractmethod
@@ -111,7 +148,11 @@ class TaskManagerTestServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _task_manager_test_pb2.CreateTestTaskRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_task_manager_test_pb2.CreateTestTaskResponse, _abc.Awaitable[_task_manager_test_pb2.CreateTestTaskResponse]]:
-        """Creates and starts a test task (POST /task_manager_test/test_task)."""
+        """Creates and starts a test task (POST /task_manager_test/test_task).
+        Codes: OK; NOT_FOUND (MODULE_NOT_FOUND, TASK_NOT_FOUND for the parent);
+        ALREADY_EXISTS (TASK_ALREADY_EXISTS); INVALID_ARGUMENT; FAILED_PRECONDITION
+        (INVALID_STATE: the parent has finished).
+        """
 
     @_abc_1.abstractmethod
     def FinishTestTask(
@@ -121,6 +162,8 @@ class TaskManagerTestServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_task_manager_test_pb2.FinishTestTaskResponse, _abc.Awaitable[_task_manager_test_pb2.FinishTestTaskResponse]]:
         """Finishes a test task, with an error if one is given
         (POST /task_manager_test/finish_test_task).
+        Codes: OK; NOT_FOUND (TASK_NOT_FOUND); FAILED_PRECONDITION (INVALID_STATE:
+        not a test task); INVALID_ARGUMENT.
         """
 
     @_abc_1.abstractmethod
@@ -131,6 +174,8 @@ class TaskManagerTestServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_task_manager_test_pb2.DeleteTestTaskResponse, _abc.Awaitable[_task_manager_test_pb2.DeleteTestTaskResponse]]:
         """Finishes a running test task successfully, then unregisters it
         (DELETE /task_manager_test/test_task).
+        Codes: OK; NOT_FOUND (TASK_NOT_FOUND); FAILED_PRECONDITION (INVALID_STATE:
+        not a test task); INVALID_ARGUMENT (a malformed id).
         """
 
 def add_TaskManagerTestServiceServicer_to_server(servicer: TaskManagerTestServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

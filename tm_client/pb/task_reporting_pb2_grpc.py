@@ -33,6 +33,10 @@ class TaskReportingServiceStub:
     has its unfinished tasks failed. Without a session every call still works;
     such tasks never expire on their own and show a pending abort in
     TaskStatus.abort_requested.
+
+    Every call may also end with INVALID_ARGUMENT (MALFORMED_REQUEST),
+    UNAVAILABLE (SHUTTING_DOWN) and INTERNAL (INTERNAL), as on
+    TaskManagerService.
     """
 
     def __init__(self, channel):
@@ -91,11 +95,17 @@ class TaskReportingServiceServicer:
     has its unfinished tasks failed. Without a session every call still works;
     such tasks never expire on their own and show a pending abort in
     TaskStatus.abort_requested.
+
+    Every call may also end with INVALID_ARGUMENT (MALFORMED_REQUEST),
+    UNAVAILABLE (SHUTTING_DOWN) and INTERNAL (INTERNAL), as on
+    TaskManagerService.
     """
 
     def RegisterModule(self, request, context):
         """Registers a module on every shard. CreateTask also registers its module
         on first use.
+        Codes: OK; INVALID_ARGUMENT (a bad name); RESOURCE_EXHAUSTED
+        (MODULE_LIMIT_REACHED).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -105,6 +115,7 @@ class TaskReportingServiceServicer:
         """Stops a module as ScyllaDB does: its tasks are aborted (producers are
         told), reported tasks still unfinished fail with an error saying so, and
         the module and its tasks are unregistered.
+        Codes: OK; NOT_FOUND (MODULE_NOT_FOUND); INVALID_ARGUMENT (a bad name).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -113,6 +124,10 @@ class TaskReportingServiceServicer:
     def CreateTask(self, request, context):
         """Creates a task (and starts it if asked). With a task_id the call is
         idempotent: a retry with the same parameters returns the same task.
+        Codes: OK; INVALID_ARGUMENT (INVALID_ARGUMENT, VALUE_OUT_OF_RANGE);
+        ALREADY_EXISTS (TASK_ALREADY_EXISTS); NOT_FOUND (TASK_NOT_FOUND for the
+        parent, SESSION_NOT_FOUND); FAILED_PRECONDITION (INVALID_STATE: the
+        parent has finished); RESOURCE_EXHAUSTED (MODULE_LIMIT_REACHED).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -120,6 +135,8 @@ class TaskReportingServiceServicer:
 
     def StartTask(self, request, context):
         """Starts a created task.
+        Codes: OK; NOT_FOUND (TASK_NOT_FOUND); FAILED_PRECONDITION
+        (INVALID_STATE); INVALID_ARGUMENT (a malformed id).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -127,6 +144,8 @@ class TaskReportingServiceServicer:
 
     def ReportProgress(self, request, context):
         """Reports a running task's own progress.
+        Codes: OK; NOT_FOUND (TASK_NOT_FOUND); FAILED_PRECONDITION
+        (INVALID_STATE); INVALID_ARGUMENT (INVALID_ARGUMENT, VALUE_OUT_OF_RANGE).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -135,6 +154,8 @@ class TaskReportingServiceServicer:
     def FinishTask(self, request, context):
         """Finishes a running task: done, or failed when an error is given. A task
         with an abort pending ends failed either way.
+        Codes: OK; NOT_FOUND (TASK_NOT_FOUND); FAILED_PRECONDITION
+        (INVALID_STATE); INVALID_ARGUMENT (an error text over 4096 characters).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -143,7 +164,9 @@ class TaskReportingServiceServicer:
     def OpenSession(self, request, context):
         """Opens (or resumes) a producer session: the stream's first message says
         which session it is, then one message per abort request for the
-        session's tasks (pending ones are sent again on resume).
+        session's tasks (pending ones are sent again on resume). The stream ends
+        with OK when another stream resumes the session or CloseSession ends it.
+        Codes: OK; NOT_FOUND (SESSION_NOT_FOUND); INVALID_ARGUMENT (a malformed id).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -152,6 +175,7 @@ class TaskReportingServiceServicer:
     def CloseSession(self, request, context):
         """Ends a session cleanly: its open stream ends with OK, no lease runs, and
         its tasks still unfinished fail at once (a producer that closes is done).
+        Codes: OK; NOT_FOUND (SESSION_NOT_FOUND); INVALID_ARGUMENT (a malformed id).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -216,6 +240,10 @@ class TaskReportingService:
     has its unfinished tasks failed. Without a session every call still works;
     such tasks never expire on their own and show a pending abort in
     TaskStatus.abort_requested.
+
+    Every call may also end with INVALID_ARGUMENT (MALFORMED_REQUEST),
+    UNAVAILABLE (SHUTTING_DOWN) and INTERNAL (INTERNAL), as on
+    TaskManagerService.
     """
 
     @staticmethod

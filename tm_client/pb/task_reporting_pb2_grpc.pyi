@@ -36,6 +36,10 @@ class TaskReportingServiceStub:
     has its unfinished tasks failed. Without a session every call still works;
     such tasks never expire on their own and show a pending abort in
     TaskStatus.abort_requested.
+
+    Every call may also end with INVALID_ARGUMENT (MALFORMED_REQUEST),
+    UNAVAILABLE (SHUTTING_DOWN) and INTERNAL (INTERNAL), as on
+    TaskManagerService.
     """
 
     @_typing.overload
@@ -45,32 +49,50 @@ class TaskReportingServiceStub:
     RegisterModule: _grpc.UnaryUnaryMultiCallable[_task_reporting_pb2.RegisterModuleRequest, _task_reporting_pb2.RegisterModuleResponse]
     """Registers a module on every shard. CreateTask also registers its module
     on first use.
+    Codes: OK; INVALID_ARGUMENT (a bad name); RESOURCE_EXHAUSTED
+    (MODULE_LIMIT_REACHED).
     """
     UnregisterModule: _grpc.UnaryUnaryMultiCallable[_task_reporting_pb2.UnregisterModuleRequest, _task_reporting_pb2.UnregisterModuleResponse]
     """Stops a module as ScyllaDB does: its tasks are aborted (producers are
     told), reported tasks still unfinished fail with an error saying so, and
     the module and its tasks are unregistered.
+    Codes: OK; NOT_FOUND (MODULE_NOT_FOUND); INVALID_ARGUMENT (a bad name).
     """
     CreateTask: _grpc.UnaryUnaryMultiCallable[_task_reporting_pb2.CreateTaskRequest, _task_reporting_pb2.CreateTaskResponse]
     """Creates a task (and starts it if asked). With a task_id the call is
     idempotent: a retry with the same parameters returns the same task.
+    Codes: OK; INVALID_ARGUMENT (INVALID_ARGUMENT, VALUE_OUT_OF_RANGE);
+    ALREADY_EXISTS (TASK_ALREADY_EXISTS); NOT_FOUND (TASK_NOT_FOUND for the
+    parent, SESSION_NOT_FOUND); FAILED_PRECONDITION (INVALID_STATE: the
+    parent has finished); RESOURCE_EXHAUSTED (MODULE_LIMIT_REACHED).
     """
     StartTask: _grpc.UnaryUnaryMultiCallable[_task_reporting_pb2.StartTaskRequest, _task_reporting_pb2.StartTaskResponse]
-    """Starts a created task."""
+    """Starts a created task.
+    Codes: OK; NOT_FOUND (TASK_NOT_FOUND); FAILED_PRECONDITION
+    (INVALID_STATE); INVALID_ARGUMENT (a malformed id).
+    """
     ReportProgress: _grpc.UnaryUnaryMultiCallable[_task_reporting_pb2.ReportProgressRequest, _task_reporting_pb2.ReportProgressResponse]
-    """Reports a running task's own progress."""
+    """Reports a running task's own progress.
+    Codes: OK; NOT_FOUND (TASK_NOT_FOUND); FAILED_PRECONDITION
+    (INVALID_STATE); INVALID_ARGUMENT (INVALID_ARGUMENT, VALUE_OUT_OF_RANGE).
+    """
     FinishTask: _grpc.UnaryUnaryMultiCallable[_task_reporting_pb2.FinishTaskRequest, _task_reporting_pb2.FinishTaskResponse]
     """Finishes a running task: done, or failed when an error is given. A task
     with an abort pending ends failed either way.
+    Codes: OK; NOT_FOUND (TASK_NOT_FOUND); FAILED_PRECONDITION
+    (INVALID_STATE); INVALID_ARGUMENT (an error text over 4096 characters).
     """
     OpenSession: _grpc.UnaryStreamMultiCallable[_task_reporting_pb2.OpenSessionRequest, _task_reporting_pb2.OpenSessionResponse]
     """Opens (or resumes) a producer session: the stream's first message says
     which session it is, then one message per abort request for the
-    session's tasks (pending ones are sent again on resume).
+    session's tasks (pending ones are sent again on resume). The stream ends
+    with OK when another stream resumes the session or CloseSession ends it.
+    Codes: OK; NOT_FOUND (SESSION_NOT_FOUND); INVALID_ARGUMENT (a malformed id).
     """
     CloseSession: _grpc.UnaryUnaryMultiCallable[_task_reporting_pb2.CloseSessionRequest, _task_reporting_pb2.CloseSessionResponse]
     """Ends a session cleanly: its open stream ends with OK, no lease runs, and
     its tasks still unfinished fail at once (a producer that closes is done).
+    Codes: OK; NOT_FOUND (SESSION_NOT_FOUND); INVALID_ARGUMENT (a malformed id).
     """
 
 @_typing.type_check_only
@@ -82,38 +104,60 @@ class TaskReportingServiceAsyncStub(TaskReportingServiceStub):
     has its unfinished tasks failed. Without a session every call still works;
     such tasks never expire on their own and show a pending abort in
     TaskStatus.abort_requested.
+
+    Every call may also end with INVALID_ARGUMENT (MALFORMED_REQUEST),
+    UNAVAILABLE (SHUTTING_DOWN) and INTERNAL (INTERNAL), as on
+    TaskManagerService.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     RegisterModule: _aio.UnaryUnaryMultiCallable[_task_reporting_pb2.RegisterModuleRequest, _task_reporting_pb2.RegisterModuleResponse]  # type: ignore[assignment]
     """Registers a module on every shard. CreateTask also registers its module
     on first use.
+    Codes: OK; INVALID_ARGUMENT (a bad name); RESOURCE_EXHAUSTED
+    (MODULE_LIMIT_REACHED).
     """
     UnregisterModule: _aio.UnaryUnaryMultiCallable[_task_reporting_pb2.UnregisterModuleRequest, _task_reporting_pb2.UnregisterModuleResponse]  # type: ignore[assignment]
     """Stops a module as ScyllaDB does: its tasks are aborted (producers are
     told), reported tasks still unfinished fail with an error saying so, and
     the module and its tasks are unregistered.
+    Codes: OK; NOT_FOUND (MODULE_NOT_FOUND); INVALID_ARGUMENT (a bad name).
     """
     CreateTask: _aio.UnaryUnaryMultiCallable[_task_reporting_pb2.CreateTaskRequest, _task_reporting_pb2.CreateTaskResponse]  # type: ignore[assignment]
     """Creates a task (and starts it if asked). With a task_id the call is
     idempotent: a retry with the same parameters returns the same task.
+    Codes: OK; INVALID_ARGUMENT (INVALID_ARGUMENT, VALUE_OUT_OF_RANGE);
+    ALREADY_EXISTS (TASK_ALREADY_EXISTS); NOT_FOUND (TASK_NOT_FOUND for the
+    parent, SESSION_NOT_FOUND); FAILED_PRECONDITION (INVALID_STATE: the
+    parent has finished); RESOURCE_EXHAUSTED (MODULE_LIMIT_REACHED).
     """
     StartTask: _aio.UnaryUnaryMultiCallable[_task_reporting_pb2.StartTaskRequest, _task_reporting_pb2.StartTaskResponse]  # type: ignore[assignment]
-    """Starts a created task."""
+    """Starts a created task.
+    Codes: OK; NOT_FOUND (TASK_NOT_FOUND); FAILED_PRECONDITION
+    (INVALID_STATE); INVALID_ARGUMENT (a malformed id).
+    """
     ReportProgress: _aio.UnaryUnaryMultiCallable[_task_reporting_pb2.ReportProgressRequest, _task_reporting_pb2.ReportProgressResponse]  # type: ignore[assignment]
-    """Reports a running task's own progress."""
+    """Reports a running task's own progress.
+    Codes: OK; NOT_FOUND (TASK_NOT_FOUND); FAILED_PRECONDITION
+    (INVALID_STATE); INVALID_ARGUMENT (INVALID_ARGUMENT, VALUE_OUT_OF_RANGE).
+    """
     FinishTask: _aio.UnaryUnaryMultiCallable[_task_reporting_pb2.FinishTaskRequest, _task_reporting_pb2.FinishTaskResponse]  # type: ignore[assignment]
     """Finishes a running task: done, or failed when an error is given. A task
     with an abort pending ends failed either way.
+    Codes: OK; NOT_FOUND (TASK_NOT_FOUND); FAILED_PRECONDITION
+    (INVALID_STATE); INVALID_ARGUMENT (an error text over 4096 characters).
     """
     OpenSession: _aio.UnaryStreamMultiCallable[_task_reporting_pb2.OpenSessionRequest, _task_reporting_pb2.OpenSessionResponse]  # type: ignore[assignment]
     """Opens (or resumes) a producer session: the stream's first message says
     which session it is, then one message per abort request for the
-    session's tasks (pending ones are sent again on resume).
+    session's tasks (pending ones are sent again on resume). The stream ends
+    with OK when another stream resumes the session or CloseSession ends it.
+    Codes: OK; NOT_FOUND (SESSION_NOT_FOUND); INVALID_ARGUMENT (a malformed id).
     """
     CloseSession: _aio.UnaryUnaryMultiCallable[_task_reporting_pb2.CloseSessionRequest, _task_reporting_pb2.CloseSessionResponse]  # type: ignore[assignment]
     """Ends a session cleanly: its open stream ends with OK, no lease runs, and
     its tasks still unfinished fail at once (a producer that closes is done).
+    Codes: OK; NOT_FOUND (SESSION_NOT_FOUND); INVALID_ARGUMENT (a malformed id).
     """
 
 class TaskReportingServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -124,6 +168,10 @@ class TaskReportingServiceServicer(metaclass=_abc_1.ABCMeta):
     has its unfinished tasks failed. Without a session every call still works;
     such tasks never expire on their own and show a pending abort in
     TaskStatus.abort_requested.
+
+    Every call may also end with INVALID_ARGUMENT (MALFORMED_REQUEST),
+    UNAVAILABLE (SHUTTING_DOWN) and INTERNAL (INTERNAL), as on
+    TaskManagerService.
     """
 
     @_abc_1.abstractmethod
@@ -134,6 +182,8 @@ class TaskReportingServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_task_reporting_pb2.RegisterModuleResponse, _abc.Awaitable[_task_reporting_pb2.RegisterModuleResponse]]:
         """Registers a module on every shard. CreateTask also registers its module
         on first use.
+        Codes: OK; INVALID_ARGUMENT (a bad name); RESOURCE_EXHAUSTED
+        (MODULE_LIMIT_REACHED).
         """
 
     @_abc_1.abstractmethod
@@ -145,6 +195,7 @@ class TaskReportingServiceServicer(metaclass=_abc_1.ABCMeta):
         """Stops a module as ScyllaDB does: its tasks are aborted (producers are
         told), reported tasks still unfinished fail with an error saying so, and
         the module and its tasks are unregistered.
+        Codes: OK; NOT_FOUND (MODULE_NOT_FOUND); INVALID_ARGUMENT (a bad name).
         """
 
     @_abc_1.abstractmethod
@@ -155,6 +206,10 @@ class TaskReportingServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_task_reporting_pb2.CreateTaskResponse, _abc.Awaitable[_task_reporting_pb2.CreateTaskResponse]]:
         """Creates a task (and starts it if asked). With a task_id the call is
         idempotent: a retry with the same parameters returns the same task.
+        Codes: OK; INVALID_ARGUMENT (INVALID_ARGUMENT, VALUE_OUT_OF_RANGE);
+        ALREADY_EXISTS (TASK_ALREADY_EXISTS); NOT_FOUND (TASK_NOT_FOUND for the
+        parent, SESSION_NOT_FOUND); FAILED_PRECONDITION (INVALID_STATE: the
+        parent has finished); RESOURCE_EXHAUSTED (MODULE_LIMIT_REACHED).
         """
 
     @_abc_1.abstractmethod
@@ -163,7 +218,10 @@ class TaskReportingServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _task_reporting_pb2.StartTaskRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_task_reporting_pb2.StartTaskResponse, _abc.Awaitable[_task_reporting_pb2.StartTaskResponse]]:
-        """Starts a created task."""
+        """Starts a created task.
+        Codes: OK; NOT_FOUND (TASK_NOT_FOUND); FAILED_PRECONDITION
+        (INVALID_STATE); INVALID_ARGUMENT (a malformed id).
+        """
 
     @_abc_1.abstractmethod
     def ReportProgress(
@@ -171,7 +229,10 @@ class TaskReportingServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _task_reporting_pb2.ReportProgressRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_task_reporting_pb2.ReportProgressResponse, _abc.Awaitable[_task_reporting_pb2.ReportProgressResponse]]:
-        """Reports a running task's own progress."""
+        """Reports a running task's own progress.
+        Codes: OK; NOT_FOUND (TASK_NOT_FOUND); FAILED_PRECONDITION
+        (INVALID_STATE); INVALID_ARGUMENT (INVALID_ARGUMENT, VALUE_OUT_OF_RANGE).
+        """
 
     @_abc_1.abstractmethod
     def FinishTask(
@@ -181,6 +242,8 @@ class TaskReportingServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_task_reporting_pb2.FinishTaskResponse, _abc.Awaitable[_task_reporting_pb2.FinishTaskResponse]]:
         """Finishes a running task: done, or failed when an error is given. A task
         with an abort pending ends failed either way.
+        Codes: OK; NOT_FOUND (TASK_NOT_FOUND); FAILED_PRECONDITION
+        (INVALID_STATE); INVALID_ARGUMENT (an error text over 4096 characters).
         """
 
     @_abc_1.abstractmethod
@@ -191,7 +254,9 @@ class TaskReportingServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_task_reporting_pb2.OpenSessionResponse], _abc.AsyncIterator[_task_reporting_pb2.OpenSessionResponse]]:
         """Opens (or resumes) a producer session: the stream's first message says
         which session it is, then one message per abort request for the
-        session's tasks (pending ones are sent again on resume).
+        session's tasks (pending ones are sent again on resume). The stream ends
+        with OK when another stream resumes the session or CloseSession ends it.
+        Codes: OK; NOT_FOUND (SESSION_NOT_FOUND); INVALID_ARGUMENT (a malformed id).
         """
 
     @_abc_1.abstractmethod
@@ -202,6 +267,7 @@ class TaskReportingServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_task_reporting_pb2.CloseSessionResponse, _abc.Awaitable[_task_reporting_pb2.CloseSessionResponse]]:
         """Ends a session cleanly: its open stream ends with OK, no lease runs, and
         its tasks still unfinished fail at once (a producer that closes is done).
+        Codes: OK; NOT_FOUND (SESSION_NOT_FOUND); INVALID_ARGUMENT (a malformed id).
         """
 
 def add_TaskReportingServiceServicer_to_server(servicer: TaskReportingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -229,6 +229,9 @@ class ShardPort(Protocol):
     async def release(self, task_id: UUID) -> list[ChildRef]:
         """Forgets a held task whose parent went away; returns its children, to release next."""
 
+    async def forget_folded(self, keys: list[int]) -> None:
+        """The last records naming these folded tasks of this shard were forgotten (by id int)."""
+
     async def progress_step(self, task_id: UUID) -> ProgressStep:
         """The first step of a reachable task's progress (see ``ProgressStep``)."""
 

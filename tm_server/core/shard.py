@@ -42,7 +42,7 @@ from .port import (
 from .progress import finish_step, first_step, known_total, leaf_progress, roll_up_from
 from .record import ModuleState, Task
 from .status import build_status, children_page, folded_record, listed_children
-from .store import TaskStore
+from .store import TaskStore, forgotten_keys
 from .task import TaskContext, TaskImpl
 from .types import (
     NO_PROGRESS,
@@ -59,7 +59,6 @@ from .validation import check_progress
 from .watch import Watches
 
 log = logging.getLogger(__name__)
-_body_log = RateLimitedLog(log)
 
 ABORT_ERROR = "abort requested"
 # An Enum member read off its class goes through the metaclass; every status
@@ -96,9 +95,11 @@ class Shard(ShardPort):
         # What bodies running here create their children through.
         self.creator = creator
         self._peers: Sequence[ShardPort] = ()
-        self._store = TaskStore(clock, self._release_later)
+        self._store = TaskStore(clock, self._after_drop)
         self._watches = Watches(clock)
         self._background: set[asyncio.Task[None]] = set()
+        # Bodies that fail the same way log their traceback once an interval.
+        self._body_log = RateLimitedLog(log)
 
     def connect(self, peers: Sequence[ShardPort]) -> None:
         """Gives the shard every shard's port, by index (its own included)."""
@@ -246,7 +247,7 @@ class Shard(ShardPort):
         except asyncio.CancelledError:
             error = "task cancelled: the server is shutting down"
         except Exception as exc:
-            _body_log.log(
+            self._body_log.log(
                 logging.WARNING,
                 (type(task.impl), type(exc)),
                 "task %s failed: %s",
@@ -339,7 +340,14 @@ class Shard(ShardPort):
                     parent.id, task.id, await self._folded(task)
                 )
                 task.folded_into_parent = folded
-                if not folded:  # the parent finished first and is gone
+                if folded:
+                    # Its id stays named by the parent's record; the records of
+                    # its successful children are forgotten (only failed ones
+                    # go up with it).
+                    self._store.count_folded(task.id)
+                    done = [f for f in task.folded_children or () if not f.has_failure]
+                    await self._forget(forgotten_keys(done))
+                else:  # the parent finished first and is gone
                     log.debug("task %s could not fold into parent %s", task.id, parent.id)
                 await self._propagate(up)
             else:
@@ -450,18 +458,30 @@ class Shard(ShardPort):
 
     # ---- release and unregistering ----------------------------------------------------------
 
-    def _release_later(self, children: list[ChildRef]) -> None:
+    def _after_drop(self, children: list[ChildRef], forgotten: dict[int, list[int]]) -> None:
         # Called as a task leaves the registry (from a timer, too): its
-        # children are released in the background, down their subtrees.
-        self._spawn(self._release_all(children))
+        # children are released and the folded ids it named forgotten, in the
+        # background, on whichever shards they are.
+        self._spawn(self._release_all(children, forgotten))
 
-    async def _release_all(self, children: Iterable[ChildRef]) -> None:
+    async def _release_all(
+        self, children: Iterable[ChildRef], forgotten: dict[int, list[int]]
+    ) -> None:
+        await self._forget(forgotten)
         # Down the subtree one port call a task: a dropped task's held
         # children are dropped in turn, live ones only learn they are orphans.
         queue = deque(children)
         while queue:
             child_id, child_shard = queue.popleft()
             queue.extend(await self._peers[child_shard].release(child_id))
+
+    async def _forget(self, forgotten: dict[int, list[int]]) -> None:
+        for shard, keys in forgotten.items():
+            await self._peers[shard].forget_folded(keys)
+
+    async def forget_folded(self, keys: list[int]) -> None:
+        """The last records naming these folded tasks of this shard were forgotten."""
+        self._store.forget_folded(keys)
 
     async def release(self, task_id: UUID) -> list[ChildRef]:
         """Forgets a held task whose parent went away (or marks a live one orphaned).

@@ -29,21 +29,31 @@ def _count(counts: dict[int, int], key: int, delta: int) -> None:
         counts.pop(key, None)
 
 
-def _folded_keys(folded: FoldedTask) -> list[int]:
-    """The ids a folded record names: its own and its kept failed descendants' (iteratively)."""
-    keys: list[int] = []
-    stack = [folded]
+def forgotten_keys(records: list[FoldedTask]) -> dict[int, list[int]]:
+    """The folded ids named by records being forgotten, by the shard that counts each.
+
+    A folded task's id is counted on its own shard (``status.shard``) from
+    the moment it folds until the last record naming it is forgotten: its
+    parent's, or, for a failed one carried up by folding, the top-most
+    holder's. The walk is a loop over the kept failed descendants.
+    """
+    by_shard: dict[int, list[int]] = {}
+    stack = list(records)
     while stack:
-        item = stack.pop()
-        keys.append(item.status.id.int)
-        stack.extend(item.failed_children)
-    return keys
+        record = stack.pop()
+        by_shard.setdefault(record.status.shard, []).append(record.status.id.int)
+        stack.extend(record.failed_children)
+    return by_shard
 
 
 class TaskStore:
     """The records of one shard, and what leaving the registry means for each."""
 
-    def __init__(self, clock: Clock, on_released: Callable[[list[ChildRef]], None]) -> None:
+    def __init__(
+        self,
+        clock: Clock,
+        on_dropped: Callable[[list[ChildRef], dict[int, list[int]]], None],
+    ) -> None:
         # Keyed by the id's int: it hashes in C, where a UUID hashes in Python.
         self.tasks: dict[int, Task] = {}
         # Finished tasks already unregistered but still reachable through a
@@ -54,20 +64,22 @@ class TaskStore:
         # tasks never need).
         self.handled: dict[int, Task] = {}
         self._handles: dict[int, int] = {}
-        # Ids that trees here still name without a task of their own being
-        # registered or held: parents that tasks here point to, and finished
-        # children folded into parents here (with their kept failed
-        # descendants). Counts, as one id can be named more than once. A
-        # client-chosen id in here is refused: reusing it could make a task
-        # its own ancestor, or two tasks share one id in a tree.
+        # Ids that trees still name without a task of their own being
+        # registered or held: parents that tasks here point to, and tasks of
+        # this shard that folded into a parent (counted until the last record
+        # naming them is forgotten, see ``forgotten_keys``). Counts, as one
+        # id can be named more than once. A client-chosen id in here is
+        # refused: reusing it could make a task its own ancestor, or two tasks
+        # share one id in a tree.
         self._parent_refs: dict[int, int] = {}
         self._folded_refs: dict[int, int] = {}
         self.modules: dict[str, ModuleState] = {}
         # Children of virtual parents: virtual id -> child ids on this shard.
         self.virtual_children: dict[int, dict[UUID, None]] = {}
         self.expiry = ExpiryQueues(clock, self._expire_due)
-        # Told of the children of every task dropped, to release them (on any shard).
-        self._on_released = on_released
+        # Told of every task dropped: its children, to release, and the
+        # folded ids its records named, to forget (on any shard).
+        self._on_dropped = on_dropped
 
     # ---- lookups -----------------------------------------------------------------------------
 
@@ -153,8 +165,15 @@ class TaskStore:
         if parent.folded_children is None:
             parent.folded_children = []
         parent.folded_children.append(folded)
-        for key in _folded_keys(folded):
-            _count(self._folded_refs, key, 1)
+
+    def count_folded(self, task_id: UUID) -> None:
+        """A task of this shard folded into its parent: its id stays named."""
+        _count(self._folded_refs, task_id.int, 1)
+
+    def forget_folded(self, keys: list[int]) -> None:
+        """The last records naming these folded tasks of this shard were forgotten."""
+        for key in keys:
+            _count(self._folded_refs, key, -1)
 
     def release_handle(self, task_id: UUID) -> None:
         """One handle of the task went away; at the last one, stop keeping it."""
@@ -191,32 +210,40 @@ class TaskStore:
         )
         if held_by_parent:
             self.held[key] = task
-        else:
-            released = self._drop(task)
-            if released:
-                self._on_released(released)
+            return
+        children, forgotten = self._drop(task)
+        if children or forgotten:
+            self._on_dropped(children, forgotten)
 
-    def _drop(self, task: Task) -> list[ChildRef]:
-        """Forgets what the task named; returns the children it pointed at, to release."""
+    def _drop(self, task: Task) -> tuple[list[ChildRef], dict[int, list[int]]]:
+        """Forgets what the task named.
+
+        Returns the children it pointed at, to release, and the folded ids its
+        records named, by shard, to forget. Its folded records are forgotten
+        with it unless it folded into its parent, which then holds the failed
+        ones (the others were forgotten when it folded).
+        """
         if task.parent is not None:
             _count(self._parent_refs, task.parent.id.int, -1)
-        for folded in task.folded_children or ():
-            for key in _folded_keys(folded):
-                _count(self._folded_refs, key, -1)
-        return list((task.live_children or {}).items())
+        children = list((task.live_children or {}).items())
+        forgotten = {} if task.folded_into_parent else forgotten_keys(task.folded_children or [])
+        return children, forgotten
 
     def release(self, task_id: UUID) -> list[ChildRef]:
         """Forgets a held task whose parent went away (or marks a live one orphaned).
 
-        Returns the dropped task's own children, to release next.
+        Returns the dropped task's own children, to release next (the caller walks on).
         """
         task = self.held.pop(task_id.int, None)
-        if task is not None:
-            return self._drop(task)
-        live = self.tasks.get(task_id.int)
-        if live is not None:
-            live.orphaned = True
-        return []
+        if task is None:
+            live = self.tasks.get(task_id.int)
+            if live is not None:
+                live.orphaned = True
+            return []
+        children, forgotten = self._drop(task)
+        if forgotten:
+            self._on_dropped([], forgotten)
+        return children
 
     def expire_later(self, ttl: float, task: Task) -> None:
         """Queues a finished task to leave the registry at its ``expire_at``."""

@@ -7,24 +7,31 @@ from collections.abc import Iterable
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from tm_client.pb import task_manager_pb2 as pb
+from tm_client.pb import task_reporting_pb2 as reporting_pb
 from tm_server.core import (
+    MAX_NAME_LENGTH,
     InvalidArgumentError,
+    ListFilter,
     TaskIdentity,
     TaskKind,
     TaskState,
     TaskStats,
     TaskStatus,
 )
-from tm_server.core.validation import parse_uuid, require_uuid
+from tm_server.core.producers import TaskSpec
+from tm_server.core.validation import check_length, parse_uuid, require_uuid
 
 __all__ = [
     "children_page_to_pb",
     "duration_seconds",
     "fill_stats",
     "fill_status",
+    "filter_from_pb",
+    "lease_duration",
     "page_to_pb",
     "parse_uuid",
     "require_uuid",
+    "spec_from_pb",
     "status_to_pb",
 ]
 
@@ -49,6 +56,45 @@ def duration_seconds(field: str, value: duration_pb2.Duration) -> float:
     if value.seconds < 0 or value.nanos < 0 or value.nanos >= 1_000_000_000:
         raise InvalidArgumentError(field, "must be a non-negative duration")
     return value.seconds + value.nanos / 1e9
+
+
+def lease_duration(seconds: float) -> duration_pb2.Duration:
+    """Encodes a number of seconds as a Duration."""
+    duration = duration_pb2.Duration()
+    duration.FromNanoseconds(round(seconds * 1e9))
+    return duration
+
+
+# ---- requests --------------------------------------------------------------------------------
+
+
+def filter_from_pb(request: pb.ListModuleTasksRequest) -> ListFilter:
+    """Decodes a listing's filters."""
+    return ListFilter(
+        internal=request.internal,
+        keyspace=check_length("keyspace", request.keyspace, MAX_NAME_LENGTH),
+        table=check_length("table", request.table, MAX_NAME_LENGTH),
+    )
+
+
+def spec_from_pb(request: reporting_pb.CreateTaskRequest) -> TaskSpec:
+    """Decodes a CreateTaskRequest into a task spec (validated by the core)."""
+    return TaskSpec(
+        module=request.module,
+        type=request.type,
+        scope=request.scope,
+        parent_id=parse_uuid("parent_id", request.parent_id, required=False),
+        shard=request.shard if request.HasField("shard") else None,
+        keyspace=request.keyspace,
+        table=request.table,
+        entity=request.entity,
+        abortable=request.abortable,
+        user_task=request.user_task,
+        internal=request.internal if request.HasField("internal") else None,
+        progress_units=request.progress_units,
+        progress_total=request.progress_total if request.HasField("progress_total") else None,
+        task_id=parse_uuid("task_id", request.task_id, required=False),
+    )
 
 
 # The range a Timestamp may hold: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z.

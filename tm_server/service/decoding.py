@@ -21,6 +21,8 @@ from typing import Any, cast
 
 import grpc
 
+from tm_client import reason_name
+from tm_client.pb import task_manager_pb2 as pb
 from tm_server.core.logs import RateLimitedLog
 
 from .errors import make_status
@@ -29,10 +31,11 @@ from .errors import make_status
 Handler = Any
 
 log = logging.getLogger(__name__)
+# For grpc's own services (health, reflection); tm's servicers have their own.
 _malformed_log = RateLimitedLog(log)
 
 #: The ErrorInfo reason of a request body that does not decode.
-MALFORMED_REQUEST = "MALFORMED_REQUEST"
+MALFORMED_REQUEST = reason_name(pb.ERROR_REASON_MALFORMED_REQUEST)
 
 
 class MalformedRequest:
@@ -44,9 +47,9 @@ class MalformedRequest:
         self.message_type = message_type
         self.size = size
 
-    def status(self, method: str) -> grpc.Status:
+    def status(self, method: str, limited: RateLimitedLog = _malformed_log) -> grpc.Status:
         """Logs one rate-limited line and returns the INVALID_ARGUMENT to answer with."""
-        _malformed_log.log(
+        limited.log(
             logging.INFO,
             method,
             "refused a request body to %s that is not a valid %s (%d bytes)",

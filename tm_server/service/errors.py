@@ -38,13 +38,18 @@ _CODES: dict[type[TaskManagerError], grpc.StatusCode] = {
 }
 
 
-def code_for(exc: TaskManagerError) -> grpc.StatusCode:
-    """Returns the status code of a domain error (INTERNAL for one missing from the table)."""
-    for cls in type(exc).__mro__:
+def code_of(error: type[TaskManagerError]) -> grpc.StatusCode | None:
+    """The status code of a kind of domain error, or ``None`` if the table lacks it."""
+    for cls in error.__mro__:
         code = _CODES.get(cls)
         if code is not None:
             return code
-    return grpc.StatusCode.INTERNAL
+    return None
+
+
+def code_for(exc: TaskManagerError) -> grpc.StatusCode:
+    """Returns the status code of a domain error (INTERNAL for one missing from the table)."""
+    return code_of(type(exc)) or grpc.StatusCode.INTERNAL
 
 
 def _pack(message: error_details_pb2.ErrorInfo | error_details_pb2.BadRequest) -> any_pb2.Any:

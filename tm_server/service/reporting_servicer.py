@@ -4,41 +4,20 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from google.protobuf import duration_pb2
-
 from tm_client.pb import task_reporting_pb2 as pb
 from tm_client.pb import task_reporting_pb2_grpc as pb_grpc
-from tm_server.core.producers import Producers, TaskSpec
+from tm_server.core.producers import Producers
 from tm_server.core.validation import check_name
 
-from .convert import fill_status, parse_uuid, require_uuid
-from .handlers import Context, streaming, unary
+from .convert import fill_status, lease_duration, parse_uuid, require_uuid, spec_from_pb
+from .handlers import Context, Servicer, streaming, unary
 
 
-def spec_from_pb(request: pb.CreateTaskRequest) -> TaskSpec:
-    """Decodes a CreateTaskRequest into a task spec (validated by the core)."""
-    return TaskSpec(
-        module=request.module,
-        type=request.type,
-        scope=request.scope,
-        parent_id=parse_uuid("parent_id", request.parent_id, required=False),
-        shard=request.shard if request.HasField("shard") else None,
-        keyspace=request.keyspace,
-        table=request.table,
-        entity=request.entity,
-        abortable=request.abortable,
-        user_task=request.user_task,
-        internal=request.internal if request.HasField("internal") else None,
-        progress_units=request.progress_units,
-        progress_total=request.progress_total if request.HasField("progress_total") else None,
-        task_id=parse_uuid("task_id", request.task_id, required=False),
-    )
-
-
-class TaskReportingServicer(pb_grpc.TaskReportingServiceServicer):
+class TaskReportingServicer(Servicer, pb_grpc.TaskReportingServiceServicer):
     """The producer API."""
 
     def __init__(self, producers: Producers) -> None:
+        super().__init__()
         self._producers = producers
 
     @unary
@@ -122,11 +101,11 @@ class TaskReportingServicer(pb_grpc.TaskReportingServiceServicer):
         session_id = parse_uuid("session_id", request.session_id, required=False)
         stream = self._producers.open_session(session_id)
         try:
-            lease = duration_pb2.Duration()
-            lease.FromNanoseconds(round(self._producers.lease_seconds * 1e9))
             yield pb.OpenSessionResponse(
                 opened=pb.SessionOpened(
-                    session_id=str(stream.session.id), lease=lease, resumed=stream.resumed
+                    session_id=str(stream.session.id),
+                    lease=lease_duration(self._producers.lease_seconds),
+                    resumed=stream.resumed,
                 )
             )
             # Shutdown ends the wait with ShuttingDownError (UNAVAILABLE).

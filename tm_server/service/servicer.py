@@ -6,26 +6,28 @@ from collections.abc import AsyncIterator
 
 from tm_client.pb import task_manager_pb2 as pb
 from tm_client.pb import task_manager_pb2_grpc as pb_grpc
-from tm_server.core import MAX_NAME_LENGTH, ListFilter, TaskManager, TaskStatus
-from tm_server.core.validation import check_length, check_name
+from tm_server.core import TaskManager, TaskStatus
+from tm_server.core.validation import check_name
 
 from .convert import (
     children_page_to_pb,
     duration_seconds,
     fill_status,
+    filter_from_pb,
     page_to_pb,
     require_uuid,
 )
-from .handlers import Context, streaming, unary
+from .handlers import Context, Servicer, streaming, unary
 
 #: Statuses of a recursive status stream encoded ahead of their writes.
 _RECURSIVE_BATCH = 256
 
 
-class TaskManagerServicer(pb_grpc.TaskManagerServiceServicer):
+class TaskManagerServicer(Servicer, pb_grpc.TaskManagerServiceServicer):
     """The public API, one RPC per ScyllaDB /task_manager endpoint."""
 
     def __init__(self, manager: TaskManager) -> None:
+        super().__init__()
         self._tm = manager
         self._last_wait: tuple[TaskStatus, pb.WaitTaskResponse] | None = None
 
@@ -41,14 +43,9 @@ class TaskManagerServicer(pb_grpc.TaskManagerServiceServicer):
         self, request: pb.ListModuleTasksRequest, context: Context
     ) -> pb.ListModuleTasksResponse:
         """Lists one page of a module's tasks."""
-        flt = ListFilter(
-            internal=request.internal,
-            keyspace=check_length("keyspace", request.keyspace, MAX_NAME_LENGTH),
-            table=check_length("table", request.table, MAX_NAME_LENGTH),
-        )
         entries, token = await self._tm.list_module_tasks(
             check_name("module", request.module),
-            flt,
+            filter_from_pb(request),
             page_size=request.page_size,
             page_token=request.page_token,
         )

@@ -6,15 +6,16 @@ from tm_client.pb import task_manager_test_pb2 as pb
 from tm_client.pb import task_manager_test_pb2_grpc as pb_grpc
 from tm_server.core import MAX_TEXT_LENGTH, TaskManager, UnknownModuleError
 from tm_server.core.validation import check_length, parse_uuid, require_uuid
-from tm_server.service.handlers import Context, unary
+from tm_server.service.handlers import Context, Servicer, unary
 
 from . import module as tests
 
 
-class TaskManagerTestServicer(pb_grpc.TaskManagerTestServiceServicer):
+class TaskManagerTestServicer(Servicer, pb_grpc.TaskManagerTestServiceServicer):
     """Mirrors ScyllaDB's /task_manager_test endpoints."""
 
     def __init__(self, manager: TaskManager) -> None:
+        super().__init__()
         self._tm = manager
 
     @unary

@@ -18,7 +18,7 @@ from tm_client import (
     UnavailableError,
 )
 
-from .process import BIN, ServerProcess
+from ..process import BIN, ServerProcess
 
 GRPCURL = str(BIN / "grpcurl")
 
@@ -82,6 +82,17 @@ def test_bad_flags_fail_with_a_message() -> None:
         timeout=30,
     )
     assert result.returncode == 2 and "must be at most 10000000000" in result.stderr
+    result = subprocess.run(
+        [str(BIN / "tm-server"), "--log-level", "chatty"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        "tm-server: error: argument --log-level: unknown level 'chatty': "
+        "use DEBUG, INFO, WARNING, ERROR or CRITICAL"
+    )
 
 
 def grpcurl(target: str, *args: str, data: dict[str, Any] | None = None) -> tuple[int, str]:

@@ -20,7 +20,7 @@ from tm_server.core import (
 )
 from tm_server.testing import create_test_task, finish_test_task
 
-from .virtual_group import InMemoryGroup, Operation
+from ..virtual_group import InMemoryGroup, Operation
 
 
 @pytest.fixture

@@ -18,17 +18,10 @@ import pytest
 
 from tm_client import Producer, TaskManagerClient, TestServiceClient
 
-from .process import BIN
-from .server_fixture import ServerThread
+from ..process import TM, run_tm
+from ..server_fixture import ServerThread
 
-TM = str(BIN / "tm")
 Cli = Callable[..., subprocess.CompletedProcess[str]]
-
-
-def run_tm(target: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [TM, "--target", target, *args], capture_output=True, text=True, timeout=timeout
-    )
 
 
 def no_traceback(result: subprocess.CompletedProcess[str]) -> None:
@@ -300,3 +293,69 @@ def test_wait_on_a_terminal_shows_a_live_progress_bar(server: ServerThread) -> N
         assert "\x1b[" in screen  # drawn with terminal control codes
         after_bar = screen[screen.rindex("10/10 files") :]
         assert "state: done" in after_bar  # then the final status
+
+
+def run_on_pty(target: str, *args: str, env: dict[str, str] | None = None) -> str:
+    """Runs ``tm`` on a terminal (a pty); returns what it drew."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 200, 0, 0))
+    full_env = {k: v for k, v in os.environ.items() if k != "NO_COLOR"}
+    full_env.update({"TERM": "xterm-256color", "COLUMNS": "200", **(env or {})})
+    proc = subprocess.Popen(
+        [TM, "--target", target, *args], stdin=slave, stdout=slave, stderr=slave, env=full_env
+    )
+    os.close(slave)
+    chunks: list[bytes] = []
+    while True:
+        try:
+            data = os.read(master, 4096)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    assert proc.wait(30) == 0
+    os.close(master)
+    return b"".join(chunks).decode(errors="replace")
+
+
+def test_host_and_port_after_the_verb_and_help_on_help_only(server: ServerThread) -> None:
+    host, port = server.target.rsplit(":", 1)
+    for args in (
+        ["tasks", "modules", "-h", host, "-p", port],
+        ["tasks", "modules", "--host", host, "--port", port],
+        ["-h", host, "-p", port, "tasks", "modules"],
+        ["-p", "1", "tasks", "modules", "-p", port, "-h", host],  # after the verb wins
+    ):
+        result = subprocess.run([TM, *args], capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0 and result.stdout == "test\n", (args, result.stderr)
+    for args in (["--help"], ["tasks", "--help"], ["tasks", "list", "--help"]):
+        result = subprocess.run([TM, *args], capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0 and result.stdout.startswith("usage: tm"), args
+    assert "-h HOST" in result.stdout or "--host HOST" in result.stdout
+
+
+def test_version() -> None:
+    result = subprocess.run([TM, "--version"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0 and result.stdout == "tm 0.1.0\n"
+
+
+def test_colours_on_a_terminal_and_no_color(server: ServerThread, tree: dict[str, UUID]) -> None:
+    coloured = run_on_pty(server.target, "tasks", "list", "test")
+    assert "\x1b[33m" in coloured  # running, in yellow
+    plain = run_on_pty(server.target, "tasks", "list", "test", env={"NO_COLOR": "1"})
+    assert "running" in plain
+    assert not any(f"\x1b[{c}" in plain for c in ("30", "31", "32", "33", "34", "35", "36", "9"))
+
+
+def test_the_tree_on_a_terminal_dims_only_the_ids(
+    server: ServerThread, tree: dict[str, UUID]
+) -> None:
+    screen = run_on_pty(server.target, "tasks", "tree", str(tree["root"]))
+    root = str(tree["root"])
+    start = screen.index(root)
+    assert screen[start - 4 : start] == "\x1b[2m"  # the id is dim...
+    after = screen[start + len(root) :]
+    assert after.startswith("\x1b[0m")  # ...and the dimming ends with it
+    label = after[: after.index("\n")]
+    assert "test/test" in label and "\x1b[2m" not in label.split("test/test")[0][4:]

@@ -30,7 +30,7 @@ from tm_client import (
 from tm_client.pb import task_reporting_pb2 as rpb
 from tm_client.pb import task_reporting_pb2_grpc as rpb_grpc
 
-from .server_fixture import ServerThread
+from ..server_fixture import ServerThread
 
 
 @pytest.fixture
@@ -190,7 +190,7 @@ def test_unregister_module_aborts_and_fails_reported_tasks(
 
 
 def test_sigkilled_producer_fails_after_the_lease(lease_server: ServerThread) -> None:
-    script = Path(__file__).with_name("producer_script.py")
+    script = Path(__file__).parent.parent / "producer_script.py"
     proc = subprocess.Popen(
         [sys.executable, str(script), lease_server.target], stdout=subprocess.PIPE, text=True
     )
@@ -266,7 +266,7 @@ def test_a_frozen_producer_is_noticed_after_keepalive_and_its_timeout() -> None:
         keepalive_seconds=1.0,
         keepalive_timeout_seconds=1.0,
     ).start()
-    script = Path(__file__).with_name("producer_script.py")
+    script = Path(__file__).parent.parent / "producer_script.py"
     proc = subprocess.Popen(
         [sys.executable, str(script), server.target], stdout=subprocess.PIPE, text=True
     )
@@ -286,3 +286,26 @@ def test_a_frozen_producer_is_noticed_after_keepalive_and_its_timeout() -> None:
     finally:
         proc.kill()
         server.stop()
+
+
+def test_closing_a_producer_ends_its_session_at_once(
+    lease_server: ServerThread, caplog: pytest.LogCaptureFixture
+) -> None:
+    with TaskManagerClient(lease_server.target) as client:
+        with caplog.at_level("INFO"):
+            producer = Producer(lease_server.target, module="backup")
+            with producer.task("backup") as task:
+                pass
+            left = producer.task("backup")
+            producer.close()
+            status = client.get_status(left.id)
+            assert status.state is TaskState.FAILED and "closed its session" in status.error
+            assert client.get_status(task.id).state is TaskState.DONE
+            time.sleep(1.5)  # past the 1 s lease: nothing more happens
+        assert lease_server.call(lambda: _count(lease_server)) == 0
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+async def _count(server: ServerThread) -> int:
+    assert server.server is not None
+    return server.server.producers.session_count()

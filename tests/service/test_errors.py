@@ -25,7 +25,7 @@ from tm_server.core import (
     UnknownModuleError,
 )
 from tm_server.service.errors import status_for
-from tm_server.service.handlers import Context, streaming, unary
+from tm_server.service.handlers import Context, Servicer, streaming, unary
 
 
 def decode(status: grpc.Status) -> tuple[status_pb2.Status, dict[str, Any]]:
@@ -110,7 +110,7 @@ class RecordingContext:
         raise Aborted()
 
 
-class Handlers:
+class Handlers(Servicer):
     @unary
     async def Fails(self, request: Exception, context: Context) -> str:
         raise request
@@ -163,3 +163,35 @@ def test_stream_error_after_messages_is_a_status() -> None:
     with pytest.raises(Aborted):
         asyncio.run(consume())
     assert ctx.status is not None and ctx.status.code is grpc.StatusCode.NOT_FOUND
+
+
+def _domain_errors() -> list[type[TaskManagerError]]:
+    import tm_server.core.errors as module
+
+    return [
+        cls
+        for cls in vars(module).values()
+        if isinstance(cls, type)
+        and issubclass(cls, TaskManagerError)
+        and cls is not TaskManagerError
+    ]
+
+
+@pytest.mark.parametrize("error", _domain_errors(), ids=lambda cls: cls.__name__)
+def test_every_domain_error_has_a_code_and_a_reason_of_the_proto(
+    error: type[TaskManagerError],
+) -> None:
+    from tm_client import REASONS
+    from tm_server.service.errors import code_of
+
+    assert code_of(error) not in (None, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN)
+    assert error.reason in REASONS
+
+
+def test_every_reason_of_the_proto_is_one_the_server_sends() -> None:
+    from tm_client import REASONS
+    from tm_server.service.decoding import MALFORMED_REQUEST
+    from tm_server.service.handlers import INTERNAL
+
+    sent = {cls.reason for cls in _domain_errors()} | {MALFORMED_REQUEST, INTERNAL}
+    assert sent == REASONS

@@ -25,7 +25,7 @@ from tm_server.core import (
 from tm_server.core.producers import Producers, TaskSpec
 from tm_server.core.validation import MAX_PROGRESS, MAX_TTL_SECONDS
 
-from .bodies import Controlled
+from ..bodies import Controlled
 
 
 @pytest.fixture

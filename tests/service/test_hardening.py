@@ -10,24 +10,20 @@ import logging
 import random
 import threading
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID, uuid4
 
 import grpc
 import pytest
-from google.protobuf import timestamp_pb2
 from grpc_health.v1 import health_pb2
 
 from tm_client import (
-    AsyncTaskManagerClient,
     InternalError,
     InvalidArgumentError,
     Producer,
     ResourceExhaustedError,
     TaskManagerClient,
     TaskState,
-    TaskStatus,
 )
 from tm_client.pb import task_manager_pb2 as pb
 from tm_client.pb import task_manager_pb2_grpc as pb_grpc
@@ -36,8 +32,8 @@ from tm_client.pb import task_reporting_pb2_grpc as rpb_grpc
 from tm_server.core.producers import Producers, TaskSpec
 from tm_server.core.validation import MAX_TTL_SECONDS
 
-from .server_fixture import ServerThread
-from .test_cli import run_tm
+from ..process import run_tm
+from ..server_fixture import ServerThread
 
 
 def reporting(server: ServerThread) -> Iterator[rpb_grpc.TaskReportingServiceStub]:
@@ -127,55 +123,6 @@ async def test_fast_watchers_of_a_task_finished_right_after_progress_all_end_on_
     assert outcomes == {"TASK_STATE_DONE": 200 * ROUNDS}
 
 
-class _EndsEarly(grpc.GenericRpcHandler):  # type: ignore[type-arg]
-    """A server whose WaitTask ends OK while its last message still says RUNNING."""
-
-    def service(self, details: grpc.HandlerCallDetails) -> Any:
-        if details.method != "/tm.v1.TaskManagerService/WaitTask":
-            return None
-
-        def wait(request: pb.WaitTaskRequest, context: Any) -> Iterator[pb.WaitTaskResponse]:
-            status = pb.TaskStatus(
-                id=request.task_id, state=pb.TASK_STATE_RUNNING, kind=pb.TASK_KIND_NODE
-            )
-            yield pb.WaitTaskResponse(status=status)
-
-        return grpc.unary_stream_rpc_method_handler(
-            wait,
-            request_deserializer=pb.WaitTaskRequest.FromString,
-            response_serializer=pb.WaitTaskResponse.SerializeToString,
-        )
-
-
-@pytest.fixture
-def early_server() -> Iterator[str]:
-    from concurrent import futures
-
-    server = grpc.server(futures.ThreadPoolExecutor(2), handlers=[_EndsEarly()])
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    yield f"127.0.0.1:{port}"
-    server.stop(None)
-
-
-def test_client_wait_never_returns_a_status_that_is_not_final(early_server: str) -> None:
-    task_id = uuid4()
-    with TaskManagerClient(early_server) as client:
-        with pytest.raises(InternalError, match="on state running, not on a final state") as err:
-            client.wait(task_id)
-        assert err.value.reason == "WAIT_ENDED_EARLY"
-        with pytest.raises(InternalError):
-            list(client.watch(task_id))
-
-
-async def test_async_client_wait_never_returns_a_status_that_is_not_final(
-    early_server: str,
-) -> None:
-    async with AsyncTaskManagerClient(early_server) as client:
-        with pytest.raises(InternalError):
-            await client.wait(uuid4())
-
-
 # ---- ids, times and TTLs a client may send ---------------------------------------------------
 
 FAR_FUTURE = "ffffffff-ffff-7fff-bfff-ffffffffffff"  # a valid version-7 UUID of year 10889
@@ -212,17 +159,6 @@ def test_ttls_beyond_the_maximum_are_refused_and_tasks_still_finish(
     assert finished.status.state == pb.TASK_STATE_DONE
     status = client.wait(created.status.id)
     assert status.expire_time is not None and status.expire_time.year > 2300
-
-
-def test_client_decodes_any_timestamp_the_wire_can_carry() -> None:
-    msg = pb.TaskStatus(id=str(uuid4()), state=pb.TASK_STATE_DONE, kind=pb.TASK_KIND_NODE)
-    msg.expire_time.CopyFrom(timestamp_pb2.Timestamp(seconds=2**63 - 1))
-    msg.end_time.CopyFrom(timestamp_pb2.Timestamp(seconds=-(2**63)))
-    msg.start_time.CopyFrom(timestamp_pb2.Timestamp(seconds=10**12, nanos=999_999_999))
-    status = TaskStatus.from_pb(msg)
-    assert status.expire_time == datetime.max.replace(tzinfo=UTC)
-    assert status.end_time == datetime.min.replace(tzinfo=UTC)
-    assert status.start_time == datetime.max.replace(tzinfo=UTC)
 
 
 def test_progress_beyond_the_maximum_is_refused(stub: rpb_grpc.TaskReportingServiceStub) -> None:
@@ -616,8 +552,8 @@ def test_the_producer_keeps_nothing_per_finished_task(server: ServerThread) -> N
 def test_an_error_that_repeats_logs_its_traceback_once(
     server: ServerThread, client: TaskManagerClient, caplog: pytest.LogCaptureFixture
 ) -> None:
+    from ..virtual_group import Operation
     from .test_service import BrokenGroup
-    from .virtual_group import Operation
 
     vid = uuid4()
 

@@ -31,7 +31,7 @@ from tm_server.testing import (
     unregister_test_module,
 )
 
-from .bodies import Controlled
+from ..bodies import Controlled
 
 
 async def settle() -> None:

@@ -265,3 +265,41 @@ async def test_stopping_ends_session_streams(producers: Producers) -> None:
         await asyncio.wait_for(waiting, 1)
     with pytest.raises(ShuttingDownError):
         producers.open_session()
+
+
+async def test_a_clean_close_ends_the_session_without_a_lease_or_a_warning(
+    producers: Producers, clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    tm = producers.manager
+    stream = producers.open_session()
+    session = stream.session.id
+    done = await make(producers, session=session)
+    left = await make(producers, session=session)
+    await producers.finish_task(done, None)
+    reading = asyncio.ensure_future(stream.next_abort())
+    with caplog.at_level("INFO"):
+        assert await producers.close_session(session) == 1
+        assert await asyncio.wait_for(reading, 1) is None  # the open stream ends, with OK
+        producers.close_stream(stream)  # as the servicer does when it ends: starts nothing
+        clock.advance(31)  # past the lease
+        await producers.settle()
+    assert producers.session_count() == 0
+    final = await tm.get_status(left)
+    assert final.state is TaskState.FAILED and "closed its session" in final.error
+    assert (await tm.get_status(done)).state is TaskState.DONE
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    assert not [r for r in caplog.records if "expired" in r.getMessage()]
+    with pytest.raises(SessionNotFoundError):
+        await producers.close_session(session)
+
+
+async def test_a_session_that_expires_with_no_tasks_is_no_warning(
+    producers: Producers, clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    stream = producers.open_session()
+    producers.close_stream(stream)
+    with caplog.at_level("INFO"):
+        clock.advance(31)
+        await producers.settle()
+    assert producers.session_count() == 0
+    assert [r.levelname for r in caplog.records if "expired" in r.getMessage()] == ["INFO"]

@@ -7,14 +7,17 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tm_client import TaskManagerClient, TaskState
 from tm_client.demo import KEYSPACES, RANGES_PER_SHARD, run_demo
 
-from .server_fixture import ServerThread
+from ..server_fixture import ServerThread
 
-NODE_EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "node-producer"
+NODE_EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "node-producer"
 
 
+@pytest.mark.slow
 def test_node_producer_reports_a_tree(server: ServerThread, client: TaskManagerClient) -> None:
     node = shutil.which("node")
     assert node, "Node.js is needed for the cross-language producer test"

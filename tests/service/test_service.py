@@ -37,9 +37,9 @@ from tm_client.pb import task_manager_test_pb2_grpc as test_pb_grpc
 from tm_server.core import TaskStatus, VirtualTaskHint
 from tm_server.service import servicer as servicer_module
 
-from .bodies import Controlled
-from .server_fixture import ServerThread
-from .virtual_group import InMemoryGroup, Operation
+from ..bodies import Controlled
+from ..server_fixture import ServerThread
+from ..virtual_group import InMemoryGroup, Operation
 
 
 class Abortable(Controlled):

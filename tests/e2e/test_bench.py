@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 FIGURES = {
     "status reads, 8 in flight",
     "status reads, 16 in flight",
@@ -28,6 +28,7 @@ FIGURES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_bench_runs_every_figure_in_the_tiny_configuration(tmp_path: Path) -> None:
     result = subprocess.run(
