@@ -10,6 +10,7 @@ import socket
 from dataclasses import dataclass
 
 import grpc
+from google.rpc import error_details_pb2  # noqa: F401  # served by reflection (see start)
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import _async as reflection_aio
@@ -194,6 +195,9 @@ class TmServer:
         services += add_service(
             self.server, health_pb2_grpc.add_HealthServicer_to_server, self.health
         )
+        # Reflection answers from the default descriptor pool: every type
+        # imported is described, the google.rpc error details (imported
+        # above) included, so grpcurl and buf curl decode them by name.
         services.append(reflection.SERVICE_NAME)
         add_service(
             self.server,

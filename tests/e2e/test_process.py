@@ -119,6 +119,11 @@ def test_grpcurl_drives_every_rpc_through_reflection(proc: ServerProcess) -> Non
     assert {"tm.v1.TaskManagerService", "tm.v1.TaskManagerTestService"} <= set(out.split())
     rc, out = grpcurl(target, "describe", "tm.v1.TaskManagerService")
     assert rc == 0 and "rpc WaitTask" in out and "stream .tm.v1.WaitTaskResponse" in out
+    # The error details are known to reflection, so they decode by name.
+    rc, out = grpcurl(target, "describe", "google.rpc.ErrorInfo")
+    assert rc == 0 and "string reason = 1;" in out
+    rc, out = grpcurl(target, "describe", "tm.v1.ErrorReason")
+    assert rc == 0 and "ERROR_REASON_TASK_NOT_FOUND = 1;" in out
 
     assert call(target, svc + "SetTtl", {"ttl_seconds": 600}) == {}  # previous 0 is the default
     assert call(target, svc + "GetTtl") == {"ttl_seconds": "600"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 
 from tm_client import AsyncTaskManagerClient, TaskState
 from tm_server.core import TaskContext, TaskImpl, TaskManager
@@ -60,3 +61,27 @@ async def test_embedded_manager_served_over_grpc() -> None:
             assert [e.task_id async for e in client.list_tasks("repair")] == [handle.id]
     finally:
         await server.stop()
+
+
+async def test_an_embedded_server_leaves_the_collector_alone() -> None:
+    # Freezing the collector is a process-wide setting: only tm-server, which
+    # owns its process, turns it on by default.
+    assert ServerConfig().gc_freeze_interval == 0
+    gc.unfreeze()
+    server = TmServer(ServerConfig(address="127.0.0.1:0"), manager=TaskManager())
+    await server.start()
+    try:
+        junk = [object() for _ in range(1000)]
+        await asyncio.sleep(0.3)  # three times tm-server's freeze interval
+        assert gc.get_freeze_count() == 0
+        del junk
+    finally:
+        await server.stop()
+    asked = TmServer(ServerConfig(address="127.0.0.1:0", gc_freeze_interval=0.05))
+    await asked.start()
+    try:
+        await asyncio.sleep(0.3)
+        assert gc.get_freeze_count() > 0
+    finally:
+        await asked.stop()
+    assert gc.get_freeze_count() == 0  # handed back on stop
