@@ -71,6 +71,8 @@ async function main() {
   const children = [];
   for (const file of files) children.push(await importFile(session, root.id, file, aborted));
   const { status: final } = await call('FinishTask', { task_id: root.id });
+  // A clean close: the server ends the session (and its stream) at once, no lease.
+  await call('CloseSession', { session_id: session.id });
   session.stream.cancel();
   client.close();
   console.log(JSON.stringify({ root: root.id, children, state: final.state }));

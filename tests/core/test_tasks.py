@@ -460,7 +460,7 @@ async def test_released_subtree_frees_held_children(tm: TaskManager, clock: Manu
     await finish_test_task(tm, mid)  # mid is held by root, leaf still running
     await finish_test_task(tm, leaf)
     await finish_test_task(tm, root)
-    assert tm.shards[1].stats_counts()["held"] == 1
+    assert tm.stats_counts()[1]["held"] == 1
     clock.advance(11)
     await settle()
     counts = [s.stats_counts() for s in tm.shards]
