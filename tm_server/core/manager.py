@@ -20,7 +20,6 @@ from uuid import UUID
 from .clock import Clock, SystemClock
 from .errors import (
     InvalidArgumentError,
-    InvalidStateError,
     ModuleLimitError,
     TaskAlreadyExistsError,
     TaskNotAbortableError,
@@ -122,7 +121,9 @@ class TaskManager:
         """
         check_name("module", name)
         first = self._shards[0]
-        if not await first.has_module(name) and len(await first.list_modules()) >= self.max_modules:
+        if await first.has_module(name):
+            return False  # registered on every shard already (CreateTask asks every time)
+        if len(await first.list_modules()) >= self.max_modules:
             raise ModuleLimitError(name, self.max_modules)
         results = [await shard.register_module(name) for shard in self._shards]
         return results[0]
@@ -255,7 +256,7 @@ class TaskManager:
         module: str,
         impl: TaskImpl,
         *,
-        shard: int,
+        shard: int | None = None,
         parent_id: UUID | None = None,
         task_id: UUID | None = None,
         keyspace: str = "",
@@ -263,20 +264,27 @@ class TaskManager:
         entity: str = "",
         progress_total: float | None = None,
         handle: bool = False,
+        start: bool = False,
     ) -> Created:
-        """Creates a task as ``create_task`` does, without a handle unless asked."""
-        target = self._port(shard)
+        """Creates a task as ``create_task`` does, without a handle unless asked.
+
+        ``shard`` ``None`` places the task on its id's home shard; ``start``
+        starts it at once, on the shard just used (no lookup).
+        """
         check_length("keyspace", keyspace, MAX_NAME_LENGTH)
         check_length("table", table, MAX_NAME_LENGTH)
         check_length("entity", entity, MAX_TEXT_LENGTH)
+        if task_id is None:
+            task_id = new_task_id()  # made here: no other task can have it
+        else:
+            await self._check_unused(task_id)
+        if shard is None:
+            shard = self.home_shard(task_id)
+        target = self._port(shard)
         # Names repeat across millions of tasks: keep one copy of each.
         module, keyspace, table = sys.intern(module), sys.intern(keyspace), sys.intern(table)
         if not await target.has_module(module):
             raise UnknownModuleError(module)
-        if task_id is None:
-            task_id = new_task_id()
-        else:
-            await self._check_unused(task_id)
         link: ParentLink | None = None
         inherited: AttachResult | None = None
         if parent_id is not None:
@@ -295,6 +303,8 @@ class TaskManager:
             if link is not None and link.kind is ParentKind.NODE:
                 await self._shards[link.shard].detach_child(link.id, task_id)
             raise
+        if start:
+            await target.start_task(task_id)
         return Created(task_id, shard, inherited is not None and inherited.abort_pending)
 
     async def created_status(self, created: Created) -> TaskStatus:
@@ -330,34 +340,32 @@ class TaskManager:
 
     # ---- driving tasks by id -----------------------------------------------------------------
 
-    async def start_task(self, task_id: UUID) -> None:
-        """Starts a created task."""
-        await (await self._owner(task_id)).start_task(task_id)
+    async def start_task(self, task_id: UUID, *, reported: bool = False) -> None:
+        """Starts a created task (``reported``: only one a producer drives).
 
-    async def report_progress(self, task_id: UUID, completed: float, total: float | None) -> bool:
+        Raises:
+            TaskNotFoundError: no such task.
+            InvalidStateError: already started, or ``reported`` and run by the server.
+        """
+        await (await self._owner(task_id)).start_task(task_id, reported=reported)
+
+    async def report_progress(
+        self, task_id: UUID, completed: float, total: float | None, *, reported: bool = False
+    ) -> bool:
         """Records a running task's own progress; returns whether an abort is pending."""
-        return await (await self._owner(task_id)).report_progress(task_id, completed, total)
+        owner = await self._owner(task_id)
+        return await owner.report_progress(task_id, completed, total, reported=reported)
 
-    async def finish_task(self, task_id: UUID, error: str | None) -> TaskStatus:
+    async def finish_task(
+        self, task_id: UUID, error: str | None, *, reported: bool = False
+    ) -> TaskStatus:
         """Finishes a running task from outside its body; returns its final status."""
-        return await (await self._owner(task_id)).finish_task(task_id, error)
+        return await (await self._owner(task_id)).finish_task(task_id, error, reported=reported)
 
     async def fail_task(self, task_id: UUID, error: str) -> bool:
         """Fails an unfinished task (its producer is gone); False if it had finished or is gone."""
         shard = await self._locate(task_id)
         return shard is not None and await shard.fail_task(task_id, error)
-
-    async def check_external(self, task_id: UUID) -> None:
-        """Checks that a registered task is driven by a producer.
-
-        Raises:
-            TaskNotFoundError: no such task.
-            InvalidStateError: the server runs its body itself.
-        """
-        if not await (await self._owner(task_id)).is_external(task_id):
-            raise InvalidStateError(
-                f"task with id {task_id} is run by the server, not reported by a producer"
-            )
 
     async def wait_done(self, task_id: UUID) -> TaskStatus:
         """Waits until a registered task finishes; returns its final status."""

@@ -186,20 +186,24 @@ class ShardPort(Protocol):
     async def create_task(self, spec: NewTask, impl: TaskImpl, *, handle: bool) -> None:
         """Registers a task here, in state ``created`` (held for a handle if ``handle``)."""
 
-    async def start_task(self, task_id: UUID) -> None:
-        """Starts a created task; a body of the server's own runs in the background."""
+    async def start_task(self, task_id: UUID, *, reported: bool = False) -> None:
+        """Starts a created task; a body of the server's own runs in the background.
 
-    async def report_progress(self, task_id: UUID, completed: float, total: float | None) -> bool:
+        ``reported``: refuse a task whose body the server runs (for producers).
+        """
+
+    async def report_progress(
+        self, task_id: UUID, completed: float, total: float | None, *, reported: bool = False
+    ) -> bool:
         """Records a running task's progress; returns whether an abort is pending."""
 
-    async def finish_task(self, task_id: UUID, error: str | None) -> TaskStatus:
+    async def finish_task(
+        self, task_id: UUID, error: str | None, *, reported: bool = False
+    ) -> TaskStatus:
         """Finishes a running task from outside its body; returns its final status."""
 
     async def fail_task(self, task_id: UUID, error: str) -> bool:
         """Fails an unfinished task (its producer is gone); False if it had finished."""
-
-    async def is_external(self, task_id: UUID) -> bool:
-        """Whether a registered task here is driven by a producer."""
 
     async def unregister_task(self, task_id: UUID) -> None:
         """Unregisters a task now, whatever its TTL."""

@@ -17,7 +17,7 @@ from .errors import (
 )
 from .manager import TaskManager
 from .task import TaskContext, TaskImpl
-from .types import TaskKind, TaskState, TaskStatus, new_task_id
+from .types import TaskKind, TaskState, TaskStatus
 from .validation import (
     MAX_NAME_LENGTH,
     MAX_TEXT_LENGTH,
@@ -235,21 +235,20 @@ class Producers:
             existing = await self._existing(spec, start)
             if existing is not None:
                 return existing, False
-        task_id = spec.task_id or new_task_id()
-        shard = spec.shard if spec.shard is not None else self.manager.home_shard(task_id)
         await self.manager.register_module(spec.module)
         try:
             created = await self.manager.create(
                 spec.module,
                 self._impl(spec),
-                shard=shard,
+                shard=spec.shard,
                 parent_id=spec.parent_id,
-                task_id=task_id,
+                task_id=spec.task_id,
                 keyspace=spec.keyspace,
                 table=spec.table,
                 entity=spec.entity,
                 progress_total=spec.progress_total,
                 handle=True,
+                start=start and session is None,
             )
         except TaskAlreadyExistsError:
             # A concurrent retry won the race: answer as the retry would.
@@ -257,12 +256,15 @@ class Producers:
             if existing is None:
                 raise
             return existing, False
+        task_id = created.task_id
         if session is not None:
             session.tasks[task_id] = None
             self._task_sessions[task_id.int] = session
             if created.abort_pending:
                 session.push_abort(task_id)  # created under an aborting parent
-        if start:
+        if start and session is not None:
+            # Started once it is in its session, so that an abort pushed as it
+            # starts (created under an aborting parent) finds it there.
             try:
                 await self.manager.start_task(task_id)
             except BaseException:
@@ -305,21 +307,18 @@ class Producers:
 
     async def start_task(self, task_id: UUID) -> TaskStatus:
         """Starts a created reported task."""
-        await self.manager.check_external(task_id)
-        await self.manager.start_task(task_id)
+        await self.manager.start_task(task_id, reported=True)
         return await self.manager.get_status(task_id)
 
     async def report_progress(self, task_id: UUID, completed: float, total: float | None) -> bool:
         """Records a running reported task's progress; returns whether an abort is pending."""
-        await self.manager.check_external(task_id)
-        return await self.manager.report_progress(task_id, completed, total)
+        return await self.manager.report_progress(task_id, completed, total, reported=True)
 
     async def finish_task(self, task_id: UUID, error: str | None) -> TaskStatus:
         """Finishes a running reported task, failed when ``error`` is given."""
         if error is not None:
             check_length("error", error, MAX_TEXT_LENGTH)
-        await self.manager.check_external(task_id)
-        return await self.manager.finish_task(task_id, error)
+        return await self.manager.finish_task(task_id, error, reported=True)
 
     # ---- sessions ----------------------------------------------------------------------------
 

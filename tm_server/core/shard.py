@@ -215,13 +215,22 @@ class Shard(ShardPort):
 
     # ---- running -----------------------------------------------------------------------------
 
-    async def start_task(self, task_id: UUID) -> None:
+    def _driven(self, task_id: UUID, reported: bool) -> Task:
+        task = self._store.registered(task_id)
+        if reported and not task.impl.external:
+            raise InvalidStateError(
+                f"task with id {task_id} is run by the server, not reported by a producer"
+            )
+        return task
+
+    async def start_task(self, task_id: UUID, *, reported: bool = False) -> None:
         """Starts a created task: its body runs in the background.
 
         Raises:
-            InvalidStateError: the task was already started.
+            InvalidStateError: the task was already started (or, ``reported``,
+                the server runs its body).
         """
-        task = self._store.registered(task_id)
+        task = self._driven(task_id, reported)
         if task.state is not TaskState.CREATED:
             raise InvalidStateError(
                 f"task with id {task_id} was already started (state {task.state.value})"
@@ -265,8 +274,8 @@ class Shard(ShardPort):
         task.get_sync().runner = None
         await self._finish(task, error)
 
-    def _running(self, task_id: UUID, action: str) -> Task:
-        task = self._store.registered(task_id)
+    def _running(self, task_id: UUID, action: str, reported: bool) -> Task:
+        task = self._driven(task_id, reported)
         if task.state is not TaskState.RUNNING:
             hint = ": start it first" if task.state is TaskState.CREATED else ""
             raise InvalidStateError(
@@ -274,7 +283,9 @@ class Shard(ShardPort):
             )
         return task
 
-    async def finish_task(self, task_id: UUID, error: str | None) -> TaskStatus:
+    async def finish_task(
+        self, task_id: UUID, error: str | None, *, reported: bool = False
+    ) -> TaskStatus:
         """Finishes a running task from outside its body (done, or failed with ``error``).
 
         A task with an abort pending fails with the abort error whatever ``error`` says.
@@ -283,7 +294,7 @@ class Shard(ShardPort):
             TaskNotFoundError: no such registered task here.
             InvalidStateError: the task is not running.
         """
-        task = self._running(task_id, "finish")
+        task = self._running(task_id, "finish", reported)
         if error is None and task.abort_requested:
             error = ABORT_ERROR
         await self._finish(task, error)
@@ -297,10 +308,6 @@ class Shard(ShardPort):
         await self._finish(task, error)
         return True
 
-    async def is_external(self, task_id: UUID) -> bool:
-        """Whether a registered task here is driven from outside (by a producer)."""
-        return self._store.registered(task_id).impl.external
-
     async def set_progress(self, task: Task, completed: float, total: float | None) -> None:
         """Records a task's own progress (used by its body or its producer)."""
         if total is None:
@@ -310,14 +317,16 @@ class Shard(ShardPort):
         task.reported = Progress(completed, total)
         await self._changed(task)
 
-    async def report_progress(self, task_id: UUID, completed: float, total: float | None) -> bool:
+    async def report_progress(
+        self, task_id: UUID, completed: float, total: float | None, *, reported: bool = False
+    ) -> bool:
         """Records the progress of a running task by id; returns whether an abort is pending.
 
         Raises:
             InvalidArgumentError: negative or non-finite values, or completed above the total.
             InvalidStateError: the task is not running.
         """
-        task = self._running(task_id, "report progress of")
+        task = self._running(task_id, "report progress of", reported)
         check_progress(completed, total)
         effective_total = total if total is not None else known_total(task)
         if effective_total is not None and completed > effective_total:

@@ -10,7 +10,9 @@ from uuid import UUID
 
 from uuid6 import uuid7
 
-from .validation import plausible_time
+from .validation import MAX_ID_CLOCK_SKEW, plausible_time
+
+_wall_clock = time.time
 
 
 class TaskState(enum.Enum):
@@ -169,8 +171,11 @@ def creation_time_of(task_id: UUID) -> float | None:
         return None  # not an RFC 4122 UUID: its version bits mean nothing
     version = (value >> 76) & 0xF
     if version == 7:
-        return plausible_time((value >> 80) / 1000.0, time.time())
+        # Every status read comes here: the check is inlined (a version-7
+        # time is never before the epoch).
+        seconds = (value >> 80) / 1000.0
+        return seconds if seconds <= _wall_clock() + MAX_ID_CLOCK_SKEW else None
     if version == 1:
         # 100 ns intervals since 1582-10-15, the Gregorian reform.
-        return plausible_time((task_id.time - 0x01B21DD213814000) / 1e7, time.time())
+        return plausible_time((task_id.time - 0x01B21DD213814000) / 1e7, _wall_clock())
     return None

@@ -177,9 +177,8 @@ def fill_status(target: pb.TaskStatus, status: TaskStatus) -> None:
         target.abort_requested = True
     if status.expire_time is not None:
         _set_time(target.expire_time, status.expire_time)
-    count = status.children_count or len(status.children)
-    if count:
-        target.children_count = count
+    if status.children_count:  # set wherever children are listed
+        target.children_count = status.children_count
 
 
 def status_to_pb(status: TaskStatus) -> pb.TaskStatus:
