@@ -151,6 +151,7 @@ class TaskManager:
         return sorted(await self._shards[0].list_modules())
 
     async def _check_module(self, name: str) -> None:
+        check_name("module", name)
         if not await self._shards[0].has_module(name):
             raise UnknownModuleError(name)
 
@@ -423,12 +424,10 @@ class TaskManager:
                 page, count = found
                 break
         if page is None:
-            status = await self._groups.status(task_id, raw=True)
-            if status is None:
+            found = await self._groups.children_page(task_id, after, size + 1)
+            if found is None:
                 raise TaskNotFoundError(task_id)
-            children = sorted(status.children, key=lambda c: c.task_id.int)
-            count = len(children)
-            page = [c for c in children if after is None or c.task_id.int > after.int][: size + 1]
+            page, count = found
         if len(page) <= size:
             return page, count, ""
         page = page[:size]
@@ -485,6 +484,8 @@ class TaskManager:
         """
         size = check_page_size(page_size)
         await self._check_module(module)
+        check_length("keyspace", flt.keyspace, MAX_NAME_LENGTH)
+        check_length("table", flt.table, MAX_NAME_LENGTH)
         return await list_page(
             self._shards, self._groups, self._page_tokens, module, flt, size, page_token
         )

@@ -54,11 +54,11 @@ class TaskSpec:
         Raises:
             InvalidArgumentError: naming the bad field.
         """
-        check_name("module", self.module)
+        # What the manager does not check itself (the module when it is
+        # registered, keyspace, table and entity when the task is made).
         check_name("type", self.type)
-        for field in ("scope", "keyspace", "table", "progress_units"):
-            check_length(field, getattr(self, field), MAX_NAME_LENGTH)
-        check_length("entity", self.entity, MAX_TEXT_LENGTH)
+        check_length("scope", self.scope, MAX_NAME_LENGTH)
+        check_length("progress_units", self.progress_units, MAX_NAME_LENGTH)
         if self.progress_total is not None:
             check_progress_value("progress_total", self.progress_total)
 
@@ -231,10 +231,6 @@ class Producers:
         """
         spec.validate()
         session = self._session(session_id) if session_id is not None else None
-        if spec.task_id is not None:
-            existing = await self._existing(spec, start)
-            if existing is not None:
-                return existing, False
         await self.manager.register_module(spec.module)
         try:
             created = await self.manager.create(
@@ -251,8 +247,9 @@ class Producers:
                 start=start and session is None,
             )
         except TaskAlreadyExistsError:
-            # A concurrent retry won the race: answer as the retry would.
-            existing = await self._existing(spec, start)
+            # The id is taken: a retry of this very create is answered with the
+            # task it made (the client-chosen id makes the call idempotent).
+            existing = None if spec.task_id is None else await self._existing(spec, start)
             if existing is None:
                 raise
             return existing, False

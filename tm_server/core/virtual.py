@@ -16,7 +16,7 @@ from uuid import UUID
 from .clock import Clock
 from .errors import ShuttingDownError, TaskNotFoundError, WaitTimeoutError
 from .port import Deadline
-from .types import ListFilter, Progress, TaskKind, TaskStats, TaskStatus
+from .types import ListFilter, Progress, TaskIdentity, TaskKind, TaskStats, TaskStatus
 from .validation import finite_or_zero
 
 T = TypeVar("T")
@@ -130,6 +130,17 @@ class VirtualGroups:
         if status is None or raw:
             return status
         return self.normalize(group, status)
+
+    async def children_page(
+        self, task_id: UUID, after: UUID | None, limit: int
+    ) -> tuple[list[TaskIdentity], int] | None:
+        """A page of a virtual task's children by id, and how many it has; ``None`` if unknown."""
+        status = await self.status(task_id, raw=True)
+        if status is None:
+            return None
+        children = sorted(status.children, key=lambda c: c.task_id.int)
+        floor = -1 if after is None else after.int
+        return [c for c in children if c.task_id.int > floor][:limit], len(children)
 
     async def stats(
         self, module: str, flt: ListFilter, after: UUID | None, limit: int

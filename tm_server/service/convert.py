@@ -9,7 +9,6 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from tm_client.pb import task_manager_pb2 as pb
 from tm_client.pb import task_reporting_pb2 as reporting_pb
 from tm_server.core import (
-    MAX_NAME_LENGTH,
     InvalidArgumentError,
     ListFilter,
     TaskIdentity,
@@ -19,7 +18,7 @@ from tm_server.core import (
     TaskStatus,
 )
 from tm_server.core.producers import TaskSpec
-from tm_server.core.validation import check_length, parse_uuid, require_uuid
+from tm_server.core.validation import parse_uuid, require_uuid
 
 __all__ = [
     "children_page_to_pb",
@@ -69,12 +68,8 @@ def lease_duration(seconds: float) -> duration_pb2.Duration:
 
 
 def filter_from_pb(request: pb.ListModuleTasksRequest) -> ListFilter:
-    """Decodes a listing's filters."""
-    return ListFilter(
-        internal=request.internal,
-        keyspace=check_length("keyspace", request.keyspace, MAX_NAME_LENGTH),
-        table=check_length("table", request.table, MAX_NAME_LENGTH),
-    )
+    """Decodes a listing's filters (the core checks them)."""
+    return ListFilter(internal=request.internal, keyspace=request.keyspace, table=request.table)
 
 
 def spec_from_pb(request: reporting_pb.CreateTaskRequest) -> TaskSpec:

@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 from tm_client.pb import task_reporting_pb2 as pb
 from tm_client.pb import task_reporting_pb2_grpc as pb_grpc
 from tm_server.core.producers import Producers
-from tm_server.core.validation import check_name
 
 from .convert import fill_status, lease_duration, parse_uuid, require_uuid, spec_from_pb
 from .handlers import Context, Servicer, streaming, unary
@@ -25,7 +24,7 @@ class TaskReportingServicer(Servicer, pb_grpc.TaskReportingServiceServicer):
         self, request: pb.RegisterModuleRequest, context: Context
     ) -> pb.RegisterModuleResponse:
         """Registers a module."""
-        created = await self._producers.register_module(check_name("module", request.module))
+        created = await self._producers.register_module(request.module)
         return pb.RegisterModuleResponse(created=created)
 
     @unary
@@ -33,7 +32,7 @@ class TaskReportingServicer(Servicer, pb_grpc.TaskReportingServiceServicer):
         self, request: pb.UnregisterModuleRequest, context: Context
     ) -> pb.UnregisterModuleResponse:
         """Stops a module."""
-        await self._producers.unregister_module(check_name("module", request.module))
+        await self._producers.unregister_module(request.module)
         return pb.UnregisterModuleResponse()
 
     @unary

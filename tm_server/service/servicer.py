@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 from tm_client.pb import task_manager_pb2 as pb
 from tm_client.pb import task_manager_pb2_grpc as pb_grpc
 from tm_server.core import TaskManager, TaskStatus
-from tm_server.core.validation import check_name
 
 from .convert import (
     children_page_to_pb,
@@ -44,7 +43,7 @@ class TaskManagerServicer(Servicer, pb_grpc.TaskManagerServiceServicer):
     ) -> pb.ListModuleTasksResponse:
         """Lists one page of a module's tasks."""
         entries, token = await self._tm.list_module_tasks(
-            check_name("module", request.module),
+            request.module,
             filter_from_pb(request),
             page_size=request.page_size,
             page_token=request.page_token,
@@ -160,7 +159,7 @@ class TaskManagerServicer(Servicer, pb_grpc.TaskManagerServiceServicer):
         self, request: pb.DrainModuleTasksRequest, context: Context
     ) -> pb.DrainModuleTasksResponse:
         """Unregisters a module's finished tasks."""
-        count = await self._tm.drain(check_name("module", request.module))
+        count = await self._tm.drain(request.module)
         return pb.DrainModuleTasksResponse(drained_count=count)
 
     @unary

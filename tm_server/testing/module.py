@@ -8,6 +8,7 @@ from typing import Any
 from uuid import UUID
 
 from tm_server.core import (
+    MAX_TEXT_LENGTH,
     InvalidStateError,
     TaskAbortedError,
     TaskContext,
@@ -15,6 +16,7 @@ from tm_server.core import (
     TaskImpl,
     TaskManager,
 )
+from tm_server.core.validation import check_length
 
 TEST_MODULE = "test"
 
@@ -127,9 +129,12 @@ async def finish_test_task(manager: TaskManager, task_id: UUID, error: str | Non
     Returns once the task's completion has resolved.
 
     Raises:
+        InvalidArgumentError: an error text over ``MAX_TEXT_LENGTH``.
         TaskNotFoundError: no such task.
         InvalidStateError: the task is not a test task.
     """
+    if error is not None:
+        check_length("error", error, MAX_TEXT_LENGTH)
     status = await manager.get_status(task_id)
     body = _bodies(manager).get(task_id)
     if body is None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from tm_client.pb import task_manager_test_pb2 as pb
 from tm_client.pb import task_manager_test_pb2_grpc as pb_grpc
-from tm_server.core import MAX_TEXT_LENGTH, TaskManager, UnknownModuleError
-from tm_server.core.validation import check_length, parse_uuid, require_uuid
+from tm_server.core import TaskManager, UnknownModuleError
+from tm_server.core.validation import parse_uuid, require_uuid
 from tm_server.service.handlers import Context, Servicer, unary
 
 from . import module as tests
@@ -58,11 +58,7 @@ class TaskManagerTestServicer(Servicer, pb_grpc.TaskManagerTestServiceServicer):
         self, request: pb.FinishTestTaskRequest, context: Context
     ) -> pb.FinishTestTaskResponse:
         """Finishes a test task, failed when an error is given."""
-        error = (
-            check_length("error", request.error, MAX_TEXT_LENGTH)
-            if request.HasField("error")
-            else None
-        )
+        error = request.error if request.HasField("error") else None
         await tests.finish_test_task(self._tm, require_uuid("task_id", request.task_id), error)
         return pb.FinishTestTaskResponse()
 
