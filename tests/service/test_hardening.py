@@ -552,18 +552,9 @@ def test_the_producer_keeps_nothing_per_finished_task(server: ServerThread) -> N
 def test_an_error_that_repeats_logs_its_traceback_once(
     server: ServerThread, client: TaskManagerClient, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from ..virtual_group import Operation
-    from .test_service import BrokenGroup
+    from .test_service import install_broken_group
 
-    vid = uuid4()
-
-    async def install() -> None:
-        await server.manager.register_module("broken")
-        group = BrokenGroup(server.manager, "broken")
-        group.ops[vid] = Operation("x")
-        await server.manager.register_virtual_group(group)
-
-    server.call(install)
+    vid = install_broken_group(server)
     with caplog.at_level(logging.INFO):
         for _ in range(50):
             with pytest.raises(InternalError):

@@ -189,14 +189,20 @@ def test_unregister_module_aborts_and_fails_reported_tasks(
     assert "backup" not in client.list_modules()
 
 
-def test_sigkilled_producer_fails_after_the_lease(lease_server: ServerThread) -> None:
+def start_producer_script(target: str) -> tuple[subprocess.Popen[str], str, str]:
+    """A producer process that reports a root and a child, then hangs; and their ids."""
     script = Path(__file__).parent.parent / "producer_script.py"
     proc = subprocess.Popen(
-        [sys.executable, str(script), lease_server.target], stdout=subprocess.PIPE, text=True
+        [sys.executable, str(script), target], stdout=subprocess.PIPE, text=True
     )
+    assert proc.stdout is not None
+    root_id, child_id = proc.stdout.readline().split()
+    return proc, root_id, child_id
+
+
+def test_sigkilled_producer_fails_after_the_lease(lease_server: ServerThread) -> None:
+    proc, root_id, child_id = start_producer_script(lease_server.target)
     try:
-        assert proc.stdout is not None
-        root_id, child_id = proc.stdout.readline().split()
         with (
             TaskManagerClient(lease_server.target) as client,
             Producer(lease_server.target, module="import") as bystander,
@@ -266,13 +272,8 @@ def test_a_frozen_producer_is_noticed_after_keepalive_and_its_timeout() -> None:
         keepalive_seconds=1.0,
         keepalive_timeout_seconds=1.0,
     ).start()
-    script = Path(__file__).parent.parent / "producer_script.py"
-    proc = subprocess.Popen(
-        [sys.executable, str(script), server.target], stdout=subprocess.PIPE, text=True
-    )
+    proc, root_id, _ = start_producer_script(server.target)
     try:
-        assert proc.stdout is not None
-        root_id, _ = proc.stdout.readline().split()
         with TaskManagerClient(server.target) as client:
             watch = client.watch(root_id, timeout=30)
             assert next(watch).state is TaskState.RUNNING

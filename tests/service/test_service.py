@@ -441,9 +441,8 @@ class BrokenGroup(InMemoryGroup):
         raise RuntimeError("secret internal detail")
 
 
-def test_unexpected_error_is_internal_and_server_keeps_serving(
-    server: ServerThread, client: TaskManagerClient, caplog: pytest.LogCaptureFixture
-) -> None:
+def install_broken_group(server: ServerThread) -> UUID:
+    """A virtual task whose every status read fails with an unexpected error."""
     vid = uuid4()
 
     async def install() -> None:
@@ -453,6 +452,13 @@ def test_unexpected_error_is_internal_and_server_keeps_serving(
         await server.manager.register_virtual_group(group)
 
     server.call(install)
+    return vid
+
+
+def test_unexpected_error_is_internal_and_server_keeps_serving(
+    server: ServerThread, client: TaskManagerClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    vid = install_broken_group(server)
     with caplog.at_level("ERROR"), pytest.raises(InternalError) as err:
         client.get_status(vid)
     assert "secret" not in err.value.message and "incident" in err.value.message
