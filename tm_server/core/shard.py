@@ -96,6 +96,8 @@ class Shard(ShardPort):
         self.creator = creator
         self._peers: Sequence[ShardPort] = ()
         self._store = TaskStore(clock, self._after_drop)
+        # The store's registered-task map, bound once: every status read looks here.
+        self._by_id = self._store.tasks
         self._watches = Watches(clock)
         self._background: set[asyncio.Task[None]] = set()
         # Bodies that fail the same way log their traceback once an interval.
@@ -551,7 +553,7 @@ class Shard(ShardPort):
         One call where ``contains`` then a status read would be two: the
         manager asks shards this for every status read.
         """
-        task = self._store.tasks.get(task_id.int)
+        task = self._by_id.get(task_id.int)
         return None if task is None else await self._status(task)
 
     async def handle_status(self, task_id: UUID) -> TaskStatus | None:
