@@ -56,6 +56,7 @@ class Created:
     task_id: UUID
     shard: int
     abort_pending: bool
+    handled: bool = False
 
 
 class TaskManager:
@@ -306,19 +307,22 @@ class TaskManager:
             raise
         if start:
             await target.start_task(task_id)
-        return Created(task_id, shard, inherited is not None and inherited.abort_pending)
+        return Created(task_id, shard, inherited is not None and inherited.abort_pending, handle)
 
     async def created_status(self, created: Created) -> TaskStatus:
-        """The status of a task made by ``create(handle=True)``, which then lets it go.
+        """The status of a task just made by ``create``, whose handle (if any) it lets go.
 
-        It works even when the task already left the registry (a child
-        created under an aborting parent and started fails at once).
+        With a handle it works even when the task already left the registry
+        (a child created under an aborting parent and started fails at once).
         """
         port = self._shards[created.shard]
-        try:
-            status = await port.handle_status(created.task_id)
-        finally:
-            port.release_handle(created.task_id)
+        if not created.handled:
+            status = await port.find_status(created.task_id)
+        else:
+            try:
+                status = await port.handle_status(created.task_id)
+            finally:
+                port.release_handle(created.task_id)
         if status is None:
             raise TaskNotFoundError(created.task_id)
         return status

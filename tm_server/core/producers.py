@@ -243,7 +243,9 @@ class Producers:
                 table=spec.table,
                 entity=spec.entity,
                 progress_total=spec.progress_total,
-                handle=True,
+                # Only a child can finish as it starts (created under an
+                # aborting parent) and leave before its status is read.
+                handle=spec.parent_id is not None,
                 start=start and session is None,
             )
         except TaskAlreadyExistsError:
