@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -23,15 +25,20 @@ def run_tm(target: str, *args: str, timeout: float = 60) -> subprocess.Completed
 
 
 class ServerProcess:
-    """``python -m tm_server`` on 127.0.0.1:0; stderr is collected for assertions."""
+    """``python -m tm_server`` on 127.0.0.1:0; stderr is collected for assertions.
 
-    def __init__(self, *args: str) -> None:
+    Each server gets a home of its own (``XDG_DATA_HOME``), so its default data
+    directory and SQLite store are its own and are removed with it.
+    """
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self.home = tempfile.mkdtemp(prefix="tm-data-")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tm_server", "--address", "127.0.0.1:0", *args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", "XDG_DATA_HOME": self.home, **(env or {})},
         )
         self.lines: list[str] = []
         self._ready = threading.Event()
@@ -57,12 +64,15 @@ class ServerProcess:
 
     def terminate(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         self.proc.send_signal(sig)
-        return self.proc.wait(timeout)
+        code = self.proc.wait(timeout)
+        shutil.rmtree(self.home, ignore_errors=True)
+        return code
 
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+        shutil.rmtree(self.home, ignore_errors=True)
 
     def output(self) -> str:
         time.sleep(0.05)

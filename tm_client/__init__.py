@@ -40,7 +40,7 @@ from ._errors import (
     reason_name,
 )
 from ._producer import Producer, ReportedTask, TaskAbortedError
-from ._types import TaskIdentity, TaskKind, TaskState, TaskStats, TaskStatus
+from ._types import Node, TaskIdentity, TaskKind, TaskState, TaskStats, TaskStatus
 
 __all__ = [
     "DEFAULT_TARGET",
@@ -55,6 +55,7 @@ __all__ = [
     "FailedPreconditionError",
     "InternalError",
     "InvalidArgumentError",
+    "Node",
     "NotFoundError",
     "OutOfRangeError",
     "PermissionDeniedError",

@@ -10,7 +10,7 @@ import grpc
 from google.protobuf import duration_pb2
 
 from ._errors import InternalError, from_rpc_error
-from ._types import TaskIdentity, TaskStats, TaskStatus
+from ._types import Node, TaskIdentity, TaskStats, TaskStatus
 from .pb import task_manager_pb2 as pb
 from .pb import task_manager_pb2_grpc as pb_grpc
 from .pb import task_manager_test_pb2 as test_pb
@@ -246,6 +246,11 @@ class TaskManagerClient(_SyncChannelClient):
             if not token:
                 return
 
+    def list_nodes(self) -> list[Node]:
+        """Returns the cluster's nodes (a server without a cluster store lists itself)."""
+        reply = self._unary(self._stub.ListNodes, pb.ListNodesRequest())
+        return [Node.from_pb(n) for n in reply.nodes]
+
     def get_ttl(self) -> int:
         """Returns task_ttl in seconds."""
         return int(self._unary(self._stub.GetTtl, pb.GetTtlRequest()).ttl_seconds)
@@ -450,6 +455,11 @@ class AsyncTaskManagerClient:
                 yield child
             if not token:
                 return
+
+    async def list_nodes(self) -> list[Node]:
+        """Returns the cluster's nodes (a server without a cluster store lists itself)."""
+        reply = await self._unary(self._stub.ListNodes, pb.ListNodesRequest())
+        return [Node.from_pb(n) for n in reply.nodes]
 
     async def get_ttl(self) -> int:
         """Returns task_ttl in seconds."""

@@ -205,10 +205,13 @@ class Producer(_SyncChannelClient):
         task_id: TaskId | None = None,
         shard: int | None = None,
         start: bool = True,
+        cluster: bool = False,
     ) -> ReportedTask:
         """Creates (and by default starts) a task; see ``task`` for the block form.
 
         With ``task_id`` the call is idempotent: a retry returns the same task.
+        With ``cluster`` it is a cluster task: every node of the cluster serves
+        it, and it can be advanced and finished through any of them.
         """
         parent_id = parent.id if isinstance(parent, ReportedTask) else parent
         request = pb.CreateTaskRequest(
@@ -228,6 +231,7 @@ class Producer(_SyncChannelClient):
             task_id="" if task_id is None else str(task_id),
             session_id=self._session_id,
             start=start,
+            cluster=cluster,
         )
         status = TaskStatus.from_pb(self._unary(self._stub.CreateTask, request).status)
         task = ReportedTask(self, status)
@@ -313,15 +317,17 @@ class ReportedTask:
         """Creates and starts a child task (same options as ``Producer.create_task``)."""
         return self.producer.create_task(type, parent=self, **options)
 
-    def finish(self, error: str | None = None) -> TaskStatus:
+    def finish(self, error: str | None = None, *, suspended: bool = False) -> TaskStatus:
         """Finishes the task (failed with ``error`` if given); returns the final status.
+
+        ``suspended`` ends a cluster task SUSPENDED: its operation was revoked.
 
         An error text longer than the server takes (``MAX_ERROR_LENGTH``) is
         shortened, keeping its start and its end, so the finish goes through.
         """
         if error is not None:
             error = truncate_error(error)
-        request = pb.FinishTaskRequest(task_id=str(self.id), error=error)
+        request = pb.FinishTaskRequest(task_id=str(self.id), error=error, suspended=suspended)
         response = self.producer._unary(self.producer._stub.FinishTask, request)
         self.finished = True
         self.producer._release(self.id)

@@ -101,6 +101,10 @@ class TaskStatus:
     #: How many children the task has; ``children`` lists at most the server's
     #: ``--max-status-children`` (see ``TaskManagerClient.list_children``).
     children_count: int = 0
+    #: The node that holds a regular task ("" for a cluster task).
+    node: str = ""
+    #: Live nodes that did not answer in time: their children are missing.
+    unreachable_nodes: tuple[str, ...] = ()
 
     @property
     def children_truncated(self) -> bool:
@@ -137,6 +141,34 @@ class TaskStatus:
             abort_requested=msg.abort_requested,
             expire_time=_time(msg.expire_time, msg.HasField("expire_time")),
             children_count=max(msg.children_count, len(msg.children_ids)),
+            node=msg.node,
+            unreachable_nodes=tuple(msg.unreachable_nodes),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """A node of a tm cluster, as the cluster store has it."""
+
+    name: str
+    address: str
+    alive: bool
+    left: bool
+    started_time: datetime | None
+    last_heartbeat_time: datetime | None
+    version: str
+
+    @classmethod
+    def from_pb(cls, msg: pb.Node) -> Node:
+        """Decodes a wire node."""
+        return cls(
+            name=msg.name,
+            address=msg.address,
+            alive=msg.alive,
+            left=msg.left,
+            started_time=_time(msg.started_time, msg.HasField("started_time")),
+            last_heartbeat_time=_time(msg.last_heartbeat_time, msg.HasField("last_heartbeat_time")),
+            version=msg.version,
         )
 
 

@@ -30,7 +30,7 @@ from ._errors import (
     TmError,
     UnavailableError,
 )
-from ._types import TaskState, TaskStats, TaskStatus
+from ._types import Node, TaskState, TaskStats, TaskStatus
 from .argtypes import non_negative_int, non_negative_seconds
 
 DEFAULT_HOST = "127.0.0.1"
@@ -156,6 +156,8 @@ def status_json(status: TaskStatus) -> dict[str, Any]:
         "abort_requested": status.abort_requested,
         "expire_time": _json_time(status.expire_time),
         "children_count": status.children_count,
+        "node": status.node,
+        "unreachable_nodes": list(status.unreachable_nodes),
     }
 
 
@@ -192,6 +194,8 @@ def status_lines(status: TaskStatus) -> list[str]:
                 + ", ".join(f"{{task_id: {c['task_id']}, node: {c['node']} }}" for c in value)
                 + "]"
             )
+        elif isinstance(value, list):
+            text = ", ".join(value)
         elif isinstance(value, bool):
             text = "true" if value else "false"
         elif isinstance(value, float):
@@ -492,6 +496,50 @@ def cmd_drain(client: TaskManagerClient, args: argparse.Namespace, out: Output) 
     return 0
 
 
+NODE_COLUMNS = ("name", "address", "status", "started_time", "last_heartbeat_time", "version")
+
+
+def node_json(node: Node) -> dict[str, Any]:
+    """A cluster node as the CLI prints it with ``--format json``."""
+    return {
+        "name": node.name,
+        "address": node.address,
+        "alive": node.alive,
+        "left": node.left,
+        "started_time": _json_time(node.started_time),
+        "last_heartbeat_time": _json_time(node.last_heartbeat_time),
+        "version": node.version,
+    }
+
+
+def _node_state(node: Node) -> str:
+    # A node that left said goodbye; one that is down stopped heartbeating.
+    if node.alive:
+        return "up"
+    return "left" if node.left else "down"
+
+
+def cmd_nodes(client: TaskManagerClient, args: argparse.Namespace, out: Output) -> int:
+    """``tm cluster nodes``: the cluster's nodes, as its store has them."""
+    nodes = client.list_nodes()
+    if out.json:
+        out.document([node_json(n) for n in nodes])
+        return 0
+    rows = [
+        {
+            "name": n.name,
+            "address": n.address,
+            "status": _node_state(n),
+            "started_time": _time(n.started_time),
+            "last_heartbeat_time": _time(n.last_heartbeat_time),
+            "version": n.version,
+        }
+        for n in nodes
+    ]
+    out.table(rows, NODE_COLUMNS)
+    return 0
+
+
 # ---- parsing and running ---------------------------------------------------------------------
 
 
@@ -536,7 +584,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--port", "-p", type=int, default=DEFAULT_PORT, help=f"server port (default {DEFAULT_PORT})"
     )
     parser.add_argument("--format", choices=("table", "json"), default="table")
-    groups = parser.add_subparsers(dest="group", required=True, metavar="tasks")
+    groups = parser.add_subparsers(dest="group", required=True, metavar="{tasks,cluster}")
     tasks = groups.add_parser("tasks", help="task manager commands", add_help=False)
     tasks.add_argument("--help", action="help", help="show this help and exit")
     sub = tasks.add_subparsers(dest="command", required=True)
@@ -589,6 +637,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb("drain", "unregister finished tasks")
     p.add_argument("--module", help="one module (default: every module)")
     p.set_defaults(func=cmd_drain)
+
+    cluster = groups.add_parser("cluster", help="cluster commands", add_help=False)
+    cluster.add_argument("--help", action="help", help="show this help and exit")
+    csub = cluster.add_subparsers(dest="command", required=True)
+    p = csub.add_parser("nodes", parents=[common], add_help=False, help="list the cluster's nodes")
+    p.set_defaults(func=cmd_nodes)
     return parser
 
 

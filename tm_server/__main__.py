@@ -8,6 +8,7 @@ import logging
 import os
 import socket
 import sys
+from pathlib import Path
 
 from tm_client.argtypes import (
     non_negative_seconds,
@@ -17,6 +18,8 @@ from tm_client.argtypes import (
 from tm_server.core import MAX_TTL_SECONDS
 from tm_server.core.manager import DEFAULT_MAX_MODULES, DEFAULT_MAX_STATUS_CHILDREN
 
+from .cluster.store import NodeNameTakenError
+from .core import StoreUnavailableError
 from .server import DEFAULT_GC_FREEZE_INTERVAL, ServerConfig, serve
 
 
@@ -51,8 +54,48 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
     parser.add_argument(
         "--node",
         default=socket.gethostname(),
-        help="this node's advertised name, reported as the node of task children",
+        help="this node's name, unique in its cluster, reported as the node of its tasks "
+        "(default: the host name)",
     )
+    cluster = parser.add_argument_group("cluster")
+    cluster.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="this node's data directory, made on start (default: $XDG_DATA_HOME/tm/NODE, "
+        "i.e. ~/.local/share/tm/NODE)",
+    )
+    cluster.add_argument(
+        "--store",
+        default=None,
+        help="the cluster store: sqlite:///PATH (nodes of one host) or postgresql://... "
+        "(nodes of several hosts), or 'none' for a node without a cluster "
+        "(default: sqlite:///DATA_DIR/cluster.db, a cluster of one)",
+    )
+    cluster.add_argument(
+        "--advertise-address",
+        default=None,
+        help="HOST:PORT other nodes and clients reach this node at (default: the listen "
+        "address, with the port it bound; a wildcard address is refused)",
+    )
+    cluster.add_argument(
+        "--heartbeat-seconds", type=positive_seconds, default=5.0,
+        help="how often this node renews its membership (default 5)",
+    )  # fmt: skip
+    cluster.add_argument(
+        "--node-expiry-seconds", type=positive_seconds, default=20.0,
+        help="how long a node stays alive without renewing, by the store's clock (default 20)",
+    )  # fmt: skip
+    cluster.add_argument(
+        "--peer-timeout-seconds", type=positive_seconds, default=2.0,
+        help="how long a node waits for another's answer before naming it unreachable "
+        "(default 2)",
+    )  # fmt: skip
+    cluster.add_argument(
+        "--cluster-task-retention-seconds", type=positive_seconds, default=86_400.0,
+        help="how long a finished cluster task's row is kept (status and wait work until "
+        "then; default 86400)",
+    )  # fmt: skip
     parser.add_argument(
         "--shards",
         type=positive_int,
@@ -141,7 +184,30 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         max_modules=args.max_modules,
         max_status_children=args.max_status_children,
         gc_freeze_interval=args.gc_freeze_interval_seconds,
+        store=store_url(args.store, data_dir(args.data_dir, args.node)),
+        advertise_address=args.advertise_address,
+        heartbeat_seconds=args.heartbeat_seconds,
+        node_expiry_seconds=args.node_expiry_seconds,
+        peer_timeout_seconds=args.peer_timeout_seconds,
+        cluster_task_retention_seconds=args.cluster_task_retention_seconds,
     )
+
+
+def data_dir(given: Path | None, node: str) -> Path:
+    """The node's data directory: the one given, else ``$XDG_DATA_HOME/tm/NODE``."""
+    if given is not None:
+        return given
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "tm" / node
+
+
+def store_url(given: str | None, directory: Path) -> str | None:
+    """The cluster store: the one given (``none``: no cluster), else a SQLite file there."""
+    if given == "none":
+        return None
+    if given is not None:
+        return given
+    return f"sqlite://{(directory / 'cluster.db').absolute()}"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -149,7 +215,8 @@ def main(argv: list[str] | None = None) -> None:
     config = parse_args(argv)
     try:
         asyncio.run(serve(config))
-    except OSError as exc:
+    except (OSError, ValueError, NodeNameTakenError, StoreUnavailableError) as exc:
+        # One clear line, no traceback: the address, the store or the name is wrong.
         logging.getLogger("tm_server").error("%s", exc)
         sys.exit(1)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import importlib.metadata
 import logging
 import signal
 import socket
@@ -17,6 +18,7 @@ from grpc_reflection.v1alpha import _async as reflection_aio
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from tm_client.pb import (
+    node_pb2_grpc,
     task_manager_pb2,
     task_manager_pb2_grpc,
     task_manager_test_pb2_grpc,
@@ -27,8 +29,11 @@ from tm_server.core import Clock, TaskManager
 from tm_server.core.manager import DEFAULT_MAX_MODULES, DEFAULT_MAX_STATUS_CHILDREN
 from tm_server.core.producers import Producers
 
+from .cluster.node import ClusterConfig, ClusterNode
+from .cluster.store import NodeRow
 from .heap import HeapManager
 from .service.decoding import add_service
+from .service.node_servicer import NodeServicer
 from .service.reporting_servicer import TaskReportingServicer
 from .service.servicer import TaskManagerServicer
 
@@ -68,6 +73,13 @@ def server_options(
         ("grpc.server.max_pending_requests", 100_000),
         ("grpc.server.max_pending_requests_hard_limit", 200_000),
     ]
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("tm")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def _bind_error(address: str) -> str:
@@ -131,6 +143,14 @@ class ServerConfig:
     # on (DEFAULT_GC_FREEZE_INTERVAL).
     gc_freeze_interval: float = 0.0
     grace_seconds: float = 5.0
+    # The cluster: no store means a node on its own, with no cluster tasks
+    # (tm-server defaults to a SQLite file in its data directory).
+    store: str | None = None
+    advertise_address: str | None = None
+    heartbeat_seconds: float = 5.0
+    node_expiry_seconds: float = 20.0
+    peer_timeout_seconds: float = 2.0
+    cluster_task_retention_seconds: float = 86_400.0
 
 
 class TmServer:
@@ -165,6 +185,7 @@ class TmServer:
             options=server_options(config.keepalive_seconds, config.keepalive_timeout_seconds)
         )
         self.port = 0
+        self.cluster: ClusterNode | None = None
         self._stopped = asyncio.Event()
 
     async def start(self) -> int:
@@ -174,7 +195,10 @@ class TmServer:
         services = add_service(
             self.server,
             task_manager_pb2_grpc.add_TaskManagerServiceServicer_to_server,
-            TaskManagerServicer(self.manager),
+            TaskManagerServicer(self.manager, self._nodes),
+        )
+        services += add_service(
+            self.server, node_pb2_grpc.add_NodeServiceServicer_to_server, NodeServicer(self.manager)
         )
         services += add_service(
             self.server,
@@ -212,11 +236,50 @@ class TmServer:
             raise OSError(
                 f"cannot listen on {self.config.address}: {_bind_error(self.config.address)}"
             )
+        if self.config.store is not None:
+            # Joined only once the port is bound: a second server on a taken
+            # port fails on the port, and the node advertises the real one.
+            self.cluster = ClusterNode(self._cluster_config(), self.manager, self.producers)
+            try:
+                await self.cluster.start()
+            except BaseException:
+                await self.cluster.stop()
+                self.cluster = None
+                await self.server.stop(None)
+                raise
         await self.server.start()
         self.heap.start()
         for name in ("", TASK_MANAGER_SERVICE, REPORTING_SERVICE):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         return self.port
+
+    def _cluster_config(self) -> ClusterConfig:
+        assert self.config.store is not None
+        host = self.config.address.rsplit(":", 1)[0]
+        advertised = self.config.advertise_address or f"{host}:{self.port}"
+        advertised_host = advertised.rsplit(":", 1)[0].strip("[]")
+        if advertised_host in ("0.0.0.0", "::", ""):
+            raise OSError(
+                f"cannot advertise {advertised}: other nodes cannot reach a wildcard address; "
+                "give --advertise-address HOST:PORT"
+            )
+        return ClusterConfig(
+            store=self.config.store,
+            node=self.manager.node,
+            advertise_address=advertised,
+            version=_version(),
+            heartbeat_seconds=self.config.heartbeat_seconds,
+            expiry_seconds=self.config.node_expiry_seconds,
+            peer_timeout_seconds=self.config.peer_timeout_seconds,
+            retention_seconds=self.config.cluster_task_retention_seconds,
+        )
+
+    async def _nodes(self) -> list[NodeRow]:
+        if self.cluster is not None:
+            return await self.cluster.nodes()
+        now = self.manager.clock.now()
+        address = self.config.advertise_address or self.config.address
+        return [NodeRow(self.manager.node, address, _version(), "", now, now, now, False, True)]
 
     async def stop(self) -> None:
         """Stops accepting calls, ends open streams cleanly, then stops the task manager."""
@@ -224,6 +287,8 @@ class TmServer:
             return
         self._stopped.set()
         await self.health.enter_graceful_shutdown()
+        if self.cluster is not None:
+            await self.cluster.stop()  # the others stop asking this node first
         self.manager.stop_watches()
         self.producers.stop_streams()
         await self.server.stop(self.config.grace_seconds)

@@ -68,6 +68,14 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """UNAVAILABLE: the server is shutting down."""
     ERROR_REASON_INTERNAL: _ErrorReason.ValueType  # 14
     """INTERNAL: an unexpected error; the metadata's "incident" is in the server log."""
+    ERROR_REASON_STORE_UNAVAILABLE: _ErrorReason.ValueType  # 15
+    """UNAVAILABLE: the cluster store cannot be reached (or this node's
+    membership lapsed); regular tasks keep working.
+    """
+    ERROR_REASON_NODE_UNAVAILABLE: _ErrorReason.ValueType  # 16
+    """UNAVAILABLE: the node of the cluster that holds the task stopped
+    answering while it was asked; the metadata's "node" names it.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason lists every reason a tm server puts in the google.rpc.ErrorInfo
@@ -110,6 +118,14 @@ ERROR_REASON_SHUTTING_DOWN: ErrorReason.ValueType  # 13
 """UNAVAILABLE: the server is shutting down."""
 ERROR_REASON_INTERNAL: ErrorReason.ValueType  # 14
 """INTERNAL: an unexpected error; the metadata's "incident" is in the server log."""
+ERROR_REASON_STORE_UNAVAILABLE: ErrorReason.ValueType  # 15
+"""UNAVAILABLE: the cluster store cannot be reached (or this node's
+membership lapsed); regular tasks keep working.
+"""
+ERROR_REASON_NODE_UNAVAILABLE: ErrorReason.ValueType  # 16
+"""UNAVAILABLE: the node of the cluster that holds the task stopped
+answering while it was asked; the metadata's "node" names it.
+"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 class _TaskState:
@@ -230,6 +246,8 @@ class TaskStatus(_message.Message):
     ABORT_REQUESTED_FIELD_NUMBER: _builtins.int
     EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     CHILDREN_COUNT_FIELD_NUMBER: _builtins.int
+    NODE_FIELD_NUMBER: _builtins.int
+    UNREACHABLE_NODES_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The task id (a UUID string)."""
     type: _builtins.str
@@ -276,6 +294,10 @@ class TaskStatus(_message.Message):
     """How many children the task has, whether children_ids lists them all or
     not (beyond ScyllaDB).
     """
+    node: _builtins.str
+    """The node that holds a regular task (empty for a cluster task, which every
+    node serves).
+    """
     @_builtins.property
     def creation_time(self) -> _timestamp_pb2.Timestamp:
         """When the task was created (taken from its time-ordered id)."""
@@ -299,6 +321,13 @@ class TaskStatus(_message.Message):
     @_builtins.property
     def expire_time(self) -> _timestamp_pb2.Timestamp:
         """For a finished task that will expire: when it will be unregistered."""
+
+    @_builtins.property
+    def unreachable_nodes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Live nodes of the cluster that did not answer in time while the status
+        was gathered: the children they hold are missing from it (in the spirit
+        of AIP-217's unreachable).
+        """
 
     def __init__(
         self,
@@ -329,10 +358,12 @@ class TaskStatus(_message.Message):
         abort_requested: _builtins.bool = ...,
         expire_time: _timestamp_pb2.Timestamp | None = ...,
         children_count: _builtins.int = ...,
+        node: _builtins.str = ...,
+        unreachable_nodes: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["creation_time", b"creation_time", "end_time", b"end_time", "expire_time", b"expire_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["abort_requested", b"abort_requested", "children_count", b"children_count", "children_ids", b"children_ids", "creation_time", b"creation_time", "end_time", b"end_time", "entity", b"entity", "error", b"error", "expire_time", b"expire_time", "id", b"id", "internal", b"internal", "is_abortable", b"is_abortable", "keyspace", b"keyspace", "kind", b"kind", "module", b"module", "parent_id", b"parent_id", "progress_completed", b"progress_completed", "progress_total", b"progress_total", "progress_units", b"progress_units", "scope", b"scope", "sequence_number", b"sequence_number", "shard", b"shard", "start_time", b"start_time", "state", b"state", "table", b"table", "type", b"type", "user_task", b"user_task"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["abort_requested", b"abort_requested", "children_count", b"children_count", "children_ids", b"children_ids", "creation_time", b"creation_time", "end_time", b"end_time", "entity", b"entity", "error", b"error", "expire_time", b"expire_time", "id", b"id", "internal", b"internal", "is_abortable", b"is_abortable", "keyspace", b"keyspace", "kind", b"kind", "module", b"module", "node", b"node", "parent_id", b"parent_id", "progress_completed", b"progress_completed", "progress_total", b"progress_total", "progress_units", b"progress_units", "scope", b"scope", "sequence_number", b"sequence_number", "shard", b"shard", "start_time", b"start_time", "state", b"state", "table", b"table", "type", b"type", "unreachable_nodes", b"unreachable_nodes", "user_task", b"user_task"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -990,3 +1021,94 @@ class ListTaskChildrenResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListTaskChildrenResponse: _TypeAlias = ListTaskChildrenResponse  # noqa: Y015
+
+@_typing.final
+class ListNodesRequest(_message.Message):
+    """ListNodesRequest takes no parameters."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListNodesRequest: _TypeAlias = ListNodesRequest  # noqa: Y015
+
+@_typing.final
+class ListNodesResponse(_message.Message):
+    """ListNodesResponse holds the cluster's nodes, by name."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def nodes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Node]:
+        """The nodes."""
+
+    def __init__(
+        self,
+        *,
+        nodes: _abc.Iterable[Global___Node] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["nodes", b"nodes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListNodesResponse: _TypeAlias = ListNodesResponse  # noqa: Y015
+
+@_typing.final
+class Node(_message.Message):
+    """Node is one node of a cluster."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    ALIVE_FIELD_NUMBER: _builtins.int
+    STARTED_TIME_FIELD_NUMBER: _builtins.int
+    LAST_HEARTBEAT_TIME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    LEFT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The node's unique name (--node)."""
+    address: _builtins.str
+    """The address other nodes and clients reach it at (--advertise-address)."""
+    alive: _builtins.bool
+    """Whether its heartbeat is fresh by the store's clock."""
+    version: _builtins.str
+    """The tm version it runs."""
+    left: _builtins.bool
+    """Whether it left cleanly (a clean shutdown), rather than expiring."""
+    @_builtins.property
+    def started_time(self) -> _timestamp_pb2.Timestamp:
+        """When it joined the cluster."""
+
+    @_builtins.property
+    def last_heartbeat_time(self) -> _timestamp_pb2.Timestamp:
+        """When its heartbeat was last renewed."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        address: _builtins.str = ...,
+        alive: _builtins.bool = ...,
+        started_time: _timestamp_pb2.Timestamp | None = ...,
+        last_heartbeat_time: _timestamp_pb2.Timestamp | None = ...,
+        version: _builtins.str = ...,
+        left: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_heartbeat_time", b"last_heartbeat_time", "started_time", b"started_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "alive", b"alive", "last_heartbeat_time", b"last_heartbeat_time", "left", b"left", "name", b"name", "started_time", b"started_time", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Node: _TypeAlias = Node  # noqa: Y015

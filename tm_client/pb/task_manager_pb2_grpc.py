@@ -101,6 +101,11 @@ class TaskManagerServiceStub:
                 request_serializer=tm_dot_v1_dot_task__manager__pb2.ListTaskChildrenRequest.SerializeToString,
                 response_deserializer=tm_dot_v1_dot_task__manager__pb2.ListTaskChildrenResponse.FromString,
                 _registered_method=True)
+        self.ListNodes = channel.unary_unary(
+                '/tm.v1.TaskManagerService/ListNodes',
+                request_serializer=tm_dot_v1_dot_task__manager__pb2.ListNodesRequest.SerializeToString,
+                response_deserializer=tm_dot_v1_dot_task__manager__pb2.ListNodesResponse.FromString,
+                _registered_method=True)
 
 
 class TaskManagerServiceServicer:
@@ -232,6 +237,16 @@ class TaskManagerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListNodes(self, request, context):
+        """Lists the nodes of the cluster (beyond ScyllaDB): every node the store
+        knows, alive by the store's clock or not; a server without a cluster
+        store lists itself.
+        Codes: OK; UNAVAILABLE (STORE_UNAVAILABLE).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TaskManagerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -294,6 +309,11 @@ def add_TaskManagerServiceServicer_to_server(servicer, server):
                     servicer.ListTaskChildren,
                     request_deserializer=tm_dot_v1_dot_task__manager__pb2.ListTaskChildrenRequest.FromString,
                     response_serializer=tm_dot_v1_dot_task__manager__pb2.ListTaskChildrenResponse.SerializeToString,
+            ),
+            'ListNodes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListNodes,
+                    request_deserializer=tm_dot_v1_dot_task__manager__pb2.ListNodesRequest.FromString,
+                    response_serializer=tm_dot_v1_dot_task__manager__pb2.ListNodesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -627,6 +647,33 @@ class TaskManagerService:
             '/tm.v1.TaskManagerService/ListTaskChildren',
             tm_dot_v1_dot_task__manager__pb2.ListTaskChildrenRequest.SerializeToString,
             tm_dot_v1_dot_task__manager__pb2.ListTaskChildrenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListNodes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tm.v1.TaskManagerService/ListNodes',
+            tm_dot_v1_dot_task__manager__pb2.ListNodesRequest.SerializeToString,
+            tm_dot_v1_dot_task__manager__pb2.ListNodesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -118,6 +118,12 @@ class TaskManagerServiceStub:
     Codes: OK; NOT_FOUND (TASK_NOT_FOUND); INVALID_ARGUMENT (a malformed id,
     a bad page size, INVALID_PAGE_TOKEN).
     """
+    ListNodes: _grpc.UnaryUnaryMultiCallable[_task_manager_pb2.ListNodesRequest, _task_manager_pb2.ListNodesResponse]
+    """Lists the nodes of the cluster (beyond ScyllaDB): every node the store
+    knows, alive by the store's clock or not; a server without a cluster
+    store lists itself.
+    Codes: OK; UNAVAILABLE (STORE_UNAVAILABLE).
+    """
 
 @_typing.type_check_only
 class TaskManagerServiceAsyncStub(TaskManagerServiceStub):
@@ -201,6 +207,12 @@ class TaskManagerServiceAsyncStub(TaskManagerServiceStub):
     lists at most the server's --max-status-children of them, this lists all).
     Codes: OK; NOT_FOUND (TASK_NOT_FOUND); INVALID_ARGUMENT (a malformed id,
     a bad page size, INVALID_PAGE_TOKEN).
+    """
+    ListNodes: _aio.UnaryUnaryMultiCallable[_task_manager_pb2.ListNodesRequest, _task_manager_pb2.ListNodesResponse]  # type: ignore[assignment]
+    """Lists the nodes of the cluster (beyond ScyllaDB): every node the store
+    knows, alive by the store's clock or not; a server without a cluster
+    store lists itself.
+    Codes: OK; UNAVAILABLE (STORE_UNAVAILABLE).
     """
 
 class TaskManagerServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -354,6 +366,18 @@ class TaskManagerServiceServicer(metaclass=_abc_1.ABCMeta):
         lists at most the server's --max-status-children of them, this lists all).
         Codes: OK; NOT_FOUND (TASK_NOT_FOUND); INVALID_ARGUMENT (a malformed id,
         a bad page size, INVALID_PAGE_TOKEN).
+        """
+
+    @_abc_1.abstractmethod
+    def ListNodes(
+        self,
+        request: _task_manager_pb2.ListNodesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_task_manager_pb2.ListNodesResponse, _abc.Awaitable[_task_manager_pb2.ListNodesResponse]]:
+        """Lists the nodes of the cluster (beyond ScyllaDB): every node the store
+        knows, alive by the store's clock or not; a server without a cluster
+        store lists itself.
+        Codes: OK; UNAVAILABLE (STORE_UNAVAILABLE).
         """
 
 def add_TaskManagerServiceServicer_to_server(servicer: TaskManagerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

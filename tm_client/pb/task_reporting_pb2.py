@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from . import task_manager_pb2 as tm_dot_v1_dot_task__manager__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1atm/v1/task_reporting.proto\x12\x05tm.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x18tm/v1/task_manager.proto\"\'\n\x15RegisterModuleRequest\x12\x0e\n\x06module\x18\x01 \x01(\t\")\n\x16RegisterModuleResponse\x12\x0f\n\x07\x63reated\x18\x01 \x01(\x08\")\n\x17UnregisterModuleRequest\x12\x0e\n\x06module\x18\x01 \x01(\t\"\x1a\n\x18UnregisterModuleResponse\"\xe8\x02\n\x11\x43reateTaskRequest\x12\x0e\n\x06module\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\r\n\x05scope\x18\x03 \x01(\t\x12\x11\n\tparent_id\x18\x04 \x01(\t\x12\x12\n\x05shard\x18\x05 \x01(\rH\x00\x88\x01\x01\x12\x10\n\x08keyspace\x18\x06 \x01(\t\x12\r\n\x05table\x18\x07 \x01(\t\x12\x0e\n\x06\x65ntity\x18\x08 \x01(\t\x12\x11\n\tabortable\x18\t \x01(\x08\x12\x11\n\tuser_task\x18\n \x01(\x08\x12\x15\n\x08internal\x18\x0b \x01(\x08H\x01\x88\x01\x01\x12\x16\n\x0eprogress_units\x18\x0c \x01(\t\x12\x1b\n\x0eprogress_total\x18\r \x01(\x01H\x02\x88\x01\x01\x12\x0f\n\x07task_id\x18\x0e \x01(\t\x12\x12\n\nsession_id\x18\x0f \x01(\t\x12\r\n\x05start\x18\x10 \x01(\x08\x42\x08\n\x06_shardB\x0b\n\t_internalB\x11\n\x0f_progress_total\"H\n\x12\x43reateTaskResponse\x12!\n\x06status\x18\x01 \x01(\x0b\x32\x11.tm.v1.TaskStatus\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"#\n\x10StartTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"6\n\x11StartTaskResponse\x12!\n\x06status\x18\x01 \x01(\x0b\x32\x11.tm.v1.TaskStatus\"Y\n\x15ReportProgressRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\tcompleted\x18\x02 \x01(\x01\x12\x12\n\x05total\x18\x03 \x01(\x01H\x00\x88\x01\x01\x42\x08\n\x06_total\"1\n\x16ReportProgressResponse\x12\x17\n\x0f\x61\x62ort_requested\x18\x01 \x01(\x08\"B\n\x11\x46inishTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\x05\x65rror\x18\x02 \x01(\tH\x00\x88\x01\x01\x42\x08\n\x06_error\"7\n\x12\x46inishTaskResponse\x12!\n\x06status\x18\x01 \x01(\x0b\x32\x11.tm.v1.TaskStatus\"(\n\x12OpenSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"x\n\x13OpenSessionResponse\x12&\n\x06opened\x18\x01 \x01(\x0b\x32\x14.tm.v1.SessionOpenedH\x00\x12\x30\n\x0f\x61\x62ort_requested\x18\x02 \x01(\x0b\x32\x15.tm.v1.AbortRequestedH\x00\x42\x07\n\x05\x65vent\"^\n\rSessionOpened\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12(\n\x05lease\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07resumed\x18\x03 \x01(\x08\"!\n\x0e\x41\x62ortRequested\x12\x0f\n\x07task_id\x18\x01 \x01(\t\")\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\",\n\x14\x43loseSessionResponse\x12\x14\n\x0c\x66\x61iled_count\x18\x01 \x01(\r2\xe0\x04\n\x14TaskReportingService\x12M\n\x0eRegisterModule\x12\x1c.tm.v1.RegisterModuleRequest\x1a\x1d.tm.v1.RegisterModuleResponse\x12S\n\x10UnregisterModule\x12\x1e.tm.v1.UnregisterModuleRequest\x1a\x1f.tm.v1.UnregisterModuleResponse\x12\x41\n\nCreateTask\x12\x18.tm.v1.CreateTaskRequest\x1a\x19.tm.v1.CreateTaskResponse\x12>\n\tStartTask\x12\x17.tm.v1.StartTaskRequest\x1a\x18.tm.v1.StartTaskResponse\x12M\n\x0eReportProgress\x12\x1c.tm.v1.ReportProgressRequest\x1a\x1d.tm.v1.ReportProgressResponse\x12\x41\n\nFinishTask\x12\x18.tm.v1.FinishTaskRequest\x1a\x19.tm.v1.FinishTaskResponse\x12\x46\n\x0bOpenSession\x12\x19.tm.v1.OpenSessionRequest\x1a\x1a.tm.v1.OpenSessionResponse0\x01\x12G\n\x0c\x43loseSession\x12\x1a.tm.v1.CloseSessionRequest\x1a\x1b.tm.v1.CloseSessionResponseB\'\n\ttm.api.v1P\x01Z\x18tm/api/gen/go/tm/v1;tmv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1atm/v1/task_reporting.proto\x12\x05tm.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x18tm/v1/task_manager.proto\"\'\n\x15RegisterModuleRequest\x12\x0e\n\x06module\x18\x01 \x01(\t\")\n\x16RegisterModuleResponse\x12\x0f\n\x07\x63reated\x18\x01 \x01(\x08\")\n\x17UnregisterModuleRequest\x12\x0e\n\x06module\x18\x01 \x01(\t\"\x1a\n\x18UnregisterModuleResponse\"\xf9\x02\n\x11\x43reateTaskRequest\x12\x0e\n\x06module\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\r\n\x05scope\x18\x03 \x01(\t\x12\x11\n\tparent_id\x18\x04 \x01(\t\x12\x12\n\x05shard\x18\x05 \x01(\rH\x00\x88\x01\x01\x12\x10\n\x08keyspace\x18\x06 \x01(\t\x12\r\n\x05table\x18\x07 \x01(\t\x12\x0e\n\x06\x65ntity\x18\x08 \x01(\t\x12\x11\n\tabortable\x18\t \x01(\x08\x12\x11\n\tuser_task\x18\n \x01(\x08\x12\x15\n\x08internal\x18\x0b \x01(\x08H\x01\x88\x01\x01\x12\x16\n\x0eprogress_units\x18\x0c \x01(\t\x12\x1b\n\x0eprogress_total\x18\r \x01(\x01H\x02\x88\x01\x01\x12\x0f\n\x07task_id\x18\x0e \x01(\t\x12\x12\n\nsession_id\x18\x0f \x01(\t\x12\r\n\x05start\x18\x10 \x01(\x08\x12\x0f\n\x07\x63luster\x18\x11 \x01(\x08\x42\x08\n\x06_shardB\x0b\n\t_internalB\x11\n\x0f_progress_total\"H\n\x12\x43reateTaskResponse\x12!\n\x06status\x18\x01 \x01(\x0b\x32\x11.tm.v1.TaskStatus\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"#\n\x10StartTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"6\n\x11StartTaskResponse\x12!\n\x06status\x18\x01 \x01(\x0b\x32\x11.tm.v1.TaskStatus\"Y\n\x15ReportProgressRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\tcompleted\x18\x02 \x01(\x01\x12\x12\n\x05total\x18\x03 \x01(\x01H\x00\x88\x01\x01\x42\x08\n\x06_total\"1\n\x16ReportProgressResponse\x12\x17\n\x0f\x61\x62ort_requested\x18\x01 \x01(\x08\"U\n\x11\x46inishTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\x05\x65rror\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x11\n\tsuspended\x18\x03 \x01(\x08\x42\x08\n\x06_error\"7\n\x12\x46inishTaskResponse\x12!\n\x06status\x18\x01 \x01(\x0b\x32\x11.tm.v1.TaskStatus\"(\n\x12OpenSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"x\n\x13OpenSessionResponse\x12&\n\x06opened\x18\x01 \x01(\x0b\x32\x14.tm.v1.SessionOpenedH\x00\x12\x30\n\x0f\x61\x62ort_requested\x18\x02 \x01(\x0b\x32\x15.tm.v1.AbortRequestedH\x00\x42\x07\n\x05\x65vent\"^\n\rSessionOpened\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12(\n\x05lease\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07resumed\x18\x03 \x01(\x08\"!\n\x0e\x41\x62ortRequested\x12\x0f\n\x07task_id\x18\x01 \x01(\t\")\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\",\n\x14\x43loseSessionResponse\x12\x14\n\x0c\x66\x61iled_count\x18\x01 \x01(\r2\xe0\x04\n\x14TaskReportingService\x12M\n\x0eRegisterModule\x12\x1c.tm.v1.RegisterModuleRequest\x1a\x1d.tm.v1.RegisterModuleResponse\x12S\n\x10UnregisterModule\x12\x1e.tm.v1.UnregisterModuleRequest\x1a\x1f.tm.v1.UnregisterModuleResponse\x12\x41\n\nCreateTask\x12\x18.tm.v1.CreateTaskRequest\x1a\x19.tm.v1.CreateTaskResponse\x12>\n\tStartTask\x12\x17.tm.v1.StartTaskRequest\x1a\x18.tm.v1.StartTaskResponse\x12M\n\x0eReportProgress\x12\x1c.tm.v1.ReportProgressRequest\x1a\x1d.tm.v1.ReportProgressResponse\x12\x41\n\nFinishTask\x12\x18.tm.v1.FinishTaskRequest\x1a\x19.tm.v1.FinishTaskResponse\x12\x46\n\x0bOpenSession\x12\x19.tm.v1.OpenSessionRequest\x1a\x1a.tm.v1.OpenSessionResponse0\x01\x12G\n\x0c\x43loseSession\x12\x1a.tm.v1.CloseSessionRequest\x1a\x1b.tm.v1.CloseSessionResponseB\'\n\ttm.api.v1P\x01Z\x18tm/api/gen/go/tm/v1;tmv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,33 +43,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_UNREGISTERMODULERESPONSE']._serialized_start=222
   _globals['_UNREGISTERMODULERESPONSE']._serialized_end=248
   _globals['_CREATETASKREQUEST']._serialized_start=251
-  _globals['_CREATETASKREQUEST']._serialized_end=611
-  _globals['_CREATETASKRESPONSE']._serialized_start=613
-  _globals['_CREATETASKRESPONSE']._serialized_end=685
-  _globals['_STARTTASKREQUEST']._serialized_start=687
-  _globals['_STARTTASKREQUEST']._serialized_end=722
-  _globals['_STARTTASKRESPONSE']._serialized_start=724
-  _globals['_STARTTASKRESPONSE']._serialized_end=778
-  _globals['_REPORTPROGRESSREQUEST']._serialized_start=780
-  _globals['_REPORTPROGRESSREQUEST']._serialized_end=869
-  _globals['_REPORTPROGRESSRESPONSE']._serialized_start=871
-  _globals['_REPORTPROGRESSRESPONSE']._serialized_end=920
-  _globals['_FINISHTASKREQUEST']._serialized_start=922
-  _globals['_FINISHTASKREQUEST']._serialized_end=988
-  _globals['_FINISHTASKRESPONSE']._serialized_start=990
-  _globals['_FINISHTASKRESPONSE']._serialized_end=1045
-  _globals['_OPENSESSIONREQUEST']._serialized_start=1047
-  _globals['_OPENSESSIONREQUEST']._serialized_end=1087
-  _globals['_OPENSESSIONRESPONSE']._serialized_start=1089
-  _globals['_OPENSESSIONRESPONSE']._serialized_end=1209
-  _globals['_SESSIONOPENED']._serialized_start=1211
-  _globals['_SESSIONOPENED']._serialized_end=1305
-  _globals['_ABORTREQUESTED']._serialized_start=1307
-  _globals['_ABORTREQUESTED']._serialized_end=1340
-  _globals['_CLOSESESSIONREQUEST']._serialized_start=1342
-  _globals['_CLOSESESSIONREQUEST']._serialized_end=1383
-  _globals['_CLOSESESSIONRESPONSE']._serialized_start=1385
-  _globals['_CLOSESESSIONRESPONSE']._serialized_end=1429
-  _globals['_TASKREPORTINGSERVICE']._serialized_start=1432
-  _globals['_TASKREPORTINGSERVICE']._serialized_end=2040
+  _globals['_CREATETASKREQUEST']._serialized_end=628
+  _globals['_CREATETASKRESPONSE']._serialized_start=630
+  _globals['_CREATETASKRESPONSE']._serialized_end=702
+  _globals['_STARTTASKREQUEST']._serialized_start=704
+  _globals['_STARTTASKREQUEST']._serialized_end=739
+  _globals['_STARTTASKRESPONSE']._serialized_start=741
+  _globals['_STARTTASKRESPONSE']._serialized_end=795
+  _globals['_REPORTPROGRESSREQUEST']._serialized_start=797
+  _globals['_REPORTPROGRESSREQUEST']._serialized_end=886
+  _globals['_REPORTPROGRESSRESPONSE']._serialized_start=888
+  _globals['_REPORTPROGRESSRESPONSE']._serialized_end=937
+  _globals['_FINISHTASKREQUEST']._serialized_start=939
+  _globals['_FINISHTASKREQUEST']._serialized_end=1024
+  _globals['_FINISHTASKRESPONSE']._serialized_start=1026
+  _globals['_FINISHTASKRESPONSE']._serialized_end=1081
+  _globals['_OPENSESSIONREQUEST']._serialized_start=1083
+  _globals['_OPENSESSIONREQUEST']._serialized_end=1123
+  _globals['_OPENSESSIONRESPONSE']._serialized_start=1125
+  _globals['_OPENSESSIONRESPONSE']._serialized_end=1245
+  _globals['_SESSIONOPENED']._serialized_start=1247
+  _globals['_SESSIONOPENED']._serialized_end=1341
+  _globals['_ABORTREQUESTED']._serialized_start=1343
+  _globals['_ABORTREQUESTED']._serialized_end=1376
+  _globals['_CLOSESESSIONREQUEST']._serialized_start=1378
+  _globals['_CLOSESESSIONREQUEST']._serialized_end=1419
+  _globals['_CLOSESESSIONRESPONSE']._serialized_start=1421
+  _globals['_CLOSESESSIONRESPONSE']._serialized_end=1465
+  _globals['_TASKREPORTINGSERVICE']._serialized_start=1468
+  _globals['_TASKREPORTINGSERVICE']._serialized_end=2076
 # @@protoc_insertion_point(module_scope)

@@ -125,6 +125,7 @@ class CreateTaskRequest(_message.Message):
     TASK_ID_FIELD_NUMBER: _builtins.int
     SESSION_ID_FIELD_NUMBER: _builtins.int
     START_FIELD_NUMBER: _builtins.int
+    CLUSTER_FIELD_NUMBER: _builtins.int
     module: _builtins.str
     """The module (registered on first use)."""
     type: _builtins.str
@@ -159,6 +160,12 @@ class CreateTaskRequest(_message.Message):
     """The session the task belongs to (from OpenSession), or empty for none."""
     start: _builtins.bool
     """Start the task at once."""
+    cluster: _builtins.bool
+    """Creates a cluster task: a row in the cluster store that every node
+    serves (kind CLUSTER, shard 0, sequence number 0), started, advanced and
+    finished through any node. It may have a cluster task as its parent;
+    shard and internal do not apply. Needs a cluster store (--store).
+    """
     def __init__(
         self,
         *,
@@ -178,10 +185,11 @@ class CreateTaskRequest(_message.Message):
         task_id: _builtins.str = ...,
         session_id: _builtins.str = ...,
         start: _builtins.bool = ...,
+        cluster: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_internal", b"_internal", "_progress_total", b"_progress_total", "_shard", b"_shard", "internal", b"internal", "progress_total", b"progress_total", "shard", b"shard"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_internal", b"_internal", "_progress_total", b"_progress_total", "_shard", b"_shard", "abortable", b"abortable", "entity", b"entity", "internal", b"internal", "keyspace", b"keyspace", "module", b"module", "parent_id", b"parent_id", "progress_total", b"progress_total", "progress_units", b"progress_units", "scope", b"scope", "session_id", b"session_id", "shard", b"shard", "start", b"start", "table", b"table", "task_id", b"task_id", "type", b"type", "user_task", b"user_task"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_internal", b"_internal", "_progress_total", b"_progress_total", "_shard", b"_shard", "abortable", b"abortable", "cluster", b"cluster", "entity", b"entity", "internal", b"internal", "keyspace", b"keyspace", "module", b"module", "parent_id", b"parent_id", "progress_total", b"progress_total", "progress_units", b"progress_units", "scope", b"scope", "session_id", b"session_id", "shard", b"shard", "start", b"start", "table", b"table", "task_id", b"task_id", "type", b"type", "user_task", b"user_task"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__internal: _TypeAlias = _typing.Literal["internal"]  # noqa: Y015
     _WhichOneofArgType__internal: _TypeAlias = _typing.Literal["_internal", b"_internal"]  # noqa: Y015
@@ -334,19 +342,26 @@ class FinishTaskRequest(_message.Message):
 
     TASK_ID_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    SUSPENDED_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """The task id."""
     error: _builtins.str
     """If set, the task fails with this error text; otherwise it is done."""
+    suspended: _builtins.bool
+    """Ends a cluster task SUSPENDED (its operation was revoked or rolled back,
+    as ScyllaDB's virtual tasks report); not with an error, and not for a
+    regular task.
+    """
     def __init__(
         self,
         *,
         task_id: _builtins.str = ...,
         error: _builtins.str | None = ...,
+        suspended: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_error", b"_error", "error", b"error"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_error", b"_error", "error", b"error", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_error", b"_error", "error", b"error", "suspended", b"suspended", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__error: _TypeAlias = _typing.Literal["error"]  # noqa: Y015
     _WhichOneofArgType__error: _TypeAlias = _typing.Literal["_error", b"_error"]  # noqa: Y015

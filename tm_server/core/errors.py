@@ -118,6 +118,29 @@ class WaitTimeoutError(TaskManagerError):
         self.task_id = task_id
 
 
+class StoreUnavailableError(TaskManagerError):
+    """The cluster store cannot be reached, or this node's membership lapsed.
+
+    Calls that need the store fail; regular tasks keep working, and the node
+    reconnects by itself.
+    """
+
+    reason = "STORE_UNAVAILABLE"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"the cluster store is unavailable: {detail}; try again shortly")
+
+
+class NodeUnavailableError(TaskManagerError):
+    """The node of the cluster that holds a task stopped answering while it was asked."""
+
+    reason = "NODE_UNAVAILABLE"
+
+    def __init__(self, node: str, detail: str) -> None:
+        super().__init__(f"node {node} did not answer: {detail}")
+        self.node = node
+
+
 class ShuttingDownError(TaskManagerError):
     """The task manager is stopping: open waits end."""
 

@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections import deque
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from uuid import UUID
 
 from .clock import Clock, SystemClock
 from .errors import (
-    InvalidArgumentError,
     ModuleLimitError,
     TaskAlreadyExistsError,
     TaskNotAbortableError,
@@ -28,11 +26,13 @@ from .errors import (
 )
 from .handle import TaskHandle
 from .listing import list_page
+from .node_tasks import NodeTasks
 from .paging import PagePosition, PageTokens
-from .port import AttachResult, ChildRef, Deadline, NewTask, ParentKind, ParentLink, ShardPort
+from .port import AttachResult, Deadline, NewTask, ParentKind, ParentLink, ShardPort
+from .remote import RemoteTasks
 from .shard import Shard, TtlConfig
 from .task import TaskImpl
-from .types import FoldedTask, ListFilter, TaskIdentity, TaskStats, TaskStatus, new_task_id
+from .types import ListFilter, TaskIdentity, TaskStats, TaskStatus, new_task_id
 from .validation import (
     MAX_NAME_LENGTH,
     MAX_TEXT_LENGTH,
@@ -59,7 +59,7 @@ class Created:
     handled: bool = False
 
 
-class TaskManager:
+class TaskManager(NodeTasks):
     """A node's task manager: ``shards`` shards, each owning its tasks; virtual groups on shard 0.
 
     Everything runs on one asyncio loop; the shards reach each other only
@@ -83,29 +83,27 @@ class TaskManager:
             raise ValueError("max_modules and max_status_children must be at least 1")
         check_ttl("task_ttl", task_ttl)
         check_ttl("user_task_ttl", user_task_ttl)
-        self.clock: Clock = clock or SystemClock()
-        self.node = node
+        clock = clock or SystemClock()
         self.max_modules = max_modules
         self._task_ttl = task_ttl
         self._user_task_ttl = user_task_ttl
         ports: list[ShardPort] = [
             Shard(
                 i,
-                clock=self.clock,
+                clock=clock,
                 node=node,
                 ttl=TtlConfig(task_ttl, user_task_ttl),
                 max_status_children=max_status_children,
-                creator=self,
+                host=self,
             )
             for i in range(shards)
         ]
         for port in ports:
             port.connect(ports)
-        self._shards: tuple[ShardPort, ...] = tuple(ports)
-        # The one lookup order, per home shard: that shard first, then the others.
-        self._orders = tuple((home, *(p for p in ports if p is not home)) for home in self._shards)
-        self._groups = VirtualGroups(self.clock, max_status_children)
+        super().__init__(ports, VirtualGroups(clock, max_status_children), clock, node)
         self._page_tokens = PageTokens()
+        # Other nodes' tasks, asked last (a cluster sets it).
+        self.remote: RemoteTasks | None = None
 
     @property
     def shards(self) -> tuple[ShardPort, ...]:
@@ -165,51 +163,21 @@ class TaskManager:
             UnknownModuleError: the group's module is not registered.
             ValueError: a group with this name is already registered.
         """
-        await self._check_module(group.module)
+        if group.module:
+            await self._check_module(group.module)
         self._groups.add(group)
 
     def unregister_virtual_group(self, name: str) -> None:
         """Removes a virtual task group, if registered."""
         self._groups.remove(name)
 
-    async def get_children(self, parent_id: UUID) -> list[TaskIdentity]:
-        """Identities of this node's tasks whose parent is the virtual task ``parent_id``."""
-        out: list[TaskIdentity] = []
-        for shard in self._shards:
-            out.extend(
-                TaskIdentity(c, self.node) for c in await shard.virtual_children_of(parent_id)
-            )
-        return out
-
-    # ---- lookup ------------------------------------------------------------------------------
-
-    def home_shard(self, task_id: UUID) -> int:
-        """The shard a task goes to when its creator names none (spreads ids evenly)."""
-        return task_id.int % len(self._shards)
-
-    def _probe(self, task_id: UUID) -> tuple[ShardPort, ...]:
-        # The one lookup order: the id's home shard (where reported tasks land
-        # unless told otherwise) first, then the others.
-        return self._orders[task_id.int % len(self._shards)]
-
-    async def _locate(self, task_id: UUID) -> ShardPort | None:
-        for shard in self._probe(task_id):
-            if await shard.contains(task_id):
-                return shard
-        return None
-
-    async def _owner(self, task_id: UUID) -> ShardPort:
-        shard = await self._locate(task_id)
-        if shard is None:
-            raise TaskNotFoundError(task_id)
-        return shard
-
-    def _port(self, shard: int) -> ShardPort:
-        if not 0 <= shard < len(self._shards):
-            raise InvalidArgumentError(
-                "shard", f"must be between 0 and {len(self._shards) - 1}, got {shard}"
-            )
-        return self._shards[shard]
+    async def local_children_page(
+        self, task_id: UUID, page_size: int, page_token: str
+    ) -> tuple[list[TaskIdentity], int, str] | None:
+        """``list_children`` for a regular task this node holds, else ``None``."""
+        if await self._locate(task_id) is None:
+            return None
+        return await self.list_children(task_id, page_size=page_size, page_token=page_token)
 
     # ---- creating tasks ----------------------------------------------------------------------
 
@@ -294,8 +262,11 @@ class TaskManager:
             if parent_shard is not None:
                 inherited = await parent_shard.attach_child(parent_id, task_id, shard)
                 link = ParentLink(parent_id, ParentKind.NODE, parent_shard.index)
-            elif await self._groups.find(parent_id) is not None:
+            elif (virtual := await self._groups.find(parent_id)) is not None:
                 link = ParentLink(parent_id, ParentKind.VIRTUAL, 0)
+                if await virtual[0].abort_pending(parent_id, virtual[1]):
+                    # A child created under an aborted virtual task is aborted at once.
+                    inherited = AttachResult(None, True)
             else:
                 raise TaskNotFoundError(parent_id, "parent task")
         spec = NewTask(module, task_id, link, inherited, keyspace, table, entity, progress_total)
@@ -400,6 +371,8 @@ class TaskManager:
             if status is not None:
                 return status
         status = await self._groups.status(task_id)
+        if status is None and self.remote is not None:
+            status = await self.remote.get_status(task_id)
         if status is None:
             raise TaskNotFoundError(task_id)
         return status
@@ -430,7 +403,12 @@ class TaskManager:
         if page is None:
             found = await self._groups.children_page(task_id, after, size + 1)
             if found is None:
-                raise TaskNotFoundError(task_id)
+                elsewhere = None
+                if self.remote is not None:
+                    elsewhere = await self.remote.children_page(task_id, page_size, page_token)
+                if elsewhere is None:
+                    raise TaskNotFoundError(task_id)
+                return elsewhere
             page, count = found
         if len(page) <= size:
             return page, count, ""
@@ -443,37 +421,34 @@ class TaskManager:
 
         Within each parent, live children come first (in creation order), then
         folded ones in finishing order; a folded task's children are its failed
-        descendants. A virtual root's children are this node's tasks under it.
+        descendants. A virtual root's children are this node's tasks under it
+        (or whatever its group's ``walk`` gives: a cluster's, every node's).
 
         Raises:
             TaskNotFoundError: unknown id.
         """
-        queue: deque[ChildRef | FoldedTask] = deque()
-        shard = await self._locate(task_id)
-        if shard is not None:
-            root = await shard.get_tree_node(task_id)
-            if root is None:
-                raise TaskNotFoundError(task_id)
-            yield root.status
-            queue.extend(root.live_children)
-            queue.extend(root.folded_children)
-        else:
-            yield await self.get_status(task_id)
-            for port in self._shards:
-                queue.extend((c, port.index) for c in await port.virtual_children_of(task_id))
-        while queue:
-            item = queue.popleft()
-            if isinstance(item, FoldedTask):
-                yield item.status
-                queue.extend(item.failed_children)
-                continue
-            child_id, child_shard = item
-            node = await self._shards[child_shard].get_tree_node(child_id)
-            if node is None:
-                continue  # already gone
-            yield node.status
-            queue.extend(node.live_children)
-            queue.extend(node.folded_children)
+        async for _, status in await self.tree_levels(task_id):
+            yield status
+
+    async def tree_levels(self, task_id: UUID) -> AsyncIterator[tuple[int, TaskStatus]]:
+        """``get_status_recursive`` with each status's depth (the root's is 0).
+
+        Raises:
+            TaskNotFoundError: unknown id (when the stream is read).
+        """
+        if await self._locate(task_id) is not None:
+            return self.local_tree(task_id)
+        found = await self._groups.find(task_id)
+        if found is not None:
+            walk = found[0].walk(task_id, found[1])
+            if walk is not None:
+                return walk
+            return self.local_tree(task_id)
+        if self.remote is not None:
+            elsewhere = await self.remote.tree(task_id)
+            if elsewhere is not None:
+                return elsewhere
+        return self.local_tree(task_id)  # raises TaskNotFoundError when read
 
     async def list_module_tasks(
         self, module: str, flt: ListFilter, *, page_size: int = 0, page_token: str = ""
@@ -511,19 +486,13 @@ class TaskManager:
             return
         found = await self._groups.find(task_id)
         if found is None:
+            if self.remote is not None and await self.remote.abort(task_id):
+                return
             raise TaskNotFoundError(task_id)
         group, hint = found
         if not await group.is_abortable(task_id, hint):
             raise TaskNotAbortableError(task_id)
         await group.abort(task_id, hint)
-
-    async def _abort_all(self, children: Sequence[ChildRef]) -> None:
-        # Down the tree one port call a task, breadth first, whatever the
-        # children's own abortable flags say.
-        queue = deque(children)
-        while queue:
-            child_id, child_shard = queue.popleft()
-            queue.extend(await self._shards[child_shard].abort(child_id, check_abortable=False))
 
     # ---- waiting -----------------------------------------------------------------------------
 
@@ -553,6 +522,10 @@ class TaskManager:
         shard = await self._locate(task_id)
         if shard is not None:
             return shard.watch(task_id, deadline)
+        if self.remote is not None and await self._groups.find(task_id) is None:
+            elsewhere = await self.remote.watch(task_id, timeout)
+            if elsewhere is not None:
+                return elsewhere
         return self._groups.watch(task_id, deadline)
 
     async def wait_task(self, task_id: UUID, timeout: float | None = None) -> TaskStatus:

@@ -58,9 +58,13 @@ ChildRef = tuple[UUID, int]
 
 @dataclass(frozen=True, slots=True)
 class AttachResult:
-    """What the parent's shard tells a child being attached to it."""
+    """What the parent tells a child being attached to it.
 
-    sequence_number: int
+    ``sequence_number`` is ``None`` when the child takes a fresh one (its
+    parent is virtual).
+    """
+
+    sequence_number: int | None
     abort_pending: bool
 
 
@@ -111,8 +115,15 @@ class NewTask:
     progress_total: float | None = None
 
 
-class TaskCreator(Protocol):
-    """What a running body needs from outside its shard: creating its children."""
+class ShardHost(Protocol):
+    """What a shard needs from outside.
+
+    Creating its bodies' children, and telling a virtual parent one of its
+    children here changed.
+    """
+
+    def virtual_child_changed(self, parent_id: UUID) -> None:
+        """A task here whose parent is the virtual task ``parent_id`` changed."""
 
     async def create_task(
         self,
@@ -261,6 +272,9 @@ class ShardPort(Protocol):
 
     async def get_tree_node(self, task_id: UUID) -> TreeNode | None:
         """A reachable task's status and children, as recursive status walks them."""
+
+    async def virtual_parents(self) -> list[UUID]:
+        """The virtual tasks that tasks here have as their parent."""
 
     async def virtual_children_of(self, parent_id: UUID) -> list[UUID]:
         """Ids of the tasks here whose parent is the virtual task ``parent_id``."""

@@ -6,10 +6,12 @@ import asyncio
 import logging
 import weakref
 from dataclasses import dataclass
+from typing import Protocol
 from uuid import UUID, uuid4
 
 from .clock import Clock, TimerHandle
 from .errors import (
+    InvalidArgumentError,
     SessionNotFoundError,
     ShuttingDownError,
     TaskAlreadyExistsError,
@@ -47,6 +49,8 @@ class TaskSpec:
     progress_units: str = ""
     progress_total: float | None = None
     task_id: UUID | None = None
+    #: A cluster task: a row in the cluster store every node serves.
+    cluster: bool = False
 
     def validate(self) -> None:
         """Checks lengths and values.
@@ -159,6 +163,33 @@ class SessionStream:
         return item
 
 
+class ClusterTasks(Protocol):
+    """Cluster tasks, for producers: rows in a cluster store that every node serves.
+
+    The cluster layer implements it; the core sees plain data. The methods
+    that take an id answer ``None`` when it is no cluster task.
+    """
+
+    async def create(
+        self, spec: TaskSpec, *, session_id: UUID | None, start: bool
+    ) -> tuple[TaskStatus, bool]:
+        """Creates (maybe starts) a cluster task; its status and whether it is new."""
+
+    async def start(self, task_id: UUID) -> TaskStatus | None:
+        """Starts a created cluster task."""
+
+    async def report_progress(
+        self, task_id: UUID, completed: float, total: float | None
+    ) -> bool | None:
+        """Records a running cluster task's own progress; whether an abort is pending."""
+
+    async def finish(self, task_id: UUID, error: str | None, suspended: bool) -> TaskStatus | None:
+        """Finishes a running cluster task: done, failed or suspended."""
+
+    async def fail_session(self, session_id: UUID, error: str) -> int:
+        """Fails the unfinished cluster tasks of a producer session; how many."""
+
+
 class Producers:
     """The producer API of the task manager: remote tasks and producer sessions."""
 
@@ -178,6 +209,8 @@ class Producers:
         )
         self._background: set[asyncio.Task[None]] = set()
         self._stopping = False
+        # Cluster tasks, when the server has a cluster store (the cluster layer sets it).
+        self.cluster: ClusterTasks | None = None
 
     def stop_streams(self) -> None:
         """Ends every open session stream with ``ShuttingDownError``; new ones fail at once."""
@@ -193,6 +226,29 @@ class Producers:
     def forget_task(self, task_id: UUID) -> ProducerSession | None:
         """Drops a finished task's session link; returns the session it had."""
         return self._task_sessions.pop(task_id.int, None)
+
+    def session_tasks(self) -> list[UUID]:
+        """The unfinished tasks of every session here."""
+        return [task_id for s in self._sessions.values() for task_id in s.tasks]
+
+    def task_aborted(self, task_id: UUID) -> None:
+        """An abort was requested for a task of a session here: its producer is told."""
+        session = self.session_of(task_id)
+        if session is not None:
+            session.push_abort(task_id)
+
+    def task_finished(self, task_id: UUID) -> None:
+        """A task of a session here finished: nothing is left to fail or abort."""
+        session = self.forget_task(task_id)
+        if session is not None:
+            session.forget(task_id)
+
+    def _cluster(self) -> ClusterTasks:
+        if self.cluster is None:
+            raise InvalidArgumentError(
+                "cluster", "this server runs without a cluster store, so it has no cluster tasks"
+            )
+        return self.cluster
 
     def _impl(self, spec: TaskSpec) -> RemoteTaskImpl:
         key = (spec.type, spec.scope, spec.progress_units, spec.abortable, spec.user_task,
@@ -232,6 +288,14 @@ class Producers:
         spec.validate()
         session = self._session(session_id) if session_id is not None else None
         await self.manager.register_module(spec.module)
+        if spec.cluster:
+            status, created_new = await self._cluster().create(
+                spec, session_id=session_id, start=start
+            )
+            if session is not None and created_new and not status.state.is_final:
+                session.tasks[status.id] = None
+                self._task_sessions[status.id.int] = session
+            return status, created_new
         try:
             created = await self.manager.create(
                 spec.module,
@@ -305,19 +369,55 @@ class Producers:
         return status
 
     async def start_task(self, task_id: UUID) -> TaskStatus:
-        """Starts a created reported task."""
-        await self.manager.start_task(task_id, reported=True)
+        """Starts a created reported task (a regular one, or a cluster one)."""
+        try:
+            await self.manager.start_task(task_id, reported=True)
+        except TaskNotFoundError:
+            status = None if self.cluster is None else await self.cluster.start(task_id)
+            if status is None:
+                raise
+            return status
         return await self.manager.get_status(task_id)
 
     async def report_progress(self, task_id: UUID, completed: float, total: float | None) -> bool:
         """Records a running reported task's progress; returns whether an abort is pending."""
-        return await self.manager.report_progress(task_id, completed, total, reported=True)
+        try:
+            return await self.manager.report_progress(task_id, completed, total, reported=True)
+        except TaskNotFoundError:
+            aborting = (
+                None
+                if self.cluster is None
+                else await self.cluster.report_progress(task_id, completed, total)
+            )
+            if aborting is None:
+                raise
+            return aborting
 
-    async def finish_task(self, task_id: UUID, error: str | None) -> TaskStatus:
-        """Finishes a running reported task, failed when ``error`` is given."""
+    async def finish_task(
+        self, task_id: UUID, error: str | None, *, suspended: bool = False
+    ) -> TaskStatus:
+        """Finishes a running reported task.
+
+        Failed when ``error`` is given, or (cluster tasks only) suspended.
+        """
         if error is not None:
             check_length("error", error, MAX_TEXT_LENGTH)
-        return await self.manager.finish_task(task_id, error, reported=True)
+            if suspended:
+                raise InvalidArgumentError("suspended", "a task ends failed or suspended, not both")
+        try:
+            if suspended and await self.manager.local_status(task_id) is not None:
+                raise InvalidArgumentError(
+                    "suspended",
+                    "only cluster tasks end suspended; a regular task is done or failed",
+                )
+            return await self.manager.finish_task(task_id, error, reported=True)
+        except TaskNotFoundError:
+            status = None
+            if self.cluster is not None:
+                status = await self.cluster.finish(task_id, error, suspended)
+            if status is None:
+                raise
+            return status
 
     # ---- sessions ----------------------------------------------------------------------------
 
@@ -389,6 +489,11 @@ class Producers:
                 failed += await self.manager.fail_task(task_id, error)
             except Exception:
                 log.exception("could not fail task %s of session %s", task_id, session.id)
+        if self.cluster is not None:
+            try:
+                failed += await self.cluster.fail_session(session.id, error)
+            except Exception:
+                log.exception("could not fail the cluster tasks of session %s", session.id)
         return failed
 
     async def close_session(self, session_id: UUID) -> int:

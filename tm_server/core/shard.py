@@ -35,8 +35,8 @@ from .port import (
     ParentKind,
     ParentLink,
     ProgressStep,
+    ShardHost,
     ShardPort,
-    TaskCreator,
     TreeNode,
 )
 from .progress import finish_step, first_step, known_total, leaf_progress, roll_up_from
@@ -85,15 +85,16 @@ class Shard(ShardPort):
         node: str,
         ttl: TtlConfig,
         max_status_children: int,
-        creator: TaskCreator,
+        host: ShardHost,
     ) -> None:
         self.index = index
         self._clock = clock
         self._node = node
         self._ttl = ttl
         self._max_children = max_status_children
-        # What bodies running here create their children through.
-        self.creator = creator
+        # What bodies running here create their children through, and whom a
+        # virtual parent's changes are told to.
+        self.host = host
         self._peers: Sequence[ShardPort] = ()
         self._store = TaskStore(clock, self._after_drop)
         # The store's registered-task map, bound once: every status read looks here.
@@ -363,6 +364,8 @@ class Shard(ShardPort):
                 await self._propagate(up)
             else:
                 await self._propagate(parent)
+        elif task.parent is not None:  # a virtual parent, which other nodes may watch
+            self.host.virtual_child_changed(task.parent.id)
         sync = task.sync
         if sync is not None and sync.done is not None and not sync.done.done():
             sync.done.set_result(None)
@@ -390,7 +393,11 @@ class Shard(ShardPort):
 
     async def _changed(self, task: Task) -> None:
         self._bump(task)
-        await self._propagate(task.regular_parent)
+        parent = task.parent
+        if parent is not None and parent.kind is ParentKind.VIRTUAL:
+            self.host.virtual_child_changed(parent.id)
+        else:
+            await self._propagate(task.regular_parent)
 
     async def _propagate(self, link: ParentLink | None) -> None:
         # Up the tree one port call a task, as far as the change matters.
@@ -529,13 +536,13 @@ class Shard(ShardPort):
         # Every status read comes through here: a leaf (most tasks) costs no
         # further coroutine for its progress.
         if not task.live_children and not task.folded_children:
-            return build_status(task, self.index, leaf_progress(task))
+            return build_status(task, self.index, self._node, leaf_progress(task))
         step = first_step(task)
         progress = step.progress
         if progress is None:
             progress = await roll_up_from(self._peers, task.id, self.index, step)
         children, count = listed_children(task, self._node, self._max_children)
-        return build_status(task, self.index, progress, children, count)
+        return build_status(task, self.index, self._node, progress, children, count)
 
     async def children_page(
         self, task_id: UUID, after: UUID | None, limit: int
@@ -588,6 +595,10 @@ class Shard(ShardPort):
             tuple((task.live_children or {}).items()),
             tuple(task.folded_children or ()),
         )
+
+    async def virtual_parents(self) -> list[UUID]:
+        """The virtual tasks that tasks here have as their parent."""
+        return [UUID(int=key) for key in self._store.virtual_children]
 
     async def virtual_children_of(self, parent_id: UUID) -> list[UUID]:
         """Ids of the registered tasks here whose parent is the virtual task ``parent_id``."""

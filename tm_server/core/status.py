@@ -18,6 +18,7 @@ _NODE = TaskKind.NODE
 def build_status(
     task: Task,
     shard: int,
+    node: str,
     progress: Progress,
     children: tuple[TaskIdentity, ...] = (),
     children_count: int = 0,
@@ -50,6 +51,7 @@ def build_status(
         abort_requested=task.abort_requested,
         expire_time=task.expire_at,
         children_count=children_count,
+        node=node,
     )
 
 

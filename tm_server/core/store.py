@@ -132,7 +132,11 @@ class TaskStore:
         """Builds and registers a task record."""
         module = self.module(spec.module)
         inherited = spec.inherited
-        sequence = module.new_sequence_number() if inherited is None else inherited.sequence_number
+        sequence = (
+            module.new_sequence_number()
+            if inherited is None or inherited.sequence_number is None
+            else inherited.sequence_number
+        )
         task = Task(
             spec.task_id,
             spec.module,

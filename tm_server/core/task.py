@@ -114,7 +114,7 @@ class TaskContext:
         start: bool = True,
     ) -> TaskHandle:
         """Creates (and by default starts) a child task of this one in the same module."""
-        handle = await self._shard.creator.create_task(
+        handle = await self._shard.host.create_task(
             self._task.module,
             impl,
             shard=self._shard.index if shard is None else shard,

@@ -103,6 +103,11 @@ class TaskStatus(NamedTuple):
     expire_time: float | None = None
     #: How many children the task has, listed or not (``len(children)`` when 0).
     children_count: int = 0
+    #: The node that holds a regular task ("" for a virtual one).
+    node: str = ""
+    #: Live nodes that did not answer while the status was gathered (a cluster
+    #: task's children on them are missing).
+    unreachable_nodes: tuple[str, ...] = ()
 
 
 class TaskStats(NamedTuple):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import AsyncGenerator, Awaitable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -42,7 +42,11 @@ class VirtualTaskGroup(abc.ABC):
     @property
     @abc.abstractmethod
     def module(self) -> str:
-        """The module whose listings show the group's tasks."""
+        """The module whose listings show the group's tasks.
+
+        "" for a group whose tasks belong to modules of their own (each status
+        says which, and ``module_stats`` lists a module's).
+        """
 
     @abc.abstractmethod
     async def contains(self, task_id: UUID) -> VirtualTaskHint | None:
@@ -64,9 +68,51 @@ class VirtualTaskGroup(abc.ABC):
         """Aborts the operation; never raises. By default does nothing."""
         return None
 
+    async def abort_pending(self, task_id: UUID, hint: VirtualTaskHint) -> bool:
+        """Whether an abort was requested: a child created under it is aborted at once.
+
+        By default no virtual task has one pending.
+        """
+        return False
+
+    def changes(self, task_id: UUID, hint: VirtualTaskHint) -> AsyncIterator[None] | None:
+        """A subscription to the operation's changes, or ``None`` (the default).
+
+        A group that can tell when an operation may have changed returns an
+        async iterator, subscribed when this returns, that yields after each
+        change (spurious wake-ups are fine: the status is read again); a watch
+        then streams every change, not only the final status of ``wait``.
+        """
+        return None
+
+    def child_changed(self, parent_id: UUID) -> None:
+        """A task of this node whose parent is ``parent_id`` (maybe of this group) changed.
+
+        By default nothing happens: a group whose children other nodes watch
+        tells them.
+        """
+        return None
+
+    def walk(
+        self, task_id: UUID, hint: VirtualTaskHint
+    ) -> AsyncIterator[tuple[int, TaskStatus]] | None:
+        """The operation's tree for recursive status, as (depth, status) in BFS order.
+
+        ``None`` (the default) lets the manager walk it: the virtual task, then
+        this node's tasks under it.
+        """
+        return None
+
     @abc.abstractmethod
     async def get_stats(self) -> list[TaskStats]:
         """Returns the list entries of the group's operations."""
+
+    async def module_stats(self, module: str) -> list[TaskStats]:
+        """The list entries of the group's operations in ``module``.
+
+        By default ``get_stats`` for the group's own module, nothing for others.
+        """
+        return await self.get_stats() if module == self.module else []
 
 
 class VirtualGroups:
@@ -94,7 +140,7 @@ class VirtualGroups:
 
     def remove_module(self, module: str) -> None:
         """Removes every group of a module (the module is being unregistered)."""
-        for name in [g.name for g in self._groups.values() if g.module == module]:
+        for name in [g.name for g in self._groups.values() if g.module and g.module == module]:
             del self._groups[name]
 
     async def find(self, task_id: UUID) -> tuple[VirtualTaskGroup, VirtualTaskHint] | None:
@@ -105,6 +151,11 @@ class VirtualGroups:
                 return group, hint
         return None
 
+    def child_changed(self, parent_id: UUID) -> None:
+        """Tells every group of a change under ``parent_id`` (cheap: no lookup)."""
+        for group in self._groups.values():
+            group.child_changed(parent_id)
+
     def normalize(self, group: VirtualTaskGroup, status: TaskStatus) -> TaskStatus:
         """A group's status with the fields every virtual task shares, and sane values."""
         progress = status.progress
@@ -114,7 +165,7 @@ class VirtualGroups:
             kind=TaskKind.CLUSTER,
             shard=0,
             sequence_number=0,
-            module=group.module,
+            module=group.module or status.module,
             internal=False,
             children=status.children[: self._max_children],
             children_count=max(status.children_count, len(status.children)),
@@ -148,9 +199,7 @@ class VirtualGroups:
         """A page of the module's virtual tasks by id, after ``after``."""
         entries: list[TaskStats] = []
         for group in list(self._groups.values()):
-            if group.module != module:
-                continue
-            for stats in await group.get_stats():
+            for stats in await group.module_stats(module):
                 # The internal filter never hides virtual tasks; keyspace and table do.
                 if flt.keyspace and stats.keyspace != flt.keyspace:
                     continue
@@ -176,6 +225,11 @@ class VirtualGroups:
         if found is None:
             raise TaskNotFoundError(task_id)
         group, hint = found
+        changes = group.changes(task_id, hint)  # subscribed before the first read
+        if changes is not None:
+            async for status in self._follow(group, hint, task_id, changes, deadline):
+                yield status
+            return
         first = await group.get_status(task_id, hint)
         if first is None:
             raise TaskNotFoundError(task_id)
@@ -197,6 +251,35 @@ class VirtualGroups:
         final = self.normalize(group, final)
         if final != first:
             yield final
+
+    async def _follow(
+        self,
+        group: VirtualTaskGroup,
+        hint: VirtualTaskHint,
+        task_id: UUID,
+        changes: AsyncIterator[None],
+        deadline: Deadline | None,
+    ) -> AsyncGenerator[TaskStatus, None]:
+        # Every change, coalesced to the latest, ending on a final status.
+        last: TaskStatus | None = None
+        try:
+            while True:
+                status = await group.get_status(task_id, hint)
+                if status is None:
+                    raise TaskNotFoundError(task_id)
+                status = self.normalize(group, status)
+                if status != last:
+                    yield status
+                    last = status
+                if status.state.is_final:
+                    return
+                if deadline is not None and self._clock.now() >= deadline.at:
+                    raise WaitTimeoutError(task_id, deadline.timeout)
+                await self._wait(anext(changes), task_id, deadline)
+        finally:
+            aclose = getattr(changes, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
     async def _wait(self, wait: Awaitable[T], task_id: UUID, deadline: Deadline | None) -> T:
         # A group's wait, ended early by shutdown or by the deadline (its own

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
@@ -11,6 +12,7 @@ from tm_client.pb import task_reporting_pb2 as reporting_pb
 from tm_server.core import (
     InvalidArgumentError,
     ListFilter,
+    Progress,
     TaskIdentity,
     TaskKind,
     TaskState,
@@ -27,10 +29,12 @@ __all__ = [
     "fill_status",
     "filter_from_pb",
     "lease_duration",
+    "nodes_to_pb",
     "page_to_pb",
     "parse_uuid",
     "require_uuid",
     "spec_from_pb",
+    "status_from_pb",
     "status_to_pb",
 ]
 
@@ -89,6 +93,7 @@ def spec_from_pb(request: reporting_pb.CreateTaskRequest) -> TaskSpec:
         progress_units=request.progress_units,
         progress_total=request.progress_total if request.HasField("progress_total") else None,
         task_id=parse_uuid("task_id", request.task_id, required=False),
+        cluster=request.cluster,
     )
 
 
@@ -174,6 +179,10 @@ def fill_status(target: pb.TaskStatus, status: TaskStatus) -> None:
         _set_time(target.expire_time, status.expire_time)
     if status.children_count:  # set wherever children are listed
         target.children_count = status.children_count
+    if status.node:
+        target.node = status.node
+    if status.unreachable_nodes:
+        target.unreachable_nodes.extend(status.unreachable_nodes)
 
 
 def status_to_pb(status: TaskStatus) -> pb.TaskStatus:
@@ -207,3 +216,64 @@ def page_to_pb(entries: Iterable[TaskStats], next_page_token: str) -> pb.ListMod
     for entry in entries:
         fill_stats(add(), entry)
     return response
+
+
+# ---- statuses other nodes send (wire to core) -----------------------------------------------
+
+_STATES_BACK = {v: TaskState(k) for k, v in _STATES.items()}
+_KINDS_BACK = {v: TaskKind(k) for k, v in _KINDS.items()}
+
+
+def _time_back(msg: pb.TaskStatus, name: str) -> float | None:
+    if not msg.HasField(name):  # type: ignore[arg-type]
+        return None
+    stamp = getattr(msg, name)
+    return stamp.seconds + stamp.nanos / 1e9  # type: ignore[no-any-return]
+
+
+def status_from_pb(msg: pb.TaskStatus) -> TaskStatus:
+    """Decodes a status another tm node sent (it encoded it with ``fill_status``)."""
+    return TaskStatus(
+        id=require_uuid("id", msg.id),
+        type=msg.type,
+        kind=_KINDS_BACK.get(msg.kind, TaskKind.NODE),
+        scope=msg.scope,
+        state=_STATES_BACK.get(msg.state, TaskState.RUNNING),
+        is_abortable=msg.is_abortable,
+        creation_time=_time_back(msg, "creation_time"),
+        start_time=_time_back(msg, "start_time"),
+        end_time=_time_back(msg, "end_time"),
+        error=msg.error,
+        parent_id=parse_uuid("parent_id", msg.parent_id, required=False),
+        sequence_number=msg.sequence_number,
+        shard=msg.shard,
+        keyspace=msg.keyspace,
+        table=msg.table,
+        entity=msg.entity,
+        progress_units=msg.progress_units,
+        progress=Progress(msg.progress_completed, msg.progress_total),
+        children=tuple(
+            TaskIdentity(require_uuid("task_id", c.task_id), c.node) for c in msg.children_ids
+        ),
+        module=msg.module,
+        internal=msg.internal,
+        user_task=msg.user_task,
+        abort_requested=msg.abort_requested,
+        expire_time=_time_back(msg, "expire_time"),
+        children_count=msg.children_count,
+        node=msg.node,
+        unreachable_nodes=tuple(msg.unreachable_nodes),
+    )
+
+
+def nodes_to_pb(nodes: Iterable[Any]) -> pb.ListNodesResponse:
+    """Encodes a listing of nodes (anything with a ``NodeView``'s attributes)."""
+    reply = pb.ListNodesResponse()
+    for node in nodes:
+        entry = reply.nodes.add(
+            name=node.name, address=node.address, alive=node.alive, version=node.version,
+            left=node.left,
+        )  # fmt: skip
+        _set_time(entry.started_time, node.started_at)
+        _set_time(entry.last_heartbeat_time, node.heartbeat_at)
+    return reply

@@ -11,8 +11,10 @@ from tm_server.core import (
     InvalidArgumentError,
     InvalidStateError,
     ModuleLimitError,
+    NodeUnavailableError,
     SessionNotFoundError,
     ShuttingDownError,
+    StoreUnavailableError,
     TaskAlreadyExistsError,
     TaskManagerError,
     TaskNotAbortableError,
@@ -35,6 +37,8 @@ _CODES: dict[type[TaskManagerError], grpc.StatusCode] = {
     ShuttingDownError: grpc.StatusCode.UNAVAILABLE,
     ModuleLimitError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     WaitTimeoutError: grpc.StatusCode.DEADLINE_EXCEEDED,
+    StoreUnavailableError: grpc.StatusCode.UNAVAILABLE,
+    NodeUnavailableError: grpc.StatusCode.UNAVAILABLE,
 }
 
 
@@ -92,6 +96,8 @@ def status_for(exc: TaskManagerError) -> grpc.Status:
         metadata["module"] = exc.module
     if isinstance(exc, ModuleLimitError):
         metadata["limit"] = str(exc.limit)
+    if isinstance(exc, NodeUnavailableError):
+        metadata["node"] = exc.node
     if isinstance(exc, SessionNotFoundError):
         metadata["session_id"] = str(exc.session_id)
     if isinstance(exc, InvalidArgumentError):

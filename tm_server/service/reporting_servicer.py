@@ -79,6 +79,7 @@ class TaskReportingServicer(Servicer, pb_grpc.TaskReportingServiceServicer):
         status = await self._producers.finish_task(
             require_uuid("task_id", request.task_id),
             request.error if request.HasField("error") else None,
+            suspended=request.suspended,
         )
         response = pb.FinishTaskResponse()
         fill_status(response.status, status)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Protocol
 
 from tm_client.pb import task_manager_pb2 as pb
 from tm_client.pb import task_manager_pb2_grpc as pb_grpc
@@ -13,6 +14,7 @@ from .convert import (
     duration_seconds,
     fill_status,
     filter_from_pb,
+    nodes_to_pb,
     page_to_pb,
     require_uuid,
 )
@@ -22,12 +24,47 @@ from .handlers import Context, Servicer, streaming, unary
 _RECURSIVE_BATCH = 256
 
 
+class NodeView(Protocol):
+    """What a listing of nodes shows of each (the cluster store's rows are these)."""
+
+    @property
+    def name(self) -> str:
+        """The node's name."""
+
+    @property
+    def address(self) -> str:
+        """Where it is reached."""
+
+    @property
+    def version(self) -> str:
+        """The tm version it runs."""
+
+    @property
+    def started_at(self) -> float:
+        """When it joined (epoch seconds)."""
+
+    @property
+    def heartbeat_at(self) -> float:
+        """When its heartbeat was last renewed."""
+
+    @property
+    def left(self) -> bool:
+        """Whether it left cleanly."""
+
+    @property
+    def alive(self) -> bool:
+        """Whether its heartbeat is fresh."""
+
+
 class TaskManagerServicer(Servicer, pb_grpc.TaskManagerServiceServicer):
     """The public API, one RPC per ScyllaDB /task_manager endpoint."""
 
-    def __init__(self, manager: TaskManager) -> None:
+    def __init__(
+        self, manager: TaskManager, nodes: Callable[[], Awaitable[Sequence[NodeView]]]
+    ) -> None:
         super().__init__()
         self._tm = manager
+        self._nodes = nodes
         self._last_wait: tuple[TaskStatus, pb.WaitTaskResponse] | None = None
 
     @unary
@@ -173,3 +210,10 @@ class TaskManagerServicer(Servicer, pb_grpc.TaskManagerServiceServicer):
             page_token=request.page_token,
         )
         return children_page_to_pb(children, count, token)
+
+    @unary
+    async def ListNodes(
+        self, request: pb.ListNodesRequest, context: Context
+    ) -> pb.ListNodesResponse:
+        """Lists the cluster's nodes."""
+        return nodes_to_pb(await self._nodes())

@@ -1,0 +1,54 @@
+"""The cluster store's schema, as numbered migrations applied at start."""
+
+from __future__ import annotations
+
+
+def migrations(*, real: str, boolean: str, serial: str) -> tuple[tuple[str, ...], ...]:
+    """The migrations in a dialect's types: each a tuple of statements, version n at n - 1."""
+    return (
+        (
+            f"""CREATE TABLE tm_nodes (
+                name TEXT PRIMARY KEY,
+                address TEXT NOT NULL,
+                version TEXT NOT NULL,
+                incarnation TEXT NOT NULL,
+                started_at {real} NOT NULL,
+                heartbeat_at {real} NOT NULL,
+                expires_at {real} NOT NULL,
+                left_at {real}
+            )""",
+            f"""CREATE TABLE tm_cluster_tasks (
+                id TEXT PRIMARY KEY,
+                parent_id TEXT,
+                module TEXT NOT NULL,
+                type TEXT NOT NULL,
+                scope TEXT NOT NULL,
+                keyspace TEXT NOT NULL,
+                tbl TEXT NOT NULL,
+                entity TEXT NOT NULL,
+                state TEXT NOT NULL,
+                error TEXT NOT NULL,
+                abortable {boolean} NOT NULL,
+                user_task {boolean} NOT NULL,
+                abort_requested {boolean} NOT NULL,
+                progress_units TEXT NOT NULL,
+                progress_completed {real},
+                progress_total {real},
+                created_at {real} NOT NULL,
+                started_at {real},
+                ended_at {real},
+                session_id TEXT,
+                session_node TEXT,
+                version INTEGER NOT NULL
+            )""",
+            "CREATE INDEX tm_cluster_tasks_module ON tm_cluster_tasks (module, ended_at)",
+            "CREATE INDEX tm_cluster_tasks_parent ON tm_cluster_tasks (parent_id)",
+            "CREATE INDEX tm_cluster_tasks_session ON tm_cluster_tasks (session_id)",
+            "CREATE INDEX tm_cluster_tasks_session_node ON tm_cluster_tasks (session_node)",
+            f"""CREATE TABLE tm_changes (
+                seq {serial},
+                task_id TEXT NOT NULL,
+                at {real} NOT NULL
+            )""",
+        ),
+    )
