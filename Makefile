@@ -8,7 +8,7 @@ BUF := .tools/buf/node_modules/.bin/buf
 PROTOS := $(wildcard protos/tm/v1/*.proto)
 GEN_DIR := tm_client/pb
 
-.PHONY: run demo bench test test-fast proto proto-check lint typecheck buf-lint pytest venv clean examples-deps
+.PHONY: run demo demo-cluster bench test test-fast proto proto-check lint typecheck buf-lint pytest venv clean examples-deps
 
 venv: $(VENV)/.installed
 
@@ -27,6 +27,10 @@ run: venv
 # A realistic producer against a running server (`make run` in another shell).
 demo: venv
 	$(PY) -m tm_client.demo $(ARGS)
+
+# Three local nodes on one SQLite store and a rolling upgrade over them (ARGS="--keep" keeps them up).
+demo-cluster: venv
+	$(PY) -m tm_client.demo_cluster $(ARGS)
 
 # Benchmarks against a do-nothing baseline (a few minutes); results in bench/results/.
 bench: venv

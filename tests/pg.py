@@ -50,9 +50,16 @@ class Postgres:
         self._as_postgres("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres",
                           "--no-sync", "-E", "UTF8")  # fmt: skip
         self.start()
+        self._databases = 0
+        self.url = self.database()
+
+    def database(self) -> str:
+        """Creates an empty database (one a test, so tests share a server); its URL."""
+        self._databases += 1
+        name = f"tm{self._databases}"
         self._as_postgres("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
-                          "tm")  # fmt: skip
-        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/tm"
+                          name)  # fmt: skip
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{name}"
 
     def _as_postgres(self, tool: str, *args: str) -> None:
         command = [str(self.bin / tool), *args]

@@ -77,3 +77,17 @@ class ServerProcess:
     def output(self) -> str:
         time.sleep(0.05)
         return "".join(self.lines)
+
+
+def start_producer_script(target: str, *args: str) -> tuple[subprocess.Popen[str], str, str]:
+    """A producer process that reports a root and a child, then hangs; and their ids.
+
+    ``args`` go to ``producer_script.py`` (``"cluster"``: the root is a cluster task).
+    """
+    script = Path(__file__).parent / "producer_script.py"
+    proc = subprocess.Popen(
+        [sys.executable, str(script), target, *args], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    root_id, child_id = proc.stdout.readline().split()
+    return proc, root_id, child_id

@@ -1,4 +1,7 @@
-"""A producer process for the crash test: reports a task tree, prints its ids, then hangs."""
+"""A producer process for the crash tests: reports a task tree, prints its ids, then hangs.
+
+``producer_script.py TARGET [cluster]``: with ``cluster`` the root is a cluster task.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,10 @@ from tm_client import Producer
 
 def main() -> None:
     producer = Producer(sys.argv[1], module="import")
-    root = producer.task("import", scope="file", entity="dump.csv", total=100, abortable=True)
+    cluster = sys.argv[2:] == ["cluster"]
+    root = producer.task(
+        "import", scope="file", entity="dump.csv", total=100, abortable=True, cluster=cluster
+    )
     child = root.child("import", scope="chunk", total=10)
     child.progress(3)
     print(root.id, child.id, flush=True)

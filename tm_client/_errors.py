@@ -159,6 +159,14 @@ class WaitTimeoutError(DeadlineExceededError):
     """The task did not finish within the wait's timeout (reason WAIT_TIMEOUT)."""
 
 
+class StoreUnavailableError(UnavailableError):
+    """The cluster store cannot be reached now; retry later (reason STORE_UNAVAILABLE)."""
+
+
+class NodeUnavailableError(UnavailableError):
+    """The node that holds the task did not answer in time (reason NODE_UNAVAILABLE)."""
+
+
 _BY_CODE: dict[grpc.StatusCode, type[TmError]] = {
     cls.code: cls
     for cls in (
@@ -195,6 +203,8 @@ _BY_REASON: dict[str, type[TmError]] = {
     reason_name(pb.ERROR_REASON_MODULE_NOT_FOUND): UnknownModuleError,
     reason_name(pb.ERROR_REASON_TASK_NOT_ABORTABLE): TaskNotAbortableError,
     reason_name(pb.ERROR_REASON_WAIT_TIMEOUT): WaitTimeoutError,
+    reason_name(pb.ERROR_REASON_STORE_UNAVAILABLE): StoreUnavailableError,
+    reason_name(pb.ERROR_REASON_NODE_UNAVAILABLE): NodeUnavailableError,
 }
 
 

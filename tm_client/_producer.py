@@ -14,6 +14,8 @@ import grpc
 from ._client import DEFAULT_TARGET, TaskId, _SyncChannelClient
 from ._errors import NotFoundError, TmError, from_rpc_error
 from ._types import TaskStatus
+from .pb import task_manager_pb2 as tm_pb
+from .pb import task_manager_pb2_grpc as tm_pb_grpc
 from .pb import task_reporting_pb2 as pb
 from .pb import task_reporting_pb2_grpc as pb_grpc
 
@@ -234,6 +236,24 @@ class Producer(_SyncChannelClient):
             cluster=cluster,
         )
         status = TaskStatus.from_pb(self._unary(self._stub.CreateTask, request).status)
+        task = ReportedTask(self, status)
+        if status.abort_requested:
+            self._event(status.id).set()
+        return task
+
+    def attach(self, task_id: TaskId) -> ReportedTask:
+        """A handle on a task created elsewhere, to report its progress and finish it.
+
+        Meant for cluster tasks, which any node advances: a coordinator creates
+        one through one node, and whoever carries on (another process, through
+        another node) attaches to it here.
+
+        Raises:
+            TaskNotFoundError: no such task.
+        """
+        stub = tm_pb_grpc.TaskManagerServiceStub(self._channel)
+        reply = self._unary(stub.GetTaskStatus, tm_pb.GetTaskStatusRequest(task_id=str(task_id)))
+        status = TaskStatus.from_pb(reply.status)
         task = ReportedTask(self, status)
         if status.abort_requested:
             self._event(status.id).set()

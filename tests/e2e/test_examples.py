@@ -11,6 +11,7 @@ import pytest
 
 from tm_client import TaskManagerClient, TaskState
 from tm_client.demo import KEYSPACES, RANGES_PER_SHARD, run_demo
+from tm_client.demo_cluster import LocalCluster, run_rolling
 
 from ..server_fixture import ServerThread
 
@@ -68,3 +69,26 @@ def test_repair_demo_builds_the_documented_tree(server: ServerThread) -> None:
             ("table", "events", ""),
             ("shard", "events", "shard 1"),
         ]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_cluster_demo_runs_a_rolling_upgrade_every_node_answers_for() -> None:
+    with LocalCluster(3) as nodes:
+        result = run_rolling(nodes.targets, delay=0)
+        views = []
+        for target in nodes.targets.values():
+            with TaskManagerClient(target) as client:
+                views.append(client.get_status(result.root))
+        assert {(v.state, v.error) for v in views} == {
+            (TaskState.FAILED, "1 of 3 nodes failed to upgrade: n3")
+        }
+        assert {tuple(v.children) for v in views} == {tuple(views[0].children)}
+        assert {(c.task_id, c.node) for c in views[0].children} == {
+            (result.children[name], name) for name in ("n1", "n2", "n3")
+        }
+        with TaskManagerClient(nodes.targets["n2"]) as client:
+            tree = client.get_status_recursive(result.root)
+            states = {s.entity: s.state for s in tree[1:]}
+            assert states == {"n1": TaskState.DONE, "n2": TaskState.DONE, "n3": TaskState.FAILED}
+            assert {n.name for n in client.list_nodes() if n.alive} == {"n1", "n2", "n3"}

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import math
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from uuid import uuid4
 
 import grpc
@@ -30,6 +27,7 @@ from tm_client import (
 from tm_client.pb import task_reporting_pb2 as rpb
 from tm_client.pb import task_reporting_pb2_grpc as rpb_grpc
 
+from ..process import start_producer_script
 from ..server_fixture import ServerThread
 
 
@@ -187,17 +185,6 @@ def test_unregister_module_aborts_and_fails_reported_tasks(
     assert task.wait_abort(5)
     assert list(updates)[-1].state is TaskState.FAILED
     assert "backup" not in client.list_modules()
-
-
-def start_producer_script(target: str) -> tuple[subprocess.Popen[str], str, str]:
-    """A producer process that reports a root and a child, then hangs; and their ids."""
-    script = Path(__file__).parent.parent / "producer_script.py"
-    proc = subprocess.Popen(
-        [sys.executable, str(script), target], stdout=subprocess.PIPE, text=True
-    )
-    assert proc.stdout is not None
-    root_id, child_id = proc.stdout.readline().split()
-    return proc, root_id, child_id
 
 
 def test_sigkilled_producer_fails_after_the_lease(lease_server: ServerThread) -> None:

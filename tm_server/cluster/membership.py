@@ -44,6 +44,8 @@ class Membership:
         self.config = config
         self.incarnation = uuid.uuid4().hex
         self._renewed_at = 0.0  # time.monotonic() of the last successful renewal
+        # Since when every renewal succeeded (None after a failed one).
+        self._healthy_since: float | None = None
         self._nodes: list[NodeRow] = []
         self._task: asyncio.Task[None] | None = None
         self._on_round: list[Callable[[list[NodeRow]], Awaitable[None]]] = []
@@ -61,6 +63,7 @@ class Membership:
             self.config.expiry_seconds,
         )  # fmt: skip
         self._renewed_at = started
+        self._healthy_since = started
         self._nodes = await self._store.nodes()
 
     def on_round(self, handler: Callable[[list[NodeRow]], Awaitable[None]]) -> None:
@@ -78,6 +81,16 @@ class Membership:
 
     async def renew(self) -> None:
         """One heartbeat round: renew, read the nodes, run the round's handlers."""
+        if not await self._renew():
+            return
+        for handler in self._on_round:
+            try:
+                await handler(self._nodes)
+            except Exception:
+                log.warning("a membership round's work failed", exc_info=True)
+
+    async def _renew(self) -> bool:
+        """Renews this node's row and reads the nodes; whether it could."""
         started = time.monotonic()
         try:
             if await self._store.heartbeat(
@@ -92,29 +105,61 @@ class Membership:
             self._nodes = await self._store.nodes()
         except Exception as exc:  # the store unreachable, or the name taken meanwhile
             log.warning("node %s could not renew its membership: %s", self.config.node, exc)
-            return
-        for handler in self._on_round:
-            try:
-                await handler(self._nodes)
-            except Exception:
-                log.warning("a membership round's work failed", exc_info=True)
+            self._healthy_since = None
+            return False
+        if self._healthy_since is None:
+            self._healthy_since = started
+        return True
+
+    @property
+    def settled(self) -> bool:
+        """Whether this node has renewed without a miss for a whole expiry period.
+
+        Only then may it judge another node gone: after the store was down,
+        every node's heartbeat looks stale at first, and each gets an expiry
+        period to renew before the others act on its absence.
+        """
+        since = self._healthy_since
+        return since is not None and time.monotonic() - since >= self.config.expiry_seconds
 
     @property
     def writable(self) -> bool:
         """Whether the membership is surely still valid (renewed within the expiry)."""
         return time.monotonic() - self._renewed_at < self.config.expiry_seconds
 
-    def check_writable(self) -> None:
-        """Raises ``StoreUnavailableError`` unless this node may write cluster state."""
+    async def check_writable(self) -> None:
+        """Raises ``StoreUnavailableError`` unless this node may write cluster state.
+
+        A node past its expiry tries one renewal first: the store may be back
+        (or a long lock released) before the next heartbeat is due.
+        """
+        if not self.writable:
+            await self._renew()
         if not self.writable:
             raise StoreUnavailableError(
                 f"node {self.config.node} could not renew its membership in time, so it "
                 "writes no cluster state until it can"
             )
 
-    def alive_peers(self) -> list[NodeRow]:
-        """The other nodes alive at the last round."""
-        return [n for n in self._nodes if n.alive and n.name != self.config.node]
+    async def alive_peers(self) -> list[NodeRow]:
+        """The other nodes alive now, by the store; those of the last round if it is down.
+
+        Read afresh on every call rather than once a heartbeat: a node that
+        joined a moment ago already holds tasks the caller must see, and one
+        that expired a moment ago must not be asked.
+        """
+        try:
+            nodes = await self.nodes()
+        except StoreUnavailableError:
+            nodes = self._nodes
+        return [n for n in nodes if n.alive and n.name != self.config.node]
+
+    def known_peer(self, name: str) -> NodeRow | None:
+        """Another node by name, if it was alive at the last read of the nodes."""
+        return next(
+            (n for n in self._nodes if n.name == name and n.alive and n.name != self.config.node),
+            None,
+        )
 
     async def nodes(self) -> list[NodeRow]:
         """Every node, read from the store now."""

@@ -112,7 +112,8 @@ class ClusterNode:
 
     async def _round(self, nodes: list[NodeRow]) -> None:
         self._rounds += 1
-        await self.tasks.fail_gone_nodes([n.name for n in nodes if not n.alive])
+        if self.membership.settled:
+            await self.tasks.fail_gone_nodes([n.name for n in nodes if not n.alive])
         await self._register_modules()
         if self._rounds % SWEEP_EVERY == 0:
             swept = await self.store.sweep(await self.store.now() - self.config.retention_seconds)

@@ -75,7 +75,7 @@ class Peers:
         self, call: Callable[[Any], Awaitable[T]]
     ) -> tuple[list[tuple[NodeRow, T]], list[str]]:
         """Calls every live peer at once; the answers, and the nodes that gave none in time."""
-        peers = self._membership.alive_peers()
+        peers = await self._membership.alive_peers()
 
         async def one(node: NodeRow) -> T:
             return await asyncio.wait_for(call(self._stub(node)), self.timeout)
@@ -190,5 +190,5 @@ class Peers:
         return children, unreachable
 
     def node(self, name: str) -> NodeRow | None:
-        """A live peer by name."""
-        return next((n for n in self._membership.alive_peers() if n.name == name), None)
+        """A peer by name, alive at the last read of the nodes (a walk's gather just did one)."""
+        return self._membership.known_peer(name)

@@ -26,8 +26,11 @@ from .store import SqlStore
 log = logging.getLogger(__name__)
 
 CHANNEL = "tm_changes"
-#: Seconds a call waits for a pooled connection before it fails UNAVAILABLE.
+#: Seconds a node waits to connect at start, and a connection attempt may take.
 CONNECT_TIMEOUT = 5.0
+#: Seconds a call waits for a pooled connection before it fails UNAVAILABLE
+#: (when the server is down, the pool's reconnects fail at once; callers should not hang).
+CALL_TIMEOUT = 2.0
 # Serialises the migrations of nodes starting at once (an arbitrary key).
 _MIGRATION_LOCK = 0x746D0001
 
@@ -119,7 +122,7 @@ class PostgresStore(SqlStore):
         if self._pool is None:
             raise StoreUnavailableError(f"{self._safe_url} is closed")
         try:
-            async with self._pool.connection() as conn, conn.transaction():
+            async with self._pool.connection(CALL_TIMEOUT) as conn, conn.transaction():
                 rows: list[tuple[Any, ...]] = []
                 for sql, params in statements:
                     cur = await conn.execute(sql, params)

@@ -54,6 +54,10 @@ CHILD_NOTIFY_INTERVAL = 0.1
 _MAX_PROGRESS_DEPTH = 32
 
 
+def _creation_order(status: TaskStatus) -> tuple[float, int]:
+    return (status.creation_time or 0.0, status.id.int)
+
+
 def _uuid(text: str | None) -> UUID | None:
     return None if text is None else UUID(text)
 
@@ -135,7 +139,10 @@ class ClusterTaskGroup(VirtualTaskGroup):
         cluster = await self._store.children_of(row.id)
         local = await self._manager.virtual_children_statuses(task_id)
         remote, unreachable = await self._peers.cluster_children(task_id)
-        regular = local + remote
+        # One order on every node (whichever node asks, it lists its own first
+        # otherwise): by creation, cluster-wide.
+        regular = sorted(local + remote, key=_creation_order)
+        unreachable.sort()
         identities = [TaskIdentity(UUID(c.id), "") for c in cluster]
         identities += [TaskIdentity(s.id, s.node) for s in regular]
         return identities, cluster, regular, unreachable
@@ -207,6 +214,10 @@ class ClusterTaskGroup(VirtualTaskGroup):
     def changes(self, task_id: UUID, hint: VirtualTaskHint) -> AsyncIterator[None]:
         """Wakes on every change of the task (its row, or its children on any node)."""
         return self._feed.subscribe(str(task_id))
+
+    async def modules(self) -> list[str]:
+        """The modules cluster tasks belong to, by the store."""
+        return await self._store.modules()
 
     async def get_stats(self) -> list[TaskStats]:
         """Not used: cluster tasks are listed by module (``module_stats``)."""
@@ -294,7 +305,7 @@ class ClusterTaskGroup(VirtualTaskGroup):
         for field in ("keyspace", "table"):
             check_length(field, getattr(spec, field), MAX_NAME_LENGTH)
         check_length("entity", spec.entity, MAX_TEXT_LENGTH)
-        self._membership.check_writable()
+        await self._membership.check_writable()
         task_id = spec.task_id
         if task_id is None:
             task_id = new_task_id()
@@ -370,7 +381,7 @@ class ClusterTaskGroup(VirtualTaskGroup):
         Raises:
             InvalidStateError: it is one, in another state.
         """
-        self._membership.check_writable()
+        await self._membership.check_writable()
         updated = await self._store.update_task(str(task_id), states, **values)
         if updated is not None:
             return updated
@@ -436,7 +447,7 @@ class ClusterTaskGroup(VirtualTaskGroup):
 
     async def abort(self, task_id: UUID, hint: VirtualTaskHint) -> None:
         """Records the abort; every node aborts its children and tells the producer."""
-        self._membership.check_writable()
+        await self._membership.check_writable()
         updated = await self._store.update_task(str(task_id), _UNFINISHED, abort_requested=True)
         if updated is not None:
             await self._aborted(updated)

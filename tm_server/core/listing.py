@@ -28,31 +28,29 @@ async def list_page(
 ) -> tuple[list[TaskStats], str]:
     """One page of the module's tasks and the next page's token ("" at the end).
 
-    The order is stable: shard by shard, each shard's regular tasks by id,
-    then on shard 0 the virtual tasks by id. A page never scans entries
-    before its token, so deep pages cost what shallow ones do. A page ends
-    at ``size`` entries, or before its reply would pass ``PAGE_BYTES``.
+    The order is stable, as ScyllaDB lists: every shard's regular tasks,
+    shard by shard and by id within each, then the virtual tasks by id (on
+    shard 0, where they live). A page never scans entries before its token,
+    so deep pages cost what shallow ones do. A page ends at ``size`` entries,
+    or before its reply would pass ``PAGE_BYTES``.
 
     Raises:
         InvalidPageTokenError: a token this server did not issue for this listing.
     """
     pos = tokens.decode(page_token, module, flt, len(shards))
+    sources = [(shard, PHASE_REGULAR) for shard in shards] + [(shards[0], PHASE_VIRTUAL)]
+    first = 0
+    if pos is not None:
+        first = len(shards) if pos.phase == PHASE_VIRTUAL else pos.shard
     out: list[tuple[int, int, TaskStats]] = []
-    for shard in shards[pos.shard if pos else 0 :]:
-        phases = (PHASE_REGULAR, PHASE_VIRTUAL) if shard.index == 0 else (PHASE_REGULAR,)
-        for phase in phases:
-            here = (shard.index, phase)
-            if pos is not None and here < (pos.shard, pos.phase):
-                continue
-            after = pos.after if pos is not None and here == (pos.shard, pos.phase) else None
-            need = size + 1 - len(out)
-            if phase == PHASE_REGULAR:
-                entries = await shard.list_tasks(module, flt, after, need)
-            else:
-                entries = await groups.stats(module, flt, after, need)
-            out.extend((shard.index, phase, e) for e in entries)
-            if len(out) > size:
-                break
+    for number, (shard, phase) in enumerate(sources[first:], start=first):
+        after = pos.after if pos is not None and number == first else None
+        need = size + 1 - len(out)
+        if phase == PHASE_REGULAR:
+            entries = await shard.list_tasks(module, flt, after, need)
+        else:
+            entries = await groups.stats(module, flt, after, need)
+        out.extend((shard.index, phase, e) for e in entries)
         if len(out) > size:
             break
     # 4 KB entities make 1,000 entries larger than a default client accepts.

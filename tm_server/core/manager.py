@@ -102,8 +102,20 @@ class TaskManager(NodeTasks):
             port.connect(ports)
         super().__init__(ports, VirtualGroups(clock, max_status_children), clock, node)
         self._page_tokens = PageTokens()
-        # Other nodes' tasks, asked last (a cluster sets it).
-        self.remote: RemoteTasks | None = None
+        self._remote: RemoteTasks | None = None
+
+    @property
+    def remote(self) -> RemoteTasks | None:
+        """Other nodes' tasks, asked last in the lookup order (a cluster sets it)."""
+        return self._remote
+
+    @remote.setter
+    def remote(self, remote: RemoteTasks | None) -> None:
+        self._remote = remote
+        self._groups.held_elsewhere = None if remote is None else self._held_elsewhere
+
+    async def _held_elsewhere(self, task_id: UUID) -> bool:
+        return self._remote is not None and await self._remote.get_status(task_id) is not None
 
     @property
     def shards(self) -> tuple[ShardPort, ...]:
@@ -146,13 +158,23 @@ class TaskManager(NodeTasks):
             await shard.remove_module(name)
 
     async def list_modules(self) -> list[str]:
-        """Returns the registered module names, sorted."""
+        """Returns the registered module names, sorted (with those of virtual tasks)."""
+        for name in (await self._groups.modules()).difference(await self._shards[0].list_modules()):
+            try:
+                await self.register_module(name)
+            except ModuleLimitError:
+                continue  # not listed here, as --max-modules says
         return sorted(await self._shards[0].list_modules())
 
     async def _check_module(self, name: str) -> None:
         check_name("module", name)
-        if not await self._shards[0].has_module(name):
+        if await self._shards[0].has_module(name):
+            return
+        # A module only virtual tasks have so far (cluster tasks created
+        # through another node) is registered here when first named.
+        if name not in await self._groups.modules():
             raise UnknownModuleError(name)
+        await self.register_module(name)
 
     # ---- virtual task groups -----------------------------------------------------------------
 

@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 from uuid import UUID
 
 from .clock import Clock
-from .errors import ShuttingDownError, TaskNotFoundError, WaitTimeoutError
+from .errors import (
+    ShuttingDownError,
+    StoreUnavailableError,
+    TaskNotFoundError,
+    WaitTimeoutError,
+)
 from .port import Deadline
 from .types import ListFilter, Progress, TaskIdentity, TaskKind, TaskStats, TaskStatus
 from .validation import finite_or_zero
@@ -107,6 +112,15 @@ class VirtualTaskGroup(abc.ABC):
     async def get_stats(self) -> list[TaskStats]:
         """Returns the list entries of the group's operations."""
 
+    async def modules(self) -> list[str]:
+        """The modules the group's operations belong to (by default, its ``module``).
+
+        A module named here is registered on this node when a caller first
+        names it, so a group whose operations come from elsewhere (a cluster
+        store) is listed in modules this node never registered itself.
+        """
+        return [self.module] if self.module else []
+
     async def module_stats(self, module: str) -> list[TaskStats]:
         """The list entries of the group's operations in ``module``.
 
@@ -123,6 +137,8 @@ class VirtualGroups:
         self._max_children = max_status_children
         self._groups: dict[str, VirtualTaskGroup] = {}
         self._stopping: asyncio.Future[None] | None = None
+        # Whether another node holds an id as a regular task (a cluster sets it).
+        self.held_elsewhere: Callable[[UUID], Awaitable[bool]] | None = None
 
     def add(self, group: VirtualTaskGroup) -> None:
         """Registers a group.
@@ -144,12 +160,34 @@ class VirtualGroups:
             del self._groups[name]
 
     async def find(self, task_id: UUID) -> tuple[VirtualTaskGroup, VirtualTaskHint] | None:
-        """The first group that has the operation, with its hint."""
+        """The first group that has the operation, with its hint.
+
+        Raises:
+            StoreUnavailableError: a group's store is down, so it cannot say
+                whether the id is its own, and no other node holds it either.
+        """
         for group in list(self._groups.values()):
-            hint = await group.contains(task_id)
+            try:
+                hint = await group.contains(task_id)
+            except StoreUnavailableError:
+                # Another node's regular task is still answered while the
+                # store is down; only an id nobody holds gets the store's error.
+                if self.held_elsewhere is not None and await self.held_elsewhere(task_id):
+                    return None
+                raise
             if hint is not None:
                 return group, hint
         return None
+
+    async def modules(self) -> set[str]:
+        """Every module some group has operations in (a group whose store is down: none)."""
+        names: set[str] = set()
+        for group in list(self._groups.values()):
+            try:
+                names.update(await group.modules())
+            except StoreUnavailableError:
+                continue
+        return names
 
     def child_changed(self, parent_id: UUID) -> None:
         """Tells every group of a change under ``parent_id`` (cheap: no lookup)."""
