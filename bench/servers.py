@@ -258,6 +258,9 @@ class Baseline(pb_grpc.TaskManagerServiceServicer, rpb_grpc.TaskReportingService
 
 
 async def serve(kind: str, port_file: Path, shards: int) -> None:
+    # tm runs as tm-server does by default: a one-node cluster on a SQLite
+    # file in its data directory (beside the port file), so the regular-task
+    # figures are those of the default configuration.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -269,6 +272,7 @@ async def serve(kind: str, port_file: Path, shards: int) -> None:
                 shards=shards,
                 node="bench",
                 gc_freeze_interval=DEFAULT_GC_FREEZE_INTERVAL,
+                store=f"sqlite://{port_file.parent / 'data' / 'cluster.db'}",
             )
         )
         tm.server.add_generic_rpc_handlers((handler(TmBench(tm).methods()),))

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from ..pg import Postgres
+from tm_server.testing.postgres import Postgres
+
 from .cluster_fixture import Cluster
 
 

@@ -25,6 +25,9 @@ FIGURES = {
     "memory: finished-with-TTL",
     "memory: folded",
     "pauses",
+    "cluster task status",
+    "finish-to-wait latency (SQLite)",
+    "finish-to-wait latency (PostgreSQL)",
 }
 
 
@@ -52,5 +55,7 @@ def test_bench_runs_every_figure_in_the_tiny_configuration(tmp_path: Path) -> No
     assert figures["watch fan-out: broadcast"]["extra"]["final_done"] == 100
     assert figures["recursive status"]["extra"]["messages"] == 1 + 3 + 9 + 27 + 81
     assert figures["shutdown"]["extra"]["exit_code"] == 0
+    assert figures["cluster task status"]["extra"]["cluster"]["samples"] == 20
+    assert figures["finish-to-wait latency (PostgreSQL)"]["extra"]["samples"] == 10
     markdown = (tmp_path / "latest.md").read_text()
     assert "| burst |" in markdown and "Profiling notes" in markdown

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from tm_client import StoreUnavailableError, TaskManagerClient, TaskState, TaskStatus
+from tm_server.testing.postgres import Postgres
 
-from ..pg import Postgres
 from ..process import ServerProcess, start_producer_script
 from .cluster_fixture import EXPIRY, FAST, Cluster, eventually
 

@@ -40,7 +40,7 @@ class Postgres:
         if bin_dir is None:
             raise RuntimeError(
                 "PostgreSQL's server binaries are not installed "
-                "(apt-get install postgresql; .ci/run does it)"
+                "(apt-get install postgresql; the CI script does it)"
             )
         self.bin = bin_dir
         self.root = Path(tempfile.mkdtemp(prefix="tm-pg-"))
