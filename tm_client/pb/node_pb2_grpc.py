@@ -119,7 +119,7 @@ class NodeServiceServicer:
 
     def GetClusterChildren(self, request, context):
         """Returns this node's tasks whose parent is the cluster task, with their
-        progress (ScyllaDB's tasks_get_children).
+        creation times and progress (ScyllaDB's tasks_get_children).
         Codes: OK; INVALID_ARGUMENT (a malformed id).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -64,7 +64,7 @@ class NodeServiceStub:
     """
     GetClusterChildren: _grpc.UnaryUnaryMultiCallable[_node_pb2.GetClusterChildrenRequest, _node_pb2.GetClusterChildrenResponse]
     """Returns this node's tasks whose parent is the cluster task, with their
-    progress (ScyllaDB's tasks_get_children).
+    creation times and progress (ScyllaDB's tasks_get_children).
     Codes: OK; INVALID_ARGUMENT (a malformed id).
     """
 
@@ -100,7 +100,7 @@ class NodeServiceAsyncStub(NodeServiceStub):
     """
     GetClusterChildren: _aio.UnaryUnaryMultiCallable[_node_pb2.GetClusterChildrenRequest, _node_pb2.GetClusterChildrenResponse]  # type: ignore[assignment]
     """Returns this node's tasks whose parent is the cluster task, with their
-    progress (ScyllaDB's tasks_get_children).
+    creation times and progress (ScyllaDB's tasks_get_children).
     Codes: OK; INVALID_ARGUMENT (a malformed id).
     """
 
@@ -169,7 +169,7 @@ class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_node_pb2.GetClusterChildrenResponse, _abc.Awaitable[_node_pb2.GetClusterChildrenResponse]]:
         """Returns this node's tasks whose parent is the cluster task, with their
-        progress (ScyllaDB's tasks_get_children).
+        creation times and progress (ScyllaDB's tasks_get_children).
         Codes: OK; INVALID_ARGUMENT (a malformed id).
         """
 

@@ -27,9 +27,15 @@ from tm_server.core import (
     TaskNotAbortableError,
     TaskNotFoundError,
     TaskStatus,
+    VirtualChild,
     WaitTimeoutError,
 )
-from tm_server.service.convert import lease_duration, require_uuid, status_from_pb
+from tm_server.service.convert import (
+    lease_duration,
+    require_uuid,
+    status_from_pb,
+    virtual_child_from_pb,
+)
 
 from .membership import Membership
 from .store import NodeRow
@@ -182,11 +188,13 @@ class Peers:
 
     # ---- cluster tasks -----------------------------------------------------------------------
 
-    async def cluster_children(self, parent_id: UUID) -> tuple[list[TaskStatus], list[str]]:
+    async def cluster_children(self, parent_id: UUID) -> tuple[list[VirtualChild], list[str]]:
         """The other nodes' children of a cluster task, and the nodes that did not answer."""
         request = npb.GetClusterChildrenRequest(parent_id=str(parent_id))
         answers, unreachable = await self._each(lambda stub: stub.GetClusterChildren(request))
-        children = [status_from_pb(c) for _, reply in answers for c in reply.children]
+        children = [
+            virtual_child_from_pb(c, node.name) for node, reply in answers for c in reply.children
+        ]
         return children, unreachable
 
     def node(self, name: str) -> NodeRow | None:

@@ -28,6 +28,7 @@ from tm_server.core import (
     TaskState,
     TaskStats,
     TaskStatus,
+    VirtualChild,
     VirtualTaskGroup,
     VirtualTaskHint,
     new_task_id,
@@ -54,8 +55,8 @@ CHILD_NOTIFY_INTERVAL = 0.1
 _MAX_PROGRESS_DEPTH = 32
 
 
-def _creation_order(status: TaskStatus) -> tuple[float, int]:
-    return (status.creation_time or 0.0, status.id.int)
+def _creation_order(child: VirtualChild) -> tuple[float, int]:
+    return (child.creation_time or 0.0, child.task_id.int)
 
 
 def _uuid(text: str | None) -> UUID | None:
@@ -127,28 +128,31 @@ class ClusterTaskGroup(VirtualTaskGroup):
 
     async def _children(
         self, row: ClusterTaskRow
-    ) -> tuple[list[TaskIdentity], list[TaskStatus], list[str]]:
+    ) -> tuple[list[TaskIdentity], list[VirtualChild], list[str]]:
         identities, _, regular, unreachable = await self._gather(row)
         return identities, regular, unreachable
 
     async def _gather(
         self, row: ClusterTaskRow
-    ) -> tuple[list[TaskIdentity], list[ClusterTaskRow], list[TaskStatus], list[str]]:
+    ) -> tuple[list[TaskIdentity], list[ClusterTaskRow], list[VirtualChild], list[str]]:
         # Cluster children from the store, regular ones from this node and every live peer.
         task_id = UUID(row.id)
         cluster = await self._store.children_of(row.id)
-        local = await self._manager.virtual_children_statuses(task_id)
+        local = [
+            VirtualChild(s.id, s.node, s.creation_time, s.progress)
+            for s in await self._manager.virtual_children_statuses(task_id)
+        ]
         remote, unreachable = await self._peers.cluster_children(task_id)
         # One order on every node (whichever node asks, it lists its own first
         # otherwise): by creation, cluster-wide.
         regular = sorted(local + remote, key=_creation_order)
         unreachable.sort()
         identities = [TaskIdentity(UUID(c.id), "") for c in cluster]
-        identities += [TaskIdentity(s.id, s.node) for s in regular]
+        identities += [TaskIdentity(c.task_id, c.node) for c in regular]
         return identities, cluster, regular, unreachable
 
     async def _progress(
-        self, row: ClusterTaskRow, regular: list[TaskStatus], depth: int
+        self, row: ClusterTaskRow, regular: list[VirtualChild], depth: int
     ) -> Progress:
         if row.progress_completed is not None:
             return Progress(row.progress_completed, row.progress_total or 0.0)
@@ -280,14 +284,14 @@ class ClusterTaskGroup(VirtualTaskGroup):
             items += await self._subtree(child, depth + 1)
         return items
 
-    async def _subtree(self, child: TaskStatus, depth: int) -> list[tuple[int, TaskStatus]]:
+    async def _subtree(self, child: VirtualChild, depth: int) -> list[tuple[int, TaskStatus]]:
         if child.node == self._node:
-            source = self._manager.local_tree(child.id)
+            source = self._manager.local_tree(child.task_id)
         else:
             node = self._peers.node(child.node)
             if node is None:
-                return [(depth, child)]  # its node went away: what we know of it
-            source = self._peers.subtree(node, child.id)
+                return []  # its node went away since it answered: it is not asked again
+            source = self._peers.subtree(node, child.task_id)
         try:
             return [(depth + d, s) async for d, s in source]
         except TaskNotFoundError:

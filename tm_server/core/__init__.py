@@ -32,6 +32,7 @@ from .types import (
     TaskState,
     TaskStats,
     TaskStatus,
+    VirtualChild,
     creation_time_of,
     new_task_id,
 )
@@ -86,6 +87,7 @@ __all__ = [
     "TimerHandle",
     "UnknownModuleError",
     "ValueOutOfRangeError",
+    "VirtualChild",
     "VirtualTaskGroup",
     "VirtualTaskHint",
     "WaitTimeoutError",

@@ -132,6 +132,21 @@ class TaskStats(NamedTuple):
 
 
 @dataclass(frozen=True, slots=True)
+class VirtualChild:
+    """A regular task under a virtual one, as the virtual task's status needs it.
+
+    Its id and node to list it, its creation time to order it, its progress
+    to sum: what a node sends of each of its children when another gathers
+    them (a full status each would cost several times as much).
+    """
+
+    task_id: UUID
+    node: str
+    creation_time: float | None
+    progress: Progress
+
+
+@dataclass(frozen=True, slots=True)
 class ListFilter:
     """The filters of ``list_module_tasks``; empty keyspace or table means any."""
 

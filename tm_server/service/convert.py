@@ -7,6 +7,7 @@ from typing import Any
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
+from tm_client.pb import node_pb2 as npb
 from tm_client.pb import task_manager_pb2 as pb
 from tm_client.pb import task_reporting_pb2 as reporting_pb
 from tm_server.core import (
@@ -18,6 +19,7 @@ from tm_server.core import (
     TaskState,
     TaskStats,
     TaskStatus,
+    VirtualChild,
 )
 from tm_server.core.producers import TaskSpec
 from tm_server.core.validation import parse_uuid, require_uuid
@@ -264,6 +266,24 @@ def status_from_pb(msg: pb.TaskStatus) -> TaskStatus:
         node=msg.node,
         unreachable_nodes=tuple(msg.unreachable_nodes),
     )
+
+
+def virtual_child_to_pb(target: npb.ClusterChild, status: TaskStatus) -> None:
+    """Fills a ``ClusterChild`` with what a cluster task's status needs of a child."""
+    target.task_id = str(status.id)
+    if status.creation_time is not None:
+        _set_time(target.creation_time, status.creation_time)
+    target.progress_completed = status.progress.completed
+    target.progress_total = status.progress.total
+
+
+def virtual_child_from_pb(msg: npb.ClusterChild, node: str) -> VirtualChild:
+    """Decodes a child of a cluster task that ``node`` sent."""
+    created = None
+    if msg.HasField("creation_time"):
+        created = msg.creation_time.seconds + msg.creation_time.nanos / 1e9
+    progress = Progress(msg.progress_completed, msg.progress_total)
+    return VirtualChild(require_uuid("task_id", msg.task_id), node, created, progress)
 
 
 def nodes_to_pb(nodes: Iterable[Any]) -> pb.ListNodesResponse:

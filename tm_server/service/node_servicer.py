@@ -8,7 +8,13 @@ from tm_client.pb import node_pb2 as npb
 from tm_client.pb import node_pb2_grpc as npb_grpc
 from tm_server.core import TaskManager, TaskNotFoundError
 
-from .convert import children_page_to_pb, duration_seconds, fill_status, require_uuid
+from .convert import (
+    children_page_to_pb,
+    duration_seconds,
+    fill_status,
+    require_uuid,
+    virtual_child_to_pb,
+)
 from .handlers import Context, Servicer, streaming, unary
 
 
@@ -90,11 +96,11 @@ class NodeServicer(Servicer, npb_grpc.NodeServiceServicer):
     async def GetClusterChildren(
         self, request: npb.GetClusterChildrenRequest, context: Context
     ) -> npb.GetClusterChildrenResponse:
-        """This node's children of a cluster task, with their statuses."""
+        """This node's children of a cluster task, with their creation times and progress."""
         children = await self._tm.virtual_children_statuses(
             require_uuid("parent_id", request.parent_id)
         )
         reply = npb.GetClusterChildrenResponse()
         for status in children:
-            fill_status(reply.children.add(), status)
+            virtual_child_to_pb(reply.children.add(), status)
         return reply
