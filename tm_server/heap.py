@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
+
+from .aio import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,6 @@ class HeapManager:
     async def stop(self) -> None:
         """Stops freezing and hands the frozen objects back to the collector."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
             gc.unfreeze()

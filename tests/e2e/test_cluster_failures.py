@@ -45,6 +45,26 @@ def test_a_killed_node_is_unreachable_then_drops_out(cluster: Cluster) -> None:
                 assert not nodes["c"].alive and not nodes["c"].left
 
 
+def test_a_frozen_node_is_named_unreachable_after_the_peer_timeout(cluster: Cluster) -> None:
+    with cluster.producer("a") as pa, cluster.producer("c") as pc:
+        root = pa.create_task("upgrade", cluster=True)
+        pc.create_task("upgrade", parent=root.id)
+        frozen = cluster.nodes["c"].proc
+        frozen.send_signal(signal.SIGSTOP)  # alive in the store a while yet, but silent
+        try:
+            with cluster.client("b") as client:
+                started = time.monotonic()
+                status = client.get_status(root.id)
+                waited = time.monotonic() - started
+                assert status.unreachable_nodes == ("c",) and status.children == ()
+                assert waited < 5, f"the status waited {waited:.1f}s on a frozen node"
+        finally:
+            frozen.send_signal(signal.SIGCONT)
+        with cluster.client("b") as client:
+            children = eventually(lambda: client.get_status(root.id).children, what="c back")
+            assert [c.node for c in children] == ["c"]
+
+
 def test_a_killed_producer_fails_its_cluster_task_after_the_lease(store_url: str) -> None:
     nodes = Cluster(store_url, ("a", "b"), "--producer-lease-seconds", "1")
     try:

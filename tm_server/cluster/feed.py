@@ -15,6 +15,8 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+from tm_server.aio import cancel_and_wait
+
 from .store import ClusterStore
 
 log = logging.getLogger(__name__)
@@ -80,11 +82,8 @@ class ChangeFeed:
 
     async def stop(self) -> None:
         """Stops reading."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         async for task_id in self._store.changes():

@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from tm_server.aio import cancel_and_wait
 from tm_server.core import StoreUnavailableError
 
 from .store import ClusterStore, NodeRow
@@ -168,10 +169,7 @@ class Membership:
 
     async def leave(self) -> None:
         """Stops the heartbeats and marks the node as gone (a clean shutdown)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         with contextlib.suppress(StoreUnavailableError):
             await self._store.leave(self.config.node, self.incarnation)
