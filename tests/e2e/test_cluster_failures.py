@@ -138,6 +138,16 @@ def test_a_live_nodes_name_is_refused_and_a_wildcard_cannot_be_advertised(
         nodes.nodes["a"].terminate()  # left cleanly: the name is free again at once
         again = nodes.start("a")
         assert again.port
+
+        # Killed, its row looks alive until it expires; restarted at once, it does
+        # not answer at its old address, so the restart takes the name over.
+        again.kill()
+        restarted = nodes.start("a")
+        assert restarted.port, restarted.output()
+        assert "does not answer; taking its name over" in restarted.output()
+        with nodes.client("a") as client:
+            listed = [(n.name, n.alive, n.address) for n in client.list_nodes()]
+        assert listed == [("a", True, restarted.target)]
     finally:
         nodes.close()
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from tm_server.aio import cancel_and_wait
 from tm_server.core import StoreUnavailableError
 
-from .store import ClusterStore, NodeRow
+from .store import ClusterStore, NodeNameTakenError, NodeRow
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +40,16 @@ class MembershipConfig:
 class Membership:
     """This node's row in the store, kept fresh."""
 
-    def __init__(self, store: ClusterStore, config: MembershipConfig) -> None:
+    def __init__(
+        self,
+        store: ClusterStore,
+        config: MembershipConfig,
+        answers: Callable[[str], Awaitable[bool]] | None = None,
+    ) -> None:
         self._store = store
+        # Whether a node at an address answers (a crashed node's row looks
+        # alive until it expires; its restart may take the name over).
+        self._answers = answers
         self.config = config
         self.incarnation = uuid.uuid4().hex
         self._renewed_at = 0.0  # time.monotonic() of the last successful renewal
@@ -59,10 +67,26 @@ class Membership:
             StoreUnavailableError: the store cannot be reached.
         """
         started = time.monotonic()
-        await self._store.join(
-            self.config.node, self.config.address, self.config.version, self.incarnation,
-            self.config.expiry_seconds,
-        )  # fmt: skip
+        try:
+            await self._store.join(
+                self.config.node, self.config.address, self.config.version, self.incarnation,
+                self.config.expiry_seconds,
+            )  # fmt: skip
+        except NodeNameTakenError:
+            holder = next((n for n in await self._store.nodes() if n.name == self.config.node),
+                          None)  # fmt: skip
+            if holder is None or self._answers is None or await self._answers(holder.address):
+                raise
+            # The row looks alive but its node does not answer: it crashed (this
+            # is most likely its restart) or is frozen; take the name over.
+            log.warning(
+                "node %s at %s does not answer; taking its name over", holder.name,
+                holder.address,
+            )  # fmt: skip
+            await self._store.join(
+                self.config.node, self.config.address, self.config.version, self.incarnation,
+                self.config.expiry_seconds, replacing=holder.incarnation,
+            )  # fmt: skip
         self._renewed_at = started
         self._healthy_since = started
         self._nodes = await self._store.nodes()

@@ -11,7 +11,7 @@ from tm_server.core.producers import Producers
 
 from .feed import ChangeFeed
 from .membership import Membership, MembershipConfig
-from .peers import Peers
+from .peers import Peers, node_answers
 from .store import ClusterStore, NodeRow
 from .tasks import ClusterTaskGroup
 
@@ -71,6 +71,7 @@ class ClusterNode:
                 config.node, config.advertise_address, config.version,
                 config.heartbeat_seconds, config.expiry_seconds,
             ),
+            answers=lambda address: node_answers(address, config.peer_timeout_seconds),
         )  # fmt: skip
         self.peers = Peers(self.membership, timeout=config.peer_timeout_seconds)
         self.feed = ChangeFeed(self.store)

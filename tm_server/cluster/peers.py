@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 from uuid import UUID
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tm_client import from_rpc_error
 from tm_client.pb import node_pb2 as npb
@@ -53,6 +54,17 @@ def _core_error(exc: grpc.RpcError, node: str, task_id: UUID) -> TaskManagerErro
     if error.reason == "WAIT_TIMEOUT":
         return WaitTimeoutError(task_id)
     return NodeUnavailableError(node, error.message)
+
+
+async def node_answers(address: str, timeout: float) -> bool:
+    """Whether a tm node at ``address`` answers a health check within ``timeout`` seconds."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+        except grpc.RpcError:
+            return False
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
 class Peers:

@@ -98,8 +98,12 @@ class ClusterStore(Protocol):
         """The store's clock, in epoch seconds."""
 
     async def join(self, name: str, address: str, version: str, incarnation: str,
-                   expiry: float) -> NodeRow:  # fmt: skip
-        """Registers this node; raises ``NodeNameTakenError`` if a live node has the name."""
+                   expiry: float, replacing: str = "") -> NodeRow:  # fmt: skip
+        """Registers this node; raises ``NodeNameTakenError`` if a live node has the name.
+
+        ``replacing``: the incarnation of a row with this name that may be taken
+        over although it looks alive (its node was found not to answer).
+        """
 
     async def heartbeat(self, name: str, incarnation: str, expiry: float) -> bool:
         """Renews the membership; False if the row is no longer this node's."""
@@ -212,7 +216,7 @@ class SqlStore(abc.ABC):
         return float((await self._rows("SELECT NOW()"))[0][0])
 
     async def join(self, name: str, address: str, version: str, incarnation: str,
-                   expiry: float) -> NodeRow:  # fmt: skip
+                   expiry: float, replacing: str = "") -> NodeRow:  # fmt: skip
         """Registers (or re-registers) this node, unless a live node holds the name."""
         taken = await self._rows(
             "INSERT INTO tm_nodes (name, address, version, incarnation, started_at, "
@@ -222,8 +226,9 @@ class SqlStore(abc.ABC):
             "started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at, "
             "expires_at = excluded.expires_at, left_at = NULL WHERE tm_nodes.left_at IS NOT "
             "NULL OR tm_nodes.expires_at <= NOW() OR tm_nodes.incarnation = excluded.incarnation "
+            "OR tm_nodes.incarnation = ? "
             "RETURNING " + ", ".join(_NODE_COLUMNS) + ", NOW()",
-            name, address, version, incarnation, expiry,
+            name, address, version, incarnation, expiry, replacing,
         )  # fmt: skip
         if not taken:
             raise NodeNameTakenError(
