@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, Self
 from uuid import UUID
@@ -9,7 +11,7 @@ from uuid import UUID
 import grpc
 from google.protobuf import duration_pb2
 
-from ._errors import InternalError, from_rpc_error
+from ._errors import InternalError, UnavailableError, from_rpc_error
 from ._types import Node, TaskIdentity, TaskStats, TaskStatus
 from .pb import task_manager_pb2 as pb
 from .pb import task_manager_pb2_grpc as pb_grpc
@@ -18,6 +20,25 @@ from .pb import task_manager_test_pb2_grpc as test_pb_grpc
 
 TaskId = str | UUID
 DEFAULT_TARGET = "127.0.0.1:50051"
+#: How long ``watch()`` and ``wait()`` keep trying to resume a broken stream.
+DEFAULT_RESUME_SECONDS = 30.0
+
+
+class _Backoff:
+    """Exponential backoff with full jitter, until ``patience`` seconds have passed."""
+
+    def __init__(self, patience: float) -> None:
+        self._deadline = time.monotonic() + patience
+        self._delay = 0.05
+
+    def sleep(self) -> bool:
+        """Sleeps before the next try; False (without sleeping) once patience is spent."""
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            return False
+        time.sleep(min(left, random.uniform(0, self._delay)))
+        self._delay = min(self._delay * 2, 2.0)
+        return True
 
 
 def _duration(seconds: float | None) -> duration_pb2.Duration | None:
@@ -112,6 +133,11 @@ class TaskManagerClient(_SyncChannelClient):
     their deadline; streams run until they end. Pass ``channel`` to use a
     channel of your own (TLS, interceptors); it is closed with the client.
 
+    ``watch()`` and ``wait()`` resume a stream that breaks with
+    ``UNAVAILABLE`` (the server restarting or shutting down, a node behind a
+    load balancer going away, the network) for up to ``resume_seconds``,
+    without repeating a status or missing the final one; 0 turns that off.
+
     Example:
         >>> with TaskManagerClient("127.0.0.1:50051") as tm:
         ...     status = tm.wait(task_id, timeout=60)
@@ -123,9 +149,11 @@ class TaskManagerClient(_SyncChannelClient):
         *,
         channel: grpc.Channel | None = None,
         timeout: float | None = 30.0,
+        resume_seconds: float = DEFAULT_RESUME_SECONDS,
     ) -> None:
         super().__init__(target, channel=channel, timeout=timeout)
         self._stub = pb_grpc.TaskManagerServiceStub(self._channel)
+        self._resume_seconds = resume_seconds
 
     def _stream(self, method: Any, request: Any) -> Iterator[Any]:
         call = method(request)
@@ -197,12 +225,29 @@ class TaskManagerClient(_SyncChannelClient):
         Raises:
             WaitTimeoutError: ``timeout`` seconds passed first.
         """
-        request = pb.WaitTaskRequest(task_id=str(task_id), timeout=_duration(timeout))
         check = _FinalCheck(task_id)
-        for response in self._stream(self._stub.WaitTask, request):
-            check.last = TaskStatus.from_pb(response.status)
-            yield check.last
-        check.ended()
+        ends = None if timeout is None else time.monotonic() + timeout
+        backoff: _Backoff | None = None
+        while True:
+            left = None if ends is None else max(0.0, ends - time.monotonic())
+            request = pb.WaitTaskRequest(task_id=str(task_id), timeout=_duration(left))
+            try:
+                for response in self._stream(self._stub.WaitTask, request):
+                    status = TaskStatus.from_pb(response.status)
+                    backoff = None  # the stream is back
+                    if status == check.last:
+                        continue  # a resumed stream starts with what was seen already
+                    check.last = status
+                    yield status
+                check.ended()
+                return
+            except UnavailableError:
+                if check.last is not None and check.last.state.is_final:
+                    return  # the final status was seen: nothing is left to resume
+                if backoff is None:
+                    backoff = _Backoff(self._resume_seconds)
+                if not backoff.sleep():
+                    raise
 
     def wait(self, task_id: TaskId, *, timeout: float | None = None) -> TaskStatus:
         """Waits until the task finishes and returns its final status (failed is no error).

@@ -90,6 +90,40 @@ def test_wait_never_returns_a_status_that_is_not_final(
     assert waiting.result(10).state is TaskState.FAILED
 
 
+def _send_wait(channel: grpc_testing.Channel, *statuses: pb.TaskStatus, code: Any) -> Any:
+    _, request, rpc = channel.take_unary_stream(method("WaitTask"))
+    for status in statuses:
+        rpc.send_response(pb.WaitTaskResponse(status=status))
+    rpc.terminate((), code, "")
+    return request
+
+
+def test_watch_resumes_a_broken_stream_without_repeating_or_missing_a_status(
+    channel: grpc_testing.Channel, pool: ThreadPoolExecutor
+) -> None:
+    client = TaskManagerClient(channel=channel, resume_seconds=10)
+    task_id = uuid4()
+    one = status_msg(task_id, progress_completed=1, progress_total=3)
+    two = status_msg(task_id, progress_completed=2, progress_total=3)
+    done = status_msg(task_id, pb.TASK_STATE_DONE, progress_completed=3, progress_total=3)
+    watching: Future[Any] = pool.submit(lambda: list(client.watch(task_id, timeout=60)))
+    _send_wait(channel, one, code=grpc.StatusCode.UNAVAILABLE)  # the node went away
+    # The resumed stream starts with what was seen already; the deadline carried over.
+    request = _send_wait(channel, one, two, done, code=grpc.StatusCode.OK)
+    assert 0 < request.timeout.ToNanoseconds() <= 60e9
+    seen = watching.result(10)
+    assert [(s.state, s.progress_completed) for s in seen] == [
+        (TaskState.RUNNING, 1), (TaskState.RUNNING, 2), (TaskState.DONE, 3),
+    ]  # fmt: skip
+
+    # Without resuming, the break is the caller's to see.
+    plain = TaskManagerClient(channel=channel, resume_seconds=0)
+    waiting: Future[Any] = pool.submit(plain.wait, task_id)
+    _send_wait(channel, one, code=grpc.StatusCode.UNAVAILABLE)
+    with pytest.raises(UnavailableError):
+        waiting.result(10)
+
+
 def test_errors_are_typed_by_reason_then_by_code(
     channel: grpc_testing.Channel, pool: ThreadPoolExecutor
 ) -> None:

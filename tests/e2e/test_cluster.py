@@ -254,3 +254,21 @@ def test_finished_cluster_tasks_are_listed_for_user_ttl_and_kept_for_the_retenti
             eventually(swept, timeout=20, what="the retention sweep")
     finally:
         nodes.close()
+
+
+def test_a_wait_behind_several_addresses_rides_out_a_node_going_away(cluster: Cluster) -> None:
+    # One channel over two nodes' addresses (what a load balancer gives): the
+    # stream is on node a; a goes away; the wait resumes on b and ends on the
+    # final state, seen once.
+    target = f"ipv4:{cluster.target('a')},{cluster.target('b')}"
+    with cluster.producer("c") as pc, TaskManagerClient(target, resume_seconds=20) as client:
+        task = pc.create_task("upgrade", cluster=True, total=2)
+        stream = client.watch(task.id, timeout=60)
+        assert next(stream).state is TaskState.RUNNING
+        cluster.nodes["a"].terminate()  # its open streams end UNAVAILABLE (SHUTTING_DOWN)
+        task.progress(1)
+        task.finish()
+        rest = list(stream)
+    assert [s.state for s in rest].count(TaskState.DONE) == 1
+    assert rest[-1].state is TaskState.DONE
+    assert len(rest) == len(set(map(_same_view, rest)))  # no status twice

@@ -34,7 +34,11 @@ def proc() -> Iterator[ServerProcess]:
 def test_signal_ends_open_streams_cleanly_and_exits_zero(sig: int) -> None:
     server = ServerProcess("--enable-test-service")
     try:
-        with TestServiceClient(server.target) as testsvc, TaskManagerClient(server.target) as c:
+        # resume_seconds=0: the stream's own end is under test, not the client's resume.
+        with (
+            TestServiceClient(server.target) as testsvc,
+            TaskManagerClient(server.target, resume_seconds=0) as c,
+        ):
             task_id = testsvc.create_task()
             errors: list[BaseException] = []
             started = threading.Barrier(4)
