@@ -10,9 +10,16 @@ from typing import Any
 from uuid import UUID
 
 import grpc
+from uuid6 import uuid7
 
-from ._client import DEFAULT_TARGET, TaskId, _SyncChannelClient
-from ._errors import NotFoundError, TmError, from_rpc_error
+from ._client import DEFAULT_TARGET, TaskId, _Backoff, _SyncChannelClient
+from ._errors import (
+    FailedPreconditionError,
+    NotFoundError,
+    TmError,
+    UnavailableError,
+    from_rpc_error,
+)
 from ._types import TaskStatus
 from .pb import task_manager_pb2 as tm_pb
 from .pb import task_manager_pb2_grpc as tm_pb_grpc
@@ -21,6 +28,10 @@ from .pb import task_reporting_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
+#: How long a producer waits for tm to come back before a create or a finish gives up.
+DEFAULT_OUTAGE_SECONDS = 60.0
+#: How often progress reported while tm was away is tried again.
+_FLUSH_INTERVAL = 0.5
 #: The longest error text a tm server takes (its MAX_TEXT_LENGTH).
 MAX_ERROR_LENGTH = 4096
 # Aborts pushed for tasks this producer does not know (yet): kept for a
@@ -81,9 +92,16 @@ class Producer(_SyncChannelClient):
         channel: grpc.Channel | None = None,
         timeout: float | None = 30.0,
         session: bool = True,
+        outage_seconds: float = DEFAULT_OUTAGE_SECONDS,
+        strict: bool = False,
     ) -> None:
         super().__init__(target, channel=channel, timeout=timeout)
         self.module = module
+        self.outage_seconds = outage_seconds
+        self.strict = strict
+        # Progress reported while tm was unavailable: the latest value a task.
+        self._pending: dict[UUID, pb.ReportProgressRequest] = {}
+        self._flusher: threading.Thread | None = None
         self._stub = pb_grpc.TaskReportingServiceStub(self._channel)
         # One Event per task this producer runs, dropped when the task finishes.
         self._aborted: dict[UUID, threading.Event] = {}
@@ -94,7 +112,7 @@ class Producer(_SyncChannelClient):
         self._session_id = ""
         self._call: Any = None
         self._thread: threading.Thread | None = None
-        self._unary(self._stub.RegisterModule, pb.RegisterModuleRequest(module=module))
+        self._patient(self._stub.RegisterModule, pb.RegisterModuleRequest(module=module))
         if session:
             self._thread = threading.Thread(
                 target=self._run_session, name="tm-producer-session", daemon=True
@@ -130,6 +148,57 @@ class Producer(_SyncChannelClient):
         if self._thread is not None:
             self._thread.join(10)
         super().close()
+
+    def _get_status(self, task_id: TaskId) -> TaskStatus:
+        stub = tm_pb_grpc.TaskManagerServiceStub(self._channel)
+        reply = self._unary(stub.GetTaskStatus, tm_pb.GetTaskStatusRequest(task_id=str(task_id)))
+        return TaskStatus.from_pb(reply.status)
+
+    def _patient(self, method: Any, request: Any) -> Any:
+        """A call that is safe to repeat, retried while tm is unavailable (``outage_seconds``)."""
+        backoff = _Backoff(self.outage_seconds)
+        while True:
+            try:
+                return self._unary(method, request)
+            except UnavailableError:
+                if self._closing.is_set() or not backoff.sleep():
+                    raise
+
+    def _defer_progress(self, request: pb.ReportProgressRequest) -> None:
+        # tm is away: keep the latest value, and send it once tm is back.
+        with self._lock:
+            self._pending[UUID(request.task_id)] = request
+            if self._flusher is None or not self._flusher.is_alive():
+                self._flusher = threading.Thread(
+                    target=self._flush, name="tm-producer-progress", daemon=True
+                )
+                self._flusher.start()
+
+    def _take_pending(self, task_id: UUID) -> pb.ReportProgressRequest | None:
+        with self._lock:
+            return self._pending.pop(task_id, None)
+
+    def _flush(self) -> None:
+        while not self._closing.wait(_FLUSH_INTERVAL):
+            with self._lock:
+                if not self._pending:
+                    self._flusher = None
+                    return
+                waiting = list(self._pending.values())
+            for request in waiting:
+                try:
+                    reply = self._unary(self._stub.ReportProgress, request)
+                except UnavailableError:
+                    break  # still away: try again later
+                except TmError as exc:  # finished or gone meanwhile: nothing to send
+                    log.info("dropped progress of task %s held back: %s", request.task_id, exc)
+                    reply = None
+                task_id = UUID(request.task_id)
+                with self._lock:
+                    if self._pending.get(task_id) is request:
+                        del self._pending[task_id]
+                if reply is not None and reply.abort_requested:
+                    self._event(task_id).set()
 
     def _run_session(self) -> None:
         delay = 0.1
@@ -211,7 +280,9 @@ class Producer(_SyncChannelClient):
     ) -> ReportedTask:
         """Creates (and by default starts) a task; see ``task`` for the block form.
 
-        With ``task_id`` the call is idempotent: a retry returns the same task.
+        The task's id is chosen here (a time-ordered UUID) unless ``task_id``
+        gives one, so the call is idempotent: while tm is unavailable it is
+        retried for up to ``outage_seconds``, and a retry returns the same task.
         With ``cluster`` it is a cluster task: every node of the cluster serves
         it, and it can be advanced and finished through any of them.
         """
@@ -230,12 +301,12 @@ class Producer(_SyncChannelClient):
             internal=internal,
             progress_units=progress_units,
             progress_total=total,
-            task_id="" if task_id is None else str(task_id),
+            task_id=str(uuid7() if task_id is None else task_id),
             session_id=self._session_id,
             start=start,
             cluster=cluster,
         )
-        status = TaskStatus.from_pb(self._unary(self._stub.CreateTask, request).status)
+        status = TaskStatus.from_pb(self._patient(self._stub.CreateTask, request).status)
         task = ReportedTask(self, status)
         if status.abort_requested:
             self._event(status.id).set()
@@ -251,9 +322,7 @@ class Producer(_SyncChannelClient):
         Raises:
             TaskNotFoundError: no such task.
         """
-        stub = tm_pb_grpc.TaskManagerServiceStub(self._channel)
-        reply = self._unary(stub.GetTaskStatus, tm_pb.GetTaskStatusRequest(task_id=str(task_id)))
-        status = TaskStatus.from_pb(reply.status)
+        status = self._get_status(task_id)
         task = ReportedTask(self, status)
         if status.abort_requested:
             self._event(status.id).set()
@@ -323,32 +392,78 @@ class ReportedTask:
             raise TaskAbortedError(self.id)
 
     def progress(self, completed: float, total: float | None = None) -> None:
-        """Reports progress; then raises ``TaskAbortedError`` if an abort is pending."""
+        """Reports progress; then raises ``TaskAbortedError`` if an abort is pending.
+
+        It never waits for tm: while tm is unavailable the latest value is kept
+        and sent once tm is back (or with the finish).
+        """
         request = pb.ReportProgressRequest(task_id=str(self.id), completed=completed, total=total)
-        response = self.producer._unary(self.producer._stub.ReportProgress, request)
         self.completed = completed
         if total is not None:
             self.total = total
-        if response.abort_requested:
-            self._aborted.set()
+        try:
+            response = self.producer._unary(self.producer._stub.ReportProgress, request)
+        except UnavailableError:
+            self.producer._defer_progress(request)
+        else:
+            self.producer._take_pending(self.id)  # an older held-back value is superseded
+            if response.abort_requested:
+                self._aborted.set()
         self.check_abort()
 
     def child(self, type: str, **options: Any) -> ReportedTask:
         """Creates and starts a child task (same options as ``Producer.create_task``)."""
         return self.producer.create_task(type, parent=self, **options)
 
-    def finish(self, error: str | None = None, *, suspended: bool = False) -> TaskStatus:
+    def finish(self, error: str | None = None, *, suspended: bool = False) -> TaskStatus | None:
         """Finishes the task (failed with ``error`` if given); returns the final status.
 
         ``suspended`` ends a cluster task SUSPENDED: its operation was revoked.
 
         An error text longer than the server takes (``MAX_ERROR_LENGTH``) is
         shortened, keeping its start and its end, so the finish goes through.
+
+        While tm is unavailable the finish (with any progress held back) is
+        retried for up to the producer's ``outage_seconds``; if tm stays away,
+        that is logged and ``None`` returned, so the caller's own work goes on,
+        unless the producer is ``strict``, which raises ``UnavailableError``.
         """
+        producer = self.producer
         if error is not None:
             error = truncate_error(error)
+        held_back = producer._take_pending(self.id)
         request = pb.FinishTaskRequest(task_id=str(self.id), error=error, suspended=suspended)
-        response = self.producer._unary(self.producer._stub.FinishTask, request)
+        try:
+            if held_back is not None:
+                producer._patient(producer._stub.ReportProgress, held_back)
+            status = self._finish(request)
+        except UnavailableError as exc:
+            if producer.strict:
+                raise
+            log.error("could not report task %s finished: tm stayed unavailable for %gs (%s)",
+                      self.id, producer.outage_seconds, exc)  # fmt: skip
+            status = None
         self.finished = True
-        self.producer._release(self.id)
-        return TaskStatus.from_pb(response.status)
+        producer._release(self.id)
+        return status
+
+    def _finish(self, request: pb.FinishTaskRequest) -> TaskStatus:
+        producer = self.producer
+        backoff = _Backoff(producer.outage_seconds)
+        retried = False
+        while True:
+            try:
+                response = producer._unary(producer._stub.FinishTask, request)
+                return TaskStatus.from_pb(response.status)
+            except UnavailableError:
+                if producer._closing.is_set() or not backoff.sleep():
+                    raise
+                retried = True
+            except FailedPreconditionError:
+                if not retried:
+                    raise
+                # An earlier try went through, and only its reply was lost.
+                status = producer._get_status(self.id)
+                if not status.state.is_final:
+                    raise
+                return status

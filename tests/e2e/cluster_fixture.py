@@ -56,8 +56,10 @@ class Cluster:
     def client(self, name: str) -> TaskManagerClient:
         return TaskManagerClient(self.target(name), timeout=15)
 
-    def producer(self, name: str, module: str = "rolling") -> Producer:
-        return Producer(self.target(name), module=module, timeout=15)
+    def producer(
+        self, name: str, module: str = "rolling", *, outage_seconds: float = 60
+    ) -> Producer:
+        return Producer(self.target(name), module=module, timeout=15, outage_seconds=outage_seconds)
 
     def close(self) -> None:
         for node in self.nodes.values():

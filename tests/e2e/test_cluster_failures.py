@@ -156,7 +156,8 @@ def test_postgres_restarting_fails_calls_cleanly_then_they_work_again() -> None:
     pg = Postgres()
     nodes = Cluster(pg.url, ("a", "b"))
     try:
-        with nodes.producer("a") as pa, nodes.client("b") as b:
+        # outage_seconds=1: the producer's create gives up soon, so the error is seen.
+        with nodes.producer("a", outage_seconds=1) as pa, nodes.client("b") as b:
             before = pa.create_task("upgrade", cluster=True)
             pg.stop()
             with pytest.raises(StoreUnavailableError) as caught:
@@ -169,8 +170,12 @@ def test_postgres_restarting_fails_calls_cleanly_then_they_work_again() -> None:
             assert b.get_status(regular.id).node == "a"
             regular.finish()
 
+            time.sleep(8)  # longer than the pool's reconnect attempt, whose delays double
             pg.start()
-            status = eventually(lambda: _status_or_none(b, before.id), what="the store back")
+            # Back within seconds of the server, however long the outage was.
+            status = eventually(
+                lambda: _status_or_none(b, before.id), timeout=6, what="the store back"
+            )
             assert status.state is TaskState.RUNNING
             after = pa.create_task("upgrade", cluster=True)
             stream = b.watch(after.id, timeout=30)
@@ -193,7 +198,7 @@ def test_a_locked_sqlite_store_fails_writes_cleanly_then_they_work_again(tmp_pat
     path = tmp_path / "cluster.db"
     nodes = Cluster(f"sqlite://{path}", ("a",))
     try:
-        with nodes.producer("a") as pa:
+        with nodes.producer("a", outage_seconds=1) as pa:
             before = pa.create_task("upgrade", cluster=True)
             lock = sqlite3.connect(path, isolation_level=None)
             lock.execute("BEGIN EXCLUSIVE")  # another writer holds the file past the busy timeout

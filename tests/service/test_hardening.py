@@ -476,7 +476,8 @@ def test_module_count_is_bounded() -> None:
             with pytest.raises(ResourceExhaustedError):
                 Producer(server.target, module="m5", session=False)  # registers its module
             # A registered module still takes tasks.
-            assert p.create_task("t").finish().state is TaskState.DONE
+            finished = p.create_task("t").finish()
+            assert finished is not None and finished.state is TaskState.DONE
     finally:
         server.stop()
 

@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 CHANNEL = "tm_changes"
 #: Seconds a node waits to connect at start, and a connection attempt may take.
 CONNECT_TIMEOUT = 5.0
+#: Seconds the pool keeps retrying one lost connection (its delays double from 1 s)
+#: before the attempt ends; the next call starts a fresh one, so after an outage of
+#: any length the store is back within seconds of the server.
+RECONNECT_TIMEOUT = 5.0
 #: Seconds a call waits for a pooled connection before it fails UNAVAILABLE
 #: (when the server is down, the pool's reconnects fail at once; callers should not hang).
 CALL_TIMEOUT = 2.0
@@ -59,6 +63,7 @@ class PostgresStore(SqlStore):
             max_size=4,
             open=False,
             timeout=CONNECT_TIMEOUT,
+            reconnect_timeout=RECONNECT_TIMEOUT,
             kwargs={"autocommit": True, "connect_timeout": int(CONNECT_TIMEOUT)},
         )
         try:

@@ -1,0 +1,95 @@
+"""Producers ride out a tm outage: the link to a running server is cut, then restored."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tm_client import Producer, TaskManagerClient, TaskState, UnavailableError
+
+from ..netcut import NetCut
+from ..process import ServerProcess
+from .cluster_fixture import eventually
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+
+
+@pytest.fixture
+def server() -> Iterator[ServerProcess]:
+    proc = ServerProcess("--store", "none", "--user-task-ttl-in-seconds", "600")
+    yield proc
+    proc.kill()
+
+
+@pytest.fixture
+def link(server: ServerProcess) -> Iterator[NetCut]:
+    cut = NetCut(server.target)
+    yield cut
+    cut.close()
+
+
+def test_progress_during_an_outage_is_kept_and_sent_when_tm_is_back(
+    server: ServerProcess, link: NetCut
+) -> None:
+    with (
+        Producer(link.target, module="backup", outage_seconds=30) as producer,
+        TaskManagerClient(server.target) as direct,
+    ):
+        task = producer.create_task("backup", total=10, user_task=True)
+        task.progress(1)
+        link.cut()
+        started = time.monotonic()
+        for done in range(2, 6):
+            task.progress(done)  # neither raises nor waits for tm
+        assert time.monotonic() - started < 5
+        assert direct.get_status(task.id).progress_completed == 1
+        link.restore()
+        eventually(lambda: direct.get_status(task.id).progress_completed == 5,
+                   what="the held-back progress to arrive")  # fmt: skip
+
+        link.cut()
+        finishing: list[object] = []
+        finisher = threading.Thread(target=lambda: finishing.append(task.finish()))
+        finisher.start()
+        time.sleep(1.5)  # the finish waits for tm...
+        assert not finishing
+        link.restore()  # ...and goes through once it is back
+        finisher.join(30)
+        assert finishing and getattr(finishing[0], "state", None) is TaskState.DONE
+        assert direct.get_status(task.id).state is TaskState.DONE
+
+
+def test_tasks_created_while_tm_is_away_wait_for_it(server: ServerProcess, link: NetCut) -> None:
+    with Producer(link.target, module="backup", outage_seconds=30) as producer:
+        link.cut()
+        threading.Timer(1.0, link.restore).start()
+        task = producer.create_task("backup", user_task=True)  # retried until tm is back
+        task.progress(1)
+        task.finish()
+    with TaskManagerClient(server.target) as direct:
+        listed = [e for e in direct.list_tasks("backup")]
+        assert [(e.task_id, e.state) for e in listed] == [(task.id, TaskState.DONE)]
+
+
+def test_a_finish_gives_up_after_the_outage_limit_logged_or_strict(
+    server: ServerProcess, link: NetCut, caplog: pytest.LogCaptureFixture
+) -> None:
+    with Producer(link.target, module="backup", outage_seconds=1, session=False) as producer:
+        task = producer.create_task("backup")
+        link.cut()
+        with caplog.at_level(logging.ERROR, logger="tm_client._producer"):
+            assert task.finish() is None  # the caller's work goes on
+        assert "tm stayed unavailable for 1s" in caplog.text
+        link.restore()
+    with Producer(
+        link.target, module="backup", outage_seconds=1, session=False, strict=True
+    ) as strict:
+        task = strict.create_task("backup")
+        link.cut()
+        with pytest.raises(UnavailableError):
+            task.finish()
+        link.restore()
