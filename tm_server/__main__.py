@@ -185,6 +185,7 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         max_status_children=args.max_status_children,
         gc_freeze_interval=args.gc_freeze_interval_seconds,
         store=store_url(args.store, data_dir(args.data_dir, args.node)),
+        data_dir=data_dir(args.data_dir, args.node),
         advertise_address=args.advertise_address,
         heartbeat_seconds=args.heartbeat_seconds,
         node_expiry_seconds=args.node_expiry_seconds,

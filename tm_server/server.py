@@ -9,6 +9,7 @@ import logging
 import signal
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from google.rpc import error_details_pb2  # noqa: F401  # served by reflection (see start)
@@ -31,6 +32,7 @@ from tm_server.core.producers import Producers
 
 from .cluster.node import ClusterConfig, ClusterNode
 from .cluster.store import NodeRow
+from .datadir import DataDir
 from .heap import HeapManager
 from .service.decoding import add_service
 from .service.node_servicer import NodeServicer
@@ -151,6 +153,9 @@ class ServerConfig:
     node_expiry_seconds: float = 20.0
     peer_timeout_seconds: float = 2.0
     cluster_task_retention_seconds: float = 86_400.0
+    # The node's data directory, locked while the server runs (tm-server
+    # always names one; an embedded server, none unless asked).
+    data_dir: Path | None = None
 
 
 class TmServer:
@@ -187,9 +192,25 @@ class TmServer:
         self.port = 0
         self.cluster: ClusterNode | None = None
         self._stopped = asyncio.Event()
+        self._data_dir = None if config.data_dir is None else DataDir(config.data_dir)
 
     async def start(self) -> int:
-        """Registers the services, binds the address and starts serving; returns the port."""
+        """Takes the data directory, binds the address and starts serving; returns the port.
+
+        Raises:
+            DataDirInUseError: another live server holds the data directory.
+            OSError: the address or the data directory cannot be used.
+        """
+        if self._data_dir is not None:
+            self._data_dir.lock()
+        try:
+            return await self._start()
+        except BaseException:
+            if self._data_dir is not None:
+                self._data_dir.unlock()
+            raise
+
+    async def _start(self) -> int:
         # Every service goes through add_service, so that a request body that
         # does not decode is INVALID_ARGUMENT, never grpcio's UNKNOWN.
         services = add_service(
@@ -294,6 +315,8 @@ class TmServer:
         await self.server.stop(self.config.grace_seconds)
         await self.manager.close()
         await self.heap.stop()
+        if self._data_dir is not None:
+            self._data_dir.unlock()
 
 
 async def serve(config: ServerConfig) -> None:

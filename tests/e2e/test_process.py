@@ -7,6 +7,7 @@ import signal
 import subprocess
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -199,3 +200,24 @@ def _split_json(text: str) -> list[str]:
         while pos < len(text) and text[pos].isspace():
             pos += 1
     return out
+
+
+def test_a_data_directory_serves_one_server_at_a_time(tmp_path: Path) -> None:
+    first = ServerProcess("--data-dir", str(tmp_path / "node"))
+    try:
+        second = subprocess.run(
+            [str(BIN / "tm-server"), "--address", "127.0.0.1:0", "--data-dir",
+             str(tmp_path / "node"), "--node", "other"],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert second.returncode == 1
+        assert f"the data directory {tmp_path / 'node'} is in use by another tm-server " in (
+            second.stderr
+        )
+        assert f"(pid {first.proc.pid})" in second.stderr and "Traceback" not in second.stderr
+        first.kill()  # SIGKILL: the kernel lets the lock go with the process
+        again = ServerProcess("--data-dir", str(tmp_path / "node"))
+        assert again.port
+        again.kill()
+    finally:
+        first.kill()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -95,11 +96,11 @@ def test_a_zero_timeout_sends_the_status_then_deadline_exceeded(
     assert client.wait(running).state is TaskState.DONE
 
 
-def test_a_second_server_on_a_taken_port_fails_to_start() -> None:
+def test_a_second_server_on_a_taken_port_fails_to_start(tmp_path: Path) -> None:
     first = ServerProcess()
     try:
         result = subprocess.run(
-            [str(BIN / "tm-server"), "--address", first.target],
+            [str(BIN / "tm-server"), "--address", first.target, "--data-dir", str(tmp_path)],
             capture_output=True,
             text=True,
             timeout=30,
