@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -31,13 +32,21 @@ class _Backoff:
         self._deadline = time.monotonic() + patience
         self._delay = 0.05
 
-    def sleep(self) -> bool:
-        """Sleeps before the next try; False (without sleeping) once patience is spent."""
+    def next_delay(self) -> float | None:
+        """How long to wait before the next try; ``None`` once patience is spent."""
         left = self._deadline - time.monotonic()
         if left <= 0:
-            return False
-        time.sleep(min(left, random.uniform(0, self._delay)))
+            return None
+        delay = min(left, random.uniform(0, self._delay))
         self._delay = min(self._delay * 2, 2.0)
+        return delay
+
+    def sleep(self) -> bool:
+        """Sleeps before the next try; False (without sleeping) once patience is spent."""
+        delay = self.next_delay()
+        if delay is None:
+            return False
+        time.sleep(delay)
         return True
 
 
@@ -93,6 +102,40 @@ class _FinalCheck:
                 "not on a final state",
                 reason="WAIT_ENDED_EARLY",
             )
+
+
+class _Resume(_FinalCheck):
+    """A watch across the streams it resumes: the deadline, what was seen, the backoff."""
+
+    def __init__(self, task_id: TaskId, timeout: float | None, patience: float) -> None:
+        super().__init__(task_id)
+        self._ends = None if timeout is None else time.monotonic() + timeout
+        self._patience = patience
+        self._backoff: _Backoff | None = None
+
+    def request(self) -> pb.WaitTaskRequest:
+        """The next stream's request, with what is left of the wait's timeout."""
+        left = None if self._ends is None else max(0.0, self._ends - time.monotonic())
+        return pb.WaitTaskRequest(task_id=str(self.task_id), timeout=_duration(left))
+
+    def seen(self, status: TaskStatus) -> bool:
+        """Records a status; False if it is the one seen last (a resumed stream's first)."""
+        self._backoff = None  # the stream is back
+        if status == self.last:
+            return False
+        self.last = status
+        return True
+
+    def broken(self) -> float | None:
+        """After a break: the wait before resuming, or ``None`` to give up."""
+        if self._backoff is None:
+            self._backoff = _Backoff(self._patience)
+        return self._backoff.next_delay()
+
+    @property
+    def final_seen(self) -> bool:
+        """Whether the final status arrived (a break after it leaves nothing to resume)."""
+        return self.last is not None and self.last.state.is_final
 
 
 class _SyncChannelClient:
@@ -225,29 +268,22 @@ class TaskManagerClient(_SyncChannelClient):
         Raises:
             WaitTimeoutError: ``timeout`` seconds passed first.
         """
-        check = _FinalCheck(task_id)
-        ends = None if timeout is None else time.monotonic() + timeout
-        backoff: _Backoff | None = None
+        state = _Resume(task_id, timeout, self._resume_seconds)
         while True:
-            left = None if ends is None else max(0.0, ends - time.monotonic())
-            request = pb.WaitTaskRequest(task_id=str(task_id), timeout=_duration(left))
             try:
-                for response in self._stream(self._stub.WaitTask, request):
+                for response in self._stream(self._stub.WaitTask, state.request()):
                     status = TaskStatus.from_pb(response.status)
-                    backoff = None  # the stream is back
-                    if status == check.last:
-                        continue  # a resumed stream starts with what was seen already
-                    check.last = status
-                    yield status
-                check.ended()
+                    if state.seen(status):
+                        yield status
+                state.ended()
                 return
             except UnavailableError:
-                if check.last is not None and check.last.state.is_final:
-                    return  # the final status was seen: nothing is left to resume
-                if backoff is None:
-                    backoff = _Backoff(self._resume_seconds)
-                if not backoff.sleep():
+                if state.final_seen:
+                    return
+                delay = state.broken()
+                if delay is None:
                     raise
+                time.sleep(delay)
 
     def wait(self, task_id: TaskId, *, timeout: float | None = None) -> TaskStatus:
         """Waits until the task finishes and returns its final status (failed is no error).
@@ -364,10 +400,12 @@ class AsyncTaskManagerClient:
         *,
         channel: grpc.aio.Channel | None = None,
         timeout: float | None = 30.0,
+        resume_seconds: float = DEFAULT_RESUME_SECONDS,
     ) -> None:
         self._channel = channel if channel is not None else grpc.aio.insecure_channel(target)
         self._stub = pb_grpc.TaskManagerServiceStub(self._channel)
         self._timeout = timeout
+        self._resume_seconds = resume_seconds
 
     async def __aenter__(self) -> AsyncTaskManagerClient:
         return self
@@ -454,13 +492,27 @@ class AsyncTaskManagerClient:
     async def watch(
         self, task_id: TaskId, *, timeout: float | None = None
     ) -> AsyncIterator[TaskStatus]:
-        """Yields the task's status now and after every change, ending on its final state."""
-        request = pb.WaitTaskRequest(task_id=str(task_id), timeout=_duration(timeout))
-        check = _FinalCheck(task_id)
-        async for response in self._stream(self._stub.WaitTask, request):
-            check.last = TaskStatus.from_pb(response.status)
-            yield check.last
-        check.ended()
+        """Yields the task's status now and after every change, ending on its final state.
+
+        A stream that breaks with ``UNAVAILABLE`` is resumed as ``TaskManagerClient.watch``
+        resumes it.
+        """
+        state = _Resume(task_id, timeout, self._resume_seconds)
+        while True:
+            try:
+                async for response in self._stream(self._stub.WaitTask, state.request()):
+                    status = TaskStatus.from_pb(response.status)
+                    if state.seen(status):
+                        yield status
+                state.ended()
+                return
+            except UnavailableError:
+                if state.final_seen:
+                    return
+                delay = state.broken()
+                if delay is None:
+                    raise
+                await asyncio.sleep(delay)
 
     async def wait(self, task_id: TaskId, *, timeout: float | None = None) -> TaskStatus:
         """Waits until the task finishes and returns its final status."""

@@ -9,7 +9,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from tm_client import Producer, TaskManagerClient, TaskState, UnavailableError
+from tm_client import (
+    AsyncTaskManagerClient,
+    Producer,
+    TaskManagerClient,
+    TaskState,
+    UnavailableError,
+)
 
 from ..netcut import NetCut
 from ..process import ServerProcess
@@ -93,3 +99,22 @@ def test_a_finish_gives_up_after_the_outage_limit_logged_or_strict(
         with pytest.raises(UnavailableError):
             task.finish()
         link.restore()
+
+
+async def test_an_async_wait_resumes_after_the_link_comes_back(
+    server: ServerProcess, link: NetCut
+) -> None:
+    with Producer(server.target, module="backup") as producer:
+        task = producer.create_task("backup", total=2, user_task=True)
+        async with AsyncTaskManagerClient(link.target, resume_seconds=30) as client:
+            stream = client.watch(task.id, timeout=60)
+            first = await anext(stream)
+            assert first.state is TaskState.RUNNING
+            link.cut()
+            task.progress(1)
+            task.finish()
+            threading.Timer(1.0, link.restore).start()
+            rest = [status async for status in stream]
+    assert rest[-1].state is TaskState.DONE
+    assert [s.state for s in rest].count(TaskState.DONE) == 1
+    assert first not in rest
