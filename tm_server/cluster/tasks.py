@@ -123,14 +123,9 @@ class ClusterTaskGroup(VirtualTaskGroup):
 
     async def status_of(self, row: ClusterTaskRow, depth: int = 0) -> TaskStatus:
         """A row's status, its children gathered from the store and every live node."""
-        children, regular, unreachable = await self._children(row)
-        return self._status(row, children, await self._progress(row, regular, depth), unreachable)
-
-    async def _children(
-        self, row: ClusterTaskRow
-    ) -> tuple[list[TaskIdentity], list[VirtualChild], list[str]]:
-        identities, _, regular, unreachable = await self._gather(row)
-        return identities, regular, unreachable
+        children, cluster, regular, unreachable = await self._gather(row)
+        progress = await self._progress(row, cluster, regular, depth)
+        return self._status(row, children, progress, unreachable)
 
     async def _gather(
         self, row: ClusterTaskRow
@@ -152,7 +147,11 @@ class ClusterTaskGroup(VirtualTaskGroup):
         return identities, cluster, regular, unreachable
 
     async def _progress(
-        self, row: ClusterTaskRow, regular: list[VirtualChild], depth: int
+        self,
+        row: ClusterTaskRow,
+        cluster: list[ClusterTaskRow],
+        regular: list[VirtualChild],
+        depth: int,
     ) -> Progress:
         if row.progress_completed is not None:
             return Progress(row.progress_completed, row.progress_total or 0.0)
@@ -161,7 +160,7 @@ class ClusterTaskGroup(VirtualTaskGroup):
         for child in regular:
             total = total + child.progress
         if depth < _MAX_PROGRESS_DEPTH:
-            for child_row in await self._store.children_of(row.id):
+            for child_row in cluster:  # as the gather read them
                 total = total + (await self.status_of(child_row, depth + 1)).progress
         if row.progress_total is not None and row.state in _UNFINISHED:
             total = Progress(total.completed, row.progress_total)
@@ -274,8 +273,8 @@ class ClusterTaskGroup(VirtualTaskGroup):
             if depth == 0:
                 raise TaskNotFoundError(task_id)
             return []  # removed meanwhile
-        children, regular, _ = await self._children(row)
-        status = self._status(row, children, await self._progress(row, regular, 0), [])
+        children, cluster, regular, _ = await self._gather(row)
+        status = self._status(row, children, await self._progress(row, cluster, regular, 0), [])
         items = [(depth, status)]
         for identity in children:
             if not identity.node:  # a cluster child
