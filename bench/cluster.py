@@ -11,22 +11,16 @@ LISTEN/NOTIFY).
 
 from __future__ import annotations
 
-import os
-import re
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from bench.report import Figure
 from tm_client import Producer, TaskManagerClient
+from tm_client.demo_cluster import LocalCluster
 from tm_server.testing.postgres import Postgres, binaries
 
 
@@ -44,53 +38,6 @@ def _latencies(values: list[float]) -> dict[str, float]:
     }
 
 
-class _Node:
-    """One ``tm-server`` process on 127.0.0.1:0."""
-
-    def __init__(self, name: str, store: str, folder: Path) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tm_server", "--node", name, "--address", "127.0.0.1:0",
-             "--store", store, "--data-dir", str(folder / name), "--shards", "2",
-             "--task-ttl-in-seconds", "3600"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )  # fmt: skip
-        self.target = self._wait_listening()
-
-    def _wait_listening(self) -> str:
-        assert self.proc.stderr is not None
-        lines: list[str] = []
-        for line in self.proc.stderr:
-            lines.append(line)
-            found = re.search(r"listening on ([\d.]+:\d+)", line)
-            if found:
-                threading.Thread(target=self.proc.stderr.read, daemon=True).start()
-                return found.group(1)
-        raise RuntimeError("tm-server did not start:\n" + "".join(lines))
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-
-
-@contextmanager
-def _cluster(store: str, count: int) -> Iterator[list[str]]:
-    folder = Path(tempfile.mkdtemp(prefix="tm-bench-cluster-"))
-    nodes: list[_Node] = []
-    try:
-        for i in range(count):
-            nodes.append(_Node(f"n{i + 1}", store, folder))
-        yield [n.target for n in nodes]
-    finally:
-        for node in nodes:
-            node.stop()
-        shutil.rmtree(folder, ignore_errors=True)
-
-
 def _time_reads(target: str, task_id: Any, reads: int) -> list[float]:
     with TaskManagerClient(target, timeout=30) as client:
         client.get_status(task_id)  # warm the channel
@@ -104,7 +51,8 @@ def _time_reads(target: str, task_id: Any, reads: int) -> list[float]:
 
 def bench_cluster_status(*, per_node: int, reads: int, store: str) -> Figure:
     """A cluster task with ``per_node`` children on each of 3 nodes, against a regular task."""
-    with _cluster(store, 3) as targets:
+    with LocalCluster(3, store=store) as nodes:
+        targets = list(nodes.targets.values())
         producers = [Producer(t, module="bench", session=False) for t in targets]
         try:
             root = producers[0].create_task("rolling", cluster=True)
@@ -141,7 +89,8 @@ def bench_cluster_status(*, per_node: int, reads: int, store: str) -> Figure:
 
 def bench_wait_latency(*, label: str, store: str, samples: int, target_ms: float) -> Figure:
     """From FinishTask on one node to the final WaitTask message on another."""
-    with _cluster(store, 2) as targets:
+    with LocalCluster(2, store=store) as nodes:
+        targets = list(nodes.targets.values())
         producer = Producer(targets[0], module="bench", session=False)
         client = TaskManagerClient(targets[1], timeout=30)
         waits: list[float] = []

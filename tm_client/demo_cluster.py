@@ -34,10 +34,16 @@ FAILURE = "the new version did not start: port 9042 is in use"
 
 
 class LocalCluster:
-    """``count`` tm-server processes on 127.0.0.1, sharing ``folder/cluster.db``."""
+    """``count`` tm-server processes on 127.0.0.1, sharing ``store`` (``folder/cluster.db``).
 
-    def __init__(self, count: int = 3, folder: Path | None = None) -> None:
+    Each node's data directory is ``folder/NAME``; the folder goes with the nodes.
+    """
+
+    def __init__(
+        self, count: int = 3, folder: Path | None = None, store: str | None = None
+    ) -> None:
         self.folder = folder or Path(tempfile.mkdtemp(prefix="tm-demo-cluster-"))
+        self.store = store or f"sqlite://{self.folder / 'cluster.db'}"
         self.names = [f"n{i}" for i in range(1, count + 1)]
         self.targets: dict[str, str] = {}
         self._procs: list[subprocess.Popen[str]] = []
@@ -57,11 +63,10 @@ class LocalCluster:
         self.stop()
 
     def _start(self, name: str) -> str:
-        store = f"sqlite://{self.folder / 'cluster.db'}"
         proc = subprocess.Popen(
             [
                 sys.executable, "-m", "tm_server", "--node", name, "--address", "127.0.0.1:0",
-                "--store", store, "--data-dir", str(self.folder / name), "--shards", "2",
+                "--store", self.store, "--data-dir", str(self.folder / name), "--shards", "2",
                 "--task-ttl-in-seconds", "3600", "--user-task-ttl-in-seconds", "3600",
             ],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
