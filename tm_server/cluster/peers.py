@@ -67,6 +67,19 @@ async def node_answers(address: str, timeout: float) -> bool:
         return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
+async def _relay(
+    call: Any, node: str, task_id: UUID, decode: Callable[[Any], T]
+) -> AsyncGenerator[T, None]:
+    """A node's answer stream, decoded, with its errors as this node raises them."""
+    try:
+        async for reply in call:
+            yield decode(reply)
+    except grpc.RpcError as exc:
+        raise _core_error(exc, node, task_id) from None
+    finally:
+        call.cancel()
+
+
 class Peers:
     """Channels to the other live nodes; implements the manager's ``RemoteTasks``."""
 
@@ -135,16 +148,7 @@ class Peers:
         if timeout is not None:
             request.timeout.CopyFrom(lease_duration(timeout))
         call = self._stub(node).WaitLocal(request)
-        return self._relay(call, node.name, task_id)
-
-    async def _relay(self, call: Any, node: str, task_id: UUID) -> AsyncGenerator[TaskStatus, None]:
-        try:
-            async for reply in call:
-                yield status_from_pb(reply.status)
-        except grpc.RpcError as exc:
-            raise _core_error(exc, node, task_id) from None
-        finally:
-            call.cancel()
+        return _relay(call, node.name, task_id, lambda reply: status_from_pb(reply.status))
 
     async def abort(self, task_id: UUID) -> bool:
         """Aborts the task on the node that holds it."""
@@ -166,18 +170,12 @@ class Peers:
             return None
         return self.subtree(found[0], task_id)
 
-    async def subtree(
-        self, node: NodeRow, task_id: UUID
-    ) -> AsyncGenerator[tuple[int, TaskStatus], None]:
+    def subtree(self, node: NodeRow, task_id: UUID) -> AsyncGenerator[tuple[int, TaskStatus], None]:
         """The tree of a regular task a given node holds, as (depth, status)."""
         call = self._stub(node).GetLocalTree(npb.GetLocalTreeRequest(task_id=str(task_id)))
-        try:
-            async for reply in call:
-                yield reply.depth, status_from_pb(reply.status)
-        except grpc.RpcError as exc:
-            raise _core_error(exc, node.name, task_id) from None
-        finally:
-            call.cancel()
+        return _relay(
+            call, node.name, task_id, lambda reply: (reply.depth, status_from_pb(reply.status))
+        )
 
     async def children_page(
         self, task_id: UUID, page_size: int, page_token: str
