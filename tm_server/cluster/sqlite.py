@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,6 +25,21 @@ from .store import SqlStore
 BUSY_TIMEOUT_MS = 5000
 #: How long changes stay in the log (for nodes that read it late).
 CHANGES_KEPT_SECONDS = 600.0
+
+
+def _set_wal(db: sqlite3.Connection) -> None:
+    # Switching a new file to WAL needs a lock that the busy handler does not
+    # always wait for: a node starting while another migrates the same file
+    # gets "database is locked" at once. Retry for as long as a writer waits.
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 class SqliteStore(SqlStore):
@@ -56,7 +72,7 @@ class SqliteStore(SqlStore):
                 self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
                 check_same_thread=False,
             )  # fmt: skip
-            db.execute("PRAGMA journal_mode=WAL")
+            _set_wal(db)
             db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             db.execute("PRAGMA synchronous=NORMAL")
         except (OSError, sqlite3.Error) as exc:
