@@ -41,6 +41,10 @@ class NodeTasks:
         """Tells the virtual groups that a child of ``parent_id`` here changed."""
         self._groups.child_changed(parent_id)
 
+    def virtual_child_finished(self, parent_id: UUID, status: TaskStatus) -> None:
+        """Tells the virtual groups that a child of ``parent_id`` here finished."""
+        self._groups.child_finished(parent_id, status)
+
     async def get_children(self, parent_id: UUID) -> list[TaskIdentity]:
         """Identities of this node's tasks whose parent is the virtual task ``parent_id``."""
         out: list[TaskIdentity] = []

@@ -125,6 +125,9 @@ class ShardHost(Protocol):
     def virtual_child_changed(self, parent_id: UUID) -> None:
         """A task here whose parent is the virtual task ``parent_id`` changed."""
 
+    def virtual_child_finished(self, parent_id: UUID, status: TaskStatus) -> None:
+        """A task here whose parent is the virtual task ``parent_id`` finished (final status)."""
+
     async def create_task(
         self,
         module: str,

@@ -365,6 +365,7 @@ class Shard(ShardPort):
             else:
                 await self._propagate(parent)
         elif task.parent is not None:  # a virtual parent, which other nodes may watch
+            self.host.virtual_child_finished(task.parent.id, await self._status(task))
             self.host.virtual_child_changed(task.parent.id)
         sync = task.sync
         if sync is not None and sync.done is not None and not sync.done.done():

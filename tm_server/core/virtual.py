@@ -98,6 +98,15 @@ class VirtualTaskGroup(abc.ABC):
         """
         return None
 
+    def child_finished(self, parent_id: UUID, status: TaskStatus) -> None:
+        """A task of this node whose parent is ``parent_id`` finished, with this final status.
+
+        Called once per child, just before it leaves the registry (a child of
+        a virtual parent is not kept for a TTL). By default nothing happens: a
+        group whose children must outlive this node keeps the status elsewhere.
+        """
+        return None
+
     def walk(
         self, task_id: UUID, hint: VirtualTaskHint
     ) -> AsyncIterator[tuple[int, TaskStatus]] | None:
@@ -193,6 +202,11 @@ class VirtualGroups:
         """Tells every group of a change under ``parent_id`` (cheap: no lookup)."""
         for group in self._groups.values():
             group.child_changed(parent_id)
+
+    def child_finished(self, parent_id: UUID, status: TaskStatus) -> None:
+        """Tells every group that a child of ``parent_id`` finished (see the group's method)."""
+        for group in self._groups.values():
+            group.child_finished(parent_id, status)
 
     def normalize(self, group: VirtualTaskGroup, status: TaskStatus) -> TaskStatus:
         """A group's status with the fields every virtual task shares, and sane values."""
