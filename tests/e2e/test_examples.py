@@ -3,28 +3,54 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from uuid import UUID
 
 import pytest
 
-from tm_client import TaskManagerClient, TaskState
+from tm_client import TaskManagerClient, TaskState, TmError
 from tm_client.demo import KEYSPACES, RANGES_PER_SHARD, run_demo
 from tm_client.demo_cluster import LocalCluster, run_rolling
 
+from ..netcut import NetCut
+from ..process import ServerProcess
 from ..server_fixture import ServerThread
+from .cluster_fixture import eventually
 
 NODE_EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "node-producer"
 
 
-@pytest.mark.slow
-def test_node_producer_reports_a_tree(server: ServerThread, client: TaskManagerClient) -> None:
+def _node() -> str:
     node = shutil.which("node")
     assert node, "Node.js is needed for the cross-language producer test"
     assert (NODE_EXAMPLE / "node_modules" / "@grpc" / "grpc-js").is_dir(), (
         "run `make examples-deps` (part of `make test`) to install the example's packages"
     )
+    return node
+
+
+def _check_tree(client: TaskManagerClient, out: dict[str, object]) -> None:
+    """The example's import is in tm as it documents: a root and three files, one failed."""
+    root = client.get_status(str(out["root"]))
+    assert root.state is TaskState.DONE and root.module == "importer" and root.user_task
+    assert (root.progress_completed, root.progress_total) == (10_000, 10_000)
+    assert [str(c.task_id) for c in root.children] == out["children"]
+    tree = client.get_status_recursive(str(out["root"]))
+    assert [s.entity for s in tree] == ["", "users.csv", "orders.csv", "broken.csv"]
+    assert [s.state for s in tree[1:]] == [TaskState.DONE, TaskState.DONE, TaskState.FAILED]
+    assert [s.progress_completed for s in tree[1:]] == [3000, 5000, 2000]
+    assert tree[3].error == "broken.csv: malformed row 4213"
+    assert all(s.internal and s.parent_id == root.id for s in tree[1:])
+
+
+@pytest.mark.slow
+def test_node_producer_reports_a_tree(server: ServerThread, client: TaskManagerClient) -> None:
+    node = _node()
     client.set_ttl(600)
     result = subprocess.run(
         [node, str(NODE_EXAMPLE / "producer.js"), server.target],
@@ -34,15 +60,99 @@ def test_node_producer_reports_a_tree(server: ServerThread, client: TaskManagerC
     )
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
-    root = client.get_status(out["root"])
-    assert root.state is TaskState.DONE and root.module == "importer" and root.user_task
-    assert (root.progress_completed, root.progress_total) == (10_000, 10_000)
-    assert [str(c.task_id) for c in root.children] == out["children"]
-    tree = client.get_status_recursive(out["root"])
-    assert [s.entity for s in tree] == ["", "users.csv", "orders.csv", "broken.csv"]
-    assert [s.state for s in tree[1:]] == [TaskState.DONE, TaskState.DONE, TaskState.FAILED]
-    assert tree[3].error == "broken.csv: malformed row 4213"
-    assert all(s.internal and s.parent_id == root.id for s in tree[1:])
+    assert UUID(out["root"]).version == 7  # chosen by the example, so its create is idempotent
+    _check_tree(client, out)
+
+
+@pytest.fixture
+def tm_behind_a_link() -> Iterator[tuple[ServerProcess, NetCut]]:
+    """A real tm-server, and a link to it (``NetCut``) that the test can cut."""
+    server = ServerProcess(
+        "--store", "none", "--task-ttl-in-seconds", "600", "--user-task-ttl-in-seconds", "600"
+    )
+    link = NetCut(server.target)
+    yield server, link
+    link.close()
+    server.kill()
+
+
+def _start_node_producer(target: str, outage_seconds: int) -> subprocess.Popen[str]:
+    env = {**os.environ, "TM_OUTAGE_SECONDS": str(outage_seconds), "IMPORT_STEP_MS": "400"}
+    return subprocess.Popen(
+        [_node(), str(NODE_EXAMPLE / "producer.js"), target],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def _first_progress(client: TaskManagerClient) -> UUID:
+    """Waits until the example's import has reported progress; its root's id."""
+
+    def probe() -> UUID | None:
+        try:
+            roots = [e.task_id for e in client.list_tasks("importer")]
+        except TmError:  # the module is not registered yet
+            return None
+        return next((r for r in roots if client.get_status(r).progress_completed > 0), None)
+
+    return eventually(probe, timeout=30, what="the node producer's first progress")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_node_producer_rides_out_a_tm_outage(
+    tm_behind_a_link: tuple[ServerProcess, NetCut],
+) -> None:
+    server, link = tm_behind_a_link
+    proc = _start_node_producer(link.target, outage_seconds=30)
+    try:
+        with TaskManagerClient(server.target, timeout=10) as direct:
+            root = _first_progress(direct)
+            link.cut()  # in the middle of users.csv
+            held = direct.get_status(root).progress_completed
+            time.sleep(2.5)
+            # The import went on, its progress held back, and waits for tm to finish a file.
+            assert proc.poll() is None
+            assert direct.get_status(root).state is TaskState.RUNNING
+            assert direct.get_status(root).progress_completed == held < 10_000
+            link.restore()
+            stdout, stderr = proc.communicate(timeout=60)
+            assert proc.returncode == 0, stderr
+            out = json.loads(stdout)
+            assert out["root"] == str(root) and out["state"] == "TASK_STATE_DONE"
+            _check_tree(direct, out)
+            # The session stream came back as the same session.
+            assert "resumed" in stderr, stderr
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_node_producer_gives_up_reporting_after_the_outage_limit(
+    tm_behind_a_link: tuple[ServerProcess, NetCut],
+) -> None:
+    server, link = tm_behind_a_link
+    proc = _start_node_producer(link.target, outage_seconds=2)
+    try:
+        with TaskManagerClient(server.target, timeout=10) as direct:
+            root = _first_progress(direct)
+            link.cut()  # for good
+            stdout, stderr = proc.communicate(timeout=60)
+            # Not a crash: the import finished, and its own result is the exit status.
+            assert proc.returncode == 0, stderr
+            assert "tm stayed unavailable for 2s" in stderr and "producer failed" not in stderr
+            out = json.loads(stdout)
+            assert out["root"] == str(root) and out["state"] is None
+            assert len(out["children"]) == 3
+            # tm never heard the end: the session's lease will fail the tasks.
+            assert direct.get_status(root).state is TaskState.RUNNING
+    finally:
+        proc.kill()
+        proc.communicate()
 
 
 def test_repair_demo_builds_the_documented_tree(server: ServerThread) -> None:
