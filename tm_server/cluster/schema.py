@@ -51,4 +51,20 @@ def migrations(*, real: str, boolean: str, serial: str) -> tuple[tuple[str, ...]
                 at {real} NOT NULL
             )""",
         ),
+        (
+            # The regular children of cluster tasks that finished on their node,
+            # kept until their cluster task is swept (``children.py``). ``status``
+            # is the final status as JSON; the columns beside it are copied out of
+            # it, so that a cluster task's status and progress read no JSON.
+            f"""CREATE TABLE tm_cluster_children (
+                id TEXT PRIMARY KEY,
+                parent_id TEXT NOT NULL,
+                node TEXT NOT NULL,
+                created_at {real},
+                progress_completed {real} NOT NULL,
+                progress_total {real} NOT NULL,
+                status TEXT NOT NULL
+            )""",
+            "CREATE INDEX tm_cluster_children_parent ON tm_cluster_children (parent_id)",
+        ),
     )

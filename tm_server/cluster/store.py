@@ -20,6 +20,7 @@ from tm_server.core import StoreUnavailableError, TaskAlreadyExistsError
 __all__ = [
     "ClusterStore",
     "ClusterTaskRow",
+    "FinishedChildRow",
     "NodeNameTakenError",
     "NodeRow",
     "SqlStore",
@@ -74,7 +75,25 @@ class ClusterTaskRow:
     version: int
 
 
+@dataclass(frozen=True, slots=True)
+class FinishedChildRow:
+    """A regular child of a cluster task that finished on its node, as the store keeps it.
+
+    ``status`` is its final status as JSON; the other fields are copied out of
+    it, so that a cluster task's status and progress decode no JSON.
+    """
+
+    id: str
+    parent_id: str
+    node: str
+    created_at: float | None
+    progress_completed: float
+    progress_total: float
+    status: str
+
+
 _TASK_COLUMNS = tuple(f.name for f in fields(ClusterTaskRow))
+_CHILD_COLUMNS = tuple(f.name for f in fields(FinishedChildRow))
 _NODE_COLUMNS = ("name", "address", "version", "incarnation", "started_at", "heartbeat_at",
                  "expires_at", "left_at")  # fmt: skip
 _FINAL = ("done", "failed", "suspended")
@@ -142,8 +161,18 @@ class ClusterStore(Protocol):
     ) -> list[ClusterTaskRow]:
         """Fails, once, the unfinished tasks of a session or of sessions on these nodes."""
 
+    async def add_finished_children(self, rows: Sequence[FinishedChildRow]) -> None:
+        """Keeps finished children, those whose parent is a cluster task; notifies the parents.
+
+        A row whose parent is no cluster task (or one swept already) is skipped;
+        one kept already is left as it is, so a retry does no harm.
+        """
+
+    async def finished_children(self, parent_id: str) -> list[FinishedChildRow]:
+        """The finished children kept for the cluster task ``parent_id``."""
+
     async def sweep(self, finished_before: float) -> int:
-        """Removes tasks finished before then; returns how many."""
+        """Removes tasks finished before then, with their finished children; returns how many."""
 
     async def modules(self) -> list[str]:
         """The modules cluster tasks belong to."""
@@ -355,13 +384,55 @@ class SqlStore(abc.ABC):
             await self._tx([self._notify_sql(row.id) for row in failed])
         return failed
 
-    async def sweep(self, finished_before: float) -> int:
-        """Removes tasks finished before then."""
+    async def add_finished_children(self, rows: Sequence[FinishedChildRow]) -> None:
+        """Keeps the rows whose parent is a cluster task, in one transaction."""
+        if not rows:
+            return
+        # The parent's row is checked in the same statement: the rows of other
+        # virtual groups' children are never kept, nor those of a swept task.
+        insert = self._sql(
+            f"INSERT INTO tm_cluster_children ({', '.join(_CHILD_COLUMNS)}) "
+            f"SELECT {', '.join('?' for _ in _CHILD_COLUMNS)} "
+            "WHERE EXISTS (SELECT 1 FROM tm_cluster_tasks WHERE id = ?) "
+            "ON CONFLICT (id) DO NOTHING"
+        )
+        parents = dict.fromkeys(row.parent_id for row in rows)
+        await self._tx(
+            [self._notify_sql(parent) for parent in parents]
+            + [(insert, (*(getattr(r, c) for c in _CHILD_COLUMNS), r.parent_id)) for r in rows]
+        )
+
+    async def finished_children(self, parent_id: str) -> list[FinishedChildRow]:
+        """The finished children kept for a cluster task, by id."""
         rows = await self._rows(
-            "DELETE FROM tm_cluster_tasks WHERE ended_at IS NOT NULL AND ended_at < ? "
-            "RETURNING id",
-            finished_before,
+            f"SELECT {', '.join(_CHILD_COLUMNS)} FROM tm_cluster_children WHERE parent_id = ? "
+            "ORDER BY id",
+            parent_id,
         )  # fmt: skip
+        return [FinishedChildRow(*r) for r in rows]
+
+    async def sweep(self, finished_before: float) -> int:
+        """Removes tasks finished before then, and their finished children, at once."""
+        finished = "SELECT id FROM tm_cluster_tasks WHERE ended_at IS NOT NULL AND ended_at < ?"
+        # The children first, found by their parents' rows. A child kept by a
+        # transaction that commits between the two statements (it finished
+        # just as its parent, over the retention old, is swept) stays behind
+        # in PostgreSQL: a rare, harmless row, cheaper than scanning for orphans.
+        rows = await self._tx(
+            [
+                (
+                    self._sql(f"DELETE FROM tm_cluster_children WHERE parent_id IN ({finished})"),
+                    (finished_before,),
+                ),
+                (
+                    self._sql(
+                        "DELETE FROM tm_cluster_tasks WHERE ended_at IS NOT NULL AND ended_at < ? "
+                        "RETURNING id"
+                    ),
+                    (finished_before,),
+                ),
+            ]
+        )
         return len(rows)
 
     async def notify(self, task_id: str) -> None:

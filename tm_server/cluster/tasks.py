@@ -4,9 +4,10 @@
 virtual tasks follow) and the producers' ``ClusterTasks`` port at once. Every
 node answers for every cluster task alike: its status is generated on demand
 from its row, its cluster children (rows whose parent it is) and its regular
-children gathered from every live node (ScyllaDB's ``tasks_get_children``);
-nodes that do not answer in time are named in ``unreachable_nodes``. Writes go
-to the store, and every node hears of them through the change feed.
+children gathered from every live node (ScyllaDB's ``tasks_get_children``),
+with those that finished kept in the store (``children.py``); nodes that do
+not answer in time are named in ``unreachable_nodes``. Writes go to the
+store, and every node hears of them through the change feed.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from tm_server.core.validation import (
     check_progress,
 )
 
+from .children import FinishedChild, FinishedChildren
 from .feed import ChangeFeed
 from .membership import Membership
 from .peers import Peers
@@ -88,6 +90,7 @@ class ClusterTaskGroup(VirtualTaskGroup):
         # Cluster tasks whose children here changed since their watchers were told.
         self._pending_children: set[UUID] = set()
         self._flusher: asyncio.Task[None] | None = None
+        self._finished = FinishedChildren(store, membership.check_writable)
         feed.on_change(self._on_change)
 
     @property
@@ -104,7 +107,9 @@ class ClusterTaskGroup(VirtualTaskGroup):
 
     async def contains(self, task_id: UUID) -> VirtualTaskHint | None:
         """The task's row, if it is a cluster task."""
-        return await self._store.get_task(str(task_id))
+        row = await self._store.get_task(str(task_id))
+        self._finished.seen(task_id, row is not None)
+        return row
 
     async def is_abortable(self, task_id: UUID, hint: VirtualTaskHint) -> bool:
         """Whether the task was created abortable."""
@@ -123,28 +128,37 @@ class ClusterTaskGroup(VirtualTaskGroup):
 
     async def status_of(self, row: ClusterTaskRow, depth: int = 0) -> TaskStatus:
         """A row's status, its children gathered from the store and every live node."""
-        children, cluster, regular, unreachable = await self._gather(row)
+        children, cluster, regular, unreachable, _ = await self._gather(row)
         progress = await self._progress(row, cluster, regular, depth)
         return self._status(row, children, progress, unreachable)
 
-    async def _gather(
-        self, row: ClusterTaskRow
-    ) -> tuple[list[TaskIdentity], list[ClusterTaskRow], list[VirtualChild], list[str]]:
-        # Cluster children from the store, regular ones from this node and every live peer.
+    async def _gather(self, row: ClusterTaskRow) -> tuple[
+        list[TaskIdentity], list[ClusterTaskRow], list[VirtualChild], list[str],
+        dict[UUID, FinishedChild],
+    ]:  # fmt: skip
+        # Cluster children from the store; regular ones from this node, every
+        # live peer, and the store for those that finished (on any node).
         task_id = UUID(row.id)
+        self._finished.seen(task_id, True)
         cluster = await self._store.children_of(row.id)
+        finished = await self._finished.of(task_id)
         local = [
             VirtualChild(s.id, s.node, s.creation_time, s.progress)
             for s in await self._manager.virtual_children_statuses(task_id)
         ]
         remote, unreachable = await self._peers.cluster_children(task_id)
+        # A child seen both live and finished (its node answered just before
+        # it finished, or it is leaving this node's registry right now) is
+        # shown finished: a final status is never the older one.
+        regular = [c for c in local + remote if c.task_id not in finished]
+        regular += [f.child for f in finished.values()]
         # One order on every node (whichever node asks, it lists its own first
         # otherwise): by creation, cluster-wide.
-        regular = sorted(local + remote, key=_creation_order)
+        regular.sort(key=_creation_order)
         unreachable.sort()
         identities = [TaskIdentity(UUID(c.id), "") for c in cluster]
         identities += [TaskIdentity(c.task_id, c.node) for c in regular]
-        return identities, cluster, regular, unreachable
+        return identities, cluster, regular, unreachable, finished
 
     async def _progress(
         self,
@@ -273,14 +287,19 @@ class ClusterTaskGroup(VirtualTaskGroup):
             if depth == 0:
                 raise TaskNotFoundError(task_id)
             return []  # removed meanwhile
-        children, cluster, regular, _ = await self._gather(row)
+        children, cluster, regular, _, finished = await self._gather(row)
         status = self._status(row, children, await self._progress(row, cluster, regular, 0), [])
         items = [(depth, status)]
         for identity in children:
             if not identity.node:  # a cluster child
                 items += await self._tree(identity.task_id, depth + 1)
         for child in regular:
-            items += await self._subtree(child, depth + 1)
+            kept = finished.get(child.task_id)
+            if kept is None:
+                items += await self._subtree(child, depth + 1)
+            else:
+                # Its subtree left its node with it; it now lasts as long as its parent.
+                items.append((depth + 1, kept.status()._replace(expire_time=status.expire_time)))
         return items
 
     async def _subtree(self, child: VirtualChild, depth: int) -> list[tuple[int, TaskStatus]]:
@@ -350,6 +369,7 @@ class ClusterTaskGroup(VirtualTaskGroup):
         )
         try:
             row = await self._store.create_task(row)
+            self._finished.seen(task_id, True)
         except TaskAlreadyExistsError:
             existing = None if spec.task_id is None else await self._store.get_task(str(task_id))
             if existing is None or not self._same(existing, spec):
@@ -524,7 +544,16 @@ class ClusterTaskGroup(VirtualTaskGroup):
             except Exception:
                 log.debug("could not tell of a change under %s", parent, exc_info=True)
 
+    def child_finished(self, parent_id: UUID, status: TaskStatus) -> None:
+        """A child here of a (maybe cluster) task finished: its status is kept in the store.
+
+        Only noted here (this runs on the shard, for every child of any virtual
+        task); a background writer keeps it.
+        """
+        self._finished.add(parent_id, status)
+
     async def close(self) -> None:
-        """Stops telling of changes."""
+        """Stops telling of changes, once the finished children noted here are kept."""
+        await self._finished.close()
         if self._flusher is not None:
             self._flusher.cancel()
