@@ -167,6 +167,13 @@ class NodeUnavailableError(UnavailableError):
     """The node that holds the task did not answer in time (reason NODE_UNAVAILABLE)."""
 
 
+class JournalUnavailableError(UnavailableError):
+    """The node cannot write its journal (a full disk): the change was not made durable.
+
+    Reason JOURNAL_UNAVAILABLE. Reads keep working; retry once the disk is fixed.
+    """
+
+
 _BY_CODE: dict[grpc.StatusCode, type[TmError]] = {
     cls.code: cls
     for cls in (
@@ -205,6 +212,7 @@ _BY_REASON: dict[str, type[TmError]] = {
     reason_name(pb.ERROR_REASON_WAIT_TIMEOUT): WaitTimeoutError,
     reason_name(pb.ERROR_REASON_STORE_UNAVAILABLE): StoreUnavailableError,
     reason_name(pb.ERROR_REASON_NODE_UNAVAILABLE): NodeUnavailableError,
+    reason_name(pb.ERROR_REASON_JOURNAL_UNAVAILABLE): JournalUnavailableError,
 }
 
 

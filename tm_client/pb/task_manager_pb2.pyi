@@ -76,6 +76,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """UNAVAILABLE: the node of the cluster that holds the task stopped
     answering while it was asked; the metadata's "node" names it.
     """
+    ERROR_REASON_JOURNAL_UNAVAILABLE: _ErrorReason.ValueType  # 17
+    """UNAVAILABLE: the node's journal cannot be written (a full disk, an I/O
+    error), so a change that must be durable was not made; reads keep
+    working, and the call may be retried once the disk is fixed.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason lists every reason a tm server puts in the google.rpc.ErrorInfo
@@ -125,6 +130,11 @@ membership lapsed); regular tasks keep working.
 ERROR_REASON_NODE_UNAVAILABLE: ErrorReason.ValueType  # 16
 """UNAVAILABLE: the node of the cluster that holds the task stopped
 answering while it was asked; the metadata's "node" names it.
+"""
+ERROR_REASON_JOURNAL_UNAVAILABLE: ErrorReason.ValueType  # 17
+"""UNAVAILABLE: the node's journal cannot be written (a full disk, an I/O
+error), so a change that must be durable was not made; reads keep
+working, and the call may be retried once the disk is fixed.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 

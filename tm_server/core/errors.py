@@ -131,6 +131,22 @@ class StoreUnavailableError(TaskManagerError):
         super().__init__(f"the cluster store is unavailable: {detail}; try again shortly")
 
 
+class JournalUnavailableError(TaskManagerError):
+    """The node's journal cannot be written: a change that must be durable was refused.
+
+    Reads keep working; the journal retries with every durable call, so the
+    node recovers by itself once the disk has room (or works) again.
+    """
+
+    reason = "JOURNAL_UNAVAILABLE"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(
+            f"the node's journal cannot be written ({detail}): the change was not made "
+            "durable; free disk space or fix the disk, then retry"
+        )
+
+
 class NodeUnavailableError(TaskManagerError):
     """The node of the cluster that holds a task stopped answering while it was asked."""
 

@@ -10,6 +10,7 @@ from grpc_status import rpc_status
 from tm_server.core import (
     InvalidArgumentError,
     InvalidStateError,
+    JournalUnavailableError,
     ModuleLimitError,
     NodeUnavailableError,
     SessionNotFoundError,
@@ -39,6 +40,7 @@ _CODES: dict[type[TaskManagerError], grpc.StatusCode] = {
     WaitTimeoutError: grpc.StatusCode.DEADLINE_EXCEEDED,
     StoreUnavailableError: grpc.StatusCode.UNAVAILABLE,
     NodeUnavailableError: grpc.StatusCode.UNAVAILABLE,
+    JournalUnavailableError: grpc.StatusCode.UNAVAILABLE,
 }
 
 
