@@ -11,6 +11,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
@@ -31,14 +32,22 @@ class ServerProcess:
     directory and SQLite store are its own and are removed with it.
     """
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        self.home = tempfile.mkdtemp(prefix="tm-data-")
+    def __init__(
+        self,
+        *args: str,
+        env: dict[str, str] | None = None,
+        home: str | None = None,
+        preexec_fn: Callable[[], None] | None = None,
+    ) -> None:
+        # ``home``: a home kept from an earlier server, to restart on its data directory.
+        self.home = home or tempfile.mkdtemp(prefix="tm-data-")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tm_server", "--address", "127.0.0.1:0", *args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1", "XDG_DATA_HOME": self.home, **(env or {})},
+            preexec_fn=preexec_fn,
         )
         self.lines: list[str] = []
         self._ready = threading.Event()
@@ -62,17 +71,25 @@ class ServerProcess:
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def terminate(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+    def terminate(self, sig: int = signal.SIGTERM, timeout: float = 30, keep: bool = False) -> int:
+        """Stops the server with ``sig``; its home goes too, unless ``keep``."""
         self.proc.send_signal(sig)
         code = self.proc.wait(timeout)
-        shutil.rmtree(self.home, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(self.home, ignore_errors=True)
         return code
 
-    def kill(self) -> None:
+    def kill(self, keep: bool = False) -> None:
+        """SIGKILLs the server (if it runs); its home goes too, unless ``keep``."""
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
-        shutil.rmtree(self.home, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(self.home, ignore_errors=True)
+
+    def restart(self, *args: str) -> ServerProcess:
+        """A new server on this one's home (its data directory) and port, once it has exited."""
+        return ServerProcess(*args, "--address", self.target, home=self.home)
 
     def output(self) -> str:
         time.sleep(0.05)

@@ -20,6 +20,7 @@ from tm_server.core.manager import DEFAULT_MAX_MODULES, DEFAULT_MAX_STATUS_CHILD
 
 from .cluster.store import NodeNameTakenError
 from .core import StoreUnavailableError
+from .journal import DEFAULT_COMPACT_BYTES, DEFAULT_PROGRESS_WINDOW, JournalError
 from .server import DEFAULT_GC_FREEZE_INTERVAL, ServerConfig, serve
 
 
@@ -57,6 +58,24 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         help="this node's name, unique in its cluster, reported as the node of its tasks "
         "(default: the host name)",
     )
+    durability = parser.add_argument_group("durability")
+    durability.add_argument(
+        "--journal",
+        choices=("on", "off"),
+        default="on",
+        help="keep a journal in the data directory, so that a restart loses no task (on, "
+        "the default), or keep tasks in memory only, as ScyllaDB does (off)",
+    )
+    durability.add_argument(
+        "--progress-window-seconds", type=positive_seconds, default=DEFAULT_PROGRESS_WINDOW,
+        help="progress reports are written to the journal in batches, at most this long "
+        "after a report: a crash loses at most this window of progress (default 1)",
+    )  # fmt: skip
+    durability.add_argument(
+        "--journal-compact-mib", type=positive_seconds, default=DEFAULT_COMPACT_BYTES / 2**20,
+        help="a journal log this large (or as large as the last snapshot) is compacted into "
+        "a snapshot, which bounds replay time (default 64)",
+    )  # fmt: skip
     cluster = parser.add_argument_group("cluster")
     cluster.add_argument(
         "--data-dir",
@@ -191,6 +210,9 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         node_expiry_seconds=args.node_expiry_seconds,
         peer_timeout_seconds=args.peer_timeout_seconds,
         cluster_task_retention_seconds=args.cluster_task_retention_seconds,
+        journal=args.journal == "on",
+        progress_window_seconds=args.progress_window_seconds,
+        journal_compact_bytes=max(1, round(args.journal_compact_mib * 2**20)),
     )
 
 
@@ -216,7 +238,7 @@ def main(argv: list[str] | None = None) -> None:
     config = parse_args(argv)
     try:
         asyncio.run(serve(config))
-    except (OSError, ValueError, NodeNameTakenError, StoreUnavailableError) as exc:
+    except (OSError, ValueError, NodeNameTakenError, StoreUnavailableError, JournalError) as exc:
         # One clear line, no traceback: the address, the store or the name is wrong.
         logging.getLogger("tm_server").error("%s", exc)
         sys.exit(1)

@@ -27,14 +27,24 @@ from tm_client.pb import (
     task_reporting_pb2_grpc,
 )
 from tm_server.core import Clock, TaskManager
+from tm_server.core.journal import NO_JOURNAL
 from tm_server.core.manager import DEFAULT_MAX_MODULES, DEFAULT_MAX_STATUS_CHILDREN
 from tm_server.core.producers import Producers
+from tm_server.core.recovery import recover
 
 from .cluster.node import ClusterConfig, ClusterNode
 from .cluster.store import NodeRow
 from .datadir import DataDir
 from .heap import HeapManager
+from .journal import (
+    DEFAULT_COMPACT_BYTES,
+    DEFAULT_PROGRESS_WINDOW,
+    JOURNAL_DIR,
+    FileJournal,
+    JournalConfig,
+)
 from .service.decoding import add_service
+from .service.durability import DurabilityInterceptor
 from .service.node_servicer import NodeServicer
 from .service.reporting_servicer import TaskReportingServicer
 from .service.servicer import TaskManagerServicer
@@ -156,6 +166,10 @@ class ServerConfig:
     # The node's data directory, locked while the server runs (tm-server
     # always names one; an embedded server, none unless asked).
     data_dir: Path | None = None
+    # The journal in the data directory (off: memory-only, as ScyllaDB's).
+    journal: bool = True
+    progress_window_seconds: float = DEFAULT_PROGRESS_WINDOW
+    journal_compact_bytes: int = DEFAULT_COMPACT_BYTES
 
 
 class TmServer:
@@ -174,6 +188,17 @@ class TmServer:
         config's are ignored.
         """
         self.config = config
+        # A journal when the server has a data directory and owns its manager
+        # (an application's own manager keeps its own state).
+        self.journal: FileJournal | None = None
+        if manager is None and config.data_dir is not None and config.journal:
+            self.journal = FileJournal(
+                JournalConfig(
+                    config.data_dir / JOURNAL_DIR,
+                    progress_window=config.progress_window_seconds,
+                    compact_bytes=config.journal_compact_bytes,
+                )
+            )
         self.manager = manager or TaskManager(
             shards=config.shards,
             node=config.node,
@@ -182,12 +207,14 @@ class TmServer:
             user_task_ttl=config.user_task_ttl,
             max_modules=config.max_modules,
             max_status_children=config.max_status_children,
+            journal=self.journal or NO_JOURNAL,
         )
         self.heap = HeapManager(config.gc_freeze_interval)
         self.producers = Producers(self.manager, lease_seconds=config.producer_lease_seconds)
         self.health = HealthServicer()
         self.server = grpc.aio.server(
-            options=server_options(config.keepalive_seconds, config.keepalive_timeout_seconds)
+            interceptors=[] if self.journal is None else [DurabilityInterceptor(self.journal)],
+            options=server_options(config.keepalive_seconds, config.keepalive_timeout_seconds),
         )
         self.port = 0
         self.cluster: ClusterNode | None = None
@@ -199,16 +226,32 @@ class TmServer:
 
         Raises:
             DataDirInUseError: another live server holds the data directory.
+            JournalError: the journal cannot be read or written.
             OSError: the address or the data directory cannot be used.
         """
         if self._data_dir is not None:
             self._data_dir.lock()
         try:
+            if self.journal is not None:
+                await self._recover(self.journal)
             return await self._start()
         except BaseException:
+            if self.journal is not None:
+                await self.journal.close()
             if self._data_dir is not None:
                 self._data_dir.unlock()
             raise
+
+    async def _recover(self, journal: FileJournal) -> None:
+        # Before anything is served: the registry as the journal left it.
+        records = journal.load()
+        await journal.start()
+        report = await recover(
+            self.manager, records, self.producers.impl_of, self.producers.restore
+        )
+        await journal.commit()  # what recovery changed (failed bodies, expired roots)
+        if records:
+            log.info("journal: recovered %s", report.describe())
 
     async def _start(self) -> int:
         # Every service goes through add_service, so that a request body that
@@ -314,6 +357,8 @@ class TmServer:
         self.producers.stop_streams()
         await self.server.stop(self.config.grace_seconds)
         await self.manager.close()
+        if self.journal is not None:
+            await self.journal.close()
         await self.heap.stop()
         if self._data_dir is not None:
             self._data_dir.unlock()

@@ -25,6 +25,7 @@ from .errors import (
     UnknownModuleError,
 )
 from .handle import TaskHandle
+from .journal import NO_JOURNAL, TTL_KEY, Journal, module_key
 from .listing import list_page
 from .node_tasks import NodeTasks
 from .paging import PagePosition, PageTokens
@@ -76,6 +77,7 @@ class TaskManager(NodeTasks):
         user_task_ttl: int = 3600,
         max_modules: int = DEFAULT_MAX_MODULES,
         max_status_children: int = DEFAULT_MAX_STATUS_CHILDREN,
+        journal: Journal = NO_JOURNAL,
     ) -> None:
         if shards < 1:
             raise ValueError("a task manager needs at least one shard")
@@ -85,9 +87,15 @@ class TaskManager(NodeTasks):
         check_ttl("user_task_ttl", user_task_ttl)
         clock = clock or SystemClock()
         self.max_modules = max_modules
+        self.max_status_children = max_status_children
         self._task_ttl = task_ttl
         self._user_task_ttl = user_task_ttl
-        ports: list[ShardPort] = [
+        # The TTLs the server was started with: a TTL set through the API is
+        # journaled with them, and applies after a restart only while they
+        # are unchanged (an operator's new flag wins over an old API call).
+        self._ttl_flags = (task_ttl, user_task_ttl)
+        self.journal = journal
+        local = [
             Shard(
                 i,
                 clock=clock,
@@ -95,9 +103,14 @@ class TaskManager(NodeTasks):
                 ttl=TtlConfig(task_ttl, user_task_ttl),
                 max_status_children=max_status_children,
                 host=self,
+                journal=journal,
             )
             for i in range(shards)
         ]
+        # Recovery fills the shards in this process before the node serves
+        # (a shard in a process of its own would replay its own journal).
+        self.local_shards: tuple[Shard, ...] = tuple(local)
+        ports: list[ShardPort] = list(local)
         for port in ports:
             port.connect(ports)
         super().__init__(ports, VirtualGroups(clock, max_status_children), clock, node)
@@ -137,6 +150,7 @@ class TaskManager(NodeTasks):
         if len(await first.list_modules()) >= self.max_modules:
             raise ModuleLimitError(name, self.max_modules)
         results = [await shard.register_module(name) for shard in self._shards]
+        self.journal.put(module_key(name), name)
         return results[0]
 
     async def unregister_module(self, name: str) -> None:
@@ -156,6 +170,7 @@ class TaskManager(NodeTasks):
             await shard.wait_module_idle(name)
         for shard in self._shards:
             await shard.remove_module(name)
+        self.journal.delete(module_key(name))
 
     async def list_modules(self) -> list[str]:
         """Returns the registered module names, sorted (with those of virtual tasks)."""
@@ -586,6 +601,7 @@ class TaskManager(NodeTasks):
         previous, self._task_ttl = self._task_ttl, seconds
         for shard in self._shards:
             await shard.set_ttl(task_ttl=seconds)
+        self._journal_ttls()
         return previous
 
     async def set_user_task_ttl(self, seconds: int) -> int:
@@ -594,7 +610,17 @@ class TaskManager(NodeTasks):
         previous, self._user_task_ttl = self._user_task_ttl, seconds
         for shard in self._shards:
             await shard.set_ttl(user_task_ttl=seconds)
+        self._journal_ttls()
         return previous
+
+    def _journal_ttls(self) -> None:
+        self.journal.put(TTL_KEY, [self._task_ttl, self._user_task_ttl, *self._ttl_flags])
+
+    async def restore_ttls(self, value: object) -> None:
+        """Applies TTLs journaled by ``set_task_ttl``, if the flags are still those of then."""
+        if isinstance(value, list) and len(value) == 4 and tuple(value[2:]) == self._ttl_flags:
+            await self.set_task_ttl(int(value[0]))
+            await self.set_user_task_ttl(int(value[1]))
 
     async def drain(self, module: str) -> int:
         """Unregisters the module's finished regular tasks on every shard; returns how many."""

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import weakref
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 from uuid import UUID, uuid4
 
 from .clock import Clock, TimerHandle
@@ -17,6 +17,7 @@ from .errors import (
     TaskAlreadyExistsError,
     TaskNotFoundError,
 )
+from .journal import SESSION_KEY, TASK_SESSION_KEY
 from .manager import TaskManager
 from .task import TaskContext, TaskImpl
 from .types import TaskKind, TaskState, TaskStatus
@@ -27,6 +28,9 @@ from .validation import (
     check_name,
     check_progress_value,
 )
+
+if TYPE_CHECKING:
+    from .recovery import Shape
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +229,39 @@ class Producers:
 
     def forget_task(self, task_id: UUID) -> ProducerSession | None:
         """Drops a finished task's session link; returns the session it had."""
-        return self._task_sessions.pop(task_id.int, None)
+        session = self._task_sessions.pop(task_id.int, None)
+        if session is not None:
+            self.manager.journal.delete(TASK_SESSION_KEY + task_id.hex)
+        return session
+
+    def _link(self, session: ProducerSession, task_id: UUID) -> None:
+        session.tasks[task_id] = None
+        self._task_sessions[task_id.int] = session
+        # Durable with the create: after a restart the task is still the
+        # session's, to fail if its producer does not come back.
+        self.manager.journal.put(TASK_SESSION_KEY + task_id.hex, session.id.hex)
+
+    def restore(self, sessions: list[UUID], links: list[tuple[UUID, UUID, bool]]) -> int:
+        """Brings back journaled sessions, each with a fresh lease, and their tasks.
+
+        ``links`` are (task, session, abort requested) of unfinished tasks; a
+        link to a session that is gone is dropped, and a task's abort is sent
+        again when its producer resumes. Returns how many sessions came back.
+        """
+        for session_id in sessions:
+            session = ProducerSession(session_id)
+            self._sessions[session_id] = session
+            self._start_lease(session)
+        for task_id, session_id, aborting in links:
+            found = self._sessions.get(session_id)
+            if found is None:
+                self.manager.journal.delete(TASK_SESSION_KEY + task_id.hex)
+            else:
+                found.tasks[task_id] = None
+                self._task_sessions[task_id.int] = found
+                if aborting:
+                    found.push_abort(task_id)
+        return len(sessions)
 
     def session_tasks(self) -> list[UUID]:
         """The unfinished tasks of every session here."""
@@ -249,6 +285,20 @@ class Producers:
                 "cluster", "this server runs without a cluster store, so it has no cluster tasks"
             )
         return self.cluster
+
+    def impl_of(self, shape: Shape) -> RemoteTaskImpl:
+        """The implementation of a recovered reported task of this shape."""
+        return self._impl(
+            TaskSpec(
+                "",
+                shape.type,
+                shape.scope,
+                abortable=shape.abortable,
+                user_task=shape.user_task,
+                internal=shape.internal,
+                progress_units=shape.progress_units,
+            )
+        )
 
     def _impl(self, spec: TaskSpec) -> RemoteTaskImpl:
         key = (spec.type, spec.scope, spec.progress_units, spec.abortable, spec.user_task,
@@ -293,8 +343,7 @@ class Producers:
                 spec, session_id=session_id, start=start
             )
             if session is not None and created_new and not status.state.is_final:
-                session.tasks[status.id] = None
-                self._task_sessions[status.id.int] = session
+                self._link(session, status.id)
             return status, created_new
         try:
             created = await self.manager.create(
@@ -321,8 +370,7 @@ class Producers:
             return existing, False
         task_id = created.task_id
         if session is not None:
-            session.tasks[task_id] = None
-            self._task_sessions[task_id.int] = session
+            self._link(session, task_id)
             if created.abort_pending:
                 session.push_abort(task_id)  # created under an aborting parent
         if start and session is not None:
@@ -441,6 +489,7 @@ class Producers:
         if session_id is None:
             session = ProducerSession(uuid4())
             self._sessions[session.id] = session
+            self.manager.journal.put(SESSION_KEY + session.id.hex, 1)
             resumed = False
         else:
             session = self._session(session_id)
@@ -460,6 +509,9 @@ class Producers:
         if session.queue is not stream.queue or session.expired:
             return
         session.queue = None
+        self._start_lease(session)
+
+    def _start_lease(self, session: ProducerSession) -> None:
         session.lease_timer = self._clock.call_at(
             self._clock.now() + self.lease_seconds, lambda: self._expire(session)
         )
@@ -469,6 +521,7 @@ class Producers:
             return
         session.expired = True
         self._sessions.pop(session.id, None)
+        self.manager.journal.delete(SESSION_KEY + session.id.hex)
         task = asyncio.get_running_loop().create_task(self._fail_session_tasks(session))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
@@ -484,7 +537,7 @@ class Producers:
     async def _fail_tasks(self, session: ProducerSession, error: str) -> int:
         failed = 0
         for task_id in list(session.tasks):
-            self._task_sessions.pop(task_id.int, None)
+            self.forget_task(task_id)
             try:
                 failed += await self.manager.fail_task(task_id, error)
             except Exception:
@@ -508,6 +561,7 @@ class Producers:
         session = self._session(session_id)
         session.expired = True
         self._sessions.pop(session.id, None)
+        self.manager.journal.delete(SESSION_KEY + session.id.hex)
         if session.lease_timer is not None:
             session.lease_timer.cancel()
             session.lease_timer = None

@@ -26,6 +26,7 @@ from .errors import (
     TaskNotAbortableError,
     TaskNotFoundError,
 )
+from .journal import NO_JOURNAL, Journal
 from .logs import RateLimitedLog
 from .port import (
     AttachResult,
@@ -86,6 +87,7 @@ class Shard(ShardPort):
         ttl: TtlConfig,
         max_status_children: int,
         host: ShardHost,
+        journal: Journal = NO_JOURNAL,
     ) -> None:
         self.index = index
         self._clock = clock
@@ -96,7 +98,8 @@ class Shard(ShardPort):
         # virtual parent's changes are told to.
         self.host = host
         self._peers: Sequence[ShardPort] = ()
-        self._store = TaskStore(clock, self._after_drop)
+        self._journal = journal
+        self._store = TaskStore(clock, self._after_drop, shard=index, journal=journal)
         # The store's registered-task map, bound once: every status read looks here.
         self._by_id = self._store.tasks
         self._watches = Watches(clock)
@@ -244,6 +247,7 @@ class Shard(ShardPort):
             await self._finish(task, ABORT_ERROR)
             return
         task.state = TaskState.RUNNING
+        self._journal.record(self.index, task)
         await self._changed(task)
         if not task.impl.external:
             task.get_sync().runner = asyncio.get_running_loop().create_task(
@@ -318,6 +322,7 @@ class Shard(ShardPort):
         else:
             task.reported_total = total
         task.reported = Progress(completed, total)
+        self._journal.progress(self.index, task)
         await self._changed(task)
 
     async def report_progress(
@@ -346,13 +351,14 @@ class Shard(ShardPort):
         task.state = TaskState.DONE if error is None else TaskState.FAILED
         task.error = error or ""
         parent = task.regular_parent
+        final: Progress | None = None
         if parent is not None:
             if task.internal and not task.live_children:
-                folded, up = await self._peers[parent.shard].fold_child(
-                    parent.id, task.id, await self._folded(task)
-                )
+                record = await self._folded(task)
+                folded, up = await self._peers[parent.shard].fold_child(parent.id, task.id, record)
                 task.folded_into_parent = folded
                 if folded:
+                    final = record.status.progress
                     # Its id stays named by the parent's record; the records of
                     # its successful children are forgotten (only failed ones
                     # go up with it).
@@ -371,6 +377,7 @@ class Shard(ShardPort):
         if sync is not None and sync.done is not None and not sync.done.done():
             sync.done.set_result(None)
         task.impl.notify_finished(task.id)
+        self._journal.record(self.index, task, final)
         if parent is not None or task.internal:
             task.expire_at = task.end_time
             self._store.unregister(task)
@@ -459,6 +466,7 @@ class Shard(ShardPort):
             return []  # a second abort is a no-op
         if not task.state.is_complete:
             task.abort_requested = True
+            self._journal.record(self.index, task)
             if task.sync is not None and task.sync.abort_event is not None:
                 task.sync.abort_event.set()
             task.impl.notify_abort(task.id)
@@ -651,6 +659,62 @@ class Shard(ShardPort):
     def watcher_count(self) -> int:
         """How many watch futures are parked on this shard's tasks (for leak checks)."""
         return self._watches.count()
+
+    # ---- recovery ----------------------------------------------------------------------------
+
+    def restore(self, tasks: list[Task], folded: list[UUID], sequences: dict[str, int]) -> None:
+        """Takes tasks rebuilt from the journal (see ``recovery``), before the node serves.
+
+        Not a port method: recovery runs in the process that holds the
+        shards; a shard of its own process would replay its own journal.
+        ``folded`` are ids of this shard's tasks that folded into a parent
+        (named until their parent's record goes), ``sequences`` each module's
+        last sequence number here.
+        """
+        for task in tasks:
+            self._store.restore(task)
+        for task_id in folded:
+            self._store.count_folded(task_id)
+        for name, module in self._store.modules.items():
+            numbers = [t.sequence_number for t in module.tasks.values()]
+            module.sequence = max(sequences.get(name, 0), max(numbers, default=0))
+
+    async def settle_restored(self, restarted_error: str) -> dict[str, int]:
+        """Applies the restart to the restored tasks; returns counts by kind, for the log.
+
+        Finished children go back to their parents (held), finished roots stay
+        for what is left of their TTL or leave now, and a task whose body ran
+        here fails with ``restarted_error``.
+        """
+        counts = {"running": 0, "created": 0, "finished": 0, "held": 0, "expired": 0,
+                  "failed by the restart": 0}  # fmt: skip
+        now = self._clock.now()
+        ended: list[Task] = []
+        lasting: list[Task] = []
+        for task in list(self._store.tasks.values()):
+            if not task.state.is_complete:
+                if not task.impl.external:
+                    ended.append(task)
+                else:
+                    counts["running" if task.state is TaskState.RUNNING else "created"] += 1
+            elif task.regular_parent is not None:
+                self._store.unregister(task)  # held by its parent, or gone with it
+                counts["held" if task.id.int in self._store.held else "expired"] += 1
+            elif task.parent is None and task.expire_at is not None and task.expire_at > now:
+                lasting.append(task)
+            else:
+                self._store.unregister(task)
+                counts["expired"] += 1
+        # Expiry queues are FIFO per TTL: queued in the order they expire.
+        lasting.sort(key=lambda t: t.expire_at or 0.0)
+        for task in lasting:
+            assert task.expire_at is not None and task.end_time is not None
+            self._store.expire_later(task.expire_at - task.end_time, task)
+        counts["finished"] = len(lasting)
+        for task in ended:
+            await self._finish(task, restarted_error)
+        counts["failed by the restart"] = len(ended)
+        return counts
 
     # ---- background work and lifetime --------------------------------------------------------
 

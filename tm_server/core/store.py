@@ -14,6 +14,7 @@ from uuid import UUID
 from .clock import Clock
 from .errors import TaskNotFoundError, UnknownModuleError
 from .expiry import ExpiryQueues
+from .journal import Journal, sequence_key
 from .port import ChildRef, NewTask, ParentKind
 from .record import ModuleState, Task
 from .task import TaskImpl
@@ -53,7 +54,13 @@ class TaskStore:
         self,
         clock: Clock,
         on_dropped: Callable[[list[ChildRef], dict[int, list[int]]], None],
+        *,
+        shard: int,
+        journal: Journal,
     ) -> None:
+        self.shard = shard
+        # Told of every record that changes or goes (a no-op without a journal).
+        self.journal = journal
         # Keyed by the id's int: it hashes in C, where a UUID hashes in Python.
         self.tasks: dict[int, Task] = {}
         # Finished tasks already unregistered but still reachable through a
@@ -132,11 +139,12 @@ class TaskStore:
         """Builds and registers a task record."""
         module = self.module(spec.module)
         inherited = spec.inherited
-        sequence = (
-            module.new_sequence_number()
-            if inherited is None or inherited.sequence_number is None
-            else inherited.sequence_number
-        )
+        if inherited is None or inherited.sequence_number is None:
+            sequence = module.new_sequence_number()
+            # Durable with the task: numbers continue after a restart, never reused.
+            self.journal.put(sequence_key(self.shard, module.name), sequence)
+        else:
+            sequence = inherited.sequence_number
         task = Task(
             spec.task_id,
             spec.module,
@@ -162,7 +170,19 @@ class TaskStore:
         if handle:
             self.handled[key] = task
             self._handles[key] = 1
+        self.journal.record(self.shard, task)
         return task
+
+    def restore(self, task: Task) -> None:
+        """Registers a task rebuilt from the journal, as ``add`` would have (recovery only)."""
+        key = task.id.int
+        self.tasks[key] = task
+        self.module(task.module).tasks[key] = task
+        parent = task.parent
+        if parent is not None:
+            _count(self._parent_refs, parent.id.int, 1)
+            if parent.kind is ParentKind.VIRTUAL:
+                self.virtual_children.setdefault(parent.id.int, {})[task.id] = None
 
     def folded(self, parent: Task, folded: FoldedTask) -> None:
         """Records a child folded into ``parent``."""
@@ -178,6 +198,8 @@ class TaskStore:
         """The last records naming these folded tasks of this shard were forgotten."""
         for key in keys:
             _count(self._folded_refs, key, -1)
+            if key not in self._folded_refs:
+                self.journal.forget(UUID(int=key))
 
     def release_handle(self, task_id: UUID) -> None:
         """One handle of the task went away; at the last one, stop keeping it."""
@@ -229,6 +251,10 @@ class TaskStore:
         """
         if task.parent is not None:
             _count(self._parent_refs, task.parent.id.int, -1)
+        if not task.folded_into_parent:
+            # A folded task's record stays while its parent's names it
+            # (``forget_folded`` lets it go).
+            self.journal.forget(task.id)
         children = list((task.live_children or {}).items())
         forgotten = {} if task.folded_into_parent else forgotten_keys(task.folded_children or [])
         return children, forgotten
@@ -243,6 +269,7 @@ class TaskStore:
             live = self.tasks.get(task_id.int)
             if live is not None:
                 live.orphaned = True
+                self.journal.record(self.shard, live)
             return []
         children, forgotten = self._drop(task)
         if forgotten:

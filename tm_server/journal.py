@@ -1,0 +1,518 @@
+"""The node journal: the core's durable records in an append-only file, with group commit.
+
+Layout, in ``DATA_DIR/journal``: ``log-N`` files of records, appended to one
+at a time (a new one at every start, so a torn tail is never appended to),
+and at most one ``snap-N``: the latest record of every key in the logs up to
+``N``. Recovery reads the snapshot, then the logs after it.
+
+A record is one line, ``CRC KEY VALUE``: the CRC-32 (8 hex digits) of the rest
+of the line, a key of ASCII letters, digits and ``:``, and a JSON value (none:
+the key was deleted). Records are whole (see ``core.journal``), so the latest
+of a key is all that matters, and compaction needs no JSON: it keeps the
+last line of each key, reading keys only.
+
+Group commit: changes go into a map of pending records (a second change to a
+key replaces the first), and one flusher writes everything pending as one
+``write`` and one ``fdatasync`` on a thread of its own. A durable call waits
+for the batch that carries its change (``commit``); calls arriving while a
+batch is on its way to the disk share the next one, so the disk sees one
+flush per batch, not one per call. Progress is written with the next batch,
+or after the progress window at the latest, and nothing waits for it.
+
+A write that fails (a full disk, an I/O error) is cut back off the file, kept,
+and tried again with the next batch; until one succeeds every durable call
+fails with ``JournalUnavailableError``, and reads go on as ever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import re
+import threading
+import zlib
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from tm_server.core import JournalUnavailableError
+from tm_server.core.journal import task_key
+from tm_server.core.record import Task
+from tm_server.core.recovery import task_record
+from tm_server.core.types import Progress
+
+log = logging.getLogger(__name__)
+
+#: The journal's folder in the data directory.
+JOURNAL_DIR = "journal"
+#: The default progress window: progress is on disk at most this long after a report.
+DEFAULT_PROGRESS_WINDOW = 1.0
+#: A log this large (or as large as the snapshot, if that is larger) is compacted.
+DEFAULT_COMPACT_BYTES = 64 << 20
+
+_FILE = re.compile(r"^(log|snap)-(\d{8})$")
+_ENCODE = json.JSONEncoder(separators=(",", ":"), check_circular=False, allow_nan=False).encode
+
+
+class JournalError(Exception):
+    """The journal cannot be used at start: one line that says what and what to do."""
+
+
+@dataclass(frozen=True)
+class JournalConfig:
+    """Where the journal lives and how it batches."""
+
+    directory: Path
+    progress_window: float = DEFAULT_PROGRESS_WINDOW
+    compact_bytes: int = DEFAULT_COMPACT_BYTES
+
+
+@dataclass
+class JournalStats:
+    """What the journal did (for the benchmark and diagnostics)."""
+
+    batches: int = 0
+    records: int = 0
+    bytes_written: int = 0
+    compactions: int = 0
+    torn_records: int = 0
+
+
+def _line(key: bytes, value: bytes) -> bytes:
+    body = key + b" " + value
+    return b"%08x %s\n" % (zlib.crc32(body), body)
+
+
+def _name(kind: str, number: int) -> str:
+    return f"{kind}-{number:08d}"
+
+
+def _strerror(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
+def _records(path: Path, *, tail_may_tear: bool) -> Iterator[tuple[bytes, bytes, bytes, int]]:
+    """The records of a file as (key, value, line, offset).
+
+    A bad last line is a torn write when ``tail_may_tear`` (the file a crash
+    left): it is reported by raising ``_Torn`` with its offset. A bad line
+    anywhere else is damage (``JournalError``).
+    """
+    offset = 0
+    try:
+        with path.open("rb") as f:
+            pending: tuple[bytes, int] | None = None
+            for line in f:
+                if pending is not None:  # a bad line with more after it
+                    raise JournalError(
+                        f"the journal file {path} is damaged at byte {pending[1]}: a record "
+                        "there does not match its checksum, and records follow it. Restore "
+                        "the data directory from a backup, or move its journal folder aside "
+                        "to start with an empty registry"
+                    )
+                good = len(line) > 10 and line.endswith(b"\n") and line[8:9] == b" "
+                if good:
+                    body = line[9:-1]
+                    try:
+                        good = int(line[:8], 16) == zlib.crc32(body)
+                    except ValueError:
+                        good = False
+                if not good:
+                    pending = (line, offset)
+                else:
+                    key, _, value = body.partition(b" ")
+                    yield key, value, line, offset
+                offset += len(line)
+            if pending is not None:
+                if not tail_may_tear:
+                    raise JournalError(
+                        f"the journal file {path} is damaged at byte {pending[1]}: its last "
+                        "record does not match its checksum. Restore the data directory from "
+                        "a backup, or move its journal folder aside to start empty"
+                    )
+                raise _Torn(pending[1])
+    except OSError as exc:
+        raise JournalError(f"cannot read the journal file {path}: {_strerror(exc)}") from exc
+
+
+class _Torn(Exception):
+    def __init__(self, offset: int) -> None:
+        super().__init__(offset)
+        self.offset = offset
+
+
+class FileJournal:
+    """The journal of a node: implements the core's ``Journal`` port over files."""
+
+    def __init__(self, config: JournalConfig) -> None:
+        self._dir = config.directory
+        self._window = config.progress_window
+        self._compact_bytes = config.compact_bytes
+        self.stats = JournalStats()
+        # key -> what to write: a task to encode at flush time, an encoded
+        # value, or None for a deletion.
+        self._pending: dict[str, tuple[int, Task, Progress | None] | bytes | None] = {}
+        self._lazy: dict[str, tuple[int, Task]] = {}
+        self._lazy_due = False
+        self._lazy_timer: asyncio.TimerHandle | None = None
+        self._next: asyncio.Future[None] | None = None
+        self._inflight: asyncio.Future[None] | None = None
+        # A batch the disk refused, written before the next one.
+        self._retry = b""
+        self.failure: str | None = None
+        self._wake: asyncio.Event | None = None
+        self._flusher: asyncio.Task[None] | None = None
+        self._closing = False
+        self._fd = -1
+        self._log = 0
+        self._size = 0
+        self._snapshot = 0  # the number of the latest snapshot, 0 if none
+        self._snapshot_size = 0
+        self._compaction: asyncio.Future[None] | None = None
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="tm-journal")
+
+    # ---- start: reading what is there --------------------------------------------------------
+
+    def _files(self) -> tuple[list[int], list[int]]:
+        logs: list[int] = []
+        snaps: list[int] = []
+        for entry in os.listdir(self._dir):
+            match = _FILE.match(entry)
+            if match is not None:
+                (logs if match.group(1) == "log" else snaps).append(int(match.group(2)))
+            elif entry.endswith(".tmp"):
+                # A snapshot a crash cut short: the logs it merged are still there.
+                with contextlib.suppress(OSError):
+                    os.unlink(self._dir / entry)
+        return sorted(logs), sorted(snaps)
+
+    def load(self) -> dict[str, Any]:
+        """Reads the journal: every key's latest value, in the order keys were first written.
+
+        A torn last record (a crash during a write) is dropped, logged and cut
+        off the file.
+
+        Raises:
+            JournalError: the directory or a file cannot be read or written,
+                or a file is damaged.
+        """
+        try:
+            self._dir.mkdir(parents=True, exist_ok=True)
+            logs, snaps = self._files()
+        except OSError as exc:
+            raise JournalError(
+                f"cannot use the journal directory {self._dir}: {_strerror(exc)}"
+            ) from exc
+        merged: dict[bytes, bytes] = {}
+        if snaps:
+            self._snapshot = snaps[-1]
+            path = self._dir / _name("snap", self._snapshot)
+            self._snapshot_size = path.stat().st_size
+            for key, value, _, _ in _records(path, tail_may_tear=False):
+                merged[key] = value
+        later = [n for n in logs if n > self._snapshot]
+        for index, number in enumerate(later):
+            path = self._dir / _name("log", number)
+            try:
+                for key, value, _, _ in _records(path, tail_may_tear=index == len(later) - 1):
+                    if value:
+                        merged[key] = value
+                    else:
+                        merged.pop(key, None)
+            except _Torn as torn:
+                self.stats.torn_records += 1
+                log.warning(
+                    "journal: dropped a torn last record of %s at byte %d (a write the "
+                    "crash cut short; it was never acknowledged)",
+                    path,
+                    torn.offset,
+                )
+                try:
+                    os.truncate(path, torn.offset)
+                except OSError as exc:
+                    raise JournalError(
+                        f"cannot cut the torn record off {path}: {_strerror(exc)}"
+                    ) from exc
+        # Files a compaction merged into the snapshot but stopped before deleting.
+        stale = [("log", n) for n in logs if n <= self._snapshot]
+        stale += [("snap", n) for n in snaps[:-1]]
+        for kind, number in stale:
+            with contextlib.suppress(OSError):
+                os.unlink(self._dir / _name(kind, number))
+        self._log = max([*logs, *snaps, 0]) + 1
+        try:
+            values = json.loads(b"[" + b",".join(merged.values()) + b"]")
+        except ValueError as exc:
+            raise JournalError(
+                f"the journal in {self._dir} holds a record that is not JSON ({exc}); restore "
+                "the data directory from a backup, or move its journal folder aside"
+            ) from exc
+        return dict(zip((k.decode() for k in merged), values, strict=True))
+
+    async def start(self) -> None:
+        """Opens a new log and starts the flusher.
+
+        Raises:
+            JournalError: the log cannot be created (a read-only directory, a full disk).
+        """
+        try:
+            self._fd = self._open_log(self._log)
+        except OSError as exc:
+            raise JournalError(
+                f"cannot write the journal in {self._dir}: {_strerror(exc)} (is the data "
+                "directory read-only, or the disk full?)"
+            ) from exc
+        self._wake = asyncio.Event()
+        self._flusher = asyncio.get_running_loop().create_task(self._run(), name="tm-journal")
+        if self._pending:
+            self._wake.set()
+
+    def _open_log(self, number: int) -> int:
+        fd = os.open(
+            self._dir / _name("log", number), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND,
+            0o644,
+        )  # fmt: skip
+        self._fsync_dir()
+        self._size = 0
+        return fd
+
+    def _fsync_dir(self) -> None:
+        # A new or renamed file is durable once its directory entry is.
+        fd = os.open(self._dir, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    # ---- the port ----------------------------------------------------------------------------
+
+    def _kick(self) -> None:
+        if self._wake is not None and not self._wake.is_set():
+            self._wake.set()
+
+    def record(self, shard: int, task: Task, final: Progress | None = None) -> None:
+        """A task's record must be durable before the reply (encoded when written)."""
+        key = task_key(task.id)
+        self._lazy.pop(key, None)
+        if final is None:
+            before = self._pending.get(key)
+            if isinstance(before, tuple):
+                final = before[2]
+        self._pending[key] = (shard, task, final)
+        self._kick()
+
+    def progress(self, shard: int, task: Task) -> None:
+        """A task's progress: written with the next batch, or within the window."""
+        key = task_key(task.id)
+        if key in self._pending:
+            return  # its record, written soon, has the progress too
+        self._lazy[key] = (shard, task)
+        if self._lazy_timer is None and self._wake is not None:
+            self._lazy_timer = asyncio.get_running_loop().call_later(self._window, self._due)
+
+    def _due(self) -> None:
+        self._lazy_timer = None
+        self._lazy_due = True
+        self._kick()
+
+    def forget(self, task_id: UUID) -> None:
+        """The task's record goes."""
+        self.delete(task_key(task_id))
+
+    def put(self, key: str, value: object) -> None:
+        """A plain record, durable before the reply."""
+        self._pending[key] = _ENCODE(value).encode()
+        self._kick()
+
+    def delete(self, key: str) -> None:
+        """The record of ``key`` goes."""
+        self._lazy.pop(key, None)
+        self._pending[key] = None
+        self._kick()
+
+    # ---- durability --------------------------------------------------------------------------
+
+    def commit(self) -> asyncio.Future[None]:
+        """Resolves once every change made so far is on disk.
+
+        Fails with ``JournalUnavailableError`` when the disk refused the write.
+        While the journal is failing, a commit with nothing pending tries the
+        refused batch again (so a durable call can check before it changes
+        anything).
+        """
+        if self._pending or (self.failure is not None and self._inflight is None):
+            if self._next is None:
+                self._next = asyncio.get_running_loop().create_future()
+            self._kick()
+            return self._next
+        if self._inflight is not None:
+            return self._inflight
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+    def _encode(self) -> bytes:
+        lines = []
+        for key, entry in self._pending.items():
+            if entry is None:
+                value = b""
+            elif isinstance(entry, bytes):
+                value = entry
+            else:
+                value = _ENCODE(task_record(*entry)).encode()
+            lines.append(_line(key.encode(), value))
+        for key, (shard, task) in self._lazy.items():
+            lines.append(_line(key.encode(), _ENCODE(task_record(shard, task, None)).encode()))
+        self.stats.records += len(lines)
+        self._pending = {}
+        self._lazy = {}
+        self._lazy_due = False
+        return b"".join(lines)
+
+    async def _run(self) -> None:
+        assert self._wake is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if not (self._pending or self._lazy_due or self._retry or self._next):
+                if self._closing:
+                    return
+                continue
+            data = self._retry + self._encode()
+            batch = self._next or loop.create_future()
+            self._next = None
+            self._inflight = batch
+            try:
+                await loop.run_in_executor(self._writer, self._write, data)
+            except OSError as exc:
+                self._retry = data
+                if self.failure is None:
+                    log.error("journal: cannot write %s: %s", self._dir, _strerror(exc))
+                self.failure = _strerror(exc)
+                batch.set_exception(JournalUnavailableError(self.failure))
+                batch.exception()  # retrieved here: a batch nobody waited for is no error
+            else:
+                if self.failure is not None:
+                    log.warning("journal: writing again after: %s", self.failure)
+                self._retry = b""
+                self.failure = None
+                self.stats.batches += 1
+                self.stats.bytes_written += len(data)
+                batch.set_result(None)
+                if self._size >= max(self._compact_bytes, self._snapshot_size):
+                    await self._rotate()
+            finally:
+                self._inflight = None
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self._fd, view) :]
+            os.fdatasync(self._fd)
+        except OSError:
+            # What made it in part is cut off: the next batch must not follow a torn record.
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self._size)
+            raise
+        self._size += len(data)
+
+    # ---- compaction --------------------------------------------------------------------------
+
+    async def _rotate(self) -> None:
+        if self._compaction is not None and not self._compaction.done():
+            return
+        loop = asyncio.get_running_loop()
+        closed = self._log
+
+        def rotate() -> None:
+            fd = self._open_log(closed + 1)
+            os.close(self._fd)
+            self._fd = fd
+            self._log = closed + 1
+
+        try:
+            await loop.run_in_executor(self._writer, rotate)
+        except OSError as exc:
+            log.warning("journal: cannot start a new log (%s); compaction waits", _strerror(exc))
+            return
+        future: asyncio.Future[None] = loop.create_future()
+        self._compaction = future
+        threading.Thread(
+            target=self._compact, args=(closed, loop, future), name="tm-journal-compact",
+            daemon=True,
+        ).start()  # fmt: skip
+
+    def _compact(
+        self, upto: int, loop: asyncio.AbstractEventLoop, future: asyncio.Future[None]
+    ) -> None:
+        # Off the loop: the latest line of each key in the snapshot and the
+        # logs up to ``upto`` becomes snapshot ``upto``; then they go.
+        try:
+            merged: dict[bytes, bytes] = {}
+            sources = [("snap", self._snapshot)] if self._snapshot else []
+            sources += [("log", n) for n in range(self._snapshot + 1, upto + 1)]
+            for kind, number in sources:
+                path = self._dir / _name(kind, number)
+                if not path.exists():
+                    continue
+                for key, value, line, _ in _records(path, tail_may_tear=False):
+                    if value:
+                        merged[key] = line
+                    else:
+                        merged.pop(key, None)
+            tmp = self._dir / (_name("snap", upto) + ".tmp")
+            with tmp.open("wb") as f:
+                f.writelines(merged.values())
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self._dir / _name("snap", upto))
+            self._fsync_dir()
+            for kind, number in sources:
+                with contextlib.suppress(OSError):
+                    os.unlink(self._dir / _name(kind, number))
+            self._snapshot = upto
+            self._snapshot_size = os.path.getsize(self._dir / _name("snap", upto))
+            self.stats.compactions += 1
+        except (OSError, JournalError) as exc:
+            log.warning("journal: compaction failed (%s); the logs stay as they are", exc)
+            with contextlib.suppress(OSError):
+                os.unlink(self._dir / (_name("snap", upto) + ".tmp"))
+        finally:
+            loop.call_soon_threadsafe(future.set_result, None)
+
+    # ---- lifetime ----------------------------------------------------------------------------
+
+    def disk_bytes(self) -> int:
+        """Bytes the journal's files take on disk now."""
+        return sum((self._dir / e).stat().st_size for e in os.listdir(self._dir) if _FILE.match(e))
+
+    async def close(self) -> None:
+        """Writes what is pending, waits for a compaction, and closes the log."""
+        if self._flusher is not None:
+            if self._pending or self._lazy:
+                self._lazy_due = True
+                if self._next is None:
+                    self._next = asyncio.get_running_loop().create_future()
+                self._kick()
+                with contextlib.suppress(JournalUnavailableError):
+                    await self._next
+            self._closing = True
+            self._kick()
+            await self._flusher
+            self._flusher = None
+        if self._lazy_timer is not None:
+            self._lazy_timer.cancel()
+        if self._compaction is not None:
+            await self._compaction
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        self._writer.shutdown(wait=True)
