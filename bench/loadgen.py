@@ -15,6 +15,7 @@ import random
 import resource
 import sys
 import time
+import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,14 @@ async def unary(args: argparse.Namespace) -> None:
                     await reporter.ReportProgress(
                         rpb.ReportProgressRequest(task_id=random.choice(ids), completed=counter)
                     )
+                elif args.method == "CreateTask":
+                    # A started task with an id of its own, as a producer makes one.
+                    await reporter.CreateTask(
+                        rpb.CreateTaskRequest(
+                            module=args.module, type="bench", task_id=str(uuid.uuid4()),
+                            start=True,
+                        )
+                    )  # fmt: skip
                 else:
                     raise ValueError(args.method)
             except grpc.aio.AioRpcError as exc:

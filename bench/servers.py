@@ -17,6 +17,7 @@ import random
 import signal
 import time
 from collections.abc import AsyncIterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -66,6 +67,7 @@ class TmBench:
         self.grow_seconds = 0.0
         self.grow_finished = True
         self._grow_task: asyncio.Task[None] | None = None
+        self._made = 0
 
     def methods(self) -> dict[str, Any]:
         return {
@@ -76,6 +78,22 @@ class TmBench:
             "finish": self.finish,
             "rss": self.rss,
             "samples": self.samples,
+            "journal": self.journal,
+            "registered": self.registered,
+        }
+
+    async def registered(self, req: dict[str, Any]) -> dict[str, Any]:
+        return {"tasks": sum(c["registered"] for c in self.manager.stats_counts())}
+
+    async def journal(self, req: dict[str, Any]) -> dict[str, Any]:
+        journal = self.server.journal
+        if journal is None:
+            return {}
+        await journal.commit()
+        return {
+            "disk_bytes": journal.disk_bytes(),
+            "recovery_seconds": self.server.recovery_seconds,
+            **asdict(journal.stats),
         }
 
     def _spec(self, module: str, **extra: Any) -> TaskSpec:
@@ -83,6 +101,11 @@ class TmBench:
 
     async def _new(self, spec: TaskSpec, start: bool = True) -> UUID:
         status, _ = await self.producers.create_task(spec, start=start)
+        self._made += 1
+        if self.server.journal is not None and self._made % 1000 == 0:
+            # As calls over the wire would: each waits for its change to be
+            # on disk (here a thousand share a wait, as concurrent calls do).
+            await self.server.journal.commit()
         return status.id
 
     async def populate(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -257,7 +280,7 @@ class Baseline(pb_grpc.TaskManagerServiceServicer, rpb_grpc.TaskReportingService
             yield message
 
 
-async def serve(kind: str, port_file: Path, shards: int) -> None:
+async def serve(kind: str, port_file: Path, shards: int, data_dir: Path | None) -> None:
     # tm runs as tm-server does by default: a one-node cluster on a SQLite
     # file in its data directory (beside the port file), so the regular-task
     # figures are those of the default configuration.
@@ -265,14 +288,19 @@ async def serve(kind: str, port_file: Path, shards: int) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    if kind == "tm":
+    if kind in ("tm", "tm-no-journal"):
+        # As tm-server: a data directory with the journal on (tm-no-journal:
+        # --journal off), given or beside the port file.
+        data = data_dir or port_file.parent / "data"
         tm = TmServer(
             ServerConfig(
                 address="127.0.0.1:0",
                 shards=shards,
                 node="bench",
                 gc_freeze_interval=DEFAULT_GC_FREEZE_INTERVAL,
-                store=f"sqlite://{port_file.parent / 'data' / 'cluster.db'}",
+                store=f"sqlite://{data / 'cluster.db'}",
+                data_dir=data,
+                journal=kind == "tm",
             )
         )
         tm.server.add_generic_rpc_handlers((handler(TmBench(tm).methods()),))
@@ -304,11 +332,12 @@ async def serve(kind: str, port_file: Path, shards: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("kind", choices=("tm", "baseline"))
+    parser.add_argument("kind", choices=("tm", "tm-no-journal", "baseline"))
     parser.add_argument("--port-file", type=Path, required=True)
     parser.add_argument("--shards", type=int, default=2)
+    parser.add_argument("--data-dir", type=Path)
     args = parser.parse_args()
-    asyncio.run(serve(args.kind, args.port_file, args.shards))
+    asyncio.run(serve(args.kind, args.port_file, args.shards, args.data_dir))
 
 
 if __name__ == "__main__":

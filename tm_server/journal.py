@@ -5,11 +5,15 @@ at a time (a new one at every start, so a torn tail is never appended to),
 and at most one ``snap-N``: the latest record of every key in the logs up to
 ``N``. Recovery reads the snapshot, then the logs after it.
 
-A record is one line, ``CRC KEY VALUE``: the CRC-32 (8 hex digits) of the rest
-of the line, a key of ASCII letters, digits and ``:``, and a JSON value (none:
-the key was deleted). Records are whole (see ``core.journal``), so the latest
-of a key is all that matters, and compaction needs no JSON: it keeps the
-last line of each key, reading keys only.
+A file is a run of frames, one per write: ``#CRC LENGTH`` on a line of its
+own, then LENGTH bytes of records, one a line: ``KEY VALUE``, a key of
+ASCII letters, digits and ``:``, and a JSON value (none: the key was
+deleted). The CRC-32 covers the whole frame, so a frame the disk did not
+get whole is found whole or not at all: at the end of the last log it is a
+write a crash cut short (never acknowledged: dropped), anywhere else it is
+damage. Records are whole (see ``core.journal``), so the latest of a key is
+all that matters, and compaction needs no JSON: it keeps the last line of
+each key, reading keys only.
 
 Group commit: changes go into a map of pending records (a second change to a
 key replaces the first), and one flusher writes everything pending as one
@@ -30,11 +34,11 @@ import asyncio
 import contextlib
 import json
 import logging
+import operator
 import os
 import re
 import threading
 import zlib
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,9 +46,9 @@ from typing import Any
 from uuid import UUID
 
 from tm_server.core import JournalUnavailableError
-from tm_server.core.journal import task_key
+from tm_server.core.journal import SHAPE_KEY, task_key
 from tm_server.core.record import Task
-from tm_server.core.recovery import task_record
+from tm_server.core.recovery import shape_of, task_record
 from tm_server.core.types import Progress
 
 log = logging.getLogger(__name__)
@@ -84,9 +88,13 @@ class JournalStats:
     torn_records: int = 0
 
 
-def _line(key: bytes, value: bytes) -> bytes:
-    body = key + b" " + value
-    return b"%08x %s\n" % (zlib.crc32(body), body)
+#: Records a snapshot frame holds at most.
+_SNAPSHOT_FRAME = 8192
+_split = operator.methodcaller("split", b" ", 1)
+
+
+def _frame(body: bytes) -> bytes:
+    return b"#%08x %d\n%s" % (zlib.crc32(body), len(body), body)
 
 
 def _name(kind: str, number: int) -> str:
@@ -97,54 +105,49 @@ def _strerror(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
-def _records(path: Path, *, tail_may_tear: bool) -> Iterator[tuple[bytes, bytes, bytes, int]]:
-    """The records of a file as (key, value, line, offset).
-
-    A bad last line is a torn write when ``tail_may_tear`` (the file a crash
-    left): it is reported by raising ``_Torn`` with its offset. A bad line
-    anywhere else is damage (``JournalError``).
-    """
-    offset = 0
-    try:
-        with path.open("rb") as f:
-            pending: tuple[bytes, int] | None = None
-            for line in f:
-                if pending is not None:  # a bad line with more after it
-                    raise JournalError(
-                        f"the journal file {path} is damaged at byte {pending[1]}: a record "
-                        "there does not match its checksum, and records follow it. Restore "
-                        "the data directory from a backup, or move its journal folder aside "
-                        "to start with an empty registry"
-                    )
-                good = len(line) > 10 and line.endswith(b"\n") and line[8:9] == b" "
-                if good:
-                    body = line[9:-1]
-                    try:
-                        good = int(line[:8], 16) == zlib.crc32(body)
-                    except ValueError:
-                        good = False
-                if not good:
-                    pending = (line, offset)
-                else:
-                    key, _, value = body.partition(b" ")
-                    yield key, value, line, offset
-                offset += len(line)
-            if pending is not None:
-                if not tail_may_tear:
-                    raise JournalError(
-                        f"the journal file {path} is damaged at byte {pending[1]}: its last "
-                        "record does not match its checksum. Restore the data directory from "
-                        "a backup, or move its journal folder aside to start empty"
-                    )
-                raise _Torn(pending[1])
-    except OSError as exc:
-        raise JournalError(f"cannot read the journal file {path}: {_strerror(exc)}") from exc
-
-
 class _Torn(Exception):
     def __init__(self, offset: int) -> None:
         super().__init__(offset)
         self.offset = offset
+
+
+def _damaged(path: Path, offset: int) -> JournalError:
+    return JournalError(
+        f"the journal file {path} is damaged at byte {offset}: a frame there does not match "
+        "its checksum, and it is not the torn end of the last write. Restore the data "
+        "directory from a backup, or move its journal folder aside to start with an empty "
+        "registry"
+    )
+
+
+def _merge(path: Path, merged: dict[bytes, bytes], *, tail_may_tear: bool) -> None:
+    """Merges a file's records into ``merged`` (key -> value, b"" for a deletion).
+
+    Raises ``_Torn`` with the offset of a torn last frame when ``tail_may_tear``
+    (the records before it are merged), and ``JournalError`` for damage.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise JournalError(f"cannot read the journal file {path}: {_strerror(exc)}") from exc
+    pos, size = 0, len(data)
+    while pos < size:
+        newline = data.find(b"\n", pos, pos + 32)
+        length = crc = -1
+        if newline > 0 and data[pos : pos + 1] == b"#":
+            crc_hex, _, length_text = data[pos + 1 : newline].partition(b" ")
+            with contextlib.suppress(ValueError):
+                crc, length = int(crc_hex, 16), int(length_text)
+        end = newline + 1 + length
+        if length < 0 or end > size or zlib.crc32(data[newline + 1 : end]) != crc:
+            # Torn: the frame reaches the end of the file (or its header does).
+            reaches_end = (newline < 0 and size - pos < 32) or (length >= 0 and end >= size)
+            if tail_may_tear and reaches_end:
+                raise _Torn(pos)
+            raise _damaged(path, pos)
+        if end > newline + 1:
+            merged.update(map(_split, data[newline + 1 : end - 1].split(b"\n")))
+        pos = end
 
 
 class FileJournal:
@@ -176,6 +179,8 @@ class FileJournal:
         self._snapshot_size = 0
         self._compaction: asyncio.Future[None] | None = None
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="tm-journal")
+        # Shapes journaled so far, and their numbers (see ``recovery.shape_of``).
+        self._shapes: dict[tuple[object, ...], int] = {}
 
     # ---- start: reading what is there --------------------------------------------------------
 
@@ -192,7 +197,7 @@ class FileJournal:
                     os.unlink(self._dir / entry)
         return sorted(logs), sorted(snaps)
 
-    def load(self) -> dict[str, Any]:
+    def load(self) -> list[tuple[str, Any]]:
         """Reads the journal: every key's latest value, in the order keys were first written.
 
         A torn last record (a crash during a write) is dropped, logged and cut
@@ -214,17 +219,12 @@ class FileJournal:
             self._snapshot = snaps[-1]
             path = self._dir / _name("snap", self._snapshot)
             self._snapshot_size = path.stat().st_size
-            for key, value, _, _ in _records(path, tail_may_tear=False):
-                merged[key] = value
+            _merge(path, merged, tail_may_tear=False)
         later = [n for n in logs if n > self._snapshot]
         for index, number in enumerate(later):
             path = self._dir / _name("log", number)
             try:
-                for key, value, _, _ in _records(path, tail_may_tear=index == len(later) - 1):
-                    if value:
-                        merged[key] = value
-                    else:
-                        merged.pop(key, None)
+                _merge(path, merged, tail_may_tear=index == len(later) - 1)
             except _Torn as torn:
                 self.stats.torn_records += 1
                 log.warning(
@@ -246,14 +246,21 @@ class FileJournal:
             with contextlib.suppress(OSError):
                 os.unlink(self._dir / _name(kind, number))
         self._log = max([*logs, *snaps, 0]) + 1
+        # Deleted keys (b"") go; the others keep the place they were first written at.
+        keys = [k for k, v in merged.items() if v]
         try:
-            values = json.loads(b"[" + b",".join(merged.values()) + b"]")
+            values = json.loads(b"[" + b",".join(v for v in merged.values() if v) + b"]")
         except ValueError as exc:
             raise JournalError(
                 f"the journal in {self._dir} holds a record that is not JSON ({exc}); restore "
                 "the data directory from a backup, or move its journal folder aside"
             ) from exc
-        return dict(zip((k.decode() for k in merged), values, strict=True))
+        if len(values) != len(keys):
+            raise JournalError(f"the journal in {self._dir} holds a record that is not one value")
+        shape_prefix = SHAPE_KEY.encode()
+        for index in [i for i, k in enumerate(keys) if k.startswith(shape_prefix)]:
+            self._shapes[tuple(values[index])] = int(keys[index][1:])
+        return list(zip(map(bytes.decode, keys), values, strict=True))
 
     async def start(self) -> None:
         """Opens a new log and starts the flusher.
@@ -357,23 +364,34 @@ class FileJournal:
         done.set_result(None)
         return done
 
+    def _shape(self, task: Task, lines: list[bytes]) -> int:
+        shape = shape_of(task)
+        number = self._shapes.get(shape)
+        if number is None:
+            # Written before the first record that names it (recovery reads in order).
+            number = self._shapes[shape] = len(self._shapes) + 1
+            lines.append(b"%s%d %s\n" % (SHAPE_KEY.encode(), number, _ENCODE(shape).encode()))
+        return number
+
     def _encode(self) -> bytes:
-        lines = []
+        lines: list[bytes] = []
         for key, entry in self._pending.items():
             if entry is None:
                 value = b""
             elif isinstance(entry, bytes):
                 value = entry
             else:
-                value = _ENCODE(task_record(*entry)).encode()
-            lines.append(_line(key.encode(), value))
+                shard, task, final = entry
+                value = _ENCODE(task_record(shard, task, final, self._shape(task, lines))).encode()
+            lines.append(b"%s %s\n" % (key.encode(), value))
         for key, (shard, task) in self._lazy.items():
-            lines.append(_line(key.encode(), _ENCODE(task_record(shard, task, None)).encode()))
+            record = task_record(shard, task, None, self._shape(task, lines))
+            lines.append(b"%s %s\n" % (key.encode(), _ENCODE(record).encode()))
         self.stats.records += len(lines)
         self._pending = {}
         self._lazy = {}
         self._lazy_due = False
-        return b"".join(lines)
+        return _frame(b"".join(lines)) if lines else b""
 
     async def _run(self) -> None:
         assert self._wake is not None
@@ -461,16 +479,14 @@ class FileJournal:
             sources += [("log", n) for n in range(self._snapshot + 1, upto + 1)]
             for kind, number in sources:
                 path = self._dir / _name(kind, number)
-                if not path.exists():
-                    continue
-                for key, value, line, _ in _records(path, tail_may_tear=False):
-                    if value:
-                        merged[key] = line
-                    else:
-                        merged.pop(key, None)
+                if path.exists():
+                    _merge(path, merged, tail_may_tear=False)
+            lines = [b"%s %s\n" % item for item in merged.items() if item[1]]
+            del merged
             tmp = self._dir / (_name("snap", upto) + ".tmp")
             with tmp.open("wb") as f:
-                f.writelines(merged.values())
+                for at in range(0, len(lines), _SNAPSHOT_FRAME):
+                    f.write(_frame(b"".join(lines[at : at + _SNAPSHOT_FRAME])))
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self._dir / _name("snap", upto))

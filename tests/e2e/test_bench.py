@@ -28,6 +28,9 @@ FIGURES = {
     "cluster task status",
     "finish-to-wait latency (SQLite)",
     "finish-to-wait latency (PostgreSQL)",
+    "creates, journal on vs off",
+    "recovery",
+    "journal bytes per task",
 }
 
 

@@ -241,7 +241,7 @@ def test_a_torn_last_record_is_dropped_and_logged(server: ServerProcess) -> None
     task_id = _one_task(server)
     server.kill(keep=True)
     with _log_file(server).open("ab") as f:
-        f.write(b"0badc0de t" + b"0" * 20)  # a write the crash cut short
+        f.write(b"#0badc0de 500\nt" + b"0" * 32 + b" [1,0,")  # a write the crash cut short
     server = server.restart(*ARGS)
     try:
         assert "dropped a torn last record" in server.output()

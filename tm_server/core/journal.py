@@ -30,6 +30,7 @@ SESSION_KEY = "s"  # + the session id's hex: a producer session
 TASK_SESSION_KEY = "u"  # + the task id's hex: the session an unfinished task reports through
 MODULE_KEY = "m"  # + the module name's UTF-8 hex: a registered module
 SEQUENCE_KEY = "q"  # + shard ":" module hex: a module's last sequence number on a shard
+SHAPE_KEY = "h"  # + a number: what tasks of one kind share (module, type, flags)
 TTL_KEY = "cttl"  # the TTLs set through the API (c: the node's config)
 
 

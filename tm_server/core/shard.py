@@ -667,50 +667,16 @@ class Shard(ShardPort):
 
         Not a port method: recovery runs in the process that holds the
         shards; a shard of its own process would replay its own journal.
-        ``folded`` are ids of this shard's tasks that folded into a parent
-        (named until their parent's record goes), ``sequences`` each module's
-        last sequence number here.
         """
-        for task in tasks:
-            self._store.restore(task)
-        for task_id in folded:
-            self._store.count_folded(task_id)
-        for name, module in self._store.modules.items():
-            numbers = [t.sequence_number for t in module.tasks.values()]
-            module.sequence = max(sequences.get(name, 0), max(numbers, default=0))
+        self._store.restore(tasks, folded, sequences)
 
     async def settle_restored(self, restarted_error: str) -> dict[str, int]:
         """Applies the restart to the restored tasks; returns counts by kind, for the log.
 
-        Finished children go back to their parents (held), finished roots stay
-        for what is left of their TTL or leave now, and a task whose body ran
-        here fails with ``restarted_error``.
+        A task whose body ran here fails with ``restarted_error`` (see
+        ``TaskStore.settle_restored`` for the others).
         """
-        counts = {"running": 0, "created": 0, "finished": 0, "held": 0, "expired": 0,
-                  "failed by the restart": 0}  # fmt: skip
-        now = self._clock.now()
-        ended: list[Task] = []
-        lasting: list[Task] = []
-        for task in list(self._store.tasks.values()):
-            if not task.state.is_complete:
-                if not task.impl.external:
-                    ended.append(task)
-                else:
-                    counts["running" if task.state is TaskState.RUNNING else "created"] += 1
-            elif task.regular_parent is not None:
-                self._store.unregister(task)  # held by its parent, or gone with it
-                counts["held" if task.id.int in self._store.held else "expired"] += 1
-            elif task.parent is None and task.expire_at is not None and task.expire_at > now:
-                lasting.append(task)
-            else:
-                self._store.unregister(task)
-                counts["expired"] += 1
-        # Expiry queues are FIFO per TTL: queued in the order they expire.
-        lasting.sort(key=lambda t: t.expire_at or 0.0)
-        for task in lasting:
-            assert task.expire_at is not None and task.end_time is not None
-            self._store.expire_later(task.expire_at - task.end_time, task)
-        counts["finished"] = len(lasting)
+        ended, counts = self._store.settle_restored(self._clock.now())
         for task in ended:
             await self._finish(task, restarted_error)
         counts["failed by the restart"] = len(ended)
