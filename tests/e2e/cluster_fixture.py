@@ -10,10 +10,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from typing import TypeVar
+from uuid import UUID
 
 import pytest
 
-from tm_client import Producer, TaskManagerClient
+from tm_client import NotFoundError, Producer, TaskManagerClient
 
 from ..process import ServerProcess
 
@@ -64,6 +65,15 @@ class Cluster:
     def close(self) -> None:
         for node in self.nodes.values():
             node.kill()
+
+
+def gone(client: TaskManagerClient, task_id: UUID) -> bool:
+    """Whether the node no longer knows the task (``NOT_FOUND``)."""
+    try:
+        client.get_status(task_id)
+    except NotFoundError:
+        return True
+    return False
 
 
 def eventually(probe: Callable[[], T | None], timeout: float = 15.0, what: str = "") -> T:

@@ -19,7 +19,7 @@ from tm_client import (
 )
 
 from ..process import ServerProcess, run_tm
-from .cluster_fixture import Cluster, eventually
+from .cluster_fixture import Cluster, eventually, gone
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -255,14 +255,7 @@ def test_finished_cluster_tasks_are_listed_for_user_ttl_and_kept_for_the_retenti
             assert b.get_status(task.id).state is TaskState.DONE  # the row is still there
             assert b.wait(task.id).state is TaskState.DONE
 
-            def swept() -> bool:
-                try:
-                    b.get_status(task.id)
-                except NotFoundError:
-                    return True
-                return False
-
-            eventually(swept, timeout=20, what="the retention sweep")
+            eventually(lambda: gone(b, task.id), timeout=20, what="the retention sweep")
     finally:
         nodes.close()
 

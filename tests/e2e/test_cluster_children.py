@@ -11,7 +11,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tm_client import NotFoundError, Producer, TaskManagerClient, TaskState, TaskStatus
+from tm_client import Producer, TaskManagerClient, TaskState, TaskStatus
 from tm_server.cluster import sqlite as sqlite_store
 from tm_server.cluster.children import FinishedChild, FinishedChildren
 from tm_server.cluster.sqlite import SqliteStore
@@ -22,7 +22,7 @@ from tm_server.core import TaskState as State
 from tm_server.core import TaskStatus as Status
 from tm_server.testing.postgres import Postgres
 
-from .cluster_fixture import Cluster, eventually
+from .cluster_fixture import Cluster, eventually, gone
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -144,14 +144,7 @@ def test_kept_children_go_with_their_cluster_task(store_url: str) -> None:
             eventually(lambda: _kept_rows(store_url) == 3, what="the children kept")
             root.finish()
 
-            def swept() -> bool:
-                try:
-                    a.get_status(root.id)
-                except NotFoundError:
-                    return True
-                return False
-
-            eventually(swept, timeout=20, what="the retention sweep")
+            eventually(lambda: gone(a, root.id), timeout=20, what="the retention sweep")
             assert _kept_rows(store_url) == 1  # the running task's child stays
             assert [c.task_id for c in a.get_status(kept.id).children] == [child.id]
     finally:

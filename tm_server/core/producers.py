@@ -6,7 +6,7 @@ import asyncio
 import logging
 import weakref
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 from uuid import UUID, uuid4
 
 from .clock import Clock, TimerHandle
@@ -19,7 +19,7 @@ from .errors import (
 )
 from .journal import SESSION_KEY, TASK_SESSION_KEY
 from .manager import TaskManager
-from .task import TaskContext, TaskImpl
+from .task import TaskContext, TaskImpl, TaskShape
 from .types import TaskKind, TaskState, TaskStatus
 from .validation import (
     MAX_NAME_LENGTH,
@@ -28,9 +28,6 @@ from .validation import (
     check_name,
     check_progress_value,
 )
-
-if TYPE_CHECKING:
-    from .recovery import Shape
 
 log = logging.getLogger(__name__)
 
@@ -83,13 +80,8 @@ class RemoteTaskImpl(TaskImpl):
                  "user_task")  # fmt: skip
     external = True
 
-    def __init__(self, spec: TaskSpec, producers: Producers) -> None:
-        self.type = spec.type
-        self.scope = spec.scope
-        self.progress_units = spec.progress_units
-        self.abortable = spec.abortable
-        self.user_task = spec.user_task
-        self.internal = spec.internal
+    def __init__(self, shape: TaskShape, producers: Producers) -> None:
+        shape.apply(self)
         self._producers = producers
 
     def notify_abort(self, task_id: UUID) -> None:
@@ -208,7 +200,7 @@ class Producers:
         self._task_sessions: dict[int, ProducerSession] = {}
         # Held weakly: a shape's object goes with the last task of that shape,
         # so clients inventing types without end do not grow it without end.
-        self._impls: weakref.WeakValueDictionary[tuple[object, ...], RemoteTaskImpl] = (
+        self._impls: weakref.WeakValueDictionary[TaskShape, RemoteTaskImpl] = (
             weakref.WeakValueDictionary()
         )
         self._background: set[asyncio.Task[None]] = set()
@@ -286,27 +278,18 @@ class Producers:
             )
         return self.cluster
 
-    def impl_of(self, shape: Shape) -> RemoteTaskImpl:
-        """The implementation of a recovered reported task of this shape."""
-        return self._impl(
-            TaskSpec(
-                "",
-                shape.type,
-                shape.scope,
-                abortable=shape.abortable,
-                user_task=shape.user_task,
-                internal=shape.internal,
-                progress_units=shape.progress_units,
-            )
-        )
+    def impl_of(self, shape: TaskShape) -> RemoteTaskImpl:
+        """The implementation of reported tasks of this shape (shared by all of them)."""
+        impl = self._impls.get(shape)
+        if impl is None:
+            impl = self._impls[shape] = RemoteTaskImpl(shape, self)
+        return impl
 
     def _impl(self, spec: TaskSpec) -> RemoteTaskImpl:
-        key = (spec.type, spec.scope, spec.progress_units, spec.abortable, spec.user_task,
-               spec.internal)  # fmt: skip
-        impl = self._impls.get(key)
-        if impl is None:
-            impl = self._impls[key] = RemoteTaskImpl(spec, self)
-        return impl
+        return self.impl_of(
+            TaskShape(spec.type, spec.scope, spec.progress_units, spec.abortable,
+                      spec.user_task, spec.internal)
+        )  # fmt: skip
 
     # ---- modules -----------------------------------------------------------------------------
 

@@ -41,7 +41,7 @@ from .port import ParentKind, ParentLink
 from .progress import leaf_progress
 from .record import Task
 from .status import build_status, folded_record
-from .task import TaskContext, TaskImpl
+from .task import TaskContext, TaskImpl, TaskShape
 from .types import FoldedTask, Progress, TaskState
 
 #: The error of a task whose body ran in the server when it stopped.
@@ -117,18 +117,6 @@ def fast_uuid(value: int) -> UUID:
     return made
 
 
-@dataclass(frozen=True, slots=True)
-class Shape:
-    """What a recovered task's implementation presents (its status fields)."""
-
-    type: str
-    scope: str
-    progress_units: str
-    abortable: bool
-    user_task: bool
-    internal: bool | None
-
-
 class RecoveredTaskImpl(TaskImpl):
     """The implementation of a recovered task whose body ran in the server: it has none now.
 
@@ -136,13 +124,8 @@ class RecoveredTaskImpl(TaskImpl):
     its body is never asked to run.
     """
 
-    def __init__(self, shape: Shape) -> None:
-        self.type = shape.type
-        self.scope = shape.scope
-        self.progress_units = shape.progress_units
-        self.abortable = shape.abortable
-        self.user_task = shape.user_task
-        self.internal = shape.internal
+    def __init__(self, shape: TaskShape) -> None:
+        shape.apply(self)
 
     async def run(self, ctx: TaskContext) -> None:
         """Never called: a recovered body cannot run."""
@@ -242,7 +225,7 @@ def _depths(entries: dict[int, _Entry], keys: list[int]) -> dict[int, int]:
 async def recover(
     manager: TaskManager,
     records: Iterable[tuple[str, Any]],
-    external_impl: Callable[[Shape], TaskImpl],
+    external_impl: Callable[[TaskShape], TaskImpl],
     restore_sessions: Callable[[list[UUID], list[tuple[UUID, UUID, bool]]], int],
 ) -> RecoveryReport:
     """Rebuilds the registry from journal records ((key, value), in first-written order).
@@ -257,7 +240,7 @@ async def recover(
     count = len(shards)
     node = manager.node
     cap = manager.max_status_children
-    bodies: dict[Shape, TaskImpl] = {}
+    bodies: dict[TaskShape, TaskImpl] = {}
     shapes: dict[int, tuple[str, TaskImpl]] = {}
     entries: dict[int, _Entry] = {}
     # Children by parent key, in creation order (records keep their first position).
@@ -295,7 +278,7 @@ async def recover(
         elif kind == SHAPE_KEY:
             # Shapes are written before the first record that names them.
             module, type_, scope, units, abortable, user_task, internal, external = value
-            shape = Shape(type_, scope, units, abortable, user_task, internal)
+            shape = TaskShape(type_, scope, units, abortable, user_task, internal)
             if external:
                 impl = external_impl(shape)
             else:
@@ -388,4 +371,4 @@ def _top_holder(entries: dict[int, _Entry], entry: _Entry) -> int | None:
     return None if at is None else at.task.id.int
 
 
-__all__ = ["NODE_RESTARTED", "RecoveryReport", "Shape", "recover", "task_key", "task_record"]
+__all__ = ["NODE_RESTARTED", "RecoveryReport", "recover", "task_key", "task_record"]

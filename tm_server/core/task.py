@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 from uuid import UUID
 
@@ -58,6 +59,32 @@ class TaskImpl(abc.ABC):
         ``await ctx.aborted()``): an abort never interrupts it, but a body that
         returns after an abort request still ends ``failed``.
         """
+
+
+@dataclass(frozen=True, slots=True)
+class TaskShape:
+    """What an implementation presents in its tasks' statuses, as plain data.
+
+    Implementations that are data, not code (a producer's reported tasks, a
+    recovered task), are made from one; one object serves every task of a
+    shape.
+    """
+
+    type: str
+    scope: str
+    progress_units: str
+    abortable: bool
+    user_task: bool
+    internal: bool | None
+
+    def apply(self, impl: TaskImpl) -> None:
+        """Gives ``impl`` this shape's attributes."""
+        impl.type = self.type
+        impl.scope = self.scope
+        impl.progress_units = self.progress_units
+        impl.abortable = self.abortable
+        impl.user_task = self.user_task
+        impl.internal = self.internal
 
 
 class TaskContext:
