@@ -226,8 +226,10 @@ async def test_compaction_bounds_the_journal_and_loses_nothing(
             keep.append(task)
     await crash(node)
     assert node.journal.stats.compactions > 0
-    # A snapshot and a log or two: the replay reads the tasks, not their history.
-    assert node.journal.disk_bytes() < node.journal.stats.bytes_written / 3
+    # A snapshot and the logs since the last compaction began (it runs in a
+    # process of its own while writes go on): the replay reads the tasks, not
+    # their whole history.
+    assert node.journal.disk_bytes() < node.journal.stats.bytes_written / 2
     before = node.journal.disk_bytes()
     node = await start_node(tmp_path, clock, compact_bytes=20_000)
     nodes.append(node)

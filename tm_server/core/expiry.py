@@ -7,6 +7,9 @@ from collections.abc import Callable
 
 from .clock import Clock, TimerHandle
 
+#: The queue of recovered tasks (no TTL is negative).
+_RESTORED = -1.0
+
 
 class ExpiryQueues:
     """Finished tasks by the time they leave the registry, with one timer for the earliest.
@@ -32,6 +35,16 @@ class ExpiryQueues:
             queue = self._queues[ttl] = deque()
         queue.append(key)
         self._arm(when)
+
+    def schedule_sorted(self, keys: list[int], first: float) -> None:
+        """Queues tasks already sorted by when they expire, the first at ``first`` (recovery).
+
+        One queue of their own, whatever their TTLs: a queue needs only its
+        times to be in order.
+        """
+        if keys:
+            self._queues.setdefault(_RESTORED, deque()).extend(keys)
+            self._arm(first)
 
     def _arm(self, when: float) -> None:
         if self._timer_at is None or when < self._timer_at:

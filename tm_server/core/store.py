@@ -233,9 +233,8 @@ class TaskStore:
             counts["held" if task.id.int in self.held else "expired"] += 1
         # Expiry queues are FIFO per TTL: queued in the order they expire.
         lasting.sort(key=_expiry)
-        for task in lasting:
-            assert task.expire_at is not None and task.end_time is not None
-            self.expiry.schedule(task.expire_at - task.end_time, task.id.int, task.expire_at)
+        if lasting:
+            self.expiry.schedule_sorted([t.id.int for t in lasting], _expiry(lasting[0]))
         counts["finished"] = len(lasting)
         return ended, counts
 
