@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import json.encoder
 import logging
 import operator
 import os
@@ -49,6 +50,7 @@ from tm_server.core import JournalUnavailableError
 from tm_server.core.journal import SHAPE_KEY, task_key
 from tm_server.core.record import Task
 from tm_server.core.recovery import shape_of, task_record
+from tm_server.core.task import TaskImpl
 from tm_server.core.types import Progress
 
 log = logging.getLogger(__name__)
@@ -61,7 +63,23 @@ DEFAULT_PROGRESS_WINDOW = 1.0
 DEFAULT_COMPACT_BYTES = 64 << 20
 
 _FILE = re.compile(r"^(log|snap)-(\d{8})$")
-_ENCODE = json.JSONEncoder(separators=(",", ":"), check_circular=False, allow_nan=False).encode
+
+
+def _not_json(value: object) -> object:
+    raise TypeError(f"{type(value).__name__} is not JSON data")
+
+
+# The C encoder, called straight: JSONEncoder.encode's Python layers cost more
+# than the encoding of a record itself, and every create encodes one.
+_C_ENCODE = json.encoder.c_make_encoder(  # type: ignore[attr-defined]
+    None, _not_json, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, False
+)
+
+
+def _encode_json(value: object) -> bytes:
+    if value.__class__ is int:
+        return str(value).encode()
+    return "".join(_C_ENCODE(value, 0)).encode()
 
 
 class JournalError(Exception):
@@ -182,6 +200,7 @@ class FileJournal:
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="tm-journal")
         # Shapes journaled so far, and their numbers (see ``recovery.shape_of``).
         self._shapes: dict[tuple[object, ...], int] = {}
+        self._shape_of_impl: dict[tuple[str, TaskImpl], int] = {}
 
     # ---- start: reading what is there --------------------------------------------------------
 
@@ -306,14 +325,18 @@ class FileJournal:
 
     def record(self, shard: int, task: Task, final: Progress | None = None) -> None:
         """A task's record must be durable before the reply (encoded when written)."""
-        key = task_key(task.id)
-        self._lazy.pop(key, None)
+        key = f"t{task.id.int:032x}"  # task_key, without UUID.hex's call
+        pending = self._pending
         if final is None:
-            before = self._pending.get(key)
-            if isinstance(before, tuple):
+            before = pending.get(key)
+            if before.__class__ is tuple:
                 final = before[2]
-        self._pending[key] = (shard, task, final)
-        self._kick()
+        if self._lazy:
+            self._lazy.pop(key, None)
+        pending[key] = (shard, task, final)
+        wake = self._wake
+        if wake is not None and not wake.is_set():
+            wake.set()
 
     def progress(self, shard: int, task: Task) -> None:
         """A task's progress: written with the next batch, or within the window."""
@@ -335,7 +358,7 @@ class FileJournal:
 
     def put(self, key: str, value: object) -> None:
         """A plain record, durable before the reply."""
-        self._pending[key] = _ENCODE(value).encode()
+        self._pending[key] = _encode_json(value)
         self._kick()
 
     def delete(self, key: str) -> None:
@@ -366,12 +389,21 @@ class FileJournal:
         return done
 
     def _shape(self, task: Task, lines: list[bytes]) -> int:
+        # By module and implementation object first (flyweights: hashing them
+        # is cheap), by the shape's value the first time.
+        fast = (task.module, task.impl)
+        number = self._shape_of_impl.get(fast)
+        if number is not None:
+            return number
         shape = shape_of(task)
         number = self._shapes.get(shape)
-        if number is None:
+        if number is not None:
+            self._shape_of_impl[fast] = number
+        else:
             # Written before the first record that names it (recovery reads in order).
             number = self._shapes[shape] = len(self._shapes) + 1
-            lines.append(b"%s%d %s\n" % (SHAPE_KEY.encode(), number, _ENCODE(shape).encode()))
+            self._shape_of_impl[fast] = number
+            lines.append(b"%s%d %s\n" % (SHAPE_KEY.encode(), number, _encode_json(list(shape))))
         return number
 
     def _encode(self) -> bytes:
@@ -383,11 +415,11 @@ class FileJournal:
                 value = entry
             else:
                 shard, task, final = entry
-                value = _ENCODE(task_record(shard, task, final, self._shape(task, lines))).encode()
+                value = _encode_json(task_record(shard, task, final, self._shape(task, lines)))
             lines.append(b"%s %s\n" % (key.encode(), value))
         for key, (shard, task) in self._lazy.items():
             record = task_record(shard, task, None, self._shape(task, lines))
-            lines.append(b"%s %s\n" % (key.encode(), _ENCODE(record).encode()))
+            lines.append(b"%s %s\n" % (key.encode(), _encode_json(record)))
         self.stats.records += len(lines)
         self._pending = {}
         self._lazy = {}

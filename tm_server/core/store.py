@@ -65,6 +65,7 @@ class TaskStore:
         self.shard = shard
         # Told of every record that changes or goes (a no-op without a journal).
         self.journal = journal
+        self._sequence_keys: dict[str, str] = {}
         # Keyed by the id's int: it hashes in C, where a UUID hashes in Python.
         self.tasks: dict[int, Task] = {}
         # Finished tasks already unregistered but still reachable through a
@@ -146,7 +147,10 @@ class TaskStore:
         if inherited is None or inherited.sequence_number is None:
             sequence = module.new_sequence_number()
             # Durable with the task: numbers continue after a restart, never reused.
-            self.journal.put(sequence_key(self.shard, module.name), sequence)
+            counter = self._sequence_keys.get(module.name)
+            if counter is None:
+                counter = self._sequence_keys[module.name] = sequence_key(self.shard, module.name)
+            self.journal.put(counter, sequence)
         else:
             sequence = inherited.sequence_number
         task = Task(
