@@ -579,8 +579,13 @@ def compact(directory: Path, snapshot: int, upto: int) -> int:
     tmp = directory / (_name("snap", upto) + ".tmp")
     try:
         with tmp.open("wb") as f:
-            for at in range(0, len(lines), _SNAPSHOT_FRAME):
+            for index, at in enumerate(range(0, len(lines), _SNAPSHOT_FRAME)):
                 f.write(_frame(b"".join(lines[at : at + _SNAPSHOT_FRAME])))
+                if index % 4 == 3:
+                    # Synced a few MiB at a time: one flush of the whole snapshot
+                    # would hold the disk against the server's own group commits.
+                    f.flush()
+                    os.fdatasync(f.fileno())
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, directory / _name("snap", upto))
