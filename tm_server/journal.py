@@ -115,6 +115,15 @@ def _frame(body: bytes) -> bytes:
     return b"#%08x %d\n%s" % (zlib.crc32(body), len(body), body)
 
 
+def _fsync_dir(directory: Path) -> None:
+    # A new or renamed file is durable once its directory entry is.
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _name(kind: str, number: int) -> str:
     return f"{kind}-{number:08d}"
 
@@ -305,17 +314,9 @@ class FileJournal:
             self._dir / _name("log", number), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND,
             0o644,
         )  # fmt: skip
-        self._fsync_dir()
+        _fsync_dir(self._dir)
         self._size = 0
         return fd
-
-    def _fsync_dir(self) -> None:
-        # A new or renamed file is durable once its directory entry is.
-        fd = os.open(self._dir, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
     # ---- the port ----------------------------------------------------------------------------
 
@@ -325,7 +326,7 @@ class FileJournal:
 
     def record(self, shard: int, task: Task, final: Progress | None = None) -> None:
         """A task's record must be durable before the reply (encoded when written)."""
-        key = f"t{task.id.int:032x}"  # task_key, without UUID.hex's call
+        key = task_key(task.id)
         pending = self._pending
         if final is None:
             before = pending.get(key)
@@ -334,9 +335,7 @@ class FileJournal:
         if self._lazy:
             self._lazy.pop(key, None)
         pending[key] = (shard, task, final)
-        wake = self._wake
-        if wake is not None and not wake.is_set():
-            wake.set()
+        self._kick()
 
     def progress(self, shard: int, task: Task) -> None:
         """A task's progress: written with the next batch, or within the window."""
@@ -592,11 +591,7 @@ def compact(directory: Path, snapshot: int, upto: int) -> int:
     finally:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _fsync_dir(directory)
     for kind, number in sources:
         with contextlib.suppress(OSError):
             os.unlink(directory / _name(kind, number))

@@ -36,7 +36,7 @@ TTL_KEY = "cttl"  # the TTLs set through the API (c: the node's config)
 
 def task_key(task_id: UUID) -> str:
     """The key of a task's record."""
-    return TASK_KEY + task_id.hex
+    return f"{TASK_KEY}{task_id.int:032x}"  # UUID.hex is a Python property: a call more
 
 
 def module_key(name: str) -> str:

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
-from uuid import UUID, SafeUUID
+from uuid import UUID
 
 from .journal import (
     MODULE_KEY,
@@ -34,7 +34,6 @@ from .journal import (
     TASK_KEY,
     TASK_SESSION_KEY,
     TTL_KEY,
-    task_key,
 )
 from .manager import TaskManager
 from .port import ParentKind, ParentLink
@@ -43,6 +42,7 @@ from .record import Task
 from .status import build_status, folded_record
 from .task import TaskContext, TaskImpl, TaskShape
 from .types import FoldedTask, Progress, TaskState
+from .validation import uuid_from_int
 
 #: The error of a task whose body ran in the server when it stopped.
 NODE_RESTARTED = (
@@ -98,23 +98,6 @@ def task_record(shard: int, task: Task, final: Progress | None, shape: int) -> l
         end -= 1
     del record[end:]
     return record
-
-
-_new = object.__new__
-_set_int = UUID.int.__set__  # type: ignore[attr-defined,misc]
-_set_safe = UUID.is_safe.__set__  # type: ignore[attr-defined,misc]
-_UNKNOWN = SafeUUID.unknown
-
-
-def fast_uuid(value: int) -> UUID:
-    """A UUID from its int, without ``UUID.__init__``'s checks (four times faster).
-
-    The journal's ids were UUIDs when written; a million of them are made at start.
-    """
-    made: UUID = _new(UUID)
-    _set_int(made, value)
-    _set_safe(made, _UNKNOWN)
-    return made
 
 
 class RecoveredTaskImpl(TaskImpl):
@@ -183,7 +166,7 @@ def _build(
         None
         if parent_hex is None
         else ParentLink(
-            fast_uuid(int(parent_hex, 16)), _LETTER_KIND[parent_kind], parent_shard % shards
+            uuid_from_int(int(parent_hex, 16)), _LETTER_KIND[parent_kind], parent_shard % shards
         )
     )
     task = Task(task_id, module, impl, parent, sequence, keyspace, table, entity, reported_total)
@@ -255,7 +238,7 @@ async def recover(
     for position, (name_, value) in enumerate(records):
         kind = name_[0]
         if kind == TASK_KEY and name_ != TTL_KEY:
-            task_id = fast_uuid(int(name_[1:], 16))
+            task_id = uuid_from_int(int(name_[1:], 16))
             if value[0] not in shapes:  # its shape's record did not survive
                 report.add("unreadable")
                 manager.journal.forget(task_id)
@@ -371,4 +354,4 @@ def _top_holder(entries: dict[int, _Entry], entry: _Entry) -> int | None:
     return None if at is None else at.task.id.int
 
 
-__all__ = ["NODE_RESTARTED", "RecoveryReport", "recover", "task_key", "task_record"]
+__all__ = ["NODE_RESTARTED", "RecoveryReport", "recover", "shape_of", "task_record"]

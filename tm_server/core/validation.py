@@ -125,7 +125,8 @@ def plausible_time(seconds: float | None, now: float) -> float | None:
 # Bound once: each lookup below (an Enum member through its metaclass above
 # all) costs as much as a step of the parse itself.
 _new_object = object.__new__
-_set_attribute = object.__setattr__
+_set_int = UUID.int.__set__  # type: ignore[attr-defined,misc]
+_set_safety = UUID.is_safe.__set__  # type: ignore[attr-defined,misc]
 _from_bytes = int.from_bytes
 _UNKNOWN_SAFETY = SafeUUID.unknown
 _URN = "urn:uuid:"
@@ -160,6 +161,18 @@ def _other_form_int(text: str) -> int | None:
     return None
 
 
+def uuid_from_int(number: int) -> UUID:
+    """A UUID of a 128-bit number, made the way ``UUID.__init__`` finishes (a quarter of its cost).
+
+    Through the slots' descriptors: every request carries an id, and
+    recovery makes a million.
+    """
+    uuid: UUID = _new_object(UUID)
+    _set_int(uuid, number)
+    _set_safety(uuid, _UNKNOWN_SAFETY)
+    return uuid
+
+
 def parse_uuid(field: str, value: str, *, required: bool = True) -> UUID | None:
     """Parses a UUID field strictly: only the forms ``uuid.UUID`` documents.
 
@@ -191,10 +204,7 @@ def parse_uuid(field: str, value: str, *, required: bool = True) -> UUID | None:
     if number is None:
         shown = value if len(value) <= 64 else value[:64] + "..."
         raise InvalidArgumentError(field, f"not a valid UUID: {shown!r}")
-    uuid = _new_object(UUID)
-    _set_attribute(uuid, "int", number)
-    _set_attribute(uuid, "is_safe", _UNKNOWN_SAFETY)
-    return uuid
+    return uuid_from_int(number)
 
 
 def require_uuid(field: str, value: str) -> UUID:
