@@ -20,8 +20,22 @@ from tm_server.core.manager import DEFAULT_MAX_MODULES, DEFAULT_MAX_STATUS_CHILD
 
 from .cluster.store import NodeNameTakenError
 from .core import StoreUnavailableError
+from .core.producers import DEFAULT_MAX_SESSIONS_PER_PRINCIPAL
+from .core.quotas import (
+    DEFAULT_MAX_CHILDREN,
+    DEFAULT_MAX_TASKS,
+    DEFAULT_MAX_TASKS_PER_PRINCIPAL,
+    TaskQuotas,
+)
 from .journal import DEFAULT_COMPACT_BYTES, DEFAULT_PROGRESS_WINDOW, JournalError
-from .server import DEFAULT_GC_FREEZE_INTERVAL, ServerConfig, serve
+from .security.tls import TlsConfig, TlsFilesError
+from .security.tokens import TokensFileError
+from .server import DEFAULT_GC_FREEZE_INTERVAL, DEFAULT_MAX_REQUEST_BYTES, ServerConfig, serve
+from .service.auth import (
+    DEFAULT_MAX_STREAMS_PER_CONNECTION,
+    DEFAULT_MAX_STREAMS_PER_PRINCIPAL,
+    StreamQuotas,
+)
 
 
 def log_level(text: str) -> str:
@@ -115,6 +129,76 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         help="how long a finished cluster task's row is kept (status and wait work until "
         "then; default 86400)",
     )  # fmt: skip
+    security = parser.add_argument_group(
+        "security", "TLS, callers and their roles (see the README's Security section)"
+    )
+    security.add_argument("--tls-cert", type=Path, help="the server's certificate chain (PEM); "
+                          "with --tls-key, the port serves TLS only")  # fmt: skip
+    security.add_argument("--tls-key", type=Path, help="the private key of --tls-cert (PEM)")
+    security.add_argument(
+        "--tls-client-ca", type=Path,
+        help="mTLS: clients must present a certificate this CA (PEM) signed; its subject "
+        "common name (else its first SAN) is the caller's principal",
+    )  # fmt: skip
+    security.add_argument(
+        "--tls-peer-ca", type=Path,
+        help="the CA other nodes' certificates chain to, for calls between nodes "
+        "(default: --tls-client-ca, else the system's roots)",
+    )  # fmt: skip
+    security.add_argument(
+        "--tokens", type=Path,
+        help="a tokens file (or a directory of *.toml files) mapping hashed bearer tokens "
+        "to principals and roles; every call then needs 'authorization: Bearer TOKEN' "
+        "(reloaded on change and on SIGHUP; `tm-token new` makes entries)",
+    )  # fmt: skip
+    security.add_argument(
+        "--node-token-file", type=Path,
+        help="a file holding the token this node sends to the other nodes of its cluster "
+        "(a principal with the node role); with mTLS, the node's certificate does instead",
+    )  # fmt: skip
+    security.add_argument(
+        "--insecure", action="store_true",
+        help="serve a non-loopback address without TLS or caller checks (logged as a warning)",
+    )  # fmt: skip
+    security.add_argument(
+        "--reflection", choices=("on", "off"), default="on",
+        help="serve gRPC server reflection, for grpcurl and buf curl (default on)",
+    )  # fmt: skip
+    quotas = parser.add_argument_group(
+        "quotas", "limits that keep one caller from exhausting the server (RESOURCE_EXHAUSTED)"
+    )
+    quotas.add_argument(
+        "--max-tasks", type=positive_int, default=DEFAULT_MAX_TASKS,
+        help=f"registered tasks per node (default {DEFAULT_MAX_TASKS})",
+    )  # fmt: skip
+    quotas.add_argument(
+        "--max-tasks-per-principal", type=positive_int, default=DEFAULT_MAX_TASKS_PER_PRINCIPAL,
+        help="registered tasks per authenticated principal "
+        f"(default {DEFAULT_MAX_TASKS_PER_PRINCIPAL})",
+    )  # fmt: skip
+    quotas.add_argument("--max-children", type=positive_int, default=DEFAULT_MAX_CHILDREN,
+                        help=f"children per task (default {DEFAULT_MAX_CHILDREN})")  # fmt: skip
+    quotas.add_argument(
+        "--max-sessions-per-principal", type=positive_int,
+        default=DEFAULT_MAX_SESSIONS_PER_PRINCIPAL,
+        help=f"open producer sessions per principal (default {DEFAULT_MAX_SESSIONS_PER_PRINCIPAL})",
+    )  # fmt: skip
+    quotas.add_argument(
+        "--max-streams-per-connection", type=positive_int,
+        default=DEFAULT_MAX_STREAMS_PER_CONNECTION,
+        help="open streams (waits, watches, sessions) per connection "
+        f"(default {DEFAULT_MAX_STREAMS_PER_CONNECTION})",
+    )  # fmt: skip
+    quotas.add_argument(
+        "--max-streams-per-principal", type=positive_int,
+        default=DEFAULT_MAX_STREAMS_PER_PRINCIPAL,
+        help="open streams per authenticated principal "
+        f"(default {DEFAULT_MAX_STREAMS_PER_PRINCIPAL})",
+    )  # fmt: skip
+    quotas.add_argument(
+        "--max-request-bytes", type=positive_int, default=DEFAULT_MAX_REQUEST_BYTES,
+        help=f"the largest request body served (default {DEFAULT_MAX_REQUEST_BYTES})",
+    )  # fmt: skip
     parser.add_argument(
         "--shards",
         type=positive_int,
@@ -185,6 +269,21 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         help="logging level: DEBUG, INFO, WARNING, ERROR or CRITICAL (default INFO)",
     )
     args = parser.parse_args(argv)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        parser.error("--tls-cert and --tls-key go together")
+    if args.tls_cert is None and (args.tls_client_ca or args.tls_peer_ca):
+        parser.error("--tls-client-ca and --tls-peer-ca need --tls-cert and --tls-key")
+    tls = None
+    if args.tls_cert is not None:
+        tls = TlsConfig(args.tls_cert, args.tls_key, args.tls_client_ca, args.tls_peer_ca)
+    node_token = None
+    if args.node_token_file is not None:
+        try:
+            node_token = args.node_token_file.read_text().strip()
+        except OSError as exc:
+            parser.error(f"cannot read --node-token-file {args.node_token_file}: {exc.strerror}")
+        if not node_token or any(c.isspace() for c in node_token):
+            parser.error(f"--node-token-file {args.node_token_file} must hold one token")
     logging.basicConfig(
         level=args.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -213,6 +312,15 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         journal=args.journal == "on",
         progress_window_seconds=args.progress_window_seconds,
         journal_compact_bytes=max(1, round(args.journal_compact_mib * 2**20)),
+        tls=tls,
+        tokens=args.tokens,
+        node_token=node_token,
+        insecure=args.insecure,
+        reflection=args.reflection == "on",
+        quotas=TaskQuotas(args.max_tasks, args.max_tasks_per_principal, args.max_children),
+        max_sessions_per_principal=args.max_sessions_per_principal,
+        streams=StreamQuotas(args.max_streams_per_connection, args.max_streams_per_principal),
+        max_request_bytes=args.max_request_bytes,
     )
 
 
@@ -238,7 +346,10 @@ def main(argv: list[str] | None = None) -> None:
     config = parse_args(argv)
     try:
         asyncio.run(serve(config))
-    except (OSError, ValueError, NodeNameTakenError, StoreUnavailableError, JournalError) as exc:
+    except (
+        OSError, ValueError, NodeNameTakenError, StoreUnavailableError, JournalError,
+        TokensFileError, TlsFilesError,
+    ) as exc:  # fmt: skip
         # One clear line, no traceback: the address, the store or the name is wrong.
         logging.getLogger("tm_server").error("%s", exc)
         sys.exit(1)

@@ -6,12 +6,16 @@ import asyncio
 import errno
 import gc
 import importlib.metadata
+import ipaddress
 import logging
 import signal
 import socket
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+from uuid import UUID
 
 import grpc
 from google.rpc import error_details_pb2  # noqa: F401  # served by reflection (see start)
@@ -28,11 +32,15 @@ from tm_client.pb import (
     task_reporting_pb2,
     task_reporting_pb2_grpc,
 )
-from tm_server.core import Clock, TaskManager
+from tm_server.core import Clock, TaskManager, TaskManagerError
 from tm_server.core.journal import NO_JOURNAL
 from tm_server.core.manager import DEFAULT_MAX_MODULES, DEFAULT_MAX_STATUS_CHILDREN
-from tm_server.core.producers import Producers
+from tm_server.core.producers import DEFAULT_MAX_SESSIONS_PER_PRINCIPAL, Producers
+from tm_server.core.quotas import TaskQuotas
 from tm_server.core.recovery import recover
+from tm_server.core.types import TaskOwner
+from tm_server.security.tls import ServerTls, TlsConfig, channel_factory
+from tm_server.security.tokens import Tokens
 
 from .cluster.node import ClusterConfig, ClusterNode
 from .cluster.store import NodeRow
@@ -45,6 +53,7 @@ from .journal import (
     FileJournal,
     JournalConfig,
 )
+from .service.auth import AuthInterceptor, StreamQuotas
 from .service.decoding import add_service
 from .service.durability import DurabilityInterceptor
 from .service.node_servicer import NodeServicer
@@ -135,6 +144,45 @@ class HealthServicer(health_aio.HealthServicer):  # type: ignore[misc]
 
 #: How often tm-server freezes long-lived objects out of garbage collection.
 DEFAULT_GC_FREEZE_INTERVAL = 0.1
+#: The largest request body served (``--max-request-bytes``): tm's largest
+#: requests (every text field at its maximum) take under 20 KiB.
+DEFAULT_MAX_REQUEST_BYTES = 64 * 1024
+# grpcio's own limit, above tm's: a body between the two gets tm's status
+# (RESOURCE_EXHAUSTED with a reason); one past this, grpcio's bare one.
+_GRPC_MAX_RECEIVE_BYTES = 4 * 1024 * 1024
+
+
+def is_loopback(address: str) -> bool:
+    """Whether HOST:PORT listens on loopback only (a wildcard address does not)."""
+    host = address.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+class _Owners:
+    """Whose a task or a session is, for the access checks (see ``service.auth.Owners``)."""
+
+    def __init__(self, manager: TaskManager, producers: Producers) -> None:
+        self._manager = manager
+        self._producers = producers
+
+    async def task_owner(self, task_id: UUID) -> TaskOwner | None:
+        found = await self._manager.task_owner(task_id)
+        if found is not None or self._manager.remote is None:
+            return found
+        # A cluster task, or one of another node: its status names its module.
+        try:
+            status = await self._manager.get_status(task_id)
+        except TaskManagerError:
+            return None
+        return TaskOwner(status.module, status.owner)
+
+    def session_owner(self, session_id: UUID) -> str | None:
+        return self._producers.session_owner(session_id)
 
 
 @dataclass(frozen=True)
@@ -172,6 +220,23 @@ class ServerConfig:
     journal: bool = True
     progress_window_seconds: float = DEFAULT_PROGRESS_WINDOW
     journal_compact_bytes: int = DEFAULT_COMPACT_BYTES
+    # Security: TLS (mTLS with a client CA), the tokens file, the token this
+    # node sends to its peers; none of them: loopback only, unless insecure.
+    tls: TlsConfig | None = None
+    tokens: Path | None = None
+    node_token: str | None = None
+    insecure: bool = False
+    reflection: bool = True
+    # Quotas.
+    quotas: TaskQuotas = field(default_factory=TaskQuotas)
+    max_sessions_per_principal: int = DEFAULT_MAX_SESSIONS_PER_PRINCIPAL
+    streams: StreamQuotas = field(default_factory=StreamQuotas)
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+
+    @property
+    def authenticates(self) -> bool:
+        """Whether callers are checked (a tokens file, or mTLS)."""
+        return self.tokens is not None or (self.tls is not None and self.tls.client_ca is not None)
 
 
 class TmServer:
@@ -210,14 +275,39 @@ class TmServer:
             max_modules=config.max_modules,
             max_status_children=config.max_status_children,
             journal=self.journal or NO_JOURNAL,
+            quotas=config.quotas,
         )
         self.heap = HeapManager(config.gc_freeze_interval)
-        self.producers = Producers(self.manager, lease_seconds=config.producer_lease_seconds)
-        self.health = HealthServicer()
-        self.server = grpc.aio.server(
-            interceptors=[] if self.journal is None else [DurabilityInterceptor(self.journal)],
-            options=server_options(config.keepalive_seconds, config.keepalive_timeout_seconds),
+        self.producers = Producers(
+            self.manager,
+            lease_seconds=config.producer_lease_seconds,
+            max_sessions_per_principal=config.max_sessions_per_principal,
         )
+        self.health = HealthServicer()
+        # Read now: a tokens file or TLS files that cannot be used stop the
+        # start with one line saying which and why.
+        self.tokens = None if config.tokens is None else Tokens(config.tokens)
+        self.tls = None if config.tls is None else ServerTls(config.tls)
+        # Callers are checked before anything else runs (a refused call does
+        # not wait for the disk); then durable calls wait for the journal.
+        self.access = AuthInterceptor(
+            _Owners(self.manager, self.producers),
+            tokens=self.tokens,
+            mtls=config.tls is not None and config.tls.client_ca is not None,
+            streams=config.streams,
+        )
+        interceptors: list[grpc.aio.ServerInterceptor] = [self.access]  # type: ignore[type-arg]
+        if self.journal is not None:
+            interceptors.append(DurabilityInterceptor(self.journal))
+        options = server_options(config.keepalive_seconds, config.keepalive_timeout_seconds)
+        options.append(
+            (
+                "grpc.max_receive_message_length",
+                max(_GRPC_MAX_RECEIVE_BYTES, 2 * config.max_request_bytes),
+            )
+        )
+        self.server = grpc.aio.server(interceptors=interceptors, options=options)
+        self._token_watch: asyncio.Task[None] | None = None
         self.port = 0
         self.cluster: ClusterNode | None = None
         self._stopped = asyncio.Event()
@@ -233,6 +323,7 @@ class TmServer:
             JournalError: the journal cannot be read or written.
             OSError: the address or the data directory cannot be used.
         """
+        self._check_exposure()
         if self._data_dir is not None:
             self._data_dir.lock()
         try:
@@ -245,6 +336,41 @@ class TmServer:
             if self._data_dir is not None:
                 self._data_dir.unlock()
             raise
+
+    def _check_exposure(self) -> None:
+        # tm serves a fleet, but a listener on other interfaces without TLS
+        # and caller checks lets anyone on the network do anything: it must
+        # be asked for by name.
+        config = self.config
+        if is_loopback(config.address):
+            return
+        if config.enable_test_service and not config.authenticates:
+            raise ValueError(
+                f"the test service lets any caller create and finish tasks: it is served on "
+                f"{config.address} (not loopback) only with --tokens or --tls-client-ca"
+            )
+        missing = [
+            what
+            for what, ok in (
+                ("TLS", config.tls is not None),
+                ("caller checks", config.authenticates),
+            )
+            if not ok
+        ]
+        if not missing:
+            return
+        if not config.insecure:
+            raise ValueError(
+                f"refusing to serve {config.address} (not loopback) without "
+                f"{' and '.join(missing)}: give --tls-cert/--tls-key and --tokens (or "
+                "--tls-client-ca), or --insecure to serve it anyway"
+            )
+        log.warning(
+            "serving %s without %s (--insecure): anyone who can reach it can read, "
+            "create, abort and drain tasks",
+            config.address,
+            " and ".join(missing),
+        )
 
     async def _recover(self, journal: FileJournal) -> None:
         # Before anything is served: the registry as the journal left it. The
@@ -272,16 +398,17 @@ class TmServer:
     async def _start(self) -> int:
         # Every service goes through add_service, so that a request body that
         # does not decode is INVALID_ARGUMENT, never grpcio's UNKNOWN.
-        services = add_service(
-            self.server,
+        limit = self.config.max_request_bytes
+
+        def add(register: Callable[[Any, Any], None], servicer: Any) -> list[str]:
+            return add_service(self.server, register, servicer, limit)
+
+        services = add(
             task_manager_pb2_grpc.add_TaskManagerServiceServicer_to_server,
             TaskManagerServicer(self.manager, self._nodes),
         )
-        services += add_service(
-            self.server, node_pb2_grpc.add_NodeServiceServicer_to_server, NodeServicer(self.manager)
-        )
-        services += add_service(
-            self.server,
+        services += add(node_pb2_grpc.add_NodeServiceServicer_to_server, NodeServicer(self.manager))
+        services += add(
             task_reporting_pb2_grpc.add_TaskReportingServiceServicer_to_server,
             TaskReportingServicer(self.producers),
         )
@@ -290,26 +417,26 @@ class TmServer:
             from .testing import register_test_module
             from .testing.servicer import TaskManagerTestServicer
 
-            services += add_service(
-                self.server,
+            services += add(
                 task_manager_test_pb2_grpc.add_TaskManagerTestServiceServicer_to_server,
                 TaskManagerTestServicer(self.manager),
             )
             await register_test_module(self.manager)
-        services += add_service(
-            self.server, health_pb2_grpc.add_HealthServicer_to_server, self.health
-        )
-        # Reflection answers from the default descriptor pool: every type
-        # imported is described, the google.rpc error details (imported
-        # above) included, so grpcurl and buf curl decode them by name.
-        services.append(reflection.SERVICE_NAME)
-        add_service(
-            self.server,
-            reflection_pb2_grpc.add_ServerReflectionServicer_to_server,
-            reflection_aio.ReflectionServicer(services),
-        )
+        services += add(health_pb2_grpc.add_HealthServicer_to_server, self.health)
+        if self.config.reflection:
+            # Reflection answers from the default descriptor pool: every type
+            # imported is described, the google.rpc error details (imported
+            # above) included, so grpcurl and buf curl decode them by name.
+            services.append(reflection.SERVICE_NAME)
+            add(
+                reflection_pb2_grpc.add_ServerReflectionServicer_to_server,
+                reflection_aio.ReflectionServicer(services),
+            )
         try:
-            self.port = self.server.add_insecure_port(self.config.address)
+            if self.tls is not None:
+                self.port = self.server.add_secure_port(self.config.address, self.tls.credentials())
+            else:
+                self.port = self.server.add_insecure_port(self.config.address)
         except RuntimeError:
             self.port = 0
         if self.port == 0:
@@ -328,10 +455,32 @@ class TmServer:
                 await self.server.stop(None)
                 raise
         await self.server.start()
+        if self.tokens is not None:
+            self._token_watch = asyncio.get_running_loop().create_task(
+                self._watch_tokens(self.tokens), name="tm-tokens-watch"
+            )
         self.heap.start()
         for name in ("", TASK_MANAGER_SERVICE, REPORTING_SERVICE):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         return self.port
+
+    async def _watch_tokens(self, tokens: Tokens) -> None:
+        # A stat of the file a second: an edit takes effect within a second,
+        # without a restart and without dropping anyone who keeps their rights.
+        while True:
+            await asyncio.sleep(1.0)
+            tokens.check()
+
+    def reload_credentials(self) -> None:
+        """Re-reads the tokens file now and the TLS files before the next handshake (SIGHUP)."""
+        if self.tokens is not None:
+            self.tokens.reload()
+        if self.tls is not None:
+            self.tls.reload_soon()
+
+    def _peer_channels(self) -> Callable[[str], grpc.aio.Channel]:
+        credentials = None if self.tls is None else self.tls.peer_channel_credentials()
+        return channel_factory(credentials, self.config.node_token)
 
     def _cluster_config(self) -> ClusterConfig:
         assert self.config.store is not None
@@ -352,6 +501,7 @@ class TmServer:
             expiry_seconds=self.config.node_expiry_seconds,
             peer_timeout_seconds=self.config.peer_timeout_seconds,
             retention_seconds=self.config.cluster_task_retention_seconds,
+            channels=self._peer_channels(),
         )
 
     async def _nodes(self) -> list[NodeRow]:
@@ -366,6 +516,8 @@ class TmServer:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        if self._token_watch is not None:
+            self._token_watch.cancel()
         await self.health.enter_graceful_shutdown()
         if self.cluster is not None:
             await self.cluster.stop()  # the others stop asking this node first
@@ -397,6 +549,7 @@ async def serve(config: ServerConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, server.reload_credentials)
     await stop.wait()
     log.info("shutting down")
     await server.stop()

@@ -190,8 +190,10 @@ def test_every_domain_error_has_a_code_and_a_reason_of_the_proto(
 
 def test_every_reason_of_the_proto_is_one_the_server_sends() -> None:
     from tm_client import REASONS
+    from tm_server.service.auth import NOT_OWNER, PERMISSION_DENIED, UNAUTHENTICATED
     from tm_server.service.decoding import MALFORMED_REQUEST
     from tm_server.service.handlers import INTERNAL
 
     sent = {cls.reason for cls in _domain_errors()} | {MALFORMED_REQUEST, INTERNAL}
+    sent |= {UNAUTHENTICATED, PERMISSION_DENIED, NOT_OWNER}  # the access interceptor's
     assert sent == REASONS

@@ -328,7 +328,8 @@ def _b64(data: bytes) -> str:
     [
         _b64(b'{"s":Infinity,"p":0,"a":"00","q":"x"}'),
         _b64(b'{"s":1e400,"p":0,"a":"00","q":"x"}'),
-        _b64(b"[" * 50_000 + b"]" * 50_000),
+        # 20,000 deep (far past the recursion limit), inside --max-request-bytes.
+        _b64(b"[" * 20_000 + b"]" * 20_000),
         _b64(json.dumps({"s": 0, "p": 0, "a": uuid4().hex, "q": "0" * 16}).encode()),
         "%%%",
         "a" * 10_000,

@@ -81,6 +81,22 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     error), so a change that must be durable was not made; reads keep
     working, and the call may be retried once the disk is fixed.
     """
+    ERROR_REASON_UNAUTHENTICATED: _ErrorReason.ValueType  # 18
+    """UNAUTHENTICATED: the server checks callers and this call carried no
+    credentials it accepts (no token, an unknown token, no client certificate).
+    """
+    ERROR_REASON_PERMISSION_DENIED: _ErrorReason.ValueType  # 19
+    """PERMISSION_DENIED: the caller's roles do not allow the call (or not on
+    this module); the metadata's "role" names the role that was needed.
+    """
+    ERROR_REASON_NOT_OWNER: _ErrorReason.ValueType  # 20
+    """PERMISSION_DENIED: the task (or session) belongs to another principal;
+    only its owner or an operator may drive it.
+    """
+    ERROR_REASON_QUOTA_EXCEEDED: _ErrorReason.ValueType  # 21
+    """RESOURCE_EXHAUSTED: a quota of the server was reached; the metadata's
+    "quota" names it and "limit" gives its value.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason lists every reason a tm server puts in the google.rpc.ErrorInfo
@@ -135,6 +151,22 @@ ERROR_REASON_JOURNAL_UNAVAILABLE: ErrorReason.ValueType  # 17
 """UNAVAILABLE: the node's journal cannot be written (a full disk, an I/O
 error), so a change that must be durable was not made; reads keep
 working, and the call may be retried once the disk is fixed.
+"""
+ERROR_REASON_UNAUTHENTICATED: ErrorReason.ValueType  # 18
+"""UNAUTHENTICATED: the server checks callers and this call carried no
+credentials it accepts (no token, an unknown token, no client certificate).
+"""
+ERROR_REASON_PERMISSION_DENIED: ErrorReason.ValueType  # 19
+"""PERMISSION_DENIED: the caller's roles do not allow the call (or not on
+this module); the metadata's "role" names the role that was needed.
+"""
+ERROR_REASON_NOT_OWNER: ErrorReason.ValueType  # 20
+"""PERMISSION_DENIED: the task (or session) belongs to another principal;
+only its owner or an operator may drive it.
+"""
+ERROR_REASON_QUOTA_EXCEEDED: ErrorReason.ValueType  # 21
+"""RESOURCE_EXHAUSTED: a quota of the server was reached; the metadata's
+"quota" names it and "limit" gives its value.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
@@ -258,6 +290,8 @@ class TaskStatus(_message.Message):
     CHILDREN_COUNT_FIELD_NUMBER: _builtins.int
     NODE_FIELD_NUMBER: _builtins.int
     UNREACHABLE_NODES_FIELD_NUMBER: _builtins.int
+    ABORT_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The task id (a UUID string)."""
     type: _builtins.str
@@ -308,6 +342,10 @@ class TaskStatus(_message.Message):
     """The node that holds a regular task (empty for a cluster task, which every
     node serves).
     """
+    owner: _builtins.str
+    """The principal that created the task (empty when the server checks no
+    callers, or for a task the server runs itself).
+    """
     @_builtins.property
     def creation_time(self) -> _timestamp_pb2.Timestamp:
         """When the task was created (taken from its time-ordered id)."""
@@ -337,6 +375,12 @@ class TaskStatus(_message.Message):
         """Live nodes of the cluster that did not answer in time while the status
         was gathered: the children they hold are missing from it (in the spirit
         of AIP-217's unreachable).
+        """
+
+    @_builtins.property
+    def abort(self) -> Global___AbortInfo:
+        """Who asked for the abort, when and why (set with abort_requested, and kept
+        once the task has finished because of it).
         """
 
     def __init__(
@@ -370,14 +414,54 @@ class TaskStatus(_message.Message):
         children_count: _builtins.int = ...,
         node: _builtins.str = ...,
         unreachable_nodes: _abc.Iterable[_builtins.str] | None = ...,
+        abort: Global___AbortInfo | None = ...,
+        owner: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["creation_time", b"creation_time", "end_time", b"end_time", "expire_time", b"expire_time", "start_time", b"start_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["abort", b"abort", "creation_time", b"creation_time", "end_time", b"end_time", "expire_time", b"expire_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["abort_requested", b"abort_requested", "children_count", b"children_count", "children_ids", b"children_ids", "creation_time", b"creation_time", "end_time", b"end_time", "entity", b"entity", "error", b"error", "expire_time", b"expire_time", "id", b"id", "internal", b"internal", "is_abortable", b"is_abortable", "keyspace", b"keyspace", "kind", b"kind", "module", b"module", "node", b"node", "parent_id", b"parent_id", "progress_completed", b"progress_completed", "progress_total", b"progress_total", "progress_units", b"progress_units", "scope", b"scope", "sequence_number", b"sequence_number", "shard", b"shard", "start_time", b"start_time", "state", b"state", "table", b"table", "type", b"type", "unreachable_nodes", b"unreachable_nodes", "user_task", b"user_task"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["abort", b"abort", "abort_requested", b"abort_requested", "children_count", b"children_count", "children_ids", b"children_ids", "creation_time", b"creation_time", "end_time", b"end_time", "entity", b"entity", "error", b"error", "expire_time", b"expire_time", "id", b"id", "internal", b"internal", "is_abortable", b"is_abortable", "keyspace", b"keyspace", "kind", b"kind", "module", b"module", "node", b"node", "owner", b"owner", "parent_id", b"parent_id", "progress_completed", b"progress_completed", "progress_total", b"progress_total", "progress_units", b"progress_units", "scope", b"scope", "sequence_number", b"sequence_number", "shard", b"shard", "start_time", b"start_time", "state", b"state", "table", b"table", "type", b"type", "unreachable_nodes", b"unreachable_nodes", "user_task", b"user_task"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TaskStatus: _TypeAlias = TaskStatus  # noqa: Y015
+
+@_typing.final
+class AbortInfo(_message.Message):
+    """AbortInfo says who asked for a task's abort, when and why."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_TIME_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    PRINCIPAL_FIELD_NUMBER: _builtins.int
+    ORIGIN_TASK_ID_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    """The reason given with AbortTask (may be empty)."""
+    principal: _builtins.str
+    """The principal that asked (empty when the server checks no callers)."""
+    origin_task_id: _builtins.str
+    """For a task aborted because an ancestor was: that ancestor's id (empty
+    when the abort was asked of this task itself).
+    """
+    @_builtins.property
+    def request_time(self) -> _timestamp_pb2.Timestamp:
+        """When the abort was requested."""
+
+    def __init__(
+        self,
+        *,
+        request_time: _timestamp_pb2.Timestamp | None = ...,
+        reason: _builtins.str = ...,
+        principal: _builtins.str = ...,
+        origin_task_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request_time", b"request_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["origin_task_id", b"origin_task_id", "principal", b"principal", "reason", b"reason", "request_time", b"request_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AbortInfo: _TypeAlias = AbortInfo  # noqa: Y015
 
 @_typing.final
 class TaskStats(_message.Message):
@@ -625,16 +709,22 @@ class AbortTaskRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TASK_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """The task id (a UUID string)."""
+    reason: _builtins.str
+    """Why the task is aborted (optional, at most 4,096 characters): shown in the
+    task's status, sent to its producer and written to the audit log.
+    """
     def __init__(
         self,
         *,
         task_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

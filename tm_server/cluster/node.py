@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+import grpc
 
 from tm_server.core import ModuleLimitError, TaskManager
 from tm_server.core.producers import Producers
@@ -55,6 +58,8 @@ class ClusterConfig:
     expiry_seconds: float = 20.0
     peer_timeout_seconds: float = 2.0
     retention_seconds: float = 86_400.0
+    # Opens the channel to another node (TLS and the node token when the server has them).
+    channels: Callable[[str], grpc.aio.Channel] | None = None
 
 
 class ClusterNode:
@@ -71,9 +76,13 @@ class ClusterNode:
                 config.node, config.advertise_address, config.version,
                 config.heartbeat_seconds, config.expiry_seconds,
             ),
-            answers=lambda address: node_answers(address, config.peer_timeout_seconds),
+            answers=lambda address: node_answers(
+                address, config.peer_timeout_seconds, config.channels
+            ),
         )  # fmt: skip
-        self.peers = Peers(self.membership, timeout=config.peer_timeout_seconds)
+        self.peers = Peers(
+            self.membership, timeout=config.peer_timeout_seconds, channels=config.channels
+        )
         self.feed = ChangeFeed(self.store)
         self.tasks = ClusterTaskGroup(
             self.store, self.membership, self.peers, self.feed, manager, producers,

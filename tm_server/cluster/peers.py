@@ -56,9 +56,11 @@ def _core_error(exc: grpc.RpcError, node: str, task_id: UUID) -> TaskManagerErro
     return NodeUnavailableError(node, error.message)
 
 
-async def node_answers(address: str, timeout: float) -> bool:
+async def node_answers(
+    address: str, timeout: float, channels: Callable[[str], grpc.aio.Channel] | None = None
+) -> bool:
     """Whether a tm node at ``address`` answers a health check within ``timeout`` seconds."""
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with (channels or grpc.aio.insecure_channel)(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=timeout)
@@ -83,16 +85,23 @@ async def _relay(
 class Peers:
     """Channels to the other live nodes; implements the manager's ``RemoteTasks``."""
 
-    def __init__(self, membership: Membership, *, timeout: float = 2.0) -> None:
+    def __init__(
+        self,
+        membership: Membership,
+        *,
+        timeout: float = 2.0,
+        channels: Callable[[str], grpc.aio.Channel] | None = None,
+    ) -> None:
         self._membership = membership
         self.timeout = timeout
+        self._open_channel = channels or grpc.aio.insecure_channel
         # The stubs are typed for the blocking API: their asyncio calls are Any here.
         self._stubs: dict[str, tuple[grpc.aio.Channel, Any]] = {}
 
     def _stub(self, node: NodeRow) -> Any:
         known = self._stubs.get(node.address)
         if known is None:
-            channel = grpc.aio.insecure_channel(node.address)
+            channel = self._open_channel(node.address)
             known = self._stubs[node.address] = (channel, npb_grpc.NodeServiceStub(channel))
         return known[1]
 

@@ -97,6 +97,17 @@ class ModuleLimitError(TaskManagerError):
         self.limit = limit
 
 
+class QuotaExceededError(TaskManagerError):
+    """A quota of the server was reached (tasks, children, sessions, streams, request size)."""
+
+    reason = "QUOTA_EXCEEDED"
+
+    def __init__(self, quota: str, limit: int, message: str) -> None:
+        super().__init__(message)
+        self.quota = quota
+        self.limit = limit
+
+
 class SessionNotFoundError(TaskManagerError):
     """No live producer session with this id (it expired, or never existed)."""
 

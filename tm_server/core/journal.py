@@ -20,6 +20,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 from uuid import UUID
 
+from .types import AbortRequest
+
 if TYPE_CHECKING:
     from .record import Task
     from .types import Progress
@@ -32,6 +34,21 @@ MODULE_KEY = "m"  # + the module name's UTF-8 hex: a registered module
 SEQUENCE_KEY = "q"  # + shard ":" module hex: a module's last sequence number on a shard
 SHAPE_KEY = "h"  # + a number: what tasks of one kind share (module, type, flags)
 TTL_KEY = "cttl"  # the TTLs set through the API (c: the node's config)
+ABORT_KEY = "a"  # + the id's hex: who asked for a task's abort, when and why
+
+
+def abort_record(request: AbortRequest) -> list[object]:
+    """An abort request as its journal record: [time in ns, reason, principal, origin hex]."""
+    origin = "" if request.origin is None else f"{request.origin.int:032x}"
+    return [round(request.time * 1e9), request.reason, request.principal, origin]
+
+
+def abort_from_record(value: list[object]) -> AbortRequest:
+    """The abort request an ``abort_record`` wrote."""
+    at, reason, principal, origin = value
+    return AbortRequest(
+        int(str(at)) / 1e9, str(reason), str(principal), UUID(hex=str(origin)) if origin else None
+    )
 
 
 def task_key(task_id: UUID) -> str:

@@ -30,10 +30,11 @@ from .listing import list_page
 from .node_tasks import NodeTasks
 from .paging import PagePosition, PageTokens
 from .port import AttachResult, Deadline, NewTask, ParentKind, ParentLink, ShardPort
+from .quotas import ShardQuotas, TaskQuotas
 from .remote import RemoteTasks
 from .shard import Shard, TtlConfig
 from .task import TaskImpl
-from .types import ListFilter, TaskIdentity, TaskStats, TaskStatus, new_task_id
+from .types import AbortRequest, ListFilter, TaskIdentity, TaskStats, TaskStatus, new_task_id
 from .validation import (
     MAX_NAME_LENGTH,
     MAX_TEXT_LENGTH,
@@ -78,6 +79,7 @@ class TaskManager(NodeTasks):
         max_modules: int = DEFAULT_MAX_MODULES,
         max_status_children: int = DEFAULT_MAX_STATUS_CHILDREN,
         journal: Journal = NO_JOURNAL,
+        quotas: TaskQuotas | None = None,
     ) -> None:
         if shards < 1:
             raise ValueError("a task manager needs at least one shard")
@@ -95,6 +97,7 @@ class TaskManager(NodeTasks):
         # are unchanged (an operator's new flag wins over an old API call).
         self._ttl_flags = (task_ttl, user_task_ttl)
         self.journal = journal
+        self.quotas = quotas or TaskQuotas()
         local = [
             Shard(
                 i,
@@ -104,6 +107,7 @@ class TaskManager(NodeTasks):
                 max_status_children=max_status_children,
                 host=self,
                 journal=journal,
+                quotas=ShardQuotas(self.quotas, shards),
             )
             for i in range(shards)
         ]
@@ -508,18 +512,20 @@ class TaskManager(NodeTasks):
 
     # ---- abort -------------------------------------------------------------------------------
 
-    async def abort_task(self, task_id: UUID) -> None:
+    async def abort_task(self, task_id: UUID, *, reason: str = "", principal: str = "") -> None:
         """Requests the abort of a task and all its descendants (as the API does).
 
         Returns once every descendant has been told, not once they stopped.
+        ``reason`` and ``principal`` are kept with each of them (who asked
+        for the abort, and why), with the time.
 
         Raises:
             TaskNotFoundError: unknown id.
             TaskNotAbortableError: the task is not abortable.
         """
-        shard = await self._locate(task_id)
-        if shard is not None:
-            await self._abort_all(await shard.abort(task_id, check_abortable=True))
+        check_length("reason", reason, MAX_TEXT_LENGTH)
+        request = AbortRequest(self.clock.now(), reason, principal)
+        if await self.abort_local(task_id, request):
             return
         found = await self._groups.find(task_id)
         if found is None:

@@ -16,7 +16,7 @@ from uuid import UUID
 from .clock import Clock
 from .errors import InvalidArgumentError, TaskNotFoundError
 from .port import ChildRef, Deadline, ShardPort
-from .types import FoldedTask, TaskIdentity, TaskStatus
+from .types import AbortRequest, FoldedTask, TaskIdentity, TaskOwner, TaskStatus
 from .virtual import VirtualGroups
 
 
@@ -100,13 +100,24 @@ class NodeTasks:
         deadline = None if timeout is None else Deadline(self.clock.now() + timeout, timeout)
         return shard.watch(task_id, deadline)
 
-    async def abort_local(self, task_id: UUID) -> bool:
+    async def abort_local(self, task_id: UUID, request: AbortRequest | None = None) -> bool:
         """Aborts a regular task this node holds (as ``abort_task``); False if it holds none."""
         shard = await self._locate(task_id)
         if shard is None:
             return False
-        await self._abort_all(await shard.abort(task_id, check_abortable=True))
+        children = await shard.abort(task_id, check_abortable=True, request=request)
+        await self._abort_all(
+            children, None if request is None else request._replace(origin=task_id)
+        )
         return True
+
+    async def task_owner(self, task_id: UUID) -> TaskOwner | None:
+        """A regular task's module and owner if this node holds it (for access checks)."""
+        for shard in self._probe(task_id):
+            found = await shard.owner_of(task_id)
+            if found is not None:
+                return found
+        return None
 
     # ---- lookup ------------------------------------------------------------------------------
 
@@ -178,10 +189,17 @@ class NodeTasks:
             queue.extend((depth + 1, c) for c in node.live_children)
             queue.extend((depth + 1, f) for f in node.folded_children)
 
-    async def _abort_all(self, children: Sequence[ChildRef]) -> None:
+    async def _abort_all(
+        self, children: Sequence[ChildRef], request: AbortRequest | None = None
+    ) -> None:
         # Down the tree one port call a task, breadth first, whatever the
-        # children's own abortable flags say.
+        # children's own abortable flags say; each descendant is told whose
+        # abort reached it (``request.origin``).
         queue = deque(children)
         while queue:
             child_id, child_shard = queue.popleft()
-            queue.extend(await self._shards[child_shard].abort(child_id, check_abortable=False))
+            queue.extend(
+                await self._shards[child_shard].abort(
+                    child_id, check_abortable=False, request=request
+                )
+            )

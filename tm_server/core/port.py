@@ -28,7 +28,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 from uuid import UUID
 
-from .types import FoldedTask, ListFilter, Progress, TaskIdentity, TaskStats, TaskStatus
+from .types import (
+    AbortRequest,
+    FoldedTask,
+    ListFilter,
+    Progress,
+    TaskIdentity,
+    TaskOwner,
+    TaskStats,
+    TaskStatus,
+)
 
 if TYPE_CHECKING:
     from .handle import TaskHandle
@@ -241,7 +250,9 @@ class ShardPort(Protocol):
         Returns whether it could, and whom to tell of the change next (as ``child_changed``).
         """
 
-    async def abort(self, task_id: UUID, *, check_abortable: bool) -> list[ChildRef]:
+    async def abort(
+        self, task_id: UUID, *, check_abortable: bool, request: AbortRequest | None = None
+    ) -> list[ChildRef]:
         """Requests the abort of a task; returns its live children, to abort next."""
 
     async def release(self, task_id: UUID) -> list[ChildRef]:
@@ -260,6 +271,9 @@ class ShardPort(Protocol):
 
     async def find_status(self, task_id: UUID) -> TaskStatus | None:
         """A registered task's status, or ``None`` when it is not here."""
+
+    async def owner_of(self, task_id: UUID) -> TaskOwner | None:
+        """A registered task's module and owner, or ``None`` when it is not here."""
 
     async def handle_status(self, task_id: UUID) -> TaskStatus | None:
         """The status of a task registered, held or handled here, or ``None``."""

@@ -12,6 +12,7 @@ from uuid import UUID, uuid4
 from .clock import Clock, TimerHandle
 from .errors import (
     InvalidArgumentError,
+    QuotaExceededError,
     SessionNotFoundError,
     ShuttingDownError,
     TaskAlreadyExistsError,
@@ -30,6 +31,9 @@ from .validation import (
 )
 
 log = logging.getLogger(__name__)
+
+#: Sessions one principal may have open at once (``--max-sessions-per-principal``).
+DEFAULT_MAX_SESSIONS_PER_PRINCIPAL = 1_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +56,8 @@ class TaskSpec:
     task_id: UUID | None = None
     #: A cluster task: a row in the cluster store every node serves.
     cluster: bool = False
+    #: The principal creating it ("" without access checks).
+    owner: str = ""
 
     def validate(self) -> None:
         """Checks lengths and values.
@@ -76,8 +82,8 @@ class RemoteTaskImpl(TaskImpl):
     the per-task session lives in ``Producers``.
     """
 
-    __slots__ = ("_producers", "abortable", "internal", "progress_units", "scope", "type",
-                 "user_task")  # fmt: skip
+    __slots__ = ("_producers", "abortable", "internal", "owner", "progress_units", "scope",
+                 "type", "user_task")  # fmt: skip
     external = True
 
     def __init__(self, shape: TaskShape, producers: Producers) -> None:
@@ -104,8 +110,10 @@ class RemoteTaskImpl(TaskImpl):
 class ProducerSession:
     """A producer's session: its unfinished tasks, pending aborts and the open stream's queue."""
 
-    def __init__(self, session_id: UUID) -> None:
+    def __init__(self, session_id: UUID, owner: str = "") -> None:
         self.id = session_id
+        # The principal that opened it: only it may resume, use or close it.
+        self.owner = owner
         self.tasks: dict[UUID, None] = {}  # unfinished tasks, in creation order
         self.pending_aborts: dict[UUID, None] = {}
         self.queue: asyncio.Queue[object] | None = None
@@ -189,11 +197,22 @@ class ClusterTasks(Protocol):
 class Producers:
     """The producer API of the task manager: remote tasks and producer sessions."""
 
-    def __init__(self, manager: TaskManager, *, lease_seconds: float = 30.0) -> None:
+    def __init__(
+        self,
+        manager: TaskManager,
+        *,
+        lease_seconds: float = 30.0,
+        max_sessions_per_principal: int = DEFAULT_MAX_SESSIONS_PER_PRINCIPAL,
+    ) -> None:
         if lease_seconds <= 0:
             raise ValueError("the producer lease must be positive")
+        if max_sessions_per_principal < 1:
+            raise ValueError("max_sessions_per_principal must be at least 1")
         self.manager = manager
         self.lease_seconds = lease_seconds
+        self.max_sessions_per_principal = max_sessions_per_principal
+        # Live sessions by owner, for the quota (the anonymous caller included).
+        self._owned_sessions: dict[str, int] = {}
         self._clock: Clock = manager.clock
         self._sessions: dict[UUID, ProducerSession] = {}
         # The session of each unfinished session task (by id int).
@@ -233,16 +252,19 @@ class Producers:
         # session's, to fail if its producer does not come back.
         self.manager.journal.put(TASK_SESSION_KEY + task_id.hex, session.id.hex)
 
-    def restore(self, sessions: list[UUID], links: list[tuple[UUID, UUID, bool]]) -> int:
+    def restore(
+        self, sessions: list[tuple[UUID, str]], links: list[tuple[UUID, UUID, bool]]
+    ) -> int:
         """Brings back journaled sessions, each with a fresh lease, and their tasks.
 
-        ``links`` are (task, session, abort requested) of unfinished tasks; a
+        ``sessions`` are (id, owner); ``links`` are (task, session, abort
+        requested) of unfinished tasks; a
         link to a session that is gone is dropped, and a task's abort is sent
         again when its producer resumes. Returns how many sessions came back.
         """
-        for session_id in sessions:
-            session = ProducerSession(session_id)
-            self._sessions[session_id] = session
+        for session_id, owner in sessions:
+            session = ProducerSession(session_id, owner)
+            self._add_session(session)
             self._start_lease(session)
         for task_id, session_id, aborting in links:
             found = self._sessions.get(session_id)
@@ -288,7 +310,7 @@ class Producers:
     def _impl(self, spec: TaskSpec) -> RemoteTaskImpl:
         return self.impl_of(
             TaskShape(spec.type, spec.scope, spec.progress_units, spec.abortable,
-                      spec.user_task, spec.internal)
+                      spec.user_task, spec.internal, spec.owner)
         )  # fmt: skip
 
     # ---- modules -----------------------------------------------------------------------------
@@ -458,21 +480,53 @@ class Producers:
             raise SessionNotFoundError(session_id)
         return session
 
-    def open_session(self, session_id: UUID | None = None) -> SessionStream:
-        """Opens a new session, or resumes one whose lease has not run out.
+    def session_owner(self, session_id: UUID) -> str | None:
+        """The principal that opened a live session, or ``None`` when there is none."""
+        session = self._sessions.get(session_id)
+        return None if session is None or session.expired else session.owner
+
+    def _add_session(self, session: ProducerSession) -> None:
+        self._sessions[session.id] = session
+        owned = self._owned_sessions
+        owned[session.owner] = owned.get(session.owner, 0) + 1
+
+    def _drop_session(self, session: ProducerSession) -> None:
+        if self._sessions.pop(session.id, None) is None:
+            return
+        owned = self._owned_sessions
+        left = owned.get(session.owner, 1) - 1
+        if left > 0:
+            owned[session.owner] = left
+        else:
+            owned.pop(session.owner, None)
+        self.manager.journal.delete(SESSION_KEY + session.id.hex)
+
+    def open_session(self, session_id: UUID | None = None, *, owner: str = "") -> SessionStream:
+        """Opens a new session for ``owner``, or resumes one whose lease has not run out.
 
         A resumed session's stream takes over from any stream still open for it.
 
         Raises:
             SessionNotFoundError: ``session_id`` is unknown or expired.
             ShuttingDownError: the server is stopping.
+            QuotaExceededError: ``owner`` has ``max_sessions_per_principal`` sessions already.
         """
         if self._stopping:
             raise ShuttingDownError()
         if session_id is None:
-            session = ProducerSession(uuid4())
-            self._sessions[session.id] = session
-            self.manager.journal.put(SESSION_KEY + session.id.hex, 1)
+            limit = self.max_sessions_per_principal
+            if self._owned_sessions.get(owner, 0) >= limit:
+                who = f"principal {owner}" if owner else "the server"
+                raise QuotaExceededError(
+                    "sessions_per_principal",
+                    limit,
+                    f"{who} has {limit} producer sessions open (--max-sessions-per-principal); "
+                    "close unused sessions (CloseSession) or let their leases end",
+                )
+            session = ProducerSession(uuid4(), owner)
+            self._add_session(session)
+            # The owner is the record's value: a restart keeps whose it is.
+            self.manager.journal.put(SESSION_KEY + session.id.hex, owner)
             resumed = False
         else:
             session = self._session(session_id)
@@ -503,8 +557,7 @@ class Producers:
         if session.connected or session.expired:
             return
         session.expired = True
-        self._sessions.pop(session.id, None)
-        self.manager.journal.delete(SESSION_KEY + session.id.hex)
+        self._drop_session(session)
         task = asyncio.get_running_loop().create_task(self._fail_session_tasks(session))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
@@ -543,8 +596,7 @@ class Producers:
         """
         session = self._session(session_id)
         session.expired = True
-        self._sessions.pop(session.id, None)
-        self.manager.journal.delete(SESSION_KEY + session.id.hex)
+        self._drop_session(session)
         if session.lease_timer is not None:
             session.lease_timer.cancel()
             session.lease_timer = None

@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 from uuid import UUID
 
 from .journal import (
+    ABORT_KEY,
     MODULE_KEY,
     SEQUENCE_KEY,
     SESSION_KEY,
@@ -34,6 +35,7 @@ from .journal import (
     TASK_KEY,
     TASK_SESSION_KEY,
     TTL_KEY,
+    abort_from_record,
 )
 from .manager import TaskManager
 from .port import ParentKind, ParentLink
@@ -41,7 +43,7 @@ from .progress import leaf_progress
 from .record import Task
 from .status import build_status, folded_record
 from .task import TaskContext, TaskImpl, TaskShape
-from .types import FoldedTask, Progress, TaskState
+from .types import AbortRequest, FoldedTask, Progress, TaskState
 from .validation import uuid_from_int
 
 #: The error of a task whose body ran in the server when it stopped.
@@ -70,7 +72,7 @@ def shape_of(task: Task) -> tuple[object, ...]:
     """What tasks of one kind share, journaled once as a "shape" record (see ``SHAPE_KEY``)."""
     impl = task.impl
     return (task.module, impl.type, impl.scope, impl.progress_units, impl.abortable,
-            impl.user_task, impl.internal, impl.external)  # fmt: skip
+            impl.user_task, impl.internal, impl.external, impl.owner)  # fmt: skip
 
 
 def task_record(shard: int, task: Task, final: Progress | None, shape: int) -> list[object]:
@@ -209,7 +211,7 @@ async def recover(
     manager: TaskManager,
     records: Iterable[tuple[str, Any]],
     external_impl: Callable[[TaskShape], TaskImpl],
-    restore_sessions: Callable[[list[UUID], list[tuple[UUID, UUID, bool]]], int],
+    restore_sessions: Callable[[list[tuple[UUID, str]], list[tuple[UUID, UUID, bool]]], int],
 ) -> RecoveryReport:
     """Rebuilds the registry from journal records ((key, value), in first-written order).
 
@@ -232,7 +234,8 @@ async def recover(
     folded_keys: list[int] = []
     modules: set[str] = set()
     sequences: dict[tuple[int, str], int] = {}
-    sessions: list[UUID] = []
+    sessions: list[tuple[UUID, str]] = []
+    aborts: dict[int, AbortRequest] = {}
     links: list[tuple[UUID, UUID]] = []
     ttls: object = None
     for position, (name_, value) in enumerate(records):
@@ -260,8 +263,9 @@ async def recover(
                 kept[home].append(task)
         elif kind == SHAPE_KEY:
             # Shapes are written before the first record that names them.
-            module, type_, scope, units, abortable, user_task, internal, external = value
-            shape = TaskShape(type_, scope, units, abortable, user_task, internal)
+            module, type_, scope, units, abortable, user_task, internal, external = value[:8]
+            owner = value[8] if len(value) > 8 else ""  # journals from before owners
+            shape = TaskShape(type_, scope, units, abortable, user_task, internal, owner)
             if external:
                 impl = external_impl(shape)
             else:
@@ -277,7 +281,10 @@ async def recover(
             where = (int(shard_text) % count, bytes.fromhex(module_hex).decode())
             sequences[where] = max(sequences.get(where, 0), int(value))
         elif kind == SESSION_KEY:
-            sessions.append(UUID(hex=name_[1:]))
+            # The value is the owner (1 in journals from before owners).
+            sessions.append((UUID(hex=name_[1:]), value if isinstance(value, str) else ""))
+        elif kind == ABORT_KEY:
+            aborts[int(name_[1:], 16)] = abort_from_record(value)
         elif kind == TASK_SESSION_KEY:
             links.append((UUID(hex=name_[1:]), UUID(hex=str(value))))
     for name in sorted(modules):
@@ -324,10 +331,13 @@ async def recover(
             report.add("folded")
         else:
             manager.journal.forget(entry.task.id)
+    for key in [k for k in aborts if k not in entries or entries[k].task.folded_into_parent]:
+        del aborts[key]  # its task did not come back
+        manager.journal.delete(f"{ABORT_KEY}{key:032x}")
     for shard in shards:
         shard.restore(kept[shard.index], folded_ids[shard.index], {
             module: n for (index, module), n in sequences.items() if index == shard.index
-        })  # fmt: skip
+        }, aborts)  # fmt: skip
     for shard in shards:
         for kind, n in (await shard.settle_restored(NODE_RESTARTED)).items():
             report.add(kind, n)

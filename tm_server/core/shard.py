@@ -26,7 +26,7 @@ from .errors import (
     TaskNotAbortableError,
     TaskNotFoundError,
 )
-from .journal import NO_JOURNAL, Journal
+from .journal import ABORT_KEY, NO_JOURNAL, Journal, abort_record
 from .logs import RateLimitedLog
 from .port import (
     AttachResult,
@@ -41,17 +41,20 @@ from .port import (
     TreeNode,
 )
 from .progress import finish_step, first_step, known_total, leaf_progress, roll_up_from
+from .quotas import ShardQuotas
 from .record import ModuleState, Task
 from .status import build_status, children_page, folded_record, listed_children
 from .store import TaskStore, forgotten_keys
 from .task import TaskContext, TaskImpl
 from .types import (
     NO_PROGRESS,
+    AbortRequest,
     FoldedTask,
     ListFilter,
     Progress,
     TaskIdentity,
     TaskKind,
+    TaskOwner,
     TaskState,
     TaskStats,
     TaskStatus,
@@ -88,6 +91,7 @@ class Shard(ShardPort):
         max_status_children: int,
         host: ShardHost,
         journal: Journal = NO_JOURNAL,
+        quotas: ShardQuotas | None = None,
     ) -> None:
         self.index = index
         self._clock = clock
@@ -99,7 +103,9 @@ class Shard(ShardPort):
         self.host = host
         self._peers: Sequence[ShardPort] = ()
         self._journal = journal
-        self._store = TaskStore(clock, self._after_drop, shard=index, journal=journal)
+        self._store = TaskStore(
+            clock, self._after_drop, shard=index, journal=journal, quotas=quotas
+        )
         # The store's registered-task map, bound once: every status read looks here.
         self._by_id = self._store.tasks
         self._watches = Watches(clock)
@@ -195,9 +201,13 @@ class Shard(ShardPort):
                 f"parent task with id {parent_id} is {parent.state.value}: "
                 "a finished task takes no new children"
             )
-        if parent.live_children is None:
-            parent.live_children = {}
-        parent.live_children[child_id] = child_shard
+        live = parent.live_children
+        self._store.quotas.check_children(
+            str(parent_id), (len(live) if live else 0) + len(parent.folded_children or ())
+        )
+        if live is None:
+            live = parent.live_children = {}
+        live[child_id] = child_shard
         await self._changed(parent)
         return AttachResult(parent.sequence_number, parent.abort_requested)
 
@@ -444,8 +454,13 @@ class Shard(ShardPort):
 
     # ---- abort down the tree -----------------------------------------------------------------
 
-    async def abort(self, task_id: UUID, *, check_abortable: bool) -> list[ChildRef]:
+    async def abort(
+        self, task_id: UUID, *, check_abortable: bool, request: AbortRequest | None = None
+    ) -> list[ChildRef]:
         """Requests the abort of a task; returns its live children, to abort next.
+
+        ``request`` says who asked, when and why (kept with the task while it
+        is reachable, and shown in its status).
 
         Raises:
             TaskNotFoundError: ``check_abortable`` and no such registered task here.
@@ -459,13 +474,17 @@ class Shard(ShardPort):
             return []
         if check_abortable and not task.impl.abortable:
             raise TaskNotAbortableError(task_id)
-        return await self._abort(task)
+        return await self._abort(task, request)
 
-    async def _abort(self, task: Task) -> list[ChildRef]:
+    async def _abort(self, task: Task, request: AbortRequest | None = None) -> list[ChildRef]:
         if task.abort_requested:
             return []  # a second abort is a no-op
         if not task.state.is_complete:
             task.abort_requested = True
+            if request is not None:
+                key = task.id.int
+                self._store.aborts[key] = request
+                self._journal.put(f"{ABORT_KEY}{key:032x}", abort_record(request))
             self._journal.record(self.index, task)
             if task.sync is not None and task.sync.abort_event is not None:
                 task.sync.abort_event.set()
@@ -544,14 +563,20 @@ class Shard(ShardPort):
     async def _status(self, task: Task) -> TaskStatus:
         # Every status read comes through here: a leaf (most tasks) costs no
         # further coroutine for its progress.
+        abort = self._store.aborts.get(task.id.int) if task.abort_requested else None
         if not task.live_children and not task.folded_children:
-            return build_status(task, self.index, self._node, leaf_progress(task))
+            return build_status(task, self.index, self._node, leaf_progress(task), abort=abort)
         step = first_step(task)
         progress = step.progress
         if progress is None:
             progress = await roll_up_from(self._peers, task.id, self.index, step)
         children, count = listed_children(task, self._node, self._max_children)
-        return build_status(task, self.index, self._node, progress, children, count)
+        return build_status(task, self.index, self._node, progress, children, count, abort)
+
+    async def owner_of(self, task_id: UUID) -> TaskOwner | None:
+        """A registered task's module and owner, or ``None`` when it is not here."""
+        task = self._by_id.get(task_id.int)
+        return None if task is None else TaskOwner(task.module, task.impl.owner)
 
     async def children_page(
         self, task_id: UUID, after: UUID | None, limit: int
@@ -662,13 +687,19 @@ class Shard(ShardPort):
 
     # ---- recovery ----------------------------------------------------------------------------
 
-    def restore(self, tasks: list[Task], folded: list[UUID], sequences: dict[str, int]) -> None:
+    def restore(
+        self,
+        tasks: list[Task],
+        folded: list[UUID],
+        sequences: dict[str, int],
+        aborts: dict[int, AbortRequest] | None = None,
+    ) -> None:
         """Takes tasks rebuilt from the journal (see ``recovery``), before the node serves.
 
         Not a port method: recovery runs in the process that holds the
         shards; a shard of its own process would replay its own journal.
         """
-        self._store.restore(tasks, folded, sequences)
+        self._store.restore(tasks, folded, sequences, aborts)
 
     async def settle_restored(self, restarted_error: str) -> dict[str, int]:
         """Applies the restart to the restored tasks; returns counts by kind, for the log.

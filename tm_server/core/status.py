@@ -8,7 +8,15 @@ from collections.abc import Iterable
 from uuid import UUID
 
 from .record import Task
-from .types import FoldedTask, Progress, TaskIdentity, TaskKind, TaskStatus, creation_time_of
+from .types import (
+    AbortRequest,
+    FoldedTask,
+    Progress,
+    TaskIdentity,
+    TaskKind,
+    TaskStatus,
+    creation_time_of,
+)
 
 # An Enum member read off its class goes through the metaclass; every status
 # built here reads this one.
@@ -22,8 +30,9 @@ def build_status(
     progress: Progress,
     children: tuple[TaskIdentity, ...] = (),
     children_count: int = 0,
+    abort: AbortRequest | None = None,
 ) -> TaskStatus:
-    """The status of a task on ``shard`` with its progress and listed children."""
+    """The status of a task on ``shard`` with its progress, listed children and abort."""
     impl = task.impl
     return TaskStatus(
         id=task.id,
@@ -52,6 +61,8 @@ def build_status(
         expire_time=task.expire_at,
         children_count=children_count,
         node=node,
+        abort=abort,
+        owner=impl.owner,
     )
 
 

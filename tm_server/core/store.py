@@ -14,11 +14,12 @@ from uuid import UUID
 from .clock import Clock
 from .errors import TaskNotFoundError, UnknownModuleError
 from .expiry import ExpiryQueues
-from .journal import Journal, sequence_key
+from .journal import ABORT_KEY, Journal, sequence_key
 from .port import ChildRef, NewTask, ParentKind
+from .quotas import ShardQuotas, TaskQuotas
 from .record import ModuleState, Task
 from .task import TaskImpl
-from .types import FoldedTask, TaskState
+from .types import AbortRequest, FoldedTask, TaskState
 
 
 def _count(counts: dict[int, int], key: int, delta: int) -> None:
@@ -61,8 +62,15 @@ class TaskStore:
         *,
         shard: int,
         journal: Journal,
+        quotas: ShardQuotas | None = None,
     ) -> None:
         self.shard = shard
+        self.quotas = quotas or ShardQuotas(TaskQuotas(), 1)
+        # Registered tasks by owning principal (named ones only), for its quota.
+        self.owned: dict[str, int] = {}
+        # Who asked for each abort, when and why: only aborted tasks are in it
+        # (a slot on every task would cost all of them).
+        self.aborts: dict[int, AbortRequest] = {}
         # Told of every record that changes or goes (a no-op without a journal).
         self.journal = journal
         self._sequence_keys: dict[str, str] = {}
@@ -141,8 +149,19 @@ class TaskStore:
     # ---- adding ------------------------------------------------------------------------------
 
     def add(self, spec: NewTask, impl: TaskImpl, *, handle: bool) -> Task:
-        """Builds and registers a task record."""
+        """Builds and registers a task record.
+
+        Raises:
+            UnknownModuleError: the module is not registered here.
+            QuotaExceededError: the shard, or the task's owner, holds its share of tasks.
+        """
         module = self.module(spec.module)
+        self.quotas.check_tasks(len(self.tasks))
+        owner = impl.owner
+        if owner:
+            owned = self.owned.get(owner, 0)
+            self.quotas.check_owned(owner, owned)
+            self.owned[owner] = owned + 1
         inherited = spec.inherited
         if inherited is None or inherited.sequence_number is None:
             sequence = module.new_sequence_number()
@@ -181,20 +200,31 @@ class TaskStore:
         self.journal.record(self.shard, task)
         return task
 
-    def restore(self, tasks: list[Task], folded: list[UUID], sequences: dict[str, int]) -> None:
+    def restore(
+        self,
+        tasks: list[Task],
+        folded: list[UUID],
+        sequences: dict[str, int],
+        aborts: dict[int, AbortRequest] | None = None,
+    ) -> None:
         """Registers tasks rebuilt from the journal, as ``add`` would have (recovery only).
 
         ``folded`` are ids of this shard's tasks that folded into a parent
         (named until their parent's record goes), ``sequences`` each module's
-        last sequence number here. In bulk: a sorted map filled at once sorts
+        last sequence number here, ``aborts`` who asked for the aborts of
+        tasks here. In bulk: a sorted map filled at once sorts
         once, where a million inserts would cost seconds.
         """
         by_module: dict[str, list[tuple[int, Task]]] = {}
         parent_refs = self._parent_refs
         highest = dict(sequences)
+        owned = self.owned
         for task in tasks:
             key = task.id.int
             by_module.setdefault(task.module, []).append((key, task))
+            owner = task.impl.owner
+            if owner:
+                owned[owner] = owned.get(owner, 0) + 1
             if task.sequence_number > highest.get(task.module, 0):
                 highest[task.module] = task.sequence_number
             parent = task.parent
@@ -207,6 +237,8 @@ class TaskStore:
             self.module(name).tasks.update(pairs)
         for task_id in folded:
             self.count_folded(task_id)
+        if aborts:
+            self.aborts.update((k, a) for k, a in aborts.items() if k in self.tasks)
         for name, module in self.modules.items():
             module.sequence = max(module.sequence, highest.get(name, 0))
 
@@ -276,6 +308,13 @@ class TaskStore:
         key = task.id.int
         if self.tasks.pop(key, None) is None:
             return
+        owner = task.impl.owner
+        if owner:
+            left = self.owned.get(owner, 1) - 1
+            if left > 0:
+                self.owned[owner] = left
+            else:
+                self.owned.pop(owner, None)
         module = self.modules.get(task.module)
         if module is not None:
             module.tasks.pop(key, None)
@@ -309,6 +348,8 @@ class TaskStore:
         """
         if task.parent is not None:
             _count(self._parent_refs, task.parent.id.int, -1)
+        if self.aborts and self.aborts.pop(task.id.int, None) is not None:
+            self.journal.delete(f"{ABORT_KEY}{task.id.int:032x}")
         if not task.folded_into_parent:
             # A folded task's record stays while its parent's names it
             # (``forget_folded`` lets it go).

@@ -35,6 +35,9 @@ class TaskImpl(abc.ABC):
     user_task: bool = False
     #: ``None`` applies ScyllaDB's rule: internal exactly when the parent is a regular task.
     internal: bool | None = None
+    #: The principal that created the task ("" for a task the server runs, or
+    #: without access checks); only it (or an operator) may drive a reported task.
+    owner: str = ""
     #: True for a task driven from outside (a producer): ``run`` is never
     #: called; the task is started, advanced and finished through the shard.
     external: ClassVar[bool] = False
@@ -76,6 +79,7 @@ class TaskShape:
     abortable: bool
     user_task: bool
     internal: bool | None
+    owner: str = ""
 
     def apply(self, impl: TaskImpl) -> None:
         """Gives ``impl`` this shape's attributes."""
@@ -85,6 +89,7 @@ class TaskShape:
         impl.abortable = self.abortable
         impl.user_task = self.user_task
         impl.internal = self.internal
+        impl.owner = self.owner
 
 
 class TaskContext:

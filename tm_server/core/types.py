@@ -66,6 +66,27 @@ class Progress:
 NO_PROGRESS = Progress()
 
 
+class AbortRequest(NamedTuple):
+    """Who asked for a task's abort, when (epoch seconds) and why.
+
+    ``origin`` is the ancestor whose abort reached the task (``None`` when
+    the abort was asked of the task itself); ``principal`` is "" when the
+    server checks no callers.
+    """
+
+    time: float
+    reason: str = ""
+    principal: str = ""
+    origin: UUID | None = None
+
+
+class TaskOwner(NamedTuple):
+    """What access checks need of a task: its module and the principal that created it."""
+
+    module: str
+    owner: str
+
+
 class TaskStatus(NamedTuple):
     """The full status of a task (ScyllaDB's ``task_status`` plus tm's extra fields).
 
@@ -108,6 +129,12 @@ class TaskStatus(NamedTuple):
     #: Live nodes that did not answer while the status was gathered (a cluster
     #: task's children on them are missing).
     unreachable_nodes: tuple[str, ...] = ()
+    #: Who asked for the abort, when and why (with ``abort_requested``; kept
+    #: once the task finished because of it).
+    abort: AbortRequest | None = None
+    #: The principal that created the task ("" without access checks, or for
+    #: a task the server runs itself).
+    owner: str = ""
 
 
 class TaskStats(NamedTuple):

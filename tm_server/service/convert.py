@@ -22,6 +22,7 @@ from tm_server.core import (
     VirtualChild,
 )
 from tm_server.core.producers import TaskSpec
+from tm_server.core.types import AbortRequest
 from tm_server.core.validation import parse_uuid, require_uuid
 
 __all__ = [
@@ -78,8 +79,8 @@ def filter_from_pb(request: pb.ListModuleTasksRequest) -> ListFilter:
     return ListFilter(internal=request.internal, keyspace=request.keyspace, table=request.table)
 
 
-def spec_from_pb(request: reporting_pb.CreateTaskRequest) -> TaskSpec:
-    """Decodes a CreateTaskRequest into a task spec (validated by the core)."""
+def spec_from_pb(request: reporting_pb.CreateTaskRequest, owner: str = "") -> TaskSpec:
+    """Decodes a CreateTaskRequest into a task spec (validated by the core) for ``owner``."""
     return TaskSpec(
         module=request.module,
         type=request.type,
@@ -96,6 +97,7 @@ def spec_from_pb(request: reporting_pb.CreateTaskRequest) -> TaskSpec:
         progress_total=request.progress_total if request.HasField("progress_total") else None,
         task_id=parse_uuid("task_id", request.task_id, required=False),
         cluster=request.cluster,
+        owner=owner,
     )
 
 
@@ -185,6 +187,16 @@ def fill_status(target: pb.TaskStatus, status: TaskStatus) -> None:
         target.node = status.node
     if status.unreachable_nodes:
         target.unreachable_nodes.extend(status.unreachable_nodes)
+    if status.abort is not None:
+        abort = status.abort
+        info = target.abort
+        _set_time(info.request_time, abort.time)
+        info.reason = abort.reason
+        info.principal = abort.principal
+        if abort.origin is not None:
+            info.origin_task_id = str(abort.origin)
+    if status.owner:
+        target.owner = status.owner
 
 
 def status_to_pb(status: TaskStatus) -> pb.TaskStatus:
@@ -265,7 +277,18 @@ def status_from_pb(msg: pb.TaskStatus) -> TaskStatus:
         children_count=msg.children_count,
         node=msg.node,
         unreachable_nodes=tuple(msg.unreachable_nodes),
+        abort=_abort_back(msg),
+        owner=msg.owner,
     )
+
+
+def _abort_back(msg: pb.TaskStatus) -> AbortRequest | None:
+    if not msg.HasField("abort"):
+        return None
+    info = msg.abort
+    at = info.request_time.seconds + info.request_time.nanos / 1e9
+    origin = parse_uuid("origin_task_id", info.origin_task_id, required=False)
+    return AbortRequest(at, info.reason, info.principal, origin)
 
 
 def virtual_child_to_pb(target: npb.ClusterChild, status: TaskStatus) -> None:

@@ -36,6 +36,7 @@ _malformed_log = RateLimitedLog(log)
 
 #: The ErrorInfo reason of a request body that does not decode.
 MALFORMED_REQUEST = reason_name(pb.ERROR_REASON_MALFORMED_REQUEST)
+QUOTA_EXCEEDED = reason_name(pb.ERROR_REASON_QUOTA_EXCEEDED)
 
 
 class MalformedRequest:
@@ -66,8 +67,33 @@ class MalformedRequest:
         )
 
 
-def _tolerant(deserialize: Callable[[bytes], Any], message_type: str) -> Callable[[bytes], Any]:
+class OversizedRequest(MalformedRequest):
+    """What a request deserializer returns for a body past the server's ``--max-request-bytes``."""
+
+    __slots__ = ("limit",)
+
+    def __init__(self, message_type: str, size: int, limit: int) -> None:
+        super().__init__(message_type, size)
+        self.limit = limit
+
+    def status(self, method: str, limited: RateLimitedLog = _malformed_log) -> grpc.Status:
+        """Logs one rate-limited line and returns the RESOURCE_EXHAUSTED to answer with."""
+        limited.log(logging.INFO, method, "refused a %d-byte request to %s", self.size, method)
+        return make_status(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"the request is {self.size} bytes, past this server's limit of {self.limit} "
+            "(--max-request-bytes)",
+            QUOTA_EXCEEDED,
+            {"quota": "request_bytes", "limit": str(self.limit), "message_type": self.message_type},
+        )
+
+
+def _tolerant(
+    deserialize: Callable[[bytes], Any], message_type: str, limit: int | None = None
+) -> Callable[[bytes], Any]:
     def deserialize_or_mark(data: bytes) -> Any:
+        if limit is not None and len(data) > limit:
+            return OversizedRequest(message_type, len(data), limit)
         try:
             return deserialize(data)
         except Exception:  # DecodeError, or whatever a deserializer raises on bad bytes
@@ -157,9 +183,15 @@ class _Captured:
 
 
 def add_service(
-    server: grpc.aio.Server, add_to_server: Callable[[Any, Any], None], servicer: Any
+    server: grpc.aio.Server,
+    add_to_server: Callable[[Any, Any], None],
+    servicer: Any,
+    max_request_bytes: int | None = None,
 ) -> list[str]:
     """Registers a servicer through its generated ``add_*_to_server``, with tolerant decoding.
+
+    A body longer than ``max_request_bytes`` is refused with
+    ``RESOURCE_EXHAUSTED`` (reason ``QUOTA_EXCEEDED``) before it is decoded.
 
     Behaviours that check for ``MalformedRequest`` themselves (tm's handler
     wrappers mark theirs with ``checks_malformed``) run as they are; others
@@ -173,7 +205,9 @@ def add_service(
             deserialize = handler.request_deserializer
             if deserialize is not None:
                 handler = handler._replace(
-                    request_deserializer=_tolerant(deserialize, _message_type(deserialize))
+                    request_deserializer=_tolerant(
+                        deserialize, _message_type(deserialize), max_request_bytes
+                    )
                 )
             if not getattr(_behaviour(handler), "checks_malformed", False):
                 handler = _guard(handler, f"/{name}/{method}")

@@ -13,6 +13,7 @@ from tm_server.core import (
     JournalUnavailableError,
     ModuleLimitError,
     NodeUnavailableError,
+    QuotaExceededError,
     SessionNotFoundError,
     ShuttingDownError,
     StoreUnavailableError,
@@ -37,6 +38,7 @@ _CODES: dict[type[TaskManagerError], grpc.StatusCode] = {
     SessionNotFoundError: grpc.StatusCode.NOT_FOUND,
     ShuttingDownError: grpc.StatusCode.UNAVAILABLE,
     ModuleLimitError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    QuotaExceededError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     WaitTimeoutError: grpc.StatusCode.DEADLINE_EXCEEDED,
     StoreUnavailableError: grpc.StatusCode.UNAVAILABLE,
     NodeUnavailableError: grpc.StatusCode.UNAVAILABLE,
@@ -97,6 +99,9 @@ def status_for(exc: TaskManagerError) -> grpc.Status:
     if isinstance(exc, UnknownModuleError | ModuleLimitError):
         metadata["module"] = exc.module
     if isinstance(exc, ModuleLimitError):
+        metadata["limit"] = str(exc.limit)
+    if isinstance(exc, QuotaExceededError):
+        metadata["quota"] = exc.quota
         metadata["limit"] = str(exc.limit)
     if isinstance(exc, NodeUnavailableError):
         metadata["node"] = exc.node

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from uuid import UUID
 
 from tm_client.pb import task_reporting_pb2 as pb
 from tm_client.pb import task_reporting_pb2_grpc as pb_grpc
+from tm_server.core import TaskManagerError
 from tm_server.core.producers import Producers
 
+from .auth import caller_name
 from .convert import fill_status, lease_duration, parse_uuid, require_uuid, spec_from_pb
 from .handlers import Context, Servicer, streaming, unary
 
@@ -41,7 +44,7 @@ class TaskReportingServicer(Servicer, pb_grpc.TaskReportingServiceServicer):
     ) -> pb.CreateTaskResponse:
         """Creates (and maybe starts) a task; idempotent with a task id."""
         status, created = await self._producers.create_task(
-            spec_from_pb(request),
+            spec_from_pb(request, caller_name()),
             session_id=parse_uuid("session_id", request.session_id, required=False),
             start=request.start,
         )
@@ -93,13 +96,25 @@ class TaskReportingServicer(Servicer, pb_grpc.TaskReportingServiceServicer):
         failed = await self._producers.close_session(require_uuid("session_id", request.session_id))
         return pb.CloseSessionResponse(failed_count=failed)
 
+    async def _abort_of(self, task_id: UUID) -> pb.AbortRequested:
+        # Who asked and why: read off the task's status (aborts are rare).
+        message = pb.AbortRequested(task_id=str(task_id))
+        try:
+            status = await self._producers.manager.get_status(task_id)
+        except TaskManagerError:
+            return message  # it went meanwhile: the id is what the producer needs
+        if status.abort is not None:
+            message.reason = status.abort.reason
+            message.principal = status.abort.principal
+        return message
+
     @streaming
     async def OpenSession(
         self, request: pb.OpenSessionRequest, context: Context
     ) -> AsyncIterator[pb.OpenSessionResponse]:
         """Opens or resumes a session and streams abort requests for its tasks."""
         session_id = parse_uuid("session_id", request.session_id, required=False)
-        stream = self._producers.open_session(session_id)
+        stream = self._producers.open_session(session_id, owner=caller_name())
         try:
             yield pb.OpenSessionResponse(
                 opened=pb.SessionOpened(
@@ -110,9 +125,7 @@ class TaskReportingServicer(Servicer, pb_grpc.TaskReportingServiceServicer):
             )
             # Shutdown ends the wait with ShuttingDownError (UNAVAILABLE).
             while (task_id := await stream.next_abort()) is not None:
-                yield pb.OpenSessionResponse(
-                    abort_requested=pb.AbortRequested(task_id=str(task_id))
-                )
+                yield pb.OpenSessionResponse(abort_requested=await self._abort_of(task_id))
             # None: a newer stream resumed this session; this one ends.
         finally:
             # However the stream ended (the producer crashed included), the lease starts now.

@@ -9,6 +9,7 @@ from tm_client.pb import task_manager_pb2 as pb
 from tm_client.pb import task_manager_pb2_grpc as pb_grpc
 from tm_server.core import TaskManager, TaskStatus
 
+from .auth import caller_name
 from .convert import (
     children_page_to_pb,
     duration_seconds,
@@ -102,7 +103,9 @@ class TaskManagerServicer(Servicer, pb_grpc.TaskManagerServiceServicer):
         self, request: pb.AbortTaskRequest, context: Context
     ) -> pb.AbortTaskResponse:
         """Requests the abort of a task and its descendants."""
-        await self._tm.abort_task(require_uuid("task_id", request.task_id))
+        await self._tm.abort_task(
+            require_uuid("task_id", request.task_id), reason=request.reason, principal=caller_name()
+        )
         return pb.AbortTaskResponse()
 
     @streaming

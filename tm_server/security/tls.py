@@ -1,0 +1,183 @@
+"""TLS for the gRPC port and for calls to other nodes, from PEM files re-read when they change.
+
+The server's credentials are grpcio's dynamic ones: before each new TLS
+handshake grpcio asks for the certificate configuration, and the files are
+read again when one of them changed (a stat of each, no crypto) or after a
+SIGHUP. A pair that does not load (a key not matching its certificate, a
+half-written file) leaves the last good one in force and is logged; open
+connections keep the certificate they were made with.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+log = logging.getLogger(__name__)
+
+
+class TlsFilesError(Exception):
+    """A certificate, key or CA file cannot be used."""
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """The TLS flags: the server's certificate and key, and what it trusts.
+
+    ``client_ca`` turns on mTLS: clients must present a certificate it
+    signed. ``peer_ca`` is what other nodes' certificates are checked
+    against when this node calls them (default: ``client_ca``, else the
+    system's roots).
+    """
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+    peer_ca: Path | None = None
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise TlsFilesError(f"cannot read the {what} {path}: {exc.strerror or exc}") from exc
+    if b"-----BEGIN" not in data:
+        raise TlsFilesError(f"the {what} {path} is not a PEM file")
+    return data
+
+
+def _check_pair(cert: Path, key: Path) -> None:
+    # The standard library checks that the key is the certificate's: grpcio
+    # would only fail each handshake.
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key)
+    except (ssl.SSLError, OSError) as exc:
+        raise TlsFilesError(
+            f"the TLS certificate {cert} and key {key} do not load together: {exc}"
+        ) from exc
+
+
+def _check_ca(path: Path, what: str) -> bytes:
+    data = _read(path, what)
+    try:
+        ssl.create_default_context(cadata=data.decode("ascii", errors="replace"))
+    except (ssl.SSLError, ValueError) as exc:
+        raise TlsFilesError(f"the {what} {path} holds no usable certificate: {exc}") from exc
+    return data
+
+
+class ServerTls:
+    """The server's TLS files in force, and the grpcio credentials that read them."""
+
+    def __init__(self, config: TlsConfig) -> None:
+        self.config = config
+        self._stamp: tuple[tuple[int, int], ...] = ()
+        self._forced = False
+        self._current = self._load()
+
+    def _files(self) -> list[Path]:
+        c = self.config
+        return [c.cert, c.key] + ([c.client_ca] if c.client_ca is not None else [])
+
+    def _stat(self) -> tuple[tuple[int, int], ...]:
+        out = []
+        for path in self._files():
+            try:
+                st = os.stat(path)
+            except OSError:
+                return self._stamp  # a file being replaced: keep what is in force
+            out.append((st.st_mtime_ns, st.st_size))
+        return tuple(out)
+
+    def _load(self) -> grpc.ServerCertificateConfiguration:
+        c = self.config
+        stamp = self._stat()
+        _check_pair(c.cert, c.key)
+        pair = (_read(c.key, "TLS key"), _read(c.cert, "TLS certificate"))
+        roots = None if c.client_ca is None else _check_ca(c.client_ca, "client CA file")
+        self._stamp = stamp
+        return grpc.ssl_server_certificate_configuration([pair], root_certificates=roots)
+
+    def reload_soon(self) -> None:
+        """Re-reads the files before the next handshake, changed or not (SIGHUP)."""
+        self._forced = True
+
+    def _fetch(self) -> grpc.ServerCertificateConfiguration | None:
+        # Called by grpcio before each handshake: None keeps the one in force.
+        if not self._forced and self._stat() == self._stamp:
+            return None
+        self._forced = False
+        try:
+            self._current = self._load()
+        except TlsFilesError as exc:
+            self._stamp = self._stat()  # not retried on every handshake
+            log.error("%s; the TLS files read before stay in force", exc)
+            return None
+        log.info("TLS certificate reloaded from %s", self.config.cert)
+        return self._current
+
+    def credentials(self) -> grpc.ServerCredentials:
+        """The server credentials to add the port with."""
+        return grpc.dynamic_ssl_server_credentials(
+            self._current,
+            self._fetch,  # type: ignore[arg-type]  # None keeps the one in force
+            require_client_authentication=self.config.client_ca is not None,
+        )
+
+    def peer_channel_credentials(self) -> grpc.ChannelCredentials:
+        """Credentials for calls to other nodes: their CA, and this node's own pair with mTLS."""
+        c = self.config
+        ca = c.peer_ca or c.client_ca
+        roots = None if ca is None else _read(ca, "peer CA file")
+        if c.client_ca is None:
+            return grpc.ssl_channel_credentials(root_certificates=roots)
+        return grpc.ssl_channel_credentials(
+            root_certificates=roots,
+            private_key=_read(c.key, "TLS key"),
+            certificate_chain=_read(c.cert, "TLS certificate"),
+        )
+
+
+def channel_factory(
+    credentials: grpc.ChannelCredentials | None, token: str | None
+) -> Callable[[str], grpc.aio.Channel]:
+    """Opens channels to other nodes: TLS when given credentials, the node token on each call."""
+    interceptors = [] if token is None else list(_token_interceptors(token))
+
+    def open_channel(address: str) -> grpc.aio.Channel:
+        if credentials is None:
+            return grpc.aio.insecure_channel(address, interceptors=interceptors)
+        return grpc.aio.secure_channel(address, credentials, interceptors=interceptors)
+
+    return open_channel
+
+
+def _token_interceptors(token: str) -> tuple[Any, ...]:
+    header = ("authorization", f"Bearer {token}")
+
+    def with_token(details: Any) -> Any:
+        metadata = grpc.aio.Metadata(*(details.metadata or ()))
+        metadata.add(*header)
+        return details._replace(metadata=metadata)
+
+    class Unary(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
+        async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+            return await continuation(with_token(details), request)
+
+    class Stream(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[type-arg]
+        async def intercept_unary_stream(
+            self, continuation: Any, details: Any, request: Any
+        ) -> Any:
+            return await continuation(with_token(details), request)
+
+    return Unary(), Stream()
+
+
+__all__ = ["ServerTls", "TlsConfig", "TlsFilesError", "channel_factory"]

@@ -1,0 +1,489 @@
+"""The access interceptor: who the caller is, whether the table lets it call, and the audit log.
+
+For every call it authenticates the caller (a bearer token from the tokens
+file, or the client certificate's identity under mTLS), checks the method's
+rule in ``access.ACCESS`` (the role, on the module the call touches, and
+that a task or session is the caller's own), counts open streams against
+their quotas, and writes one audit line for each operator action. The
+principal is then in ``current_principal`` for the servicers (a task
+records who created it, an abort who asked).
+
+With neither tokens nor mTLS configured (the default, on loopback) every
+caller is anonymous and only the stream quotas and the audit log apply.
+
+A check is dictionary lookups: the token's text is cached once its hash
+was found in the file, and a task's owner is read off the shard that holds
+it (no status is built).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+from uuid import UUID
+
+import grpc
+
+from tm_client import reason_name
+from tm_client.pb import task_manager_pb2 as pb
+from tm_server.core import InvalidArgumentError
+from tm_server.core.types import TaskOwner
+from tm_server.core.validation import parse_uuid
+from tm_server.security.roles import Grant, Principal, Role
+from tm_server.security.tokens import Tokens
+
+from .access import ACCESS, Rule
+from .decoding import MalformedRequest
+from .errors import make_status
+from .handlers import Context, abort_with
+
+UNAUTHENTICATED = reason_name(pb.ERROR_REASON_UNAUTHENTICATED)
+PERMISSION_DENIED = reason_name(pb.ERROR_REASON_PERMISSION_DENIED)
+NOT_OWNER = reason_name(pb.ERROR_REASON_NOT_OWNER)
+QUOTA_EXCEEDED = reason_name(pb.ERROR_REASON_QUOTA_EXCEEDED)
+
+#: Streams one connection may hold open (``--max-streams-per-connection``).
+DEFAULT_MAX_STREAMS_PER_CONNECTION = 20_000
+#: Streams one authenticated principal may hold open (``--max-streams-per-principal``).
+DEFAULT_MAX_STREAMS_PER_PRINCIPAL = 50_000
+
+audit_log = logging.getLogger("tm.audit")
+log = logging.getLogger(__name__)
+
+#: The caller of the call being served (``None``: no access checks configured).
+current_principal: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
+    "tm_principal", default=None
+)
+
+#: What a principal known only by its certificate gets when no tokens file says more.
+_EVERY_ROLE = tuple(Grant(role) for role in Role)
+
+
+def caller_name() -> str:
+    """The name of the caller being served ("" when the server checks no callers)."""
+    principal = current_principal.get()
+    return "" if principal is None else principal.name
+
+
+class Owners(Protocol):
+    """Where the interceptor learns whose a task or a session is."""
+
+    async def task_owner(self, task_id: UUID) -> TaskOwner | None:
+        """The task's module and owner, or ``None`` when no such task is known."""
+
+    def session_owner(self, session_id: UUID) -> str | None:
+        """The owner of a live producer session, or ``None`` when there is none."""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamQuotas:
+    """Limits on open server streams (watches, recursive statuses, sessions)."""
+
+    per_connection: int = DEFAULT_MAX_STREAMS_PER_CONNECTION
+    per_principal: int = DEFAULT_MAX_STREAMS_PER_PRINCIPAL
+
+
+class _Refusal(Exception):
+    def __init__(self, status: grpc.Status) -> None:
+        self.status = status
+
+
+def _unauthenticated(message: str) -> _Refusal:
+    return _Refusal(make_status(grpc.StatusCode.UNAUTHENTICATED, message, UNAUTHENTICATED))
+
+
+def _short(method: str) -> str:
+    return method.rsplit("/", 1)[-1]
+
+
+class _OpenStream:
+    __slots__ = ("module", "principal", "revoked", "role", "task", "token")
+
+    def __init__(
+        self, task: asyncio.Task[Any] | None, principal: Principal, token: str | None,
+        role: Role, module: str | None,
+    ) -> None:  # fmt: skip
+        self.task = task
+        self.principal = principal
+        self.token = token
+        self.role = role
+        self.module = module
+        self.revoked: grpc.Status | None = None
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Enforces ``ACCESS``; see the module's docstring."""
+
+    def __init__(
+        self,
+        owners: Owners,
+        *,
+        tokens: Tokens | None = None,
+        mtls: bool = False,
+        streams: StreamQuotas | None = None,
+    ) -> None:
+        self._owners = owners
+        self._tokens = tokens
+        self._mtls = mtls
+        self.enabled = tokens is not None or mtls
+        self._streams = streams or StreamQuotas()
+        self._wrapped: dict[str, Any] = {}
+        self._by_connection: dict[str, int] = {}
+        self._by_principal: dict[str, int] = {}
+        self._open: set[_OpenStream] = set()
+        if tokens is not None:
+            tokens.changed.append(self._recheck_streams)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Any:
+        """Wraps each method's handler once; the wrapper checks every call."""
+        method = handler_call_details.method
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        wrapped = self._wrapped.get(method)
+        if wrapped is None:
+            wrapped = self._wrapped[method] = self._wrap(method, handler)
+        return wrapped
+
+    # ---- who is calling --------------------------------------------------------------------
+
+    def _identity(self, context: Context) -> str | None:
+        # The certificate's subject common name, else its first SAN (grpcio
+        # puts both in the auth context once the handshake verified them).
+        auth = context.auth_context()
+        for key in ("x509_common_name", "x509_subject_alternative_name"):
+            values = auth.get(key)
+            if values:
+                return bytes(next(iter(values))).decode(errors="replace")
+        return None
+
+    def _authenticate(self, context: Context) -> tuple[Principal, str | None]:
+        token: str | None = None
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization":
+                scheme, _, rest = str(value).partition(" ")
+                token = rest.strip()
+                if scheme.lower() != "bearer" or not token:
+                    raise _unauthenticated("the authorization metadata must be 'Bearer TOKEN'")
+                break
+        tokens = self._tokens
+        if token is not None and tokens is not None:
+            principal = tokens.principal(token)
+            if principal is None:
+                raise _unauthenticated(
+                    "the token is not in this server's tokens file (mistyped, or revoked)"
+                )
+            return principal, token
+        identity = self._identity(context) if self._mtls else None
+        if identity is not None:
+            if tokens is None:
+                return Principal(identity, _EVERY_ROLE), None
+            # A certificate the CA signed, but a name the tokens file may not list:
+            # authenticated, with the roles the file gives (maybe none).
+            return tokens.by_name(identity) or Principal(identity, ()), None
+        raise _unauthenticated(
+            "this server checks callers: send 'authorization: Bearer TOKEN' metadata"
+            + (" or present a client certificate" if self._mtls else "")
+        )
+
+    # ---- what it may do --------------------------------------------------------------------
+
+    def _denied(
+        self, principal: Principal, method: str, role: Role, module: str | None
+    ) -> _Refusal:
+        where = f" on module {module}" if module is not None else ""
+        metadata = {"role": role.value, "principal": principal.name}
+        if module is not None:
+            metadata["module"] = module
+        return _Refusal(
+            make_status(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"principal {principal.name} may not call {_short(method)}: it needs the "
+                f"{role.value} role{where} (it has: {principal.describe()})",
+                PERMISSION_DENIED,
+                metadata,
+            )
+        )
+
+    def _not_owner(self, principal: Principal, what: str, owner_check: str) -> _Refusal:
+        return _Refusal(
+            make_status(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"{what} belongs to another principal: only its owner{owner_check} may "
+                f"drive it (you are {principal.name})",
+                NOT_OWNER,
+                {"principal": principal.name},
+            )
+        )
+
+    async def _authorize(
+        self, method: str, rule: Rule, request: Any, principal: Principal
+    ) -> str | None:
+        """Checks the rule; returns the module the call touches, if it names one."""
+        role = rule.role
+        assert role is not None
+        if isinstance(request, MalformedRequest):
+            if not principal.allows_somewhere(role):
+                raise self._denied(principal, method, role, None)
+            return None  # the handler refuses the body
+        module: str | None = None
+        if rule.module is not None:
+            module = getattr(request, rule.module)
+            if not principal.allows(role, module):
+                raise self._denied(principal, method, role, module)
+        elif rule.every_module:
+            if not principal.allows(role):
+                raise self._denied(principal, method, role, None)
+        elif not principal.allows_somewhere(role):
+            raise self._denied(principal, method, role, None)
+        if rule.task is not None:
+            module = await self._check_task(method, rule, request, principal, role) or module
+        if rule.session is not None:
+            self._check_session(rule.session, request, principal)
+        return module
+
+    async def _check_task(
+        self, method: str, rule: Rule, request: Any, principal: Principal, role: Role
+    ) -> str | None:
+        assert rule.task is not None
+        task_id = _uuid(getattr(request, rule.task))
+        if task_id is None:
+            return None  # none named, or not an id: the handler says which
+        if not rule.owned and principal.allows(role):
+            return None  # every module: no lookup needed
+        found = await self._owners.task_owner(task_id)
+        if found is None:
+            return None  # the handler answers NOT_FOUND
+        if not principal.allows(role, found.module):
+            raise self._denied(principal, method, role, found.module)
+        if (
+            rule.owned
+            and found.owner
+            and found.owner != principal.name
+            and not principal.allows(Role.OPERATOR, found.module)
+        ):
+            what = "the parent task" if rule.task == "parent_id" else f"task {task_id}"
+            raise self._not_owner(principal, what, " (or an operator of its module)")
+        return found.module
+
+    def _check_session(self, field: str, request: Any, principal: Principal) -> None:
+        session_id = _uuid(getattr(request, field))
+        if session_id is None:
+            return
+        owner = self._owners.session_owner(session_id)
+        if owner is not None and owner != principal.name:
+            # The session's id was the caller's own input: nothing else is told.
+            raise self._not_owner(principal, "the producer session", "")
+
+    async def _admit(
+        self, method: str, rule: Rule | None, request: Any, context: Context
+    ) -> tuple[Principal | None, str | None, str | None]:
+        """The caller, its token and the module its call touches; refuses with a status."""
+        if not self.enabled or (rule is not None and rule.role is None):
+            return None, None, None
+        try:
+            if rule is None:
+                raise _Refusal(
+                    make_status(
+                        grpc.StatusCode.PERMISSION_DENIED,
+                        f"{method} is not in the server's access table",
+                        PERMISSION_DENIED,
+                    )
+                )
+            principal, token = self._authenticate(context)
+            current_principal.set(principal)
+            module = await self._authorize(method, rule, request, principal)
+        except _Refusal as refusal:
+            if rule is not None and rule.audited and not isinstance(request, MalformedRequest):
+                self._audit(method, request, context, refusal.status.code.name, refusal)
+            await abort_with(context, refusal.status)
+        return principal, token, module
+
+    # ---- audit -------------------------------------------------------------------------------
+
+    def _audit(
+        self, method: str, request: Any, context: Context, outcome: str, why: object = None
+    ) -> None:
+        principal = current_principal.get()
+        line: dict[str, object] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "principal": principal.name if principal is not None else "",
+            "peer": context.peer(),
+            "action": _short(method),
+        }
+        if not isinstance(request, MalformedRequest):
+            for field in ("task_id", "module", "ttl_seconds", "user_ttl_seconds", "reason"):
+                if hasattr(request, field):
+                    line[field] = getattr(request, field)
+        line["outcome"] = outcome
+        if why is not None:
+            details = getattr(why, "status", None)
+            line["detail"] = getattr(details, "details", None) or str(why)
+        audit_log.info("%s", json.dumps(line, ensure_ascii=False))
+
+    # ---- wrapping ----------------------------------------------------------------------------
+
+    def _wrap(self, method: str, handler: Any) -> Any:
+        rule = ACCESS.get(method)
+        if handler.unary_unary is not None:
+            inner: Any = handler.unary_unary
+            audited = rule is not None and rule.audited
+
+            async def unary(request: Any, context: Context) -> Any:
+                await self._admit(method, rule, request, context)
+                # A body that does not decode is no action: the handler refuses it.
+                if not audited or isinstance(request, MalformedRequest):
+                    return await inner(request, context)
+                try:
+                    reply = await inner(request, context)
+                except grpc.aio.AbortError:
+                    code = context.code() if hasattr(context, "code") else None
+                    name = getattr(code, "name", None) or "ABORTED"
+                    self._audit(method, request, context, name, context.details() or None)
+                    raise
+                except BaseException as exc:
+                    self._audit(method, request, context, "ERROR", exc)
+                    raise
+                self._audit(method, request, context, "OK")
+                return reply
+
+            return handler._replace(unary_unary=unary)
+        if handler.unary_stream is not None:
+            stream_inner: Any = handler.unary_stream
+
+            async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
+                principal, token, module = await self._admit(method, rule, request, context)
+                async for item in self._counted(
+                    stream_inner(request, context), context, principal, token, rule, module
+                ):
+                    yield item
+
+            return handler._replace(unary_stream=stream)
+        return handler
+
+    async def _counted(
+        self,
+        items: AsyncIterator[Any],
+        context: Context,
+        principal: Principal | None,
+        token: str | None,
+        rule: Rule | None,
+        module: str | None,
+    ) -> AsyncIterator[Any]:
+        connection = context.peer()
+        name = principal.name if principal is not None else None
+        try:
+            self._take(connection, name)
+        except _Refusal as refusal:
+            await abort_with(context, refusal.status)
+        entry: _OpenStream | None = None
+        if principal is not None and rule is not None and rule.role is not None:
+            entry = _OpenStream(asyncio.current_task(), principal, token, rule.role, module)
+            self._open.add(entry)
+        try:
+            async for item in items:
+                yield item
+        except asyncio.CancelledError:
+            if entry is None or entry.revoked is None:
+                raise
+            if entry.task is not None:
+                entry.task.uncancel()
+            await abort_with(context, entry.revoked)
+        finally:
+            if entry is not None:
+                self._open.discard(entry)
+            self._give(connection, name)
+
+    def _take(self, connection: str, principal: str | None) -> None:
+        quotas = self._streams
+        held = self._by_connection.get(connection, 0)
+        if held >= quotas.per_connection:
+            raise _quota(
+                "streams_per_connection",
+                quotas.per_connection,
+                f"this connection has {held} streams open (--max-streams-per-connection "
+                f"{quotas.per_connection}); close some, or open another connection",
+            )
+        owned = self._by_principal.get(principal, 0) if principal is not None else 0
+        if principal is not None and owned >= quotas.per_principal:
+            raise _quota(
+                "streams_per_principal",
+                quotas.per_principal,
+                f"principal {principal} has {owned} streams open (--max-streams-per-principal "
+                f"{quotas.per_principal}); close some first",
+            )
+        self._by_connection[connection] = held + 1
+        if principal is not None:
+            self._by_principal[principal] = owned + 1
+
+    def _give(self, connection: str, principal: str | None) -> None:
+        _decrement(self._by_connection, connection)
+        if principal is not None:
+            _decrement(self._by_principal, principal)
+
+    # ---- revocation --------------------------------------------------------------------------
+
+    def _recheck_streams(self) -> None:
+        """After a reload: ends the streams of callers whose token or role went away."""
+        tokens = self._tokens
+        assert tokens is not None
+        for entry in list(self._open):
+            if entry.token is not None:
+                now = tokens.principal(entry.token)
+            else:
+                now = tokens.by_name(entry.principal.name) or Principal(entry.principal.name, ())
+            if now is None:
+                entry.revoked = _unauthenticated(
+                    "the token was removed from the server's tokens file"
+                ).status
+            elif not now.allows(entry.role, entry.module) and not (
+                entry.module is None and now.allows_somewhere(entry.role)
+            ):
+                entry.revoked = self._denied(now, "this stream", entry.role, entry.module).status
+            else:
+                continue
+            if entry.task is not None:
+                entry.task.cancel()
+        if any(e.revoked for e in self._open):
+            log.info("tokens reloaded: ended %d streams", sum(1 for e in self._open if e.revoked))
+
+
+def _quota(quota: str, limit: int, message: str) -> _Refusal:
+    return _Refusal(
+        make_status(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            message,
+            QUOTA_EXCEEDED,
+            {"quota": quota, "limit": str(limit)},
+        )
+    )
+
+
+def _decrement(counts: dict[str, int], key: str) -> None:
+    left = counts.get(key, 1) - 1
+    if left > 0:
+        counts[key] = left
+    else:
+        counts.pop(key, None)
+
+
+def _uuid(text: str) -> UUID | None:
+    if not text:
+        return None
+    try:
+        return parse_uuid("task_id", text)
+    except InvalidArgumentError:
+        return None
+
+
+__all__ = ["AuthInterceptor", "Owners", "StreamQuotas", "caller_name", "current_principal"]
