@@ -193,6 +193,7 @@ def test_a_cluster_with_tls_and_tokens_calls_its_nodes_with_the_node_token(
     certs = make_certs(tmp_path / "pki")
     path = tokens_file(tmp_path / "t.toml", {
         "agent": ("agent-token", ["producer"]),
+        "other": ("other-token", ["producer"]),
         "reader": ("reader-token", ["reader"]),
         "nodes": ("node-token", ["node"]),
     })  # fmt: skip
@@ -223,6 +224,20 @@ def test_a_cluster_with_tls_and_tokens_calls_its_nodes_with_the_node_token(
                 what="b answering for a's task",
             )  # fmt: skip
             assert status.node == "a" and status.owner == "agent"
+            # A cluster task is its creator's too, on every node.
+            cluster_id = rep.CreateTask(
+                rpb.CreateTaskRequest(module="m", type="c", start=True, cluster=True),
+                metadata=bearer("agent-token"),
+            ).status.id
+            rep_b: Any = rpb_grpc.TaskReportingServiceStub(on_b)
+            finish = rpb.FinishTaskRequest(task_id=cluster_id)
+            assert code_of(lambda: rep_b.FinishTask(finish, metadata=bearer("other-token"))) == (
+                "PERMISSION_DENIED"
+            )
+            rep_b.FinishTask(finish, metadata=bearer("agent-token"))
+            done = tm_b.GetTaskStatus(pb.GetTaskStatusRequest(task_id=cluster_id),
+                                      metadata=bearer("reader-token")).status  # fmt: skip
+            assert (done.state, done.owner) == (pb.TASK_STATE_DONE, "agent")
             # The node API itself refuses a reader: only nodes call it.
             from tm_client.pb import node_pb2 as npb
             from tm_client.pb import node_pb2_grpc as npb_grpc

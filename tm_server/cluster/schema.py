@@ -67,4 +67,9 @@ def migrations(*, real: str, boolean: str, serial: str) -> tuple[tuple[str, ...]
             )""",
             "CREATE INDEX tm_cluster_children_parent ON tm_cluster_children (parent_id)",
         ),
+        (
+            # Who created each cluster task: only that principal (or an operator)
+            # may drive it, whichever node it asks.
+            "ALTER TABLE tm_cluster_tasks ADD COLUMN owner TEXT NOT NULL DEFAULT ''",
+        ),
     )

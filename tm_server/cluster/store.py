@@ -73,6 +73,8 @@ class ClusterTaskRow:
     session_id: str | None
     session_node: str | None
     version: int
+    #: The principal that created it ("" without access checks).
+    owner: str = ""
 
 
 @dataclass(frozen=True, slots=True)

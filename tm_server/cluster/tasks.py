@@ -214,6 +214,7 @@ class ClusterTaskGroup(VirtualTaskGroup):
             expire_time=None if row.ended_at is None else row.ended_at + self.retention_seconds,
             children_count=len(children),
             unreachable_nodes=tuple(unreachable),
+            owner=row.owner,
         )
 
     async def wait(self, task_id: UUID, hint: VirtualTaskHint) -> TaskStatus | None:
@@ -366,6 +367,7 @@ class ClusterTaskGroup(VirtualTaskGroup):
             session_id=None if session_id is None else str(session_id),
             session_node=None if session_id is None else self._node,
             version=0,
+            owner=spec.owner,
         )
         try:
             row = await self._store.create_task(row)
