@@ -1,7 +1,8 @@
 """tm_client: a typed Python client of the tm task manager service.
 
 Use ``TaskManagerClient`` (blocking) or ``AsyncTaskManagerClient`` (asyncio);
-failures raise ``TmError`` subclasses keyed by gRPC status code.
+failures raise ``TmError`` subclasses keyed by gRPC status code. ``Credentials``
+say how to reach a server that checks its callers (TLS, mTLS, a token).
 """
 
 from ._client import (
@@ -13,6 +14,7 @@ from ._client import (
     TaskManagerClient,
     TestServiceClient,
 )
+from ._credentials import Credentials
 from ._errors import (
     REASONS,
     AbortedError,
@@ -53,6 +55,7 @@ __all__ = [
     "AsyncTask",
     "AsyncTaskManagerClient",
     "CancelledError",
+    "Credentials",
     "DataLossError",
     "DeadlineExceededError",
     "FailedPreconditionError",

@@ -12,6 +12,7 @@ from uuid import UUID
 import grpc
 from google.protobuf import duration_pb2
 
+from ._credentials import Credentials
 from ._errors import InternalError, UnavailableError, from_rpc_error
 from ._types import Node, TaskIdentity, TaskStats, TaskStatus
 from .pb import task_manager_pb2 as pb
@@ -69,6 +70,10 @@ def _list_request(
         page_size=page_size,
         page_token=page_token,
     )
+
+
+def _abort_request(task_id: TaskId, reason: str) -> pb.AbortTaskRequest:
+    return pb.AbortTaskRequest(task_id=str(task_id), reason=reason)
 
 
 def _page(response: pb.ListModuleTasksResponse) -> tuple[list[TaskStats], str]:
@@ -138,6 +143,22 @@ class _Resume(_FinalCheck):
         return self.last is not None and self.last.state.is_final
 
 
+def _no_channel_and_credentials(channel: object, credentials: Credentials | None) -> None:
+    # A channel of the caller's carries its own security: credentials given
+    # with it would be silently ignored.
+    if channel is not None and credentials is not None:
+        raise ValueError("give the client credentials or a channel, not both")
+
+
+def _sync_channel(
+    target: str, channel: grpc.Channel | None, credentials: Credentials | None
+) -> grpc.Channel:
+    _no_channel_and_credentials(channel, credentials)
+    if channel is not None:
+        return channel
+    return (credentials if credentials is not None else Credentials.from_env()).channel(target)
+
+
 class _SyncChannelClient:
     """A blocking channel owner: context management and unary calls with typed errors."""
 
@@ -146,9 +167,10 @@ class _SyncChannelClient:
         target: str = DEFAULT_TARGET,
         *,
         channel: grpc.Channel | None = None,
+        credentials: Credentials | None = None,
         timeout: float | None = 30.0,
     ) -> None:
-        self._channel = channel if channel is not None else grpc.insecure_channel(target)
+        self._channel = _sync_channel(target, channel, credentials)
         self._timeout = timeout
 
     def __enter__(self) -> Self:
@@ -173,8 +195,14 @@ class TaskManagerClient(_SyncChannelClient):
 
     Every method raises a ``TmError`` subclass (keyed by status code) on
     failure, never ``grpc.RpcError``. Unary calls use ``timeout`` seconds as
-    their deadline; streams run until they end. Pass ``channel`` to use a
-    channel of your own (TLS, interceptors); it is closed with the client.
+    their deadline; streams run until they end.
+
+    ``credentials`` say how to reach a server that checks its callers (TLS,
+    a client certificate, a token); without them the environment's are used
+    (``Credentials.from_env``: ``TM_TOKEN``, ``TM_TLS_CA``, ...), which is
+    plaintext and no token when none is set. Pass ``channel`` instead to use
+    a channel of your own as it is (the environment is not read then); it is
+    closed with the client.
 
     ``watch()`` and ``wait()`` resume a stream that breaks with
     ``UNAVAILABLE`` (the server restarting or shutting down, a node behind a
@@ -191,10 +219,11 @@ class TaskManagerClient(_SyncChannelClient):
         target: str = DEFAULT_TARGET,
         *,
         channel: grpc.Channel | None = None,
+        credentials: Credentials | None = None,
         timeout: float | None = 30.0,
         resume_seconds: float = DEFAULT_RESUME_SECONDS,
     ) -> None:
-        super().__init__(target, channel=channel, timeout=timeout)
+        super().__init__(target, channel=channel, credentials=credentials, timeout=timeout)
         self._stub = pb_grpc.TaskManagerServiceStub(self._channel)
         self._resume_seconds = resume_seconds
 
@@ -258,9 +287,12 @@ class TaskManagerClient(_SyncChannelClient):
         request = pb.GetTaskStatusRequest(task_id=str(task_id))
         return TaskStatus.from_pb(self._unary(self._stub.GetTaskStatus, request).status)
 
-    def abort(self, task_id: TaskId) -> None:
-        """Requests the abort of a task and its descendants."""
-        self._unary(self._stub.AbortTask, pb.AbortTaskRequest(task_id=str(task_id)))
+    def abort(self, task_id: TaskId, reason: str = "") -> None:
+        """Requests the abort of a task and its descendants.
+
+        ``reason`` (optional) is shown in the task's status and sent to its producer.
+        """
+        self._unary(self._stub.AbortTask, _abort_request(task_id, reason))
 
     def watch(self, task_id: TaskId, *, timeout: float | None = None) -> Iterator[TaskStatus]:
         """Yields the task's status now and after every change, ending on its final state.
@@ -370,9 +402,9 @@ class Task:
         """Returns the task's status."""
         return self.client.get_status(self.id)
 
-    def abort(self) -> None:
-        """Requests the abort of the task and its descendants."""
-        self.client.abort(self.id)
+    def abort(self, reason: str = "") -> None:
+        """Requests the abort of the task and its descendants (``reason`` is optional)."""
+        self.client.abort(self.id, reason)
 
     def watch(self, *, timeout: float | None = None) -> Iterator[TaskStatus]:
         """Yields status updates until the task finishes."""
@@ -392,17 +424,26 @@ class Task:
 
 
 class AsyncTaskManagerClient:
-    """The asyncio twin of ``TaskManagerClient``: the same methods, awaited."""
+    """The asyncio twin of ``TaskManagerClient``: the same methods, awaited.
+
+    ``credentials`` and ``channel`` (an asyncio one) work as ``TaskManagerClient``'s.
+    """
 
     def __init__(
         self,
         target: str = DEFAULT_TARGET,
         *,
         channel: grpc.aio.Channel | None = None,
+        credentials: Credentials | None = None,
         timeout: float | None = 30.0,
         resume_seconds: float = DEFAULT_RESUME_SECONDS,
     ) -> None:
-        self._channel = channel if channel is not None else grpc.aio.insecure_channel(target)
+        _no_channel_and_credentials(channel, credentials)
+        if channel is None:
+            if credentials is None:
+                credentials = Credentials.from_env()
+            channel = credentials.aio_channel(target)
+        self._channel = channel
         self._stub = pb_grpc.TaskManagerServiceStub(self._channel)
         self._timeout = timeout
         self._resume_seconds = resume_seconds
@@ -485,9 +526,9 @@ class AsyncTaskManagerClient:
         request = pb.GetTaskStatusRequest(task_id=str(task_id))
         return TaskStatus.from_pb((await self._unary(self._stub.GetTaskStatus, request)).status)
 
-    async def abort(self, task_id: TaskId) -> None:
-        """Requests the abort of a task and its descendants."""
-        await self._unary(self._stub.AbortTask, pb.AbortTaskRequest(task_id=str(task_id)))
+    async def abort(self, task_id: TaskId, reason: str = "") -> None:
+        """Requests the abort of a task and its descendants (``reason`` is optional)."""
+        await self._unary(self._stub.AbortTask, _abort_request(task_id, reason))
 
     async def watch(
         self, task_id: TaskId, *, timeout: float | None = None
@@ -597,9 +638,9 @@ class AsyncTask:
         """Returns the task's status."""
         return await self.client.get_status(self.id)
 
-    async def abort(self) -> None:
-        """Requests the abort of the task and its descendants."""
-        await self.client.abort(self.id)
+    async def abort(self, reason: str = "") -> None:
+        """Requests the abort of the task and its descendants (``reason`` is optional)."""
+        await self.client.abort(self.id, reason)
 
     def watch(self, *, timeout: float | None = None) -> AsyncIterator[TaskStatus]:
         """Yields status updates until the task finishes."""
@@ -619,7 +660,10 @@ class AsyncTask:
 
 
 class TestServiceClient(_SyncChannelClient):
-    """A blocking client of TaskManagerTestService (servers started with the test service)."""
+    """A blocking client of TaskManagerTestService (servers started with the test service).
+
+    ``credentials`` and ``channel`` work as ``TaskManagerClient``'s.
+    """
 
     __test__ = False  # not a pytest test class
 
@@ -628,9 +672,10 @@ class TestServiceClient(_SyncChannelClient):
         target: str = DEFAULT_TARGET,
         *,
         channel: grpc.Channel | None = None,
+        credentials: Credentials | None = None,
         timeout: float | None = 30.0,
     ) -> None:
-        super().__init__(target, channel=channel, timeout=timeout)
+        super().__init__(target, channel=channel, credentials=credentials, timeout=timeout)
         self._stub = test_pb_grpc.TaskManagerTestServiceStub(self._channel)
 
     def register_module(self) -> None:

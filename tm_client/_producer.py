@@ -13,10 +13,13 @@ import grpc
 from uuid6 import uuid7
 
 from ._client import DEFAULT_TARGET, TaskId, _Backoff, _SyncChannelClient
+from ._credentials import Credentials
 from ._errors import (
     FailedPreconditionError,
     NotFoundError,
+    PermissionDeniedError,
     TmError,
+    UnauthenticatedError,
     UnavailableError,
     from_rpc_error,
 )
@@ -75,6 +78,10 @@ class Producer(_SyncChannelClient):
     a broken stream, and if this process dies its unfinished tasks fail once
     the server's lease runs out instead of staying "running" forever.
 
+    ``credentials`` and ``channel`` work as ``TaskManagerClient``'s: without
+    either, the environment's credentials (``TM_TOKEN``, ``TM_TLS_CA``, ...)
+    are used.
+
     Example:
         >>> with Producer("127.0.0.1:50051", module="backup") as producer:
         ...     with producer.task("backup", scope="keyspace", keyspace="ks", total=3) as task:
@@ -90,12 +97,13 @@ class Producer(_SyncChannelClient):
         *,
         module: str,
         channel: grpc.Channel | None = None,
+        credentials: Credentials | None = None,
         timeout: float | None = 30.0,
         session: bool = True,
         outage_seconds: float = DEFAULT_OUTAGE_SECONDS,
         strict: bool = False,
     ) -> None:
-        super().__init__(target, channel=channel, timeout=timeout)
+        super().__init__(target, channel=channel, credentials=credentials, timeout=timeout)
         self.module = module
         self.outage_seconds = outage_seconds
         self.strict = strict
@@ -109,6 +117,7 @@ class Producer(_SyncChannelClient):
         self._lock = threading.Lock()
         self._closing = threading.Event()
         self._session_ready = threading.Event()
+        self._session_refused: TmError | None = None
         self._session_id = ""
         self._call: Any = None
         self._thread: threading.Thread | None = None
@@ -121,6 +130,9 @@ class Producer(_SyncChannelClient):
             if not self._session_ready.wait(timeout):
                 self.close()
                 raise TimeoutError("could not open a producer session")
+            if self._session_refused is not None:
+                self.close()
+                raise self._session_refused
 
     @property
     def session_id(self) -> str:
@@ -216,7 +228,16 @@ class Producer(_SyncChannelClient):
             except grpc.RpcError as exc:
                 if self._closing.is_set():
                     return
-                if isinstance(from_rpc_error(exc), NotFoundError):
+                error = from_rpc_error(exc)
+                if isinstance(error, UnauthenticatedError | PermissionDeniedError):
+                    if not self._session_ready.is_set():
+                        # Retrying will not change the server's mind: the
+                        # constructor raises this rather than time out.
+                        self._session_refused = error
+                        self._session_ready.set()
+                        return
+                    log.warning("producer session refused (%s); retrying", error)
+                elif isinstance(error, NotFoundError):
                     # The lease ran out: those tasks were failed. Start a new session.
                     log.warning("producer session %s expired; opening a new one", self._session_id)
                     self._session_id = ""

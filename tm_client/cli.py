@@ -10,9 +10,10 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
 import grpc
@@ -23,11 +24,20 @@ from rich.text import Text
 from rich.tree import Tree
 
 from ._client import TaskManagerClient
+from ._credentials import (
+    ENV_TOKEN,
+    ENV_TOKEN_FILE,
+    Credentials,
+    check_token,
+    read_token_file,
+)
 from ._errors import (
     DeadlineExceededError,
     NotFoundError,
+    PermissionDeniedError,
     TaskNotAbortableError,
     TmError,
+    UnauthenticatedError,
     UnavailableError,
 )
 from ._types import Node, TaskState, TaskStats, TaskStatus
@@ -91,23 +101,58 @@ class CliError(Exception):
 # ---- connection ------------------------------------------------------------------------------
 
 
+def _target(args: argparse.Namespace) -> str:
+    return str(args.target) if args.target else f"{args.host}:{args.port}"
+
+
 @dataclass(frozen=True)
 class ConnectionOptions:
-    """Where and how to reach the server; the one place TLS and tokens will go."""
+    """Where and how to reach the server: the target, TLS and the token."""
 
     target: str
+    credentials: Credentials = field(default_factory=Credentials)
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> ConnectionOptions:
-        """Builds the options from ``--target`` or ``--host``/``--port``."""
-        if args.target:
-            return cls(args.target)
-        return cls(f"{args.host}:{args.port}")
+    def from_args(
+        cls, args: argparse.Namespace, environ: Mapping[str, str] = os.environ
+    ) -> ConnectionOptions:
+        """Builds the options from the flags, and from the environment for those not given.
+
+        The target is ``--target`` or ``--host``/``--port``; the credentials
+        are ``Credentials.from_env`` with each ``--token``/``--tls-*`` flag
+        given in place of its variable.
+
+        Raises:
+            ValueError: the credentials do not go together, or a file cannot be read.
+        """
+        if args.token is not None and args.token_file is not None:
+            raise ValueError("give --token or --token-file, not both")
+        token: str | None = None
+        if args.token is not None:
+            check_token(args.token, "--token")
+            token = args.token
+        elif args.token_file is not None:
+            token = read_token_file(args.token_file, "--token-file")
+        if token is not None:
+            # A token flag replaces the environment's token altogether: a
+            # TM_TOKEN_FILE that cannot be read must not stop it.
+            environ = {k: v for k, v in environ.items() if k not in (ENV_TOKEN, ENV_TOKEN_FILE)}
+        flags = Credentials(
+            token=token,
+            ca=args.tls_ca,
+            cert=args.tls_cert,
+            key=args.tls_key,
+            server_name=args.tls_server_name,
+            tls=bool(args.tls),
+        )
+        credentials = Credentials.from_env(environ).merged(flags)
+        credentials.check()
+        return cls(_target(args), credentials)
 
     def client(self, channel: grpc.Channel | None = None) -> TaskManagerClient:
-        """Opens a client with these options (on ``channel``, if one is given)."""
+        """Opens a client with these options (on ``channel``, as it is, if one is given)."""
         if channel is None:
-            channel = grpc.insecure_channel(self.target)
+            channel = self.credentials.channel(self.target)
         return TaskManagerClient(channel=channel, timeout=30.0)
 
 
@@ -450,9 +495,9 @@ def _wait_with_bar(updates: Iterable[TaskStatus], out: Output) -> TaskStatus | N
 
 
 def cmd_abort(client: TaskManagerClient, args: argparse.Namespace, out: Output) -> int:
-    """``tm tasks abort ID``."""
+    """``tm tasks abort ID [--reason TEXT]``."""
     try:
-        client.abort(args.id)
+        client.abort(args.id, args.reason)
     except TaskNotAbortableError:
         # As nodetool: a message, not a failure (exit 0).
         if out.json:
@@ -550,11 +595,64 @@ def _version() -> str:
         return "unknown"
 
 
+def _credential_flags(parser: argparse.ArgumentParser, default: Any) -> None:
+    """Adds the TLS and token flags; ``default`` is what each takes when not given."""
+    parser.add_argument(
+        "--token",
+        default=default,
+        help=f"bearer token sent on every call (default ${ENV_TOKEN}); "
+        "a command line is visible to other users: prefer --token-file",
+    )
+    parser.add_argument(
+        "--token-file",
+        type=Path,
+        default=default,
+        metavar="FILE",
+        help=f"file whose first line is the bearer token (default ${ENV_TOKEN_FILE})",
+    )
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        default=default if default is argparse.SUPPRESS else False,
+        help="use TLS, trusting the system's CAs (default $TM_TLS); --tls-ca, "
+        "--tls-cert and --tls-key turn it on too",
+    )
+    parser.add_argument(
+        "--tls-ca",
+        type=Path,
+        default=default,
+        metavar="FILE",
+        help="PEM file of the CA to trust for the server's certificate (default $TM_TLS_CA)",
+    )
+    parser.add_argument(
+        "--tls-cert",
+        type=Path,
+        default=default,
+        metavar="FILE",
+        help="PEM client certificate, for mutual TLS (default $TM_TLS_CERT)",
+    )
+    parser.add_argument(
+        "--tls-key",
+        type=Path,
+        default=default,
+        metavar="FILE",
+        help="PEM private key of --tls-cert (default $TM_TLS_KEY)",
+    )
+    parser.add_argument(
+        "--tls-server-name",
+        default=default,
+        metavar="NAME",
+        help="name to check the server's certificate for, in place of the host "
+        "(default $TM_TLS_SERVER_NAME)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``tm`` argument parser.
 
     As with nodetool, ``-h``/``--host`` and ``-p``/``--port`` name the server,
-    before the verb or after it; help is ``--help`` only.
+    before the verb or after it; help is ``--help`` only. So do the TLS and
+    token flags, which default to their ``TM_*`` environment variables.
     """
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--help", action="help", help="show this help and exit")
@@ -567,6 +665,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Given after the verb they win; not given there, the ones before it stand.
     common.add_argument("--host", "-h", "-H", default=argparse.SUPPRESS, help="server host")
     common.add_argument("--port", "-p", type=int, default=argparse.SUPPRESS, help="server port")
+    _credential_flags(common, argparse.SUPPRESS)
     parser = argparse.ArgumentParser(
         prog="tm",
         description="Inspect, wait for and abort the tasks of a tm server.",
@@ -584,6 +683,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--port", "-p", type=int, default=DEFAULT_PORT, help=f"server port (default {DEFAULT_PORT})"
     )
     parser.add_argument("--format", choices=("table", "json"), default="table")
+    _credential_flags(parser, None)
     groups = parser.add_subparsers(dest="group", required=True, metavar="{tasks,cluster}")
     tasks = groups.add_parser("tasks", help="task manager commands", add_help=False)
     tasks.add_argument("--help", action="help", help="show this help and exit")
@@ -624,6 +724,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verb("abort", "abort a task and its descendants")
     p.add_argument("id")
+    p.add_argument(
+        "--reason",
+        default="",
+        metavar="TEXT",
+        help="why: shown in the task's status and sent to its producer",
+    )
     p.set_defaults(func=cmd_abort)
 
     p = verb("ttl", "show or set task_ttl")
@@ -646,10 +752,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: What grpc says when TLS does not come together, and what to do about it.
+_TLS_HINTS = (
+    ("WRONG_VERSION_NUMBER", "the server does not seem to use TLS: try without --tls and --tls-ca"),
+    (
+        "CERTIFICATE_VERIFY_FAILED",
+        "the server's certificate is not signed by a CA trusted here: give its CA with --tls-ca",
+    ),
+    (
+        "Hostname Verification Check failed",
+        "the server's certificate does not name the host: see --tls-server-name",
+    ),
+    (
+        "Socket closed",
+        "if the server wants TLS, or a client certificate: see --tls-ca, --tls-cert and --tls-key",
+    ),
+)
+
+
 def _message(exc: TmError, args: argparse.Namespace) -> str:
     if isinstance(exc, UnavailableError):
-        target = ConnectionOptions.from_args(args).target
-        return f"cannot reach the tm server at {target}: {exc.message}"
+        message = f"cannot reach the tm server at {_target(args)}: {exc.message}"
+        hint = next((h for marker, h in _TLS_HINTS if marker in exc.message), None)
+        return message if hint is None else f"{message} ({hint})"
+    if isinstance(exc, UnauthenticatedError):
+        return (
+            f"not authenticated by the tm server at {_target(args)}: {exc.message} "
+            "(give a token with --token-file, --token, $TM_TOKEN_FILE or $TM_TOKEN, "
+            "or a client certificate with --tls-cert and --tls-key)"
+        )
+    if isinstance(exc, PermissionDeniedError):
+        message = exc.message
+        role = exc.metadata.get("role", "")
+        if role and role not in message:
+            message += f" (it needs role {role})"
+        return f"permission denied by the tm server at {_target(args)}: {message}"
     return exc.message
 
 
@@ -668,10 +805,13 @@ def run(argv: Sequence[str] | None = None, *, channel: grpc.Channel | None = Non
     parser = build_parser()
     args = parser.parse_args(argv)
     out = Output(args.format)
-    options = ConnectionOptions.from_args(args)
     is_wait = args.func is cmd_wait
     try:
-        with options.client(channel) as client:
+        client = ConnectionOptions.from_args(args).client(channel)
+    except ValueError as exc:  # the credentials: one line that says what to fix
+        _fail(str(exc), EXIT_WAIT_ERROR if is_wait else EXIT_ERROR)
+    try:
+        with client:
             return int(args.func(client, args, out))
     except CliError as exc:
         _fail(str(exc), exc.code)

@@ -18,13 +18,28 @@
 //   import goes on unreported: the process exits with the import's own
 //   result, and tm fails the tasks left running once the session lease ends.
 //
+// It reaches a tm server that checks its callers as the Python clients and
+// the `tm` CLI do, from the same environment variables: TLS (the server's CA,
+// or the system's), a client certificate for mutual TLS, and a bearer token
+// sent as `authorization: Bearer <token>` on every call, over TLS or not (a
+// tm server takes tokens on plaintext from loopback only).
+//
 // Usage: node producer.js [host:port]
 // Environment: TM_OUTAGE_SECONDS (default 60): how long to wait for tm;
-//              IMPORT_STEP_MS (default 50): how long importing 1000 rows takes.
+//              IMPORT_STEP_MS (default 50): how long importing 1000 rows takes;
+//              TM_TOKEN: the bearer token, or else TM_TOKEN_FILE: a file
+//                whose first line is the token;
+//              TM_TLS=1: use TLS, trusting the system's CAs;
+//              TM_TLS_CA: PEM file of the CA to trust (turns TLS on);
+//              TM_TLS_CERT, TM_TLS_KEY: PEM client certificate and its key,
+//                for mutual TLS (both or neither; they turn TLS on);
+//              TM_TLS_SERVER_NAME: the name to check the server's certificate
+//                for, in place of the host of host:port.
 // Prints {"root", "children", "state"} as JSON (state null if tm never heard).
 'use strict';
 
 const crypto = require('node:crypto');
+const fs = require('node:fs');
 const path = require('node:path');
 const { setTimeout: sleep } = require('node:timers/promises');
 const grpc = require('@grpc/grpc-js');
@@ -76,6 +91,86 @@ const channelOptions = {
   'grpc.keepalive_timeout_ms': 10_000,
 };
 
+// The environment's TLS and token settings, checked before anything is sent:
+// a setup that cannot work says so in one line (the token itself never).
+const TRUE = ['1', 'true', 'yes', 'on'];
+const FALSE = ['', '0', 'false', 'no', 'off'];
+
+// A PEM file named by an environment variable (null when it is unset).
+function readPem(variable, what, kind) {
+  const file = process.env[variable];
+  if (!file) return null;
+  let data;
+  try {
+    data = fs.readFileSync(file);
+  } catch (err) {
+    throw new Error(`cannot read the ${what} ${file} (${variable}): ${err.message}`);
+  }
+  if (!data.includes(`${kind}-----`)) {
+    throw new Error(`the ${what} ${file} (${variable}) holds no PEM ${kind.toLowerCase()}`);
+  }
+  return data;
+}
+
+// TM_TOKEN, or else the first line of TM_TOKEN_FILE; null if neither is set.
+function readToken() {
+  let token = process.env.TM_TOKEN || null;
+  let source = 'TM_TOKEN';
+  const file = process.env.TM_TOKEN_FILE;
+  if (!token && file) {
+    source = `the token in ${file} (TM_TOKEN_FILE)`;
+    try {
+      token = fs.readFileSync(file, 'utf8').split('\n', 1)[0].trim();
+    } catch (err) {
+      throw new Error(`cannot read the token file ${file} (TM_TOKEN_FILE): ${err.message}`);
+    }
+    if (!token) throw new Error(`the token file ${file} (TM_TOKEN_FILE) has no token`);
+  }
+  // It travels as a header value: one word of printable ASCII.
+  if (token && !/^[\x21-\x7e]+$/.test(token)) {
+    throw new Error(`${source} has whitespace, or a character that is not printable ASCII`);
+  }
+  return token;
+}
+
+// Adds the token to every call, unary or stream, unless a call brings its own.
+function tokenInterceptor(header) {
+  return (options, nextCall) => new grpc.InterceptingCall(nextCall(options), {
+    start(metadata, listener, next) {
+      if (metadata.get('authorization').length === 0) metadata.set('authorization', header);
+      next(metadata, listener);
+    },
+  });
+}
+
+// The channel credentials, channel options and interceptors the environment asks for.
+function connection() {
+  const ca = readPem('TM_TLS_CA', 'TLS CA certificate', 'CERTIFICATE');
+  const cert = readPem('TM_TLS_CERT', 'TLS client certificate', 'CERTIFICATE');
+  const key = readPem('TM_TLS_KEY', 'TLS client key', 'PRIVATE KEY');
+  if (!cert !== !key) throw new Error('mutual TLS needs both TM_TLS_CERT and TM_TLS_KEY');
+  const flag = (process.env.TM_TLS || '').trim().toLowerCase();
+  if (!TRUE.includes(flag) && !FALSE.includes(flag)) {
+    throw new Error(`TM_TLS must be 1/true or 0/false, not '${process.env.TM_TLS}'`);
+  }
+  const tls = Boolean(ca || cert) || TRUE.includes(flag);
+  const options = { ...channelOptions };
+  const serverName = process.env.TM_TLS_SERVER_NAME;
+  if (serverName) {
+    if (!tls) throw new Error(`TM_TLS_SERVER_NAME is set but TLS is off: set TM_TLS or TM_TLS_CA`);
+    options['grpc.ssl_target_name_override'] = serverName;
+  }
+  // createSsl with no CA trusts the system's roots.
+  const credentials = tls
+    ? grpc.credentials.createSsl(ca, key, cert)
+    : grpc.credentials.createInsecure();
+  // Not createFromMetadataGenerator: grpc-js sends call credentials on TLS
+  // channels only, and the token must reach a plaintext loopback tm too.
+  const token = readToken();
+  const interceptors = token ? [tokenInterceptor(`Bearer ${token}`)] : [];
+  return { credentials, options, interceptors };
+}
+
 // A time-ordered UUID (version 7): 48 bits of Unix milliseconds, then random bits.
 function uuidv7() {
   const bytes = crypto.randomBytes(16);
@@ -118,10 +213,14 @@ class Reporter {
 
   constructor(target, module) {
     this.#module = module;
-    const credentials = grpc.credentials.createInsecure();
-    this.#reporting = new tm.TaskReportingService(target, credentials, channelOptions);
+    const { credentials, options, interceptors } = connection();
+    this.#reporting = new tm.TaskReportingService(target, credentials, {
+      ...options,
+      interceptors,
+    });
     this.#manager = new tm.TaskManagerService(target, credentials, {
       channelOverride: this.#reporting.getChannel(),
+      interceptors,
     });
   }
 

@@ -12,12 +12,15 @@ import termios
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from uuid import UUID
 
 import pytest
 
-from tm_client import Producer, TaskManagerClient, TestServiceClient
+from tm_client import Credentials, Producer, TaskManagerClient, TestServiceClient
+from tm_client.cli import ConnectionOptions, build_parser
 
+from ..certs import make_certs
 from ..process import TM, run_tm
 from ..server_fixture import ServerThread
 
@@ -359,3 +362,62 @@ def test_the_tree_on_a_terminal_dims_only_the_ids(
     assert after.startswith("\x1b[0m")  # ...and the dimming ends with it
     label = after[: after.index("\n")]
     assert "test/test" in label and "\x1b[2m" not in label.split("test/test")[0][4:]
+
+
+def options(*argv: str, env: dict[str, str] | None = None) -> ConnectionOptions:
+    return ConnectionOptions.from_args(build_parser().parse_args(argv), env or {})
+
+
+def test_credential_flags_default_to_the_environment_and_win_over_it(tmp_path: Path) -> None:
+    certs = make_certs(tmp_path)
+    cert, key = certs.client("ops")
+    token_file = tmp_path / "token"
+    token_file.write_text("from-file\n")
+    modules = ("tasks", "modules")
+    assert options(*modules) == ConnectionOptions("127.0.0.1:50051", Credentials())
+    env = {"TM_TOKEN": "from-env", "TM_TLS_CA": str(certs.ca), "TM_TLS_SERVER_NAME": "n1"}
+    assert options(*modules, env=env).credentials == Credentials(
+        token="from-env", ca=certs.ca, server_name="n1"
+    )
+    # Each flag given replaces its variable; the others stand.
+    got = options(
+        "--token-file", str(token_file), "--tls-server-name", "n2", *modules, env=env
+    ).credentials
+    assert got == Credentials(token="from-file", ca=certs.ca, server_name="n2")
+    # Flags after the verb too, and they win over the same flags before it.
+    got = options(
+        "--token", "before", *modules, "--token", "after",
+        "--tls-cert", str(cert), "--tls-key", str(key), "--tls-ca", str(certs.other_ca),
+        env=env,
+    ).credentials  # fmt: skip
+    assert got == Credentials(
+        token="after", ca=certs.other_ca, cert=cert, key=key, server_name="n1"
+    )
+    assert options("--tls", *modules).credentials == Credentials(tls=True)
+    assert options(*modules, "--tls").credentials == Credentials(tls=True)
+    assert options(*modules, env={"TM_TLS": "1"}).credentials == Credentials(tls=True)
+    # A token flag stands even where the environment's token file cannot be read.
+    missing = {"TM_TOKEN_FILE": str(tmp_path / "missing")}
+    assert options("--token", "t", *modules, env=missing).credentials.token == "t"
+    with pytest.raises(ValueError, match="cannot read the token file"):
+        options(*modules, env=missing)
+    with pytest.raises(ValueError, match="--token or --token-file, not both"):
+        options("--token", "t", *modules, "--token-file", str(token_file))
+    # The whole setup is checked up front, not at the first call.
+    with pytest.raises(ValueError, match="needs the TLS client key"):
+        options("--tls-cert", str(cert), *modules)
+
+
+def test_abort_takes_a_reason() -> None:
+    args = build_parser().parse_args(["tasks", "abort", "x", "--reason", "disk swap"])
+    assert args.reason == "disk swap"
+    assert build_parser().parse_args(["tasks", "abort", "x"]).reason == ""
+
+
+def test_abort_with_a_reason_reaches_the_producer_s_task(server: ServerThread, cli: Cli) -> None:
+    with Producer(server.target, module="jobs") as producer:
+        task = producer.task("job", abortable=True)
+        result = cli("tasks", "abort", str(task.id), "--reason", "maintenance")
+        assert result.returncode == 0 and result.stdout == "" and result.stderr == ""
+        assert task.wait_abort(10)
+        task.finish()
