@@ -28,8 +28,10 @@ from ._errors import (
     JournalUnavailableError,
     NodeUnavailableError,
     NotFoundError,
+    NotOwnerError,
     OutOfRangeError,
     PermissionDeniedError,
+    QuotaExceededError,
     ResourceExhaustedError,
     StoreUnavailableError,
     TaskNotAbortableError,
@@ -45,11 +47,12 @@ from ._errors import (
     reason_name,
 )
 from ._producer import Producer, ReportedTask, TaskAbortedError
-from ._types import Node, TaskIdentity, TaskKind, TaskState, TaskStats, TaskStatus
+from ._types import AbortInfo, Node, TaskIdentity, TaskKind, TaskState, TaskStats, TaskStatus
 
 __all__ = [
     "DEFAULT_TARGET",
     "REASONS",
+    "AbortInfo",
     "AbortedError",
     "AlreadyExistsError",
     "AsyncTask",
@@ -65,9 +68,11 @@ __all__ = [
     "Node",
     "NodeUnavailableError",
     "NotFoundError",
+    "NotOwnerError",
     "OutOfRangeError",
     "PermissionDeniedError",
     "Producer",
+    "QuotaExceededError",
     "ReportedTask",
     "ResourceExhaustedError",
     "StoreUnavailableError",

@@ -174,6 +174,18 @@ class JournalUnavailableError(UnavailableError):
     """
 
 
+class NotOwnerError(PermissionDeniedError):
+    """The task or producer session belongs to another principal (reason NOT_OWNER)."""
+
+
+class QuotaExceededError(ResourceExhaustedError):
+    """A quota of the server was reached (reason QUOTA_EXCEEDED).
+
+    ``metadata["quota"]`` names it (e.g. "tasks_per_principal") and
+    ``metadata["limit"]`` gives its value.
+    """
+
+
 _BY_CODE: dict[grpc.StatusCode, type[TmError]] = {
     cls.code: cls
     for cls in (
@@ -213,6 +225,8 @@ _BY_REASON: dict[str, type[TmError]] = {
     reason_name(pb.ERROR_REASON_STORE_UNAVAILABLE): StoreUnavailableError,
     reason_name(pb.ERROR_REASON_NODE_UNAVAILABLE): NodeUnavailableError,
     reason_name(pb.ERROR_REASON_JOURNAL_UNAVAILABLE): JournalUnavailableError,
+    reason_name(pb.ERROR_REASON_NOT_OWNER): NotOwnerError,
+    reason_name(pb.ERROR_REASON_QUOTA_EXCEEDED): QuotaExceededError,
 }
 
 

@@ -65,9 +65,14 @@ class TaskAbortedError(Exception):
     requested").
     """
 
-    def __init__(self, task_id: UUID) -> None:
-        super().__init__(f"task {task_id} was aborted")
+    def __init__(self, task_id: UUID, reason: str = "", principal: str = "") -> None:
+        by = f" by {principal}" if principal else ""
+        super().__init__(f"task {task_id} was aborted{by}" + (f": {reason}" if reason else ""))
         self.task_id = task_id
+        #: Why, as the operator said (AbortTask's reason; "" when none was given).
+        self.reason = reason
+        #: Who asked ("" when the server checks no callers).
+        self.principal = principal
 
 
 class Producer(_SyncChannelClient):
@@ -114,6 +119,8 @@ class Producer(_SyncChannelClient):
         # One Event per task this producer runs, dropped when the task finishes.
         self._aborted: dict[UUID, threading.Event] = {}
         self._unclaimed_aborts: dict[UUID, None] = {}
+        # Why and by whom each pushed abort was asked, while its task runs here.
+        self._abort_reasons: dict[UUID, tuple[str, str]] = {}
         self._lock = threading.Lock()
         self._closing = threading.Event()
         self._session_ready = threading.Event()
@@ -224,7 +231,8 @@ class Producer(_SyncChannelClient):
                         self._session_ready.set()
                         delay = 0.1
                     elif message.HasField("abort_requested"):
-                        self._abort_pushed(UUID(message.abort_requested.task_id))
+                        pushed = message.abort_requested
+                        self._abort_pushed(UUID(pushed.task_id), pushed.reason, pushed.principal)
             except grpc.RpcError as exc:
                 if self._closing.is_set():
                     return
@@ -247,8 +255,12 @@ class Producer(_SyncChannelClient):
                 return
             delay = min(delay * 2, 2.0)
 
-    def _abort_pushed(self, task_id: UUID) -> None:
+    def _abort_pushed(self, task_id: UUID, reason: str = "", principal: str = "") -> None:
         with self._lock:
+            if reason or principal:
+                self._abort_reasons[task_id] = (reason, principal)
+                while len(self._abort_reasons) > _MAX_UNCLAIMED_ABORTS:
+                    del self._abort_reasons[next(iter(self._abort_reasons))]
             event = self._aborted.get(task_id)
             if event is None:
                 # Its CreateTask reply is still on its way (or it has finished
@@ -273,6 +285,7 @@ class Producer(_SyncChannelClient):
         """Forgets a finished task's abort Event."""
         with self._lock:
             self._aborted.pop(task_id, None)
+            self._abort_reasons.pop(task_id, None)
             self._unclaimed_aborts.pop(task_id, None)
 
     def tracked_tasks(self) -> int:
@@ -403,6 +416,12 @@ class ReportedTask:
         """Whether tm asked for this task to be aborted."""
         return self._aborted.is_set()
 
+    @property
+    def abort_reason(self) -> tuple[str, str]:
+        """Why the abort was asked and by whom, as tm pushed it (("", "") when it did not say)."""
+        with self.producer._lock:
+            return self.producer._abort_reasons.get(self.id, ("", ""))
+
     def wait_abort(self, timeout: float | None = None) -> bool:
         """Blocks until an abort is requested (True) or ``timeout`` passes (False)."""
         return self._aborted.wait(timeout)
@@ -410,7 +429,7 @@ class ReportedTask:
     def check_abort(self) -> None:
         """Raises ``TaskAbortedError`` if an abort was requested."""
         if self._aborted.is_set():
-            raise TaskAbortedError(self.id)
+            raise TaskAbortedError(self.id, *self.abort_reason)
 
     def progress(self, completed: float, total: float | None = None) -> None:
         """Reports progress; then raises ``TaskAbortedError`` if an abort is pending.

@@ -70,6 +70,31 @@ class TaskIdentity:
 
 
 @dataclass(frozen=True, slots=True)
+class AbortInfo:
+    """Who asked for a task's abort, when and why.
+
+    ``origin_task_id`` is the ancestor whose abort reached the task (``None``
+    when it was asked of the task itself); ``principal`` is "" when the
+    server checks no callers.
+    """
+
+    request_time: datetime | None
+    reason: str
+    principal: str
+    origin_task_id: UUID | None
+
+    @classmethod
+    def from_pb(cls, msg: pb.AbortInfo) -> AbortInfo:
+        """Decodes a wire abort record."""
+        return cls(
+            request_time=_time(msg.request_time, msg.HasField("request_time")),
+            reason=msg.reason,
+            principal=msg.principal,
+            origin_task_id=UUID(msg.origin_task_id) if msg.origin_task_id else None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class TaskStatus:
     """A task's full status. Unset times are ``None``; a root's ``parent_id`` is ``None``."""
 
@@ -105,6 +130,10 @@ class TaskStatus:
     node: str = ""
     #: Live nodes that did not answer in time: their children are missing.
     unreachable_nodes: tuple[str, ...] = ()
+    #: Who asked for the abort, when and why (with ``abort_requested``).
+    abort: AbortInfo | None = None
+    #: The principal that created the task ("" when the server checks no callers).
+    owner: str = ""
 
     @property
     def children_truncated(self) -> bool:
@@ -143,6 +172,8 @@ class TaskStatus:
             children_count=max(msg.children_count, len(msg.children_ids)),
             node=msg.node,
             unreachable_nodes=tuple(msg.unreachable_nodes),
+            abort=AbortInfo.from_pb(msg.abort) if msg.HasField("abort") else None,
+            owner=msg.owner,
         )
 
 

@@ -203,6 +203,17 @@ def status_json(status: TaskStatus) -> dict[str, Any]:
         "children_count": status.children_count,
         "node": status.node,
         "unreachable_nodes": list(status.unreachable_nodes),
+        "abort": None
+        if status.abort is None
+        else {
+            "request_time": _json_time(status.abort.request_time),
+            "reason": status.abort.reason,
+            "principal": status.abort.principal,
+            "origin_task_id": None
+            if status.abort.origin_task_id is None
+            else str(status.abort.origin_task_id),
+        },
+        "owner": status.owner,
     }
 
 
@@ -239,6 +250,15 @@ def status_lines(status: TaskStatus) -> list[str]:
                 + ", ".join(f"{{task_id: {c['task_id']}, node: {c['node']} }}" for c in value)
                 + "]"
             )
+        elif name == "abort":
+            if value is None:
+                continue
+            abort = status.abort
+            assert abort is not None
+            by = f" by {abort.principal}" if abort.principal else ""
+            why = f": {abort.reason}" if abort.reason else ""
+            via = f" (through {abort.origin_task_id})" if abort.origin_task_id else ""
+            text = f"requested{by} at {_time(abort.request_time)}{via}{why}"
         elif isinstance(value, list):
             text = ", ".join(value)
         elif isinstance(value, bool):

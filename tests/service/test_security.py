@@ -773,3 +773,54 @@ def test_reflection_can_be_turned_off() -> None:
             assert caught.value.code() is grpc.StatusCode.UNIMPLEMENTED
     finally:
         server.stop()
+
+
+# ---- the typed client, the Producer and the CLI ----------------------------------------------
+
+
+def test_the_client_producer_and_cli_carry_tokens_and_tell_who_aborted_and_why(
+    secured: ServerThread, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tm_client import (
+        Credentials,
+        NotOwnerError,
+        Producer,
+        TaskAbortedError,
+        TaskManagerClient,
+        UnauthenticatedError,
+        from_rpc_error,
+    )
+    from tm_client.cli import run
+
+    def creds(name: str) -> Credentials:
+        return Credentials(token=token_of(name))
+
+    with (
+        Producer(secured.target, module="backup", credentials=creds("producer")) as producer,
+        TaskManagerClient(secured.target, credentials=creds("operator")) as ops,
+        Producer(secured.target, module="backup", credentials=creds("peer")) as peer,
+        producer.task("dump", abortable=True) as task,
+    ):
+        with pytest.raises(grpc.RpcError) as refused:
+            peer._stub.FinishTask(rpb.FinishTaskRequest(task_id=str(task.id)))
+        assert isinstance(from_rpc_error(refused.value), NotOwnerError)  # by its reason
+        ops.abort(task.id, reason="disk replaced")
+        assert task.wait_abort(10)
+        assert task.abort_reason == ("disk replaced", "operator")
+        with pytest.raises(TaskAbortedError) as caught:
+            task.check_abort()
+        assert (caught.value.reason, caught.value.principal) == ("disk replaced", "operator")
+        assert "aborted by operator: disk replaced" in str(caught.value)
+        status = ops.get_status(task.id)
+        assert status.owner == "producer" and status.abort is not None
+        assert (status.abort.reason, status.abort.principal) == ("disk replaced", "operator")
+        code = run(["--target", secured.target, "--token", token_of("reader"),
+                    "tasks", "status", str(task.id)])  # fmt: skip
+        shown = capsys.readouterr().out
+        assert code == 0 and "owner: producer" in shown
+        assert "abort: requested by operator at " in shown and ": disk replaced" in shown
+    with (
+        TaskManagerClient(secured.target, credentials=Credentials()) as anonymous,
+        pytest.raises(UnauthenticatedError),
+    ):
+        anonymous.list_modules()
