@@ -24,6 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import _async as reflection_aio
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
+from tm_client import Credentials
 from tm_client.pb import (
     node_pb2_grpc,
     task_manager_pb2,
@@ -39,7 +40,7 @@ from tm_server.core.producers import DEFAULT_MAX_SESSIONS_PER_PRINCIPAL, Produce
 from tm_server.core.quotas import TaskQuotas
 from tm_server.core.recovery import recover
 from tm_server.core.types import TaskOwner
-from tm_server.security.tls import ServerTls, TlsConfig, channel_factory
+from tm_server.security.tls import ServerTls, TlsConfig
 from tm_server.security.tokens import Tokens
 
 from .cluster.node import ClusterConfig, ClusterNode
@@ -479,8 +480,14 @@ class TmServer:
             self.tls.reload_soon()
 
     def _peer_channels(self) -> Callable[[str], grpc.aio.Channel]:
-        credentials = None if self.tls is None else self.tls.peer_channel_credentials()
-        return channel_factory(credentials, self.config.node_token)
+        # Other nodes are called as this node: over TLS when it serves TLS
+        # (with its own certificate under mTLS), with the node token if given.
+        token = self.config.node_token
+        credentials = (
+            Credentials(token=token) if self.tls is None else self.tls.peer_credentials(token)
+        )
+        credentials.check()  # unreadable files fail the start, not the first call
+        return credentials.aio_channel
 
     def _cluster_config(self) -> ClusterConfig:
         assert self.config.store is not None

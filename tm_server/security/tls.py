@@ -13,12 +13,12 @@ from __future__ import annotations
 import logging
 import os
 import ssl
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import grpc
+
+from tm_client import Credentials
 
 log = logging.getLogger(__name__)
 
@@ -131,53 +131,17 @@ class ServerTls:
             require_client_authentication=self.config.client_ca is not None,
         )
 
-    def peer_channel_credentials(self) -> grpc.ChannelCredentials:
-        """Credentials for calls to other nodes: their CA, and this node's own pair with mTLS."""
+    def peer_credentials(self, token: str | None) -> Credentials:
+        """How this node calls the others: their CA, its own pair with mTLS, and its token."""
         c = self.config
-        ca = c.peer_ca or c.client_ca
-        roots = None if ca is None else _read(ca, "peer CA file")
-        if c.client_ca is None:
-            return grpc.ssl_channel_credentials(root_certificates=roots)
-        return grpc.ssl_channel_credentials(
-            root_certificates=roots,
-            private_key=_read(c.key, "TLS key"),
-            certificate_chain=_read(c.cert, "TLS certificate"),
+        mtls = c.client_ca is not None
+        return Credentials(
+            token=token,
+            ca=c.peer_ca or c.client_ca,
+            cert=c.cert if mtls else None,
+            key=c.key if mtls else None,
+            tls=True,
         )
 
 
-def channel_factory(
-    credentials: grpc.ChannelCredentials | None, token: str | None
-) -> Callable[[str], grpc.aio.Channel]:
-    """Opens channels to other nodes: TLS when given credentials, the node token on each call."""
-    interceptors = [] if token is None else list(_token_interceptors(token))
-
-    def open_channel(address: str) -> grpc.aio.Channel:
-        if credentials is None:
-            return grpc.aio.insecure_channel(address, interceptors=interceptors)
-        return grpc.aio.secure_channel(address, credentials, interceptors=interceptors)
-
-    return open_channel
-
-
-def _token_interceptors(token: str) -> tuple[Any, ...]:
-    header = ("authorization", f"Bearer {token}")
-
-    def with_token(details: Any) -> Any:
-        metadata = grpc.aio.Metadata(*(details.metadata or ()))
-        metadata.add(*header)
-        return details._replace(metadata=metadata)
-
-    class Unary(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
-        async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-            return await continuation(with_token(details), request)
-
-    class Stream(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[type-arg]
-        async def intercept_unary_stream(
-            self, continuation: Any, details: Any, request: Any
-        ) -> Any:
-            return await continuation(with_token(details), request)
-
-    return Unary(), Stream()
-
-
-__all__ = ["ServerTls", "TlsConfig", "TlsFilesError", "channel_factory"]
+__all__ = ["ServerTls", "TlsConfig", "TlsFilesError"]
