@@ -249,3 +249,22 @@ def test_a_cluster_with_tls_and_tokens_calls_its_nodes_with_the_node_token(
     finally:
         a.kill()
         b.kill()
+
+
+def test_tm_token_makes_a_token_and_the_entry_that_lets_it_in(tmp_path: Path) -> None:
+    made = subprocess.run(
+        [str(Path(sys.executable).parent / "tm-token"), "new", "night-shift", "operator"],
+        capture_output=True, text=True, timeout=30, check=True,
+    )  # fmt: skip
+    token, entry = made.stdout.split("\n", 1)
+    assert token not in entry  # the file holds its hash only
+    path = tmp_path / "t.toml"
+    path.write_text(entry)
+    server = ServerProcess("--tokens", str(path), "--journal", "off", "--store", "none")
+    try:
+        with grpc.insecure_channel(server.target) as channel:
+            tm: Any = pb_grpc.TaskManagerServiceStub(channel)
+            tm.SetTtl(pb.SetTtlRequest(ttl_seconds=7), metadata=bearer(token))
+            assert tm.GetTtl(pb.GetTtlRequest(), metadata=bearer(token)).ttl_seconds == 7
+    finally:
+        server.kill()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import logging
 import secrets
 import sys
@@ -244,16 +245,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     token = new_token()
-    roles = ", ".join(f'"{g}"' for g in grants)
-    # The token on stderr's side of things would be lost in pipes: both go to
-    # stdout, the token first, marked, so a script can take line 1.
+    roles = ", ".join(json.dumps(str(g)) for g in grants)
+    # Line 1 is the token (for the client: TM_TOKEN), the rest the file's entry,
+    # so a script can split them; JSON strings are valid TOML basic strings.
     print(token)
-    print(
-        f"# the token above, for the client only (TM_TOKEN); this entry goes in the tokens file:\n"
-        f'[[principal]]\nname = "{args.name}"\nroles = [{roles}]\n'
-        f'tokens = ["{hash_token(token)}"]',
-        file=sys.stdout,
-    )
+    print("# the token above is for the client only; this entry goes in the tokens file:")
+    print(f"[[principal]]\nname = {json.dumps(args.name)}\nroles = [{roles}]")
+    print(f'tokens = ["{hash_token(token)}"]')
     return 0
 
 
