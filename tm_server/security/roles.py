@@ -9,7 +9,7 @@ their own calls. A grant may be limited to modules ("producer:backup").
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tm_server.core.validation import MAX_NAME_LENGTH
 
@@ -73,21 +73,45 @@ def parse_grant(text: str) -> Grant:
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """An authenticated caller: its name and what it was granted."""
+    """An authenticated caller: its name and what it was granted.
+
+    The grants are folded into sets of role names once, at construction: a
+    check on every call is then a string lookup or two (an Enum member
+    hashes in Python, a string in C).
+    """
 
     name: str
     grants: tuple[Grant, ...]
+    _everywhere: frozenset[str] = field(init=False, repr=False, compare=False)
+    _somewhere: frozenset[str] = field(init=False, repr=False, compare=False)
+    _on: dict[str, frozenset[str]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        everywhere: set[str] = set()
+        on: dict[str, set[str]] = {}
+        for grant in self.grants:
+            names = {r._value_ for r in _INCLUDES[grant.role]}
+            if grant.module is None:
+                everywhere |= names
+            else:
+                on.setdefault(grant.module, set()).update(names)
+        object.__setattr__(self, "_everywhere", frozenset(everywhere))
+        object.__setattr__(self, "_somewhere", frozenset(everywhere.union(*on.values())))
+        object.__setattr__(self, "_on", {m: frozenset(n | everywhere) for m, n in on.items()})
 
     def allows(self, role: Role, module: str | None = None) -> bool:
         """Whether the principal has ``role`` on ``module`` (``None``: on every module)."""
-        for grant in self.grants:
-            if role in _INCLUDES[grant.role] and (grant.module is None or grant.module == module):
-                return True
-        return False
+        name = role._value_
+        if name in self._everywhere:
+            return True
+        if module is None:
+            return False
+        names = self._on.get(module)
+        return names is not None and name in names
 
     def allows_somewhere(self, role: Role) -> bool:
         """Whether the principal has ``role`` on at least one module."""
-        return any(role in _INCLUDES[grant.role] for grant in self.grants)
+        return role._value_ in self._somewhere
 
     def describe(self) -> str:
         """The grants as the tokens file writes them."""

@@ -61,6 +61,9 @@ current_principal: contextvars.ContextVar[Principal | None] = contextvars.Contex
     "tm_principal", default=None
 )
 
+# How many callers each cache of authenticated callers holds at most.
+_CACHED = 10_000
+
 #: What a principal known only by its certificate gets when no tokens file says more.
 _EVERY_ROLE = tuple(Grant(role) for role in Role)
 
@@ -137,6 +140,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         self._by_connection: dict[str, int] = {}
         self._by_principal: dict[str, int] = {}
         self._open: set[_OpenStream] = set()
+        # Authenticated callers seen before, by header and by certificate
+        # identity (bounded; known ones only; emptied when the tokens change).
+        self._headers: dict[str, tuple[Principal, str]] = {}
+        self._certificates: dict[str, Principal] = {}
         if tokens is not None:
             tokens.changed.append(self._recheck_streams)
 
@@ -168,29 +175,44 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         return None
 
     def _authenticate(self, context: Context) -> tuple[Principal, str | None]:
-        token: str | None = None
+        header: str | None = None
         for key, value in context.invocation_metadata() or ():
             if key == "authorization":
-                scheme, _, rest = str(value).partition(" ")
-                token = rest.strip()
-                if scheme.lower() != "bearer" or not token:
-                    raise _unauthenticated("the authorization metadata must be 'Bearer TOKEN'")
+                header = str(value)
                 break
         tokens = self._tokens
-        if token is not None and tokens is not None:
+        if header is not None and tokens is not None:
+            # The hot path: a header seen before is one lookup (cleared on reload).
+            known = self._headers.get(header)
+            if known is not None:
+                return known
+            scheme, _, rest = str(header).partition(" ")
+            token = rest.strip()
+            if scheme.lower() != "bearer" or not token:
+                raise _unauthenticated("the authorization metadata must be 'Bearer TOKEN'")
             principal = tokens.principal(token)
             if principal is None:
                 raise _unauthenticated(
                     "the token is not in this server's tokens file (mistyped, or revoked)"
                 )
-            return principal, token
+            if len(self._headers) >= _CACHED:
+                self._headers.clear()
+            known = self._headers[header] = (principal, token)
+            return known
         identity = self._identity(context) if self._mtls else None
         if identity is not None:
-            if tokens is None:
-                return Principal(identity, _EVERY_ROLE), None
-            # A certificate the CA signed, but a name the tokens file may not list:
-            # authenticated, with the roles the file gives (maybe none).
-            return tokens.by_name(identity) or Principal(identity, ()), None
+            found = self._certificates.get(identity)
+            if found is None:
+                if tokens is None:
+                    found = Principal(identity, _EVERY_ROLE)
+                else:
+                    # A certificate the CA signed, but a name the tokens file may
+                    # not list: authenticated, with the roles the file gives (maybe none).
+                    found = tokens.by_name(identity) or Principal(identity, ())
+                if len(self._certificates) >= _CACHED:
+                    self._certificates.clear()
+                self._certificates[identity] = found
+            return found, None
         raise _unauthenticated(
             "this server checks callers: send 'authorization: Bearer TOKEN' metadata"
             + (" or present a client certificate" if self._mtls else "")
@@ -226,16 +248,20 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             )
         )
 
-    async def _authorize(
+    def _authorize(
         self, method: str, rule: Rule, request: Any, principal: Principal
-    ) -> str | None:
-        """Checks the rule; returns the module the call touches, if it names one."""
+    ) -> tuple[str | None, UUID | None]:
+        """Checks what the request alone tells.
+
+        Returns the module the call touches (if it names one) and the task
+        whose module and owner are still to be checked (``_check_task``).
+        """
         role = rule.role
         assert role is not None
         if isinstance(request, MalformedRequest):
             if not principal.allows_somewhere(role):
                 raise self._denied(principal, method, role, None)
-            return None  # the handler refuses the body
+            return None, None  # the handler refuses the body
         module: str | None = None
         if rule.module is not None:
             module = getattr(request, rule.module)
@@ -246,21 +272,19 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 raise self._denied(principal, method, role, None)
         elif not principal.allows_somewhere(role):
             raise self._denied(principal, method, role, None)
-        if rule.task is not None:
-            module = await self._check_task(method, rule, request, principal, role) or module
         if rule.session is not None:
             self._check_session(rule.session, request, principal)
-        return module
+        if rule.task is None or (not rule.owned and principal.allows(role)):
+            return module, None  # no task, or a role on every module: no lookup needed
+        # None: no task named, or not an id: the handler says which.
+        return module, _uuid(getattr(request, rule.task))
 
     async def _check_task(
-        self, method: str, rule: Rule, request: Any, principal: Principal, role: Role
+        self, method: str, rule: Rule, principal: Principal, task_id: UUID
     ) -> str | None:
-        assert rule.task is not None
-        task_id = _uuid(getattr(request, rule.task))
-        if task_id is None:
-            return None  # none named, or not an id: the handler says which
-        if not rule.owned and principal.allows(role):
-            return None  # every module: no lookup needed
+        """The task's module, once the caller may touch it (its owner's, if the rule says)."""
+        role = rule.role
+        assert role is not None
         found = await self._owners.task_owner(task_id)
         if found is None:
             return None  # the handler answers NOT_FOUND
@@ -302,7 +326,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 )
             principal, token = self._authenticate(context)
             current_principal.set(principal)
-            module = await self._authorize(method, rule, request, principal)
+            module, task_id = self._authorize(method, rule, request, principal)
+            if task_id is not None:
+                module = await self._check_task(method, rule, principal, task_id) or module
         except _Refusal as refusal:
             if rule is not None and rule.audited and not isinstance(request, MalformedRequest):
                 self._audit(method, request, context, refusal.status.code.name, refusal)
@@ -335,6 +361,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
     def _wrap(self, method: str, handler: Any) -> Any:
         rule = ACCESS.get(method)
+        if handler.unary_unary is not None and not self.enabled and not (rule and rule.audited):
+            return handler  # nothing to check, count or log: served as it is
         if handler.unary_unary is not None:
             inner: Any = handler.unary_unary
             audited = rule is not None and rule.audited
@@ -437,6 +465,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         """After a reload: ends the streams of callers whose token or role went away."""
         tokens = self._tokens
         assert tokens is not None
+        self._headers.clear()
+        self._certificates.clear()
         for entry in list(self._open):
             if entry.token is not None:
                 now = tokens.principal(entry.token)
