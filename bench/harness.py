@@ -2,7 +2,9 @@
 
 A server is a ``bench.servers`` subprocess (tm, tm without its journal, or the
 do-nothing baseline); a load generator is a ``bench.loadgen`` subprocess whose
-last line is its JSON result.
+last line is its JSON result. A server given ``Security`` serves TLS (tm also
+checks the token of every call against a tokens file) and its clients connect
+with TLS and send the token.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ from typing import IO, Any
 import grpc
 
 from bench import control
+from tests.certs import make_certs
 from tm_client.pb import task_manager_pb2 as pb
 from tm_client.pb import task_manager_pb2_grpc as pb_grpc
+from tm_server.security.tokens import hash_token, new_token
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -56,6 +60,8 @@ class Config:
     #: The pauses figure's growth is read in this many segments, each followed
     #: by as long a window on the empty registry.
     pause_segments: int = 10
+    #: Running tasks on the tm server of the TLS-and-token figures.
+    tls_tasks: int = 100_000
 
 
 TINY = Config(
@@ -73,21 +79,74 @@ TINY = Config(
     rounds=2,
     close_rounds=2,
     pause_segments=2,
+    tls_tasks=500,
 )
 
 
-class Server:
-    """A benchmark server subprocess (``bench.servers``)."""
+@dataclass(frozen=True)
+class Security:
+    """A test CA, the server certificate it signed, and a tokens file with one operator token."""
 
-    def __init__(self, kind: str, shards: int, data_dir: Path | None = None) -> None:
+    ca: Path
+    cert: Path
+    key: Path
+    tokens: Path
+    token_file: Path
+
+    @property
+    def token(self) -> str:
+        return self.token_file.read_text().strip()
+
+    def client_args(self) -> tuple[str, ...]:
+        """The load generator's flags: TLS trusting the CA, the token on every call."""
+        return ("--tls-ca", str(self.ca), "--token-file", str(self.token_file))
+
+    def channel_credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(root_certificates=self.ca.read_bytes())
+
+
+def make_security(directory: Path) -> Security:
+    """Certificates (``tests.certs``: valid for 127.0.0.1) and an operator's token, in a folder."""
+    certs = make_certs(directory)
+    token = new_token()
+    token_file = directory / "token"
+    token_file.write_text(token + "\n")
+    tokens = directory / "tokens.toml"
+    tokens.write_text(
+        f'[[principal]]\nname = "bench"\nroles = ["operator"]\ntokens = ["{hash_token(token)}"]\n'
+    )
+    return Security(certs.ca, certs.server_cert, certs.server_key, tokens, token_file)
+
+
+class Server:
+    """A benchmark server subprocess (``bench.servers``).
+
+    With ``security`` it serves TLS (tm also checks every caller's token
+    against the tokens file; the baseline ignores the metadata), and its
+    control channel is a plaintext port of its own (``control_target``).
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        shards: int,
+        data_dir: Path | None = None,
+        security: Security | None = None,
+    ) -> None:
         self.kind = kind
+        self.security = security
         self._dir = tempfile.TemporaryDirectory()
         port_file = Path(self._dir.name) / "port"
+        secured: tuple[str, ...] = ()
+        if security is not None:
+            secured = ("--tls-cert", str(security.cert), "--tls-key", str(security.key))
+            if kind != "baseline":
+                secured += ("--tls-peer-ca", str(security.ca), "--tokens", str(security.tokens))
         self.started_at = time.monotonic()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bench.servers", kind, "--port-file", str(port_file),
              "--shards", str(shards),
-             *(() if data_dir is None else ("--data-dir", str(data_dir)))],
+             *(() if data_dir is None else ("--data-dir", str(data_dir))), *secured],
             cwd=ROOT,
         )  # fmt: skip
         deadline = time.monotonic() + 60
@@ -95,21 +154,47 @@ class Server:
             if time.monotonic() > deadline or self.proc.poll() is not None:
                 raise RuntimeError(f"{kind} server did not start")
             time.sleep(0.01)
-        self.target = f"127.0.0.1:{port_file.read_text()}"
+        ports = port_file.read_text().split()
+        self.target = f"127.0.0.1:{ports[0]}"
+        self.control_target = f"127.0.0.1:{ports[-1]}"
         self.first_call_seconds = self._first_call()
 
+    def _channel(self) -> grpc.Channel:
+        if self.security is None:
+            return grpc.insecure_channel(self.target)
+        return grpc.secure_channel(self.target, self.security.channel_credentials())
+
+    def _metadata(self) -> tuple[tuple[str, str], ...] | None:
+        if self.security is None:
+            return None
+        return (("authorization", f"Bearer {self.security.token}"),)
+
     def _first_call(self) -> float:
-        with grpc.insecure_channel(self.target) as channel:
+        with self._channel() as channel:
             stub = pb_grpc.TaskManagerServiceStub(channel)
             while True:
                 try:
-                    stub.ListModules(pb.ListModulesRequest(), timeout=5)
+                    stub.ListModules(pb.ListModulesRequest(), timeout=5, metadata=self._metadata())
                     return time.monotonic() - self.started_at
                 except grpc.RpcError:
                     time.sleep(0.005)
 
+    def refused_without_token(self) -> str:
+        """The status code of a call over TLS without the token ("OK" if it was served)."""
+        with self._channel() as channel:
+            stub = pb_grpc.TaskManagerServiceStub(channel)
+            try:
+                stub.ListModules(pb.ListModulesRequest(), timeout=5)
+            except grpc.RpcError as exc:
+                return str(exc.code().name)
+            return "OK"
+
+    def client_args(self) -> tuple[str, ...]:
+        """The load generator's flags for this server: TLS and the token, when it has them."""
+        return () if self.security is None else self.security.client_args()
+
     def control(self, name: str, **request: Any) -> dict[str, Any]:
-        return control.call(self.target, name, **request)
+        return control.call(self.control_target, name, **request)
 
     def cpu(self) -> float:
         """Server CPU seconds so far (user + system)."""
@@ -198,7 +283,7 @@ def write_ids(directory: Path, name: str, ids: list[str]) -> Path:
 
 def unary_on(server: Server, *args: str) -> dict[str, Any]:
     cpu0 = server.cpu()
-    result = loadgen("unary", "--target", server.target, *args)
+    result = loadgen("unary", "--target", server.target, *server.client_args(), *args)
     result["server_cpu_s"] = server.cpu() - cpu0
     result["server_cpu_us_per_call"] = result["server_cpu_s"] / max(1, result["calls"]) * 1e6
     return result

@@ -3,6 +3,8 @@
 Modes: ``unary`` (calls/s and latency at a fixed number of calls in flight),
 ``watch`` (many WaitTask streams; prints a ready line, then the result once
 they all ended) and ``recursive`` (messages/s on one GetTaskStatusRecursive).
+With ``--tls-ca`` every channel is TLS (trusting that CA); with ``--token-file``
+every call carries ``authorization: Bearer TOKEN`` metadata.
 """
 
 from __future__ import annotations
@@ -45,6 +47,21 @@ def load_ids(path: str | None) -> list[str]:
     return ids
 
 
+def open_channel(args: argparse.Namespace) -> grpc.aio.Channel:
+    """A channel to ``--target``: TLS trusting ``--tls-ca`` when given, else plaintext."""
+    if args.tls_ca is None:
+        return grpc.aio.insecure_channel(args.target)
+    credentials = grpc.ssl_channel_credentials(root_certificates=Path(args.tls_ca).read_bytes())
+    return grpc.aio.secure_channel(args.target, credentials)
+
+
+def call_metadata(args: argparse.Namespace) -> tuple[tuple[str, str], ...] | None:
+    """The metadata every call sends: the bearer token of ``--token-file``, if one is given."""
+    if args.token_file is None:
+        return None
+    return (("authorization", f"Bearer {Path(args.token_file).read_text().strip()}"),)
+
+
 def percentile(values: list[float], q: float) -> float:
     if not values:
         return 0.0
@@ -63,7 +80,8 @@ def latency_summary(latencies: list[float]) -> dict[str, float]:
 
 async def unary(args: argparse.Namespace) -> None:
     ids = load_ids(args.ids_file)
-    channels = [grpc.aio.insecure_channel(args.target) for _ in range(args.channels)]
+    channels = [open_channel(args) for _ in range(args.channels)]
+    metadata = call_metadata(args)
     stubs = [pb_grpc.TaskManagerServiceStub(c) for c in channels]
     reporters = [rpb_grpc.TaskReportingServiceStub(c) for c in channels]
     latencies: list[float] = []
@@ -93,18 +111,22 @@ async def unary(args: argparse.Namespace) -> None:
                 start = time.perf_counter()
             try:
                 if args.method == "GetTaskStatus":
-                    await stub.GetTaskStatus(pb.GetTaskStatusRequest(task_id=random.choice(ids)))
+                    await stub.GetTaskStatus(
+                        pb.GetTaskStatusRequest(task_id=random.choice(ids)), metadata=metadata
+                    )
                 elif args.method == "ListModuleTasks":
                     reply = await stub.ListModuleTasks(
                         pb.ListModuleTasksRequest(
                             module=args.module, page_size=args.page_size, page_token=token
-                        )
+                        ),
+                        metadata=metadata,
                     )
                     token = reply.next_page_token
                 elif args.method == "ReportProgress":
                     counter += 1
                     await reporter.ReportProgress(
-                        rpb.ReportProgressRequest(task_id=random.choice(ids), completed=counter)
+                        rpb.ReportProgressRequest(task_id=random.choice(ids), completed=counter),
+                        metadata=metadata,
                     )
                 elif args.method == "CreateTask":
                     # A started task with an id of its own, as a producer makes one.
@@ -112,7 +134,8 @@ async def unary(args: argparse.Namespace) -> None:
                         rpb.CreateTaskRequest(
                             module=args.module, type="bench", task_id=str(uuid.uuid4()),
                             start=True,
-                        )
+                        ),
+                        metadata=metadata,
                     )  # fmt: skip
                 else:
                     raise ValueError(args.method)
@@ -125,7 +148,7 @@ async def unary(args: argparse.Namespace) -> None:
         # Running until told to stop: connect first, then say so, so the caller
         # starts the workload only once reads are flowing.
         for stub in stubs:
-            await stub.ListModules(pb.ListModulesRequest())
+            await stub.ListModules(pb.ListModulesRequest(), metadata=metadata)
         emit({"started": True})
         deadline = time.monotonic() + args.duration
     cpu0, t0 = cpu_seconds(), time.monotonic()
@@ -151,7 +174,8 @@ async def unary(args: argparse.Namespace) -> None:
 async def watch(args: argparse.Namespace) -> None:
     ids = load_ids(args.ids_file)
     n_channels = max(1, -(-args.streams // STREAMS_PER_CHANNEL))
-    channels = [grpc.aio.insecure_channel(args.target) for _ in range(n_channels)]
+    channels = [open_channel(args) for _ in range(n_channels)]
+    metadata = call_metadata(args)
     stubs = [pb_grpc.TaskManagerServiceStub(c) for c in channels]
     ready = asyncio.Event()
     opened = 0
@@ -160,7 +184,9 @@ async def watch(args: argparse.Namespace) -> None:
 
     async def one(i: int) -> None:
         nonlocal opened, last_end
-        call = stubs[i % len(stubs)].WaitTask(pb.WaitTaskRequest(task_id=ids[i % len(ids)]))
+        call = stubs[i % len(stubs)].WaitTask(
+            pb.WaitTaskRequest(task_id=ids[i % len(ids)]), metadata=metadata
+        )
         state = None
         try:
             async for message in call:
@@ -200,12 +226,12 @@ async def watch(args: argparse.Namespace) -> None:
 
 
 async def recursive(args: argparse.Namespace) -> None:
-    async with grpc.aio.insecure_channel(args.target) as channel:
+    async with open_channel(args) as channel:
         stub = pb_grpc.TaskManagerServiceStub(channel)
         cpu0, t0 = cpu_seconds(), time.monotonic()
         count = 0
         async for _ in stub.GetTaskStatusRecursive(
-            pb.GetTaskStatusRecursiveRequest(task_id=args.id)
+            pb.GetTaskStatusRecursiveRequest(task_id=args.id), metadata=call_metadata(args)
         ):
             count += 1
         elapsed = time.monotonic() - t0
@@ -233,6 +259,8 @@ def main() -> None:
     parser.add_argument("--latencies-file", help="unary: also write every latency (s) here")
     parser.add_argument("--ready-timeout", type=float, default=120.0)
     parser.add_argument("--end-timeout", type=float, default=120.0)
+    parser.add_argument("--tls-ca", help="connect with TLS, trusting this CA (PEM)")
+    parser.add_argument("--token-file", help="send the bearer token in this file on every call")
     args = parser.parse_args()
     runner = {"unary": unary, "watch": watch, "recursive": recursive}[args.mode]
     asyncio.run(runner(args))

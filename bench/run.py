@@ -35,6 +35,7 @@ from bench.harness import (
     Watchers,
     host_cpu_ticks,
     loadgen,
+    make_security,
     median,
     round_ratios,
     total_errors,
@@ -166,6 +167,72 @@ def bench_progress(cfg: Config, tmp: Path) -> Figure:
          "client_cpu_s": median(runs["tm"], "client_cpu_s"), "errors": total_errors(runs["tm"]),
          "round_ratios": round_ratios(runs["tm"], runs["baseline"])},
     )  # fmt: skip
+
+
+def _alternating(
+    tm: Server, base: Server, rounds: int, *args: str
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The same load on tm and the baseline, ``rounds`` times, which goes first alternating."""
+    ours: list[dict[str, Any]] = []
+    theirs: list[dict[str, Any]] = []
+    for i in range(rounds):
+        for server in (tm, base) if i % 2 == 0 else (base, tm):
+            (ours if server is tm else theirs).append(unary_on(server, *args))
+    return ours, theirs
+
+
+def bench_tls_token(cfg: Config, tmp: Path) -> list[Figure]:
+    # tm serves TLS and checks an operator's bearer token on every call (a
+    # tokens file); the baseline serves the same TLS (the same dynamic
+    # credentials) and gets the same metadata, which it ignores. The control
+    # channel is a plaintext port of each server's own. No watchers are
+    # attached to the progress reports: what is compared is the cost of the
+    # checks on the calls themselves.
+    security = make_security(tmp / "tls")
+    tm = Server("tm", cfg.shards, security=security)
+    base = Server("baseline", cfg.shards, security=security)
+    figures = []
+    try:
+        tokenless = tm.refused_without_token()
+        tm.control("populate", kind="running", n=cfg.tls_tasks, module="bench")
+        samples = tm.control("samples", module="bench", count=cfg.progress_tasks)
+        base.control("prepare", status=samples["status"])
+        ids = write_ids(tmp, "tls-ids", samples["ids"])
+        workloads = (
+            ("status reads, 64 in flight", "GetTaskStatus", cfg.close_rounds,
+             max(0.3, cfg.duration * 0.6)),
+            ("progress reports", "ReportProgress", cfg.rounds, cfg.duration),
+        )  # fmt: skip
+        for label, method, rounds, window in workloads:
+            ours, theirs = _alternating(
+                tm, base, rounds, "--method", method, "--ids-file", str(ids),
+                "--concurrency", "64", "--duration", str(window),
+            )  # fmt: skip
+            rate, base_rate = median(ours, "rate"), median(theirs, "rate")
+            ratio = rate / base_rate
+            errors, base_errors = total_errors(ours), total_errors(theirs)
+            figures.append(Figure(
+                f"TLS and token: {label}",
+                f"{method} at 64 in flight over TLS with a bearer token on every call, tm "
+                f"checking it against a tokens file (an operator's; {cfg.tls_tasks:,} running "
+                f"tasks, {len(samples['ids']):,} of them called) vs the baseline over the same "
+                f"TLS (median of {rounds} alternating rounds)",
+                "calls/s", rate, base_rate, ratio,
+                ">= 0.85x the TLS baseline's calls/s",
+                ratio >= 0.85 and not errors and not base_errors
+                and tokenless == "UNAUTHENTICATED",
+                {"server_cpu_us_per_call": median(ours, "server_cpu_us_per_call"),
+                 "baseline_server_cpu_us_per_call": median(theirs, "server_cpu_us_per_call"),
+                 "p99_ms": median(ours, "p99_ms"), "baseline_p99_ms": median(theirs, "p99_ms"),
+                 "client_cpu_s": median(ours, "client_cpu_s"),
+                 "baseline_client_cpu_s": median(theirs, "client_cpu_s"),
+                 "round_ratios": round_ratios(ours, theirs), "errors": errors,
+                 "baseline_errors": base_errors, "tm_call_without_token": tokenless},
+            ))  # fmt: skip
+    finally:
+        tm.stop()
+        base.stop()
+    return figures
 
 
 def _fanout(server: Server, ids: Path, streams: int, finish: dict[str, Any]) -> dict[str, Any]:
@@ -373,6 +440,7 @@ def main(argv: list[str] | None = None) -> int:
     groups: dict[str, Callable[[Path], list[Figure]]] = {
         "reads": lambda tmp: bench_reads_listing_memory(cfg, tmp),
         "progress": lambda tmp: [bench_progress(cfg, tmp)],
+        "tls": lambda tmp: bench_tls_token(cfg, tmp),
         "fanout": lambda tmp: bench_fanout_burst_shutdown(cfg, tmp),
         "recursive": lambda tmp: [bench_recursive(cfg)],
         "memory": lambda tmp: [

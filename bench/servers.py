@@ -4,7 +4,12 @@ The baseline serves the same services from the same grpcio, protobuf and
 server options, but every RPC returns a prebuilt message of the size tm's
 would have (copied from a real tm reply), so the difference is tm's own cost.
 
-Run as ``python -m bench.servers {tm,baseline} --port-file FILE``.
+Run as ``python -m bench.servers {tm,baseline} --port-file FILE``. With
+``--tls-cert``/``--tls-key`` the services are served over TLS only (tm with
+``--tokens`` also checks every caller's token; the baseline takes no tokens
+file and ignores the metadata), and the benchmark's control channel moves to
+a plaintext loopback port of its own, outside tm's access checks: the port
+file then holds "PORT CONTROL_PORT".
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from tm_client.pb import task_reporting_pb2_grpc as rpb_grpc
 from tm_server.core import ListFilter
 from tm_server.core.producers import TaskSpec
 from tm_server.heap import HeapManager
+from tm_server.security.tls import ServerTls, TlsConfig
 from tm_server.server import (
     DEFAULT_GC_FREEZE_INTERVAL,
     ServerConfig,
@@ -280,7 +286,23 @@ class Baseline(pb_grpc.TaskManagerServiceServicer, rpb_grpc.TaskReportingService
             yield message
 
 
-async def serve(kind: str, port_file: Path, shards: int, data_dir: Path | None) -> None:
+async def _control_server(methods: dict[str, Any]) -> tuple[grpc.aio.Server, int]:
+    """The control channel on a plaintext loopback port of its own (beside a TLS port)."""
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((handler(methods),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, port
+
+
+async def serve(
+    kind: str,
+    port_file: Path,
+    shards: int,
+    data_dir: Path | None,
+    tls: TlsConfig | None = None,
+    tokens: Path | None = None,
+) -> None:
     # tm runs as tm-server does by default: a one-node cluster on a SQLite
     # file in its data directory (beside the port file), so the regular-task
     # figures are those of the default configuration.
@@ -301,13 +323,21 @@ async def serve(kind: str, port_file: Path, shards: int, data_dir: Path | None) 
                 store=f"sqlite://{data / 'cluster.db'}",
                 data_dir=data,
                 journal=kind == "tm",
+                tls=tls,
+                tokens=tokens,
             )
         )
-        tm.server.add_generic_rpc_handlers((handler(TmBench(tm).methods()),))
+        methods = TmBench(tm).methods()
+        if tls is None:
+            tm.server.add_generic_rpc_handlers((handler(methods),))
         port = await tm.start()
-        await asyncio.to_thread(port_file.write_text, str(port))
+        control = None if tls is None else await _control_server(methods)
+        ports = str(port) if control is None else f"{port} {control[1]}"
+        await asyncio.to_thread(port_file.write_text, ports)
         await stop.wait()
         await tm.stop()
+        if control is not None:
+            await control[0].stop(None)
         return
     # The baseline serves only the RPCs the benchmarks call; the others stay
     # abstract (UNIMPLEMENTED), which mypy flags.
@@ -315,18 +345,27 @@ async def serve(kind: str, port_file: Path, shards: int, data_dir: Path | None) 
     server = grpc.aio.server(options=server_options())
     pb_grpc.add_TaskManagerServiceServicer_to_server(baseline, server)
     rpb_grpc.add_TaskReportingServiceServicer_to_server(baseline, server)
-    server.add_generic_rpc_handlers((handler(baseline.methods()),))
-    port = server.add_insecure_port("127.0.0.1:0")
+    if tls is None:
+        server.add_generic_rpc_handlers((handler(baseline.methods()),))
+        port = server.add_insecure_port("127.0.0.1:0")
+    else:
+        # The same credentials as tm's (grpcio's dynamic ones, asked before
+        # each handshake), so both sides pay the same TLS.
+        port = server.add_secure_port("127.0.0.1:0", ServerTls(tls).credentials())
     await server.start()
+    control = None if tls is None else await _control_server(baseline.methods())
     # The same garbage-collection management as tm's server: it is a setting
     # of the process, not work per call, and without it the baseline's full
     # collections would land in its timings and flatter tm.
     heap = HeapManager(DEFAULT_GC_FREEZE_INTERVAL)
     heap.start()
-    await asyncio.to_thread(port_file.write_text, str(port))
+    ports = str(port) if control is None else f"{port} {control[1]}"
+    await asyncio.to_thread(port_file.write_text, ports)
     await stop.wait()
     baseline.broadcast_event.set()
     await server.stop(5)
+    if control is not None:
+        await control[0].stop(None)
     await heap.stop()
 
 
@@ -336,8 +375,19 @@ def main() -> None:
     parser.add_argument("--port-file", type=Path, required=True)
     parser.add_argument("--shards", type=int, default=2)
     parser.add_argument("--data-dir", type=Path)
+    parser.add_argument("--tls-cert", type=Path, help="serve TLS with this certificate (PEM)")
+    parser.add_argument("--tls-key", type=Path, help="the private key of --tls-cert (PEM)")
+    parser.add_argument("--tls-peer-ca", type=Path, help="tm: the CA its cluster peers have")
+    parser.add_argument("--tokens", type=Path, help="tm: the tokens file callers are checked by")
     args = parser.parse_args()
-    asyncio.run(serve(args.kind, args.port_file, args.shards, args.data_dir))
+    if (args.tls_cert is None) != (args.tls_key is None):
+        parser.error("--tls-cert and --tls-key go together")
+    if args.tokens is not None and (args.kind == "baseline" or args.tls_cert is None):
+        parser.error("--tokens is for tm, with --tls-cert/--tls-key")
+    tls = None
+    if args.tls_cert is not None:
+        tls = TlsConfig(args.tls_cert, args.tls_key, peer_ca=args.tls_peer_ca)
+    asyncio.run(serve(args.kind, args.port_file, args.shards, args.data_dir, tls, args.tokens))
 
 
 if __name__ == "__main__":

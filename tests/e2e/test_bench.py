@@ -17,6 +17,8 @@ FIGURES = {
     "memory: running",
     "start-up",
     "progress reports",
+    "TLS and token: status reads, 64 in flight",
+    "TLS and token: progress reports",
     "watch fan-out: memory",
     "watch fan-out: broadcast",
     "burst",
@@ -58,6 +60,11 @@ def test_bench_runs_every_figure_in_the_tiny_configuration(tmp_path: Path) -> No
     assert figures["watch fan-out: broadcast"]["extra"]["final_done"] == 100
     assert figures["recursive status"]["extra"]["messages"] == 1 + 3 + 9 + 27 + 81
     assert figures["shutdown"]["extra"]["exit_code"] == 0
+    assert figures["TLS and token: status reads, 64 in flight"]["extra"]["errors"] == {}
+    assert figures["TLS and token: progress reports"]["extra"]["errors"] == {}
+    assert figures["TLS and token: progress reports"]["extra"]["tm_call_without_token"] == (
+        "UNAUTHENTICATED"
+    )
     assert figures["cluster task status"]["extra"]["cluster"]["samples"] == 20
     assert figures["finish-to-wait latency (PostgreSQL)"]["extra"]["samples"] == 10
     markdown = (tmp_path / "latest.md").read_text()

@@ -131,7 +131,9 @@ def test_a_live_nodes_name_is_refused_and_a_wildcard_cannot_be_advertised(
         twin = ServerProcess("--node", "a", "--store", store_url, *FAST)
         assert twin.proc.wait(30) != 0
         assert "a live node named 'a' is in the cluster store" in twin.output()
-        wild = ServerProcess("--node", "w", "--store", store_url, "--address", "0.0.0.0:0", *FAST)
+        wild = ServerProcess(
+            "--node", "w", "--store", store_url, "--address", "0.0.0.0:0", "--insecure", *FAST
+        )  # fmt: skip
         assert wild.proc.wait(30) != 0
         assert "--advertise-address" in wild.output()
 
