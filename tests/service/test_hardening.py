@@ -32,6 +32,7 @@ from tm_client.pb import task_reporting_pb2_grpc as rpb_grpc
 from tm_server.core.producers import Producers, TaskSpec
 from tm_server.core.validation import MAX_TTL_SECONDS
 
+from ..error_info import reason_of
 from ..process import run_tm
 from ..server_fixture import ServerThread
 
@@ -245,21 +246,6 @@ def _outcome(channel: grpc.Channel, path: str, cin: bool, cout: bool, body: byte
         return exc
 
 
-def _reason(call: Any) -> str:
-    from google.rpc import error_details_pb2
-    from grpc_status import rpc_status
-
-    status = rpc_status.from_call(call)
-    if status is None:
-        return ""
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return str(info.reason)
-    return ""
-
-
 @pytest.mark.parametrize(("path", "cin", "cout", "text"), METHODS, ids=[m[0] for m in METHODS])
 def test_a_body_that_does_not_decode_is_invalid_argument(
     server: ServerThread,
@@ -274,7 +260,7 @@ def test_a_body_that_does_not_decode_is_invalid_argument(
         for body in [*CRAFTED, BAD_UTF8] if text else CRAFTED:
             call = _outcome(channel, path, cin, cout, body)
             assert call.code() is grpc.StatusCode.INVALID_ARGUMENT, (body, call.details())
-            assert _reason(call) == "MALFORMED_REQUEST"
+            assert reason_of(call) == "MALFORMED_REQUEST"
             details = call.details() or ""
             assert "is not a valid" in details
             assert "DecodeError" not in details and "class" not in details

@@ -14,9 +14,7 @@ from uuid import uuid4
 import grpc
 import pytest
 from google.protobuf import descriptor_pool
-from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_status import rpc_status
 
 from tm_client.pb import node_pb2 as npb
 from tm_client.pb import node_pb2_grpc as npb_grpc
@@ -33,6 +31,7 @@ from tm_server.service.access import ACCESS
 from tm_server.service.auth import StreamQuotas
 
 from ..certs import Certs, make_certs
+from ..error_info import metadata_of, reason_of
 from ..server_fixture import ServerThread
 
 OK = "OK"
@@ -88,29 +87,6 @@ def outcome(call: Callable[[], Any]) -> str:
 
 def details(exc: Any) -> str:
     return str(exc.details())
-
-
-def reason_of(exc: Any) -> str:
-    status = rpc_status.from_call(exc)
-    if status is None:
-        return ""
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return str(info.reason)
-    return ""
-
-
-def metadata_of(exc: Any) -> dict[str, str]:
-    status = rpc_status.from_call(exc)
-    assert status is not None
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return dict(info.metadata)
-    return {}
 
 
 class Stubs:
