@@ -312,7 +312,7 @@ def test_a_refusal_names_the_role_needed_and_the_caller(stubs: Stubs) -> None:
     exc: Any = caught.value
     assert exc.code() is grpc.StatusCode.PERMISSION_DENIED
     assert metadata_of(exc) == {"role": "producer", "module": "backup", "principal": "reader"}
-    assert "needs the producer role on module backup" in exc.details()
+    assert "needs the producer role on module 'backup'" in exc.details()
     with pytest.raises(grpc.RpcError) as caught:
         stubs.tm.ListModules(pb.ListModulesRequest(), metadata=[("authorization", "Basic x")])
     exc = caught.value

@@ -138,14 +138,16 @@ class Shard(ShardPort):
         return list(self._store.module(name).tasks.values())
 
     async def abort_module(self, name: str) -> list[ChildRef]:
-        """Aborts the module's tasks that follow its abort source: roots and virtual children.
+        """Aborts every task of the module here (a second abort is a no-op).
 
-        Returns their live children, to be aborted next (on any shard).
+        Not only its roots: a task whose parent is another module's would
+        follow that parent's abort, and the module's stop would wait for it
+        for as long as that parent runs. Returns their live children, to be
+        aborted next (on any shard).
         """
         children: list[ChildRef] = []
         for task in self._module_tasks(name):
-            if task.parent_kind is not ParentKind.NODE:
-                children.extend(await self._abort(task))
+            children.extend(await self._abort(task))
         return children
 
     async def fail_external_tasks(self, module: str, error: str) -> None:
@@ -158,7 +160,7 @@ class Shard(ShardPort):
         """Waits until every task of the module on this shard has finished."""
         for task in self._module_tasks(name):
             if not task.state.is_complete:
-                await self._done_future(task)
+                await asyncio.shield(self._done_future(task))
 
     async def remove_module(self, name: str) -> None:
         """Unregisters the module's tasks (cutting TTLs short) and the module itself."""
@@ -607,7 +609,9 @@ class Shard(ShardPort):
         task = self._store.handled_task(task_id)
         if task is None:
             return None
-        await self._done_future(task)
+        # Shielded: the future is every waiter's, and one giving up (a
+        # cancelled call) must not cancel it for the others.
+        await asyncio.shield(self._done_future(task))
         return await self._status(task)
 
     def release_handle(self, task_id: UUID) -> None:

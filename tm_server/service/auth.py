@@ -34,7 +34,7 @@ from tm_client import reason_name
 from tm_client.pb import task_manager_pb2 as pb
 from tm_server.core import InvalidArgumentError
 from tm_server.core.types import TaskOwner
-from tm_server.core.validation import parse_uuid
+from tm_server.core.validation import MAX_NAME_LENGTH, parse_uuid
 from tm_server.security.roles import Grant, Principal, Role
 from tm_server.security.tokens import Tokens
 
@@ -223,7 +223,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     def _denied(
         self, principal: Principal, method: str, role: Role, module: str | None
     ) -> _Refusal:
-        where = f" on module {module}" if module is not None else ""
+        if module is not None and len(module) > MAX_NAME_LENGTH:
+            # Not yet checked (the handler would refuse it): kept short, so the
+            # refusal fits in the status a client accepts.
+            module = module[:MAX_NAME_LENGTH] + "…"
+        where = f" on module {module!r}" if module is not None else ""
         metadata = {"role": role.value, "principal": principal.name}
         if module is not None:
             metadata["module"] = module
