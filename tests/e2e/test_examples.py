@@ -64,6 +64,51 @@ def test_node_producer_reports_a_tree(server: ServerThread, client: TaskManagerC
     _check_tree(client, out)
 
 
+@pytest.mark.slow
+def test_node_producer_reports_over_mtls_with_a_token(tmp_path: Path) -> None:
+    """TM_TLS_* and TM_TOKEN take the example to a server with mTLS and a tokens file."""
+    from tm_client import Credentials
+    from tm_server.security.tls import TlsConfig
+    from tm_server.security.tokens import hash_token
+
+    from ..certs import make_certs
+
+    certs = make_certs(tmp_path / "pki")
+    tokens = tmp_path / "tokens.toml"
+    tokens.write_text(
+        '[[principal]]\nname = "importer-job"\nroles = ["producer:importer"]\n'
+        f'tokens = ["{hash_token("importer-token")}"]\n'
+        '[[principal]]\nname = "ops"\nroles = ["operator"]\n'
+        f'tokens = ["{hash_token("ops-token")}"]\n'
+    )
+    tls = TlsConfig(certs.server_cert, certs.server_key, client_ca=certs.ca)
+    server = ServerThread(tls=tls, tokens=tokens, task_ttl=600, user_task_ttl=600).start()
+    cert, key = certs.client("importer-host")
+    try:
+        env = {**os.environ, "TM_TOKEN": "importer-token", "TM_TLS_CA": str(certs.ca),
+               "TM_TLS_CERT": str(cert), "TM_TLS_KEY": str(key)}  # fmt: skip
+        result = subprocess.run(
+            [_node(), str(NODE_EXAMPLE / "producer.js"), f"localhost:{server.port}"],
+            capture_output=True, text=True, timeout=60, env=env,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        out = json.loads(result.stdout)
+        ops = Credentials(token="ops-token", ca=certs.ca, cert=cert, key=key)
+        with TaskManagerClient(f"localhost:{server.port}", credentials=ops) as client:
+            _check_tree(client, out)
+            assert client.get_status(str(out["root"])).owner == "importer-job"
+        # Without the token, the certificate alone names a principal with no roles.
+        del env["TM_TOKEN"]
+        refused = subprocess.run(
+            [_node(), str(NODE_EXAMPLE / "producer.js"), f"localhost:{server.port}"],
+            capture_output=True, text=True, timeout=60, env={**env, "TM_OUTAGE_SECONDS": "2"},
+        )  # fmt: skip
+        assert refused.returncode != 0 or json.loads(refused.stdout)["state"] is None
+        assert "PERMISSION_DENIED" in refused.stderr or "permission" in refused.stderr.lower()
+    finally:
+        server.stop()
+
+
 @pytest.fixture
 def tm_behind_a_link() -> Iterator[tuple[ServerProcess, NetCut]]:
     """A real tm-server, and a link to it (``NetCut``) that the test can cut."""
