@@ -35,6 +35,7 @@ from tm_server.core import (
     new_task_id,
 )
 from tm_server.core.producers import Producers, TaskSpec
+from tm_server.core.types import StatusExtras
 from tm_server.core.validation import (
     MAX_NAME_LENGTH,
     MAX_TEXT_LENGTH,
@@ -213,8 +214,7 @@ class ClusterTaskGroup(VirtualTaskGroup):
             abort_requested=row.abort_requested and row.state in _UNFINISHED,
             expire_time=None if row.ended_at is None else row.ended_at + self.retention_seconds,
             children_count=len(children),
-            unreachable_nodes=tuple(unreachable),
-            owner=row.owner,
+            extras=StatusExtras(tuple(unreachable), None, row.owner),
         )
 
     async def wait(self, task_id: UUID, hint: VirtualTaskHint) -> TaskStatus | None:

@@ -509,19 +509,22 @@ class Producers:
         Raises:
             SessionNotFoundError: ``session_id`` is unknown or expired.
             ShuttingDownError: the server is stopping.
-            QuotaExceededError: ``owner`` has ``max_sessions_per_principal`` sessions already.
+            QuotaExceededError: ``owner`` (a named principal) has
+                ``max_sessions_per_principal`` sessions already.
         """
         if self._stopping:
             raise ShuttingDownError()
         if session_id is None:
             limit = self.max_sessions_per_principal
-            if self._owned_sessions.get(owner, 0) >= limit:
-                who = f"principal {owner}" if owner else "the server"
+            # Named principals only: without caller checks every caller is "",
+            # and one caller's sessions could not be told from another's.
+            if owner and self._owned_sessions.get(owner, 0) >= limit:
                 raise QuotaExceededError(
                     "sessions_per_principal",
                     limit,
-                    f"{who} has {limit} producer sessions open (--max-sessions-per-principal); "
-                    "close unused sessions (CloseSession) or let their leases end",
+                    f"principal {owner} has {limit} producer sessions open "
+                    "(--max-sessions-per-principal); close unused sessions (CloseSession) "
+                    "or let their leases end",
                 )
             session = ProducerSession(uuid4(), owner)
             self._add_session(session)

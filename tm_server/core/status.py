@@ -9,9 +9,11 @@ from uuid import UUID
 
 from .record import Task
 from .types import (
+    NO_EXTRAS,
     AbortRequest,
     FoldedTask,
     Progress,
+    StatusExtras,
     TaskIdentity,
     TaskKind,
     TaskStatus,
@@ -61,9 +63,24 @@ def build_status(
         expire_time=task.expire_at,
         children_count=children_count,
         node=node,
-        abort=abort,
-        owner=impl.owner,
+        extras=NO_EXTRAS if abort is None and not impl.owner else _extras(abort, impl.owner),
     )
+
+
+# One extras object per owner, shared by the statuses of its tasks (a
+# principal's tasks are many, principals few).
+_OWNED: dict[str, StatusExtras] = {}
+
+
+def _extras(abort: AbortRequest | None, owner: str) -> StatusExtras:
+    if abort is not None:
+        return StatusExtras((), abort, owner)
+    shared = _OWNED.get(owner)
+    if shared is None:
+        if len(_OWNED) >= 10_000:
+            _OWNED.clear()
+        shared = _OWNED[owner] = StatusExtras((), None, owner)
+    return shared
 
 
 def listed_children(task: Task, node: str, cap: int) -> tuple[tuple[TaskIdentity, ...], int]:

@@ -87,6 +87,26 @@ class TaskOwner(NamedTuple):
     owner: str
 
 
+class StatusExtras(NamedTuple):
+    """The fields most statuses leave at their defaults, kept in one slot of the status.
+
+    A folded child keeps its status for as long as its parent lives, so each
+    slot counts a million times over; statuses with none of these share
+    ``NO_EXTRAS``, and those with only an owner share one per owner.
+    """
+
+    #: Live nodes that did not answer while the status was gathered.
+    unreachable_nodes: tuple[str, ...] = ()
+    #: Who asked for the abort, when and why.
+    abort: AbortRequest | None = None
+    #: The principal that created the task.
+    owner: str = ""
+
+
+#: The extras of a status that has none.
+NO_EXTRAS = StatusExtras()
+
+
 class TaskStatus(NamedTuple):
     """The full status of a task (ScyllaDB's ``task_status`` plus tm's extra fields).
 
@@ -126,15 +146,29 @@ class TaskStatus(NamedTuple):
     children_count: int = 0
     #: The node that holds a regular task ("" for a virtual one).
     node: str = ""
-    #: Live nodes that did not answer while the status was gathered (a cluster
-    #: task's children on them are missing).
-    unreachable_nodes: tuple[str, ...] = ()
-    #: Who asked for the abort, when and why (with ``abort_requested``; kept
-    #: once the task finished because of it).
-    abort: AbortRequest | None = None
-    #: The principal that created the task ("" without access checks, or for
-    #: a task the server runs itself).
-    owner: str = ""
+    #: What few statuses have (see the properties below).
+    extras: StatusExtras = NO_EXTRAS
+
+    @property
+    def unreachable_nodes(self) -> tuple[str, ...]:
+        """Live nodes that did not answer while the status was gathered.
+
+        A cluster task's children on them are missing from it.
+        """
+        return self.extras.unreachable_nodes
+
+    @property
+    def abort(self) -> AbortRequest | None:
+        """Who asked for the abort, when and why (kept once the task finished because of it)."""
+        return self.extras.abort
+
+    @property
+    def owner(self) -> str:
+        """The principal that created the task.
+
+        "" without access checks, or for a task the server runs itself.
+        """
+        return self.extras.owner
 
 
 class TaskStats(NamedTuple):

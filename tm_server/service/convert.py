@@ -22,7 +22,7 @@ from tm_server.core import (
     VirtualChild,
 )
 from tm_server.core.producers import TaskSpec
-from tm_server.core.types import AbortRequest
+from tm_server.core.types import AbortRequest, StatusExtras
 from tm_server.core.validation import parse_uuid, require_uuid
 
 __all__ = [
@@ -276,9 +276,7 @@ def status_from_pb(msg: pb.TaskStatus) -> TaskStatus:
         expire_time=_time_back(msg, "expire_time"),
         children_count=msg.children_count,
         node=msg.node,
-        unreachable_nodes=tuple(msg.unreachable_nodes),
-        abort=_abort_back(msg),
-        owner=msg.owner,
+        extras=StatusExtras(tuple(msg.unreachable_nodes), _abort_back(msg), msg.owner),
     )
 
 
