@@ -300,9 +300,17 @@ def test_node_and_test_services_need_their_own_roles(stubs: Stubs) -> None:
     assert outcome(node_call("tester")) == D and outcome(test_call("node")) == D
 
 
-def test_health_and_reflection_are_open_to_anyone(stubs: Stubs) -> None:
+def test_health_and_reflection_are_open_to_anyone(stubs: Stubs, secured: ServerThread) -> None:
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
     reply = stubs.health.Check(health_pb2.HealthCheckRequest(), timeout=10)
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    with grpc.insecure_channel(secured.target) as channel:
+        reflect = stub(reflection_pb2_grpc.ServerReflectionStub, channel)
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        (answer,) = list(reflect.ServerReflectionInfo(iter([request]), timeout=10))
+    names = {s.name for s in answer.list_services_response.service}
+    assert "tm.v1.TaskManagerService" in names
 
 
 def test_a_refusal_names_the_role_needed_and_the_caller(stubs: Stubs) -> None:

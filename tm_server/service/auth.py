@@ -401,6 +401,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                     yield item
 
             return handler._replace(unary_stream=stream)
+        if self.enabled and (rule is None or rule.role is not None):
+            # A request stream (only reflection's, which is open to anyone):
+            # no rule here reads one, so none gets past the checks unread.
+            return _refused(handler, method)
         return handler
 
     async def _counted(
@@ -501,6 +505,21 @@ def _quota(quota: str, limit: int, message: str) -> _Refusal:
             {"quota": quota, "limit": str(limit)},
         )
     )
+
+
+def _refused(handler: Any, method: str) -> Any:
+    status = make_status(
+        grpc.StatusCode.PERMISSION_DENIED,
+        f"{method} takes a request stream, which the access table does not allow",
+        PERMISSION_DENIED,
+    )
+
+    async def refuse(requests: Any, context: Context) -> Any:
+        await abort_with(context, status)
+
+    if handler.stream_unary is not None:
+        return handler._replace(stream_unary=refuse)
+    return handler._replace(stream_stream=refuse)
 
 
 def _decrement(counts: dict[str, int], key: str) -> None:
