@@ -22,7 +22,7 @@ from tm_server.core import (
     VirtualChild,
 )
 from tm_server.core.producers import TaskSpec
-from tm_server.core.types import AbortRequest, StatusExtras
+from tm_server.core.types import NO_EXTRAS, AbortRequest, StatusExtras
 from tm_server.core.validation import parse_uuid, require_uuid
 
 __all__ = [
@@ -185,18 +185,21 @@ def fill_status(target: pb.TaskStatus, status: TaskStatus) -> None:
         target.children_count = status.children_count
     if status.node:
         target.node = status.node
-    if status.unreachable_nodes:
-        target.unreachable_nodes.extend(status.unreachable_nodes)
-    if status.abort is not None:
-        abort = status.abort
+    extras = status.extras
+    if extras is NO_EXTRAS:
+        return  # most statuses: one check for the three rare fields
+    if extras.unreachable_nodes:
+        target.unreachable_nodes.extend(extras.unreachable_nodes)
+    abort = extras.abort
+    if abort is not None:
         info = target.abort
         _set_time(info.request_time, abort.time)
         info.reason = abort.reason
         info.principal = abort.principal
         if abort.origin is not None:
             info.origin_task_id = str(abort.origin)
-    if status.owner:
-        target.owner = status.owner
+    if extras.owner:
+        target.owner = extras.owner
 
 
 def status_to_pb(status: TaskStatus) -> pb.TaskStatus:
