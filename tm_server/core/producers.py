@@ -10,6 +10,7 @@ from typing import Protocol
 from uuid import UUID, uuid4
 
 from .clock import Clock, TimerHandle
+from .counts import count
 from .errors import (
     InvalidArgumentError,
     QuotaExceededError,
@@ -487,18 +488,12 @@ class Producers:
 
     def _add_session(self, session: ProducerSession) -> None:
         self._sessions[session.id] = session
-        owned = self._owned_sessions
-        owned[session.owner] = owned.get(session.owner, 0) + 1
+        count(self._owned_sessions, session.owner, 1)
 
     def _drop_session(self, session: ProducerSession) -> None:
         if self._sessions.pop(session.id, None) is None:
             return
-        owned = self._owned_sessions
-        left = owned.get(session.owner, 1) - 1
-        if left > 0:
-            owned[session.owner] = left
-        else:
-            owned.pop(session.owner, None)
+        count(self._owned_sessions, session.owner, -1)
         self.manager.journal.delete(SESSION_KEY + session.id.hex)
 
     def open_session(self, session_id: UUID | None = None, *, owner: str = "") -> SessionStream:

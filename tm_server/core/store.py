@@ -12,6 +12,7 @@ from collections.abc import Callable
 from uuid import UUID
 
 from .clock import Clock
+from .counts import count
 from .errors import TaskNotFoundError, UnknownModuleError
 from .expiry import ExpiryQueues
 from .journal import ABORT_KEY, Journal, sequence_key
@@ -20,15 +21,6 @@ from .quotas import ShardQuotas, TaskQuotas
 from .record import ModuleState, Task
 from .task import TaskImpl
 from .types import AbortRequest, FoldedTask, TaskState
-
-
-def _count(counts: dict[int, int], key: int, delta: int) -> None:
-    """Adds ``delta`` to a reference count, forgetting the key at 0."""
-    value = counts.get(key, 0) + delta
-    if value > 0:
-        counts[key] = value
-    else:
-        counts.pop(key, None)
 
 
 def _expiry(task: Task) -> float:
@@ -159,9 +151,8 @@ class TaskStore:
         self.quotas.check_tasks(len(self.tasks))
         owner = impl.owner
         if owner:
-            owned = self.owned.get(owner, 0)
-            self.quotas.check_owned(owner, owned)
-            self.owned[owner] = owned + 1
+            self.quotas.check_owned(owner, self.owned.get(owner, 0))
+            count(self.owned, owner, 1)
         inherited = spec.inherited
         if inherited is None or inherited.sequence_number is None:
             sequence = module.new_sequence_number()
@@ -188,7 +179,7 @@ class TaskStore:
         module.tasks[key] = task
         parent = spec.parent
         if parent is not None:
-            _count(self._parent_refs, parent.id.int, 1)
+            count(self._parent_refs, parent.id.int, 1)
             if parent.kind is ParentKind.VIRTUAL:
                 self.virtual_children.setdefault(parent.id.int, {})[spec.task_id] = None
         if inherited is not None and inherited.abort_pending:
@@ -224,12 +215,12 @@ class TaskStore:
             by_module.setdefault(task.module, []).append((key, task))
             owner = task.impl.owner
             if owner:
-                owned[owner] = owned.get(owner, 0) + 1
+                count(owned, owner, 1)
             if task.sequence_number > highest.get(task.module, 0):
                 highest[task.module] = task.sequence_number
             parent = task.parent
             if parent is not None:
-                _count(parent_refs, parent.id.int, 1)
+                count(parent_refs, parent.id.int, 1)
                 if parent.kind is ParentKind.VIRTUAL:
                     self.virtual_children.setdefault(parent.id.int, {})[task.id] = None
         for name, pairs in by_module.items():
@@ -282,12 +273,12 @@ class TaskStore:
 
     def count_folded(self, task_id: UUID) -> None:
         """A task of this shard folded into its parent: its id stays named."""
-        _count(self._folded_refs, task_id.int, 1)
+        count(self._folded_refs, task_id.int, 1)
 
     def forget_folded(self, keys: list[int]) -> None:
         """The last records naming these folded tasks of this shard were forgotten."""
         for key in keys:
-            _count(self._folded_refs, key, -1)
+            count(self._folded_refs, key, -1)
             if key not in self._folded_refs:
                 self.journal.forget(UUID(int=key))
 
@@ -310,11 +301,7 @@ class TaskStore:
             return
         owner = task.impl.owner
         if owner:
-            left = self.owned.get(owner, 1) - 1
-            if left > 0:
-                self.owned[owner] = left
-            else:
-                self.owned.pop(owner, None)
+            count(self.owned, owner, -1)
         module = self.modules.get(task.module)
         if module is not None:
             module.tasks.pop(key, None)
@@ -347,7 +334,7 @@ class TaskStore:
         ones (the others were forgotten when it folded).
         """
         if task.parent is not None:
-            _count(self._parent_refs, task.parent.id.int, -1)
+            count(self._parent_refs, task.parent.id.int, -1)
         if self.aborts and self.aborts.pop(task.id.int, None) is not None:
             self.journal.delete(f"{ABORT_KEY}{task.id.int:032x}")
         if not task.folded_into_parent:

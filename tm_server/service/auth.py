@@ -33,6 +33,7 @@ import grpc
 from tm_client import reason_name
 from tm_client.pb import task_manager_pb2 as pb
 from tm_server.core import InvalidArgumentError
+from tm_server.core.counts import count
 from tm_server.core.types import TaskOwner
 from tm_server.core.validation import MAX_NAME_LENGTH, parse_uuid
 from tm_server.security.roles import Grant, Principal, Role
@@ -458,14 +459,14 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 f"principal {principal} has {owned} streams open (--max-streams-per-principal "
                 f"{quotas.per_principal}); close some first",
             )
-        self._by_connection[connection] = held + 1
+        count(self._by_connection, connection, 1)
         if principal is not None:
-            self._by_principal[principal] = owned + 1
+            count(self._by_principal, principal, 1)
 
     def _give(self, connection: str, principal: str | None) -> None:
-        _decrement(self._by_connection, connection)
+        count(self._by_connection, connection, -1)
         if principal is not None:
-            _decrement(self._by_principal, principal)
+            count(self._by_principal, principal, -1)
 
     # ---- revocation --------------------------------------------------------------------------
 
@@ -520,14 +521,6 @@ def _refused(handler: Any, method: str) -> Any:
     if handler.stream_unary is not None:
         return handler._replace(stream_unary=refuse)
     return handler._replace(stream_stream=refuse)
-
-
-def _decrement(counts: dict[str, int], key: str) -> None:
-    left = counts.get(key, 1) - 1
-    if left > 0:
-        counts[key] = left
-    else:
-        counts.pop(key, None)
 
 
 def _uuid(text: str) -> UUID | None:
