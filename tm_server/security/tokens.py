@@ -36,9 +36,6 @@ log = logging.getLogger(__name__)
 
 #: How a token's hash is written in the file.
 HASH_PREFIX = "sha256:"
-# Tokens already checked, by their text: a hit costs no hashing. Bounded, so
-# that callers inventing tokens cannot grow it (only known ones go in).
-_CACHE_LIMIT = 10_000
 
 
 class TokensFileError(Exception):
@@ -167,7 +164,6 @@ class Tokens:
         self.path = path
         self.access = load_access(path)
         self._stamp = self._stat()
-        self._cache: dict[str, Principal] = {}
         self.changed: list[Callable[[], None]] = []
 
     def _stat(self) -> tuple[tuple[str, int, int], ...]:
@@ -181,14 +177,9 @@ class Tokens:
 
     def principal(self, token: str) -> Principal | None:
         """The principal a token names, or ``None`` for a token the file does not hold."""
-        found = self._cache.get(token)
-        if found is None:
-            found = self.access.by_hash.get(hash_token(token))
-            if found is not None:
-                if len(self._cache) >= _CACHE_LIMIT:
-                    self._cache.clear()
-                self._cache[token] = found
-        return found
+        # Hashed on each call: the access interceptor keeps the headers it has
+        # seen (``service.auth``), so the hot path never comes here.
+        return self.access.by_hash.get(hash_token(token))
 
     def by_name(self, name: str) -> Principal | None:
         """The principal of that name (a client certificate's identity), if the file has it."""
@@ -210,7 +201,6 @@ class Tokens:
             log.error("%s; the tokens file read before stays in force", exc)
             return False
         self.access = access
-        self._cache = {}
         log.info(
             "tokens file %s reloaded: %d principals, %d tokens",
             self.path,
