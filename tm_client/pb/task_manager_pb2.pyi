@@ -97,6 +97,15 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """RESOURCE_EXHAUSTED: a quota of the server was reached; the metadata's
     "quota" names it and "limit" gives its value.
     """
+    ERROR_REASON_CURSOR_EXPIRED: _ErrorReason.ValueType  # 22
+    """FAILED_PRECONDITION: a WatchTasks cursor older than the server's window
+    of changes, or from before the server restarted; list the tasks again
+    (or watch with a snapshot) and watch from the new cursor.
+    """
+    ERROR_REASON_WATCH_FELL_BEHIND: _ErrorReason.ValueType  # 23
+    """RESOURCE_EXHAUSTED: a WatchTasks reader fell more than the server's
+    window of changes behind; watch again with a snapshot.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason lists every reason a tm server puts in the google.rpc.ErrorInfo
@@ -168,6 +177,15 @@ ERROR_REASON_QUOTA_EXCEEDED: ErrorReason.ValueType  # 21
 """RESOURCE_EXHAUSTED: a quota of the server was reached; the metadata's
 "quota" names it and "limit" gives its value.
 """
+ERROR_REASON_CURSOR_EXPIRED: ErrorReason.ValueType  # 22
+"""FAILED_PRECONDITION: a WatchTasks cursor older than the server's window
+of changes, or from before the server restarted; list the tasks again
+(or watch with a snapshot) and watch from the new cursor.
+"""
+ERROR_REASON_WATCH_FELL_BEHIND: ErrorReason.ValueType  # 23
+"""RESOURCE_EXHAUSTED: a WatchTasks reader fell more than the server's
+window of changes behind; watch again with a snapshot.
+"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 class _TaskState:
@@ -229,6 +247,46 @@ TASK_KIND_NODE: TaskKind.ValueType  # 1
 TASK_KIND_CLUSTER: TaskKind.ValueType  # 2
 """A virtual task, computed on demand by a virtual task group."""
 Global___TaskKind: _TypeAlias = TaskKind  # noqa: Y015
+
+class _TaskEventType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TaskEventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TaskEventType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TASK_EVENT_TYPE_UNSPECIFIED: _TaskEventType.ValueType  # 0
+    """Never sent."""
+    TASK_EVENT_TYPE_EXISTING: _TaskEventType.ValueType  # 1
+    """The task was there when the watch began (snapshot)."""
+    TASK_EVENT_TYPE_CREATED: _TaskEventType.ValueType  # 2
+    """The task was created."""
+    TASK_EVENT_TYPE_CHANGED: _TaskEventType.ValueType  # 3
+    """The task's state or progress changed (or, for a parent, its children's)."""
+    TASK_EVENT_TYPE_FINISHED: _TaskEventType.ValueType  # 4
+    """The task finished (done or failed): the entry holds its final state."""
+    TASK_EVENT_TYPE_REMOVED: _TaskEventType.ValueType  # 5
+    """The task left the registry (TTL, drain, folded into its parent): the
+    entry holds its last state.
+    """
+
+class TaskEventType(_TaskEventType, metaclass=_TaskEventTypeEnumTypeWrapper):
+    """TaskEventType says what happened to a task."""
+
+TASK_EVENT_TYPE_UNSPECIFIED: TaskEventType.ValueType  # 0
+"""Never sent."""
+TASK_EVENT_TYPE_EXISTING: TaskEventType.ValueType  # 1
+"""The task was there when the watch began (snapshot)."""
+TASK_EVENT_TYPE_CREATED: TaskEventType.ValueType  # 2
+"""The task was created."""
+TASK_EVENT_TYPE_CHANGED: TaskEventType.ValueType  # 3
+"""The task's state or progress changed (or, for a parent, its children's)."""
+TASK_EVENT_TYPE_FINISHED: TaskEventType.ValueType  # 4
+"""The task finished (done or failed): the entry holds its final state."""
+TASK_EVENT_TYPE_REMOVED: TaskEventType.ValueType  # 5
+"""The task left the registry (TTL, drain, folded into its parent): the
+entry holds its last state.
+"""
+Global___TaskEventType: _TypeAlias = TaskEventType  # noqa: Y015
 
 @_typing.final
 class TaskIdentity(_message.Message):
@@ -292,6 +350,9 @@ class TaskStatus(_message.Message):
     UNREACHABLE_NODES_FIELD_NUMBER: _builtins.int
     ABORT_FIELD_NUMBER: _builtins.int
     OWNER_FIELD_NUMBER: _builtins.int
+    LAST_PROGRESS_TIME_FIELD_NUMBER: _builtins.int
+    PROGRESS_RATE_FIELD_NUMBER: _builtins.int
+    ESTIMATED_END_TIME_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The task id (a UUID string)."""
     type: _builtins.str
@@ -346,6 +407,11 @@ class TaskStatus(_message.Message):
     """The principal that created the task (empty when the server checks no
     callers, or for a task the server runs itself).
     """
+    progress_rate: _builtins.float
+    """The recent rate of progress, in progress units per second: an average
+    over the last reports, weighted to the last 30 seconds; unset until two
+    reports give one, and for a finished task.
+    """
     @_builtins.property
     def creation_time(self) -> _timestamp_pb2.Timestamp:
         """When the task was created (taken from its time-ordered id)."""
@@ -383,6 +449,18 @@ class TaskStatus(_message.Message):
         once the task has finished because of it).
         """
 
+    @_builtins.property
+    def last_progress_time(self) -> _timestamp_pb2.Timestamp:
+        """When the task's progress last changed (its own report, or, for a
+        parent, its rolled-up progress as last read); unset before any.
+        """
+
+    @_builtins.property
+    def estimated_end_time(self) -> _timestamp_pb2.Timestamp:
+        """When the task should end at progress_rate: unset without a rate, a
+        total, or while the task is not running.
+        """
+
     def __init__(
         self,
         *,
@@ -416,12 +494,17 @@ class TaskStatus(_message.Message):
         unreachable_nodes: _abc.Iterable[_builtins.str] | None = ...,
         abort: Global___AbortInfo | None = ...,
         owner: _builtins.str = ...,
+        last_progress_time: _timestamp_pb2.Timestamp | None = ...,
+        progress_rate: _builtins.float | None = ...,
+        estimated_end_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["abort", b"abort", "creation_time", b"creation_time", "end_time", b"end_time", "expire_time", b"expire_time", "start_time", b"start_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_progress_rate", b"_progress_rate", "abort", b"abort", "creation_time", b"creation_time", "end_time", b"end_time", "estimated_end_time", b"estimated_end_time", "expire_time", b"expire_time", "last_progress_time", b"last_progress_time", "progress_rate", b"progress_rate", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["abort", b"abort", "abort_requested", b"abort_requested", "children_count", b"children_count", "children_ids", b"children_ids", "creation_time", b"creation_time", "end_time", b"end_time", "entity", b"entity", "error", b"error", "expire_time", b"expire_time", "id", b"id", "internal", b"internal", "is_abortable", b"is_abortable", "keyspace", b"keyspace", "kind", b"kind", "module", b"module", "node", b"node", "owner", b"owner", "parent_id", b"parent_id", "progress_completed", b"progress_completed", "progress_total", b"progress_total", "progress_units", b"progress_units", "scope", b"scope", "sequence_number", b"sequence_number", "shard", b"shard", "start_time", b"start_time", "state", b"state", "table", b"table", "type", b"type", "unreachable_nodes", b"unreachable_nodes", "user_task", b"user_task"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_progress_rate", b"_progress_rate", "abort", b"abort", "abort_requested", b"abort_requested", "children_count", b"children_count", "children_ids", b"children_ids", "creation_time", b"creation_time", "end_time", b"end_time", "entity", b"entity", "error", b"error", "estimated_end_time", b"estimated_end_time", "expire_time", b"expire_time", "id", b"id", "internal", b"internal", "is_abortable", b"is_abortable", "keyspace", b"keyspace", "kind", b"kind", "last_progress_time", b"last_progress_time", "module", b"module", "node", b"node", "owner", b"owner", "parent_id", b"parent_id", "progress_completed", b"progress_completed", "progress_rate", b"progress_rate", "progress_total", b"progress_total", "progress_units", b"progress_units", "scope", b"scope", "sequence_number", b"sequence_number", "shard", b"shard", "start_time", b"start_time", "state", b"state", "table", b"table", "type", b"type", "unreachable_nodes", b"unreachable_nodes", "user_task", b"user_task"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__progress_rate: _TypeAlias = _typing.Literal["progress_rate"]  # noqa: Y015
+    _WhichOneofArgType__progress_rate: _TypeAlias = _typing.Literal["_progress_rate", b"_progress_rate"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__progress_rate) -> _WhichOneofReturnType__progress_rate | None: ...
 
 Global___TaskStatus: _TypeAlias = TaskStatus  # noqa: Y015
 
@@ -482,6 +565,10 @@ class TaskStats(_message.Message):
     CREATION_TIME_FIELD_NUMBER: _builtins.int
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
+    PROGRESS_COMPLETED_FIELD_NUMBER: _builtins.int
+    PROGRESS_TOTAL_FIELD_NUMBER: _builtins.int
+    MODULE_FIELD_NUMBER: _builtins.int
+    INTERNAL_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """The task id."""
     state: Global___TaskState.ValueType
@@ -502,6 +589,16 @@ class TaskStats(_message.Message):
     """Per module and shard sequence number (0 for virtual tasks)."""
     shard: _builtins.int
     """The shard that holds the task."""
+    progress_completed: _builtins.float
+    """Completed progress units, as known without walking the task's tree: a
+    leaf's own, a parent's as last rolled up (beyond ScyllaDB).
+    """
+    progress_total: _builtins.float
+    """Total progress units, as progress_completed (beyond ScyllaDB)."""
+    module: _builtins.str
+    """The module the task belongs to (beyond ScyllaDB; set in watch events)."""
+    internal: _builtins.bool
+    """Whether the task is internal (beyond ScyllaDB)."""
     @_builtins.property
     def creation_time(self) -> _timestamp_pb2.Timestamp:
         """When the task was created."""
@@ -530,10 +627,14 @@ class TaskStats(_message.Message):
         creation_time: _timestamp_pb2.Timestamp | None = ...,
         start_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
+        progress_completed: _builtins.float = ...,
+        progress_total: _builtins.float = ...,
+        module: _builtins.str = ...,
+        internal: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["creation_time", b"creation_time", "end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["creation_time", b"creation_time", "end_time", b"end_time", "entity", b"entity", "keyspace", b"keyspace", "kind", b"kind", "scope", b"scope", "sequence_number", b"sequence_number", "shard", b"shard", "start_time", b"start_time", "state", b"state", "table", b"table", "task_id", b"task_id", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["creation_time", b"creation_time", "end_time", b"end_time", "entity", b"entity", "internal", b"internal", "keyspace", b"keyspace", "kind", b"kind", "module", b"module", "progress_completed", b"progress_completed", "progress_total", b"progress_total", "scope", b"scope", "sequence_number", b"sequence_number", "shard", b"shard", "start_time", b"start_time", "state", b"state", "table", b"table", "task_id", b"task_id", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -592,6 +693,8 @@ class ListModuleTasksRequest(_message.Message):
     TABLE_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    STATES_FIELD_NUMBER: _builtins.int
+    TYPES_FIELD_NUMBER: _builtins.int
     module: _builtins.str
     """The module name (required)."""
     internal: _builtins.bool
@@ -608,6 +711,14 @@ class ListModuleTasksRequest(_message.Message):
     """The next_page_token of the previous page; empty for the first page. A
     token is only valid with the same module and filters.
     """
+    @_builtins.property
+    def states(self) -> _containers.RepeatedScalarFieldContainer[Global___TaskState.ValueType]:
+        """Only tasks in one of these states; empty means any."""
+
+    @_builtins.property
+    def types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only tasks of one of these types; empty means any."""
+
     def __init__(
         self,
         *,
@@ -617,10 +728,12 @@ class ListModuleTasksRequest(_message.Message):
         table: _builtins.str = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        states: _abc.Iterable[Global___TaskState.ValueType] | None = ...,
+        types: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["internal", b"internal", "keyspace", b"keyspace", "module", b"module", "page_size", b"page_size", "page_token", b"page_token", "table", b"table"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["internal", b"internal", "keyspace", b"keyspace", "module", b"module", "page_size", b"page_size", "page_token", b"page_token", "states", b"states", "table", b"table", "types", b"types"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1212,3 +1325,138 @@ class Node(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Node: _TypeAlias = Node  # noqa: Y015
+
+@_typing.final
+class WatchTasksRequest(_message.Message):
+    """WatchTasksRequest selects the tasks to watch and where to start."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODULE_FIELD_NUMBER: _builtins.int
+    INTERNAL_FIELD_NUMBER: _builtins.int
+    KEYSPACE_FIELD_NUMBER: _builtins.int
+    TABLE_FIELD_NUMBER: _builtins.int
+    STATES_FIELD_NUMBER: _builtins.int
+    TYPES_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_FIELD_NUMBER: _builtins.int
+    FULL_STATUS_FIELD_NUMBER: _builtins.int
+    CURSOR_FIELD_NUMBER: _builtins.int
+    module: _builtins.str
+    """The module to watch; empty watches every module."""
+    internal: _builtins.bool
+    """Include internal tasks (default: only non-internal ones)."""
+    keyspace: _builtins.str
+    """Only tasks of this keyspace; empty means any."""
+    table: _builtins.str
+    """Only tasks of this table; empty means any."""
+    snapshot: _builtins.bool
+    """Start with the matching tasks as they are (events of type EXISTING),
+    then a response with snapshot_complete set. Not with a cursor.
+    """
+    full_status: _builtins.bool
+    """Carry each task's full status in its events, not only its list entry
+    (costs a status read per event).
+    """
+    cursor: _builtins.str
+    """Resume after this cursor (from a previous WatchTasksResponse); empty
+    starts from now.
+    """
+    @_builtins.property
+    def states(self) -> _containers.RepeatedScalarFieldContainer[Global___TaskState.ValueType]:
+        """Only tasks in one of these states; empty means any. A task that leaves
+        them is reported once more, with the state it moved to, so a reader
+        knows it left.
+        """
+
+    @_builtins.property
+    def types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only tasks of one of these types; empty means any."""
+
+    def __init__(
+        self,
+        *,
+        module: _builtins.str = ...,
+        internal: _builtins.bool = ...,
+        keyspace: _builtins.str = ...,
+        table: _builtins.str = ...,
+        states: _abc.Iterable[Global___TaskState.ValueType] | None = ...,
+        types: _abc.Iterable[_builtins.str] | None = ...,
+        snapshot: _builtins.bool = ...,
+        full_status: _builtins.bool = ...,
+        cursor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "full_status", b"full_status", "internal", b"internal", "keyspace", b"keyspace", "module", b"module", "snapshot", b"snapshot", "states", b"states", "table", b"table", "types", b"types"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchTasksRequest: _TypeAlias = WatchTasksRequest  # noqa: Y015
+
+@_typing.final
+class WatchTasksResponse(_message.Message):
+    """WatchTasksResponse carries a batch of events, in order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    CURSOR_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_COMPLETE_FIELD_NUMBER: _builtins.int
+    cursor: _builtins.str
+    """Resumes the watch after this response's events (opaque)."""
+    snapshot_complete: _builtins.bool
+    """Set on the response that ends the snapshot."""
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___TaskEvent]:
+        """The events, oldest first; empty in a response that only moves the cursor
+        on or ends the snapshot.
+        """
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___TaskEvent] | None = ...,
+        cursor: _builtins.str = ...,
+        snapshot_complete: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "events", b"events", "snapshot_complete", b"snapshot_complete"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchTasksResponse: _TypeAlias = WatchTasksResponse  # noqa: Y015
+
+@_typing.final
+class TaskEvent(_message.Message):
+    """TaskEvent is one change of one task."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TYPE_FIELD_NUMBER: _builtins.int
+    TASK_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    type: Global___TaskEventType.ValueType
+    """What happened."""
+    @_builtins.property
+    def task(self) -> Global___TaskStats:
+        """The task's list entry, as it is after the change."""
+
+    @_builtins.property
+    def status(self) -> Global___TaskStatus:
+        """The task's full status, when the watch asked for it (unset for REMOVED)."""
+
+    def __init__(
+        self,
+        *,
+        type: Global___TaskEventType.ValueType = ...,
+        task: Global___TaskStats | None = ...,
+        status: Global___TaskStatus | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["status", b"status", "task", b"task"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["status", b"status", "task", b"task", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TaskEvent: _TypeAlias = TaskEvent  # noqa: Y015

@@ -106,6 +106,11 @@ class TaskManagerServiceStub:
                 request_serializer=tm_dot_v1_dot_task__manager__pb2.ListNodesRequest.SerializeToString,
                 response_deserializer=tm_dot_v1_dot_task__manager__pb2.ListNodesResponse.FromString,
                 _registered_method=True)
+        self.WatchTasks = channel.unary_stream(
+                '/tm.v1.TaskManagerService/WatchTasks',
+                request_serializer=tm_dot_v1_dot_task__manager__pb2.WatchTasksRequest.SerializeToString,
+                response_deserializer=tm_dot_v1_dot_task__manager__pb2.WatchTasksResponse.FromString,
+                _registered_method=True)
 
 
 class TaskManagerServiceServicer:
@@ -247,6 +252,27 @@ class TaskManagerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchTasks(self, request, context):
+        """Streams the changes of a module's tasks, or of every module's (beyond
+        ScyllaDB): first, if asked, a snapshot of the matching tasks, then one
+        event per change (created, state or progress changed, finished,
+        removed). Every response carries a cursor; a new call with the last one
+        received resumes after it, with exactly the events missed, in order.
+        Events of one task the reader has not received yet are coalesced into
+        one, with its latest state, so a slow reader costs the server no
+        buffering. On a cluster the stream also covers the cluster tasks. The
+        stream never ends by itself with OK: it runs until the caller cancels it.
+        Codes: FAILED_PRECONDITION (CURSOR_EXPIRED: the cursor is older than
+        the server's window, or from before a restart: list again, or watch
+        with a snapshot); RESOURCE_EXHAUSTED (WATCH_FELL_BEHIND: the reader fell
+        more than the window behind); NOT_FOUND (MODULE_NOT_FOUND);
+        INVALID_ARGUMENT (a bad name, a malformed cursor, a snapshot asked with a
+        cursor).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TaskManagerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -314,6 +340,11 @@ def add_TaskManagerServiceServicer_to_server(servicer, server):
                     servicer.ListNodes,
                     request_deserializer=tm_dot_v1_dot_task__manager__pb2.ListNodesRequest.FromString,
                     response_serializer=tm_dot_v1_dot_task__manager__pb2.ListNodesResponse.SerializeToString,
+            ),
+            'WatchTasks': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchTasks,
+                    request_deserializer=tm_dot_v1_dot_task__manager__pb2.WatchTasksRequest.FromString,
+                    response_serializer=tm_dot_v1_dot_task__manager__pb2.WatchTasksResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -674,6 +705,33 @@ class TaskManagerService:
             '/tm.v1.TaskManagerService/ListNodes',
             tm_dot_v1_dot_task__manager__pb2.ListNodesRequest.SerializeToString,
             tm_dot_v1_dot_task__manager__pb2.ListNodesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tm.v1.TaskManagerService/WatchTasks',
+            tm_dot_v1_dot_task__manager__pb2.WatchTasksRequest.SerializeToString,
+            tm_dot_v1_dot_task__manager__pb2.WatchTasksResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -124,6 +124,23 @@ class TaskManagerServiceStub:
     store lists itself.
     Codes: OK; UNAVAILABLE (STORE_UNAVAILABLE).
     """
+    WatchTasks: _grpc.UnaryStreamMultiCallable[_task_manager_pb2.WatchTasksRequest, _task_manager_pb2.WatchTasksResponse]
+    """Streams the changes of a module's tasks, or of every module's (beyond
+    ScyllaDB): first, if asked, a snapshot of the matching tasks, then one
+    event per change (created, state or progress changed, finished,
+    removed). Every response carries a cursor; a new call with the last one
+    received resumes after it, with exactly the events missed, in order.
+    Events of one task the reader has not received yet are coalesced into
+    one, with its latest state, so a slow reader costs the server no
+    buffering. On a cluster the stream also covers the cluster tasks. The
+    stream never ends by itself with OK: it runs until the caller cancels it.
+    Codes: FAILED_PRECONDITION (CURSOR_EXPIRED: the cursor is older than
+    the server's window, or from before a restart: list again, or watch
+    with a snapshot); RESOURCE_EXHAUSTED (WATCH_FELL_BEHIND: the reader fell
+    more than the window behind); NOT_FOUND (MODULE_NOT_FOUND);
+    INVALID_ARGUMENT (a bad name, a malformed cursor, a snapshot asked with a
+    cursor).
+    """
 
 @_typing.type_check_only
 class TaskManagerServiceAsyncStub(TaskManagerServiceStub):
@@ -213,6 +230,23 @@ class TaskManagerServiceAsyncStub(TaskManagerServiceStub):
     knows, alive by the store's clock or not; a server without a cluster
     store lists itself.
     Codes: OK; UNAVAILABLE (STORE_UNAVAILABLE).
+    """
+    WatchTasks: _aio.UnaryStreamMultiCallable[_task_manager_pb2.WatchTasksRequest, _task_manager_pb2.WatchTasksResponse]  # type: ignore[assignment]
+    """Streams the changes of a module's tasks, or of every module's (beyond
+    ScyllaDB): first, if asked, a snapshot of the matching tasks, then one
+    event per change (created, state or progress changed, finished,
+    removed). Every response carries a cursor; a new call with the last one
+    received resumes after it, with exactly the events missed, in order.
+    Events of one task the reader has not received yet are coalesced into
+    one, with its latest state, so a slow reader costs the server no
+    buffering. On a cluster the stream also covers the cluster tasks. The
+    stream never ends by itself with OK: it runs until the caller cancels it.
+    Codes: FAILED_PRECONDITION (CURSOR_EXPIRED: the cursor is older than
+    the server's window, or from before a restart: list again, or watch
+    with a snapshot); RESOURCE_EXHAUSTED (WATCH_FELL_BEHIND: the reader fell
+    more than the window behind); NOT_FOUND (MODULE_NOT_FOUND);
+    INVALID_ARGUMENT (a bad name, a malformed cursor, a snapshot asked with a
+    cursor).
     """
 
 class TaskManagerServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -378,6 +412,29 @@ class TaskManagerServiceServicer(metaclass=_abc_1.ABCMeta):
         knows, alive by the store's clock or not; a server without a cluster
         store lists itself.
         Codes: OK; UNAVAILABLE (STORE_UNAVAILABLE).
+        """
+
+    @_abc_1.abstractmethod
+    def WatchTasks(
+        self,
+        request: _task_manager_pb2.WatchTasksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_task_manager_pb2.WatchTasksResponse], _abc.AsyncIterator[_task_manager_pb2.WatchTasksResponse]]:
+        """Streams the changes of a module's tasks, or of every module's (beyond
+        ScyllaDB): first, if asked, a snapshot of the matching tasks, then one
+        event per change (created, state or progress changed, finished,
+        removed). Every response carries a cursor; a new call with the last one
+        received resumes after it, with exactly the events missed, in order.
+        Events of one task the reader has not received yet are coalesced into
+        one, with its latest state, so a slow reader costs the server no
+        buffering. On a cluster the stream also covers the cluster tasks. The
+        stream never ends by itself with OK: it runs until the caller cancels it.
+        Codes: FAILED_PRECONDITION (CURSOR_EXPIRED: the cursor is older than
+        the server's window, or from before a restart: list again, or watch
+        with a snapshot); RESOURCE_EXHAUSTED (WATCH_FELL_BEHIND: the reader fell
+        more than the window behind); NOT_FOUND (MODULE_NOT_FOUND);
+        INVALID_ARGUMENT (a bad name, a malformed cursor, a snapshot asked with a
+        cursor).
         """
 
 def add_TaskManagerServiceServicer_to_server(servicer: TaskManagerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
