@@ -76,7 +76,11 @@ async def report(producers: Producers, spec: TaskSpec, session: UUID | None = No
 
 
 def same(before: TaskStatus, after: TaskStatus) -> None:
-    assert after._asdict() == before._asdict()
+    # The pace (rate, estimated end) is not journaled: it is measured again
+    # from the reports after the restart (the README says so).
+    assert after._replace(extras=after.extras._replace(pace=None))._asdict() == (
+        before._replace(extras=before.extras._replace(pace=None))._asdict()
+    )
 
 
 async def test_every_shape_comes_back_as_it_was(

@@ -65,9 +65,10 @@ def _rpcs() -> dict[str, tuple[Rpc, ...]]:
 
 RPCS = _rpcs()
 ALL_RPCS = tuple(rpc for methods in RPCS.values() for rpc in methods)
-# The streams that wait for a change (a client deadline ends them) and the
-# session stream (read its first message, then cancel).
-WAITS = {"WaitTask", "WaitLocal"}
+# The streams that wait for a change (a client deadline ends them; a module
+# watch never ends by itself) and the session stream (read its first message,
+# then cancel).
+WAITS = {"WaitTask", "WaitLocal", "WatchTasks"}
 SESSION = "OpenSession"
 
 #: How long a call may take before the client gives up (a unary call or a

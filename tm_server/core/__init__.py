@@ -2,6 +2,7 @@
 
 from .clock import Clock, ManualClock, SystemClock, TimerHandle
 from .errors import (
+    CursorExpiredError,
     InvalidArgumentError,
     InvalidPageTokenError,
     InvalidStateError,
@@ -21,6 +22,7 @@ from .errors import (
     UnknownModuleError,
     ValueOutOfRangeError,
     WaitTimeoutError,
+    WatchFellBehindError,
 )
 from .handle import TaskHandle
 from .manager import TaskManager
@@ -58,6 +60,7 @@ __all__ = [
     "MAX_TEXT_LENGTH",
     "MAX_TTL_SECONDS",
     "Clock",
+    "CursorExpiredError",
     "FoldedTask",
     "InvalidArgumentError",
     "InvalidPageTokenError",
@@ -95,6 +98,7 @@ __all__ = [
     "VirtualTaskGroup",
     "VirtualTaskHint",
     "WaitTimeoutError",
+    "WatchFellBehindError",
     "creation_time_of",
     "new_task_id",
 ]

@@ -168,6 +168,32 @@ class NodeUnavailableError(TaskManagerError):
         self.node = node
 
 
+class CursorExpiredError(TaskManagerError):
+    """A watch cursor older than the node's window of changes, or from before a restart."""
+
+    reason = "CURSOR_EXPIRED"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the watch cursor has expired: the changes after it left this server's window "
+            "(--watch-window), or it is from before the server restarted; list the tasks "
+            "again (or watch with a snapshot) and watch from the new cursor"
+        )
+
+
+class WatchFellBehindError(TaskManagerError):
+    """A watch's reader fell more than the node's window of changes behind."""
+
+    reason = "WATCH_FELL_BEHIND"
+
+    def __init__(self, window: int) -> None:
+        super().__init__(
+            f"the watch fell more than the server's window of {window} changes behind "
+            "(--watch-window) while its reader was slow; watch again with a snapshot"
+        )
+        self.limit = window
+
+
 class ShuttingDownError(TaskManagerError):
     """The task manager is stopping: open waits end."""
 

@@ -18,16 +18,20 @@ from uuid import UUID
 
 from .clock import Clock, SystemClock
 from .errors import (
+    InvalidArgumentError,
     ModuleLimitError,
     TaskAlreadyExistsError,
     TaskNotAbortableError,
     TaskNotFoundError,
     UnknownModuleError,
 )
+from .feed import DEFAULT_WATCH_WINDOW
 from .handle import TaskHandle
 from .journal import NO_JOURNAL, TTL_KEY, Journal, module_key
 from .listing import list_page
+from .module_watch import DEFAULT_WATCH_INTERVAL, ModuleWatches, WatchBatch, WatchQuery
 from .node_tasks import NodeTasks
+from .observe import NO_OBSERVER, TaskObserver
 from .paging import PagePosition, PageTokens
 from .port import AttachResult, Deadline, NewTask, ParentKind, ParentLink, ShardPort
 from .quotas import ShardQuotas, TaskQuotas
@@ -37,7 +41,9 @@ from .task import TaskImpl
 from .types import AbortRequest, ListFilter, TaskIdentity, TaskStats, TaskStatus, new_task_id
 from .validation import (
     MAX_NAME_LENGTH,
+    MAX_PAGE_SIZE,
     MAX_TEXT_LENGTH,
+    check_filter,
     check_length,
     check_name,
     check_page_size,
@@ -80,6 +86,9 @@ class TaskManager(NodeTasks):
         max_status_children: int = DEFAULT_MAX_STATUS_CHILDREN,
         journal: Journal = NO_JOURNAL,
         quotas: TaskQuotas | None = None,
+        watch_window: int = DEFAULT_WATCH_WINDOW,
+        watch_interval: float = DEFAULT_WATCH_INTERVAL,
+        observer: TaskObserver = NO_OBSERVER,
     ) -> None:
         if shards < 1:
             raise ValueError("a task manager needs at least one shard")
@@ -88,6 +97,7 @@ class TaskManager(NodeTasks):
         check_ttl("task_ttl", task_ttl)
         check_ttl("user_task_ttl", user_task_ttl)
         clock = clock or SystemClock()
+        shard_window = max(1024, -(-watch_window // shards))
         self.max_modules = max_modules
         self.max_status_children = max_status_children
         self._task_ttl = task_ttl
@@ -108,6 +118,9 @@ class TaskManager(NodeTasks):
                 host=self,
                 journal=journal,
                 quotas=ShardQuotas(self.quotas, shards),
+                # The node's window, split: a watch reads every shard's.
+                window=shard_window,
+                observer=observer,
             )
             for i in range(shards)
         ]
@@ -120,6 +133,13 @@ class TaskManager(NodeTasks):
         super().__init__(ports, VirtualGroups(clock, max_status_children), clock, node)
         self._page_tokens = PageTokens()
         self._remote: RemoteTasks | None = None
+        self.module_watches = ModuleWatches(
+            self._shards,
+            clock,
+            interval=watch_interval,
+            window=watch_window,
+            shard_window=shard_window,
+        )
 
     @property
     def remote(self) -> RemoteTasks | None:
@@ -504,8 +524,7 @@ class TaskManager(NodeTasks):
         """
         size = check_page_size(page_size)
         await self._check_module(module)
-        check_length("keyspace", flt.keyspace, MAX_NAME_LENGTH)
-        check_length("table", flt.table, MAX_NAME_LENGTH)
+        check_filter(flt)
         return await list_page(
             self._shards, self._groups, self._page_tokens, module, flt, size, page_token
         )
@@ -581,9 +600,77 @@ class TaskManager(NodeTasks):
 
     def stop_watches(self) -> None:
         """Ends every open watch with ``ShuttingDownError``; new ones fail at once."""
+        self.module_watches.stop()
         for shard in self._shards:
             shard.stop_watches()
         self._groups.stop()
+
+    async def watch_tasks(
+        self,
+        module: str | None,
+        flt: ListFilter,
+        *,
+        snapshot: bool = False,
+        full_status: bool = False,
+        cursor: str = "",
+    ) -> AsyncGenerator[WatchBatch, None]:
+        """Yields a module's (or, for ``None``, every module's) task changes, in batches.
+
+        See ``module_watch``: the snapshot first if asked, then a batch of
+        changes a tick, each batch with the cursor to resume after it.
+
+        Raises:
+            InvalidArgumentError: a bad name, a malformed cursor, a snapshot with a cursor.
+            UnknownModuleError: no such module.
+            CursorExpiredError: the cursor is too old, or from before a restart.
+            WatchFellBehindError: the reader fell more than the window behind.
+            ShuttingDownError: the server is stopping.
+        """
+        if module is not None:
+            await self._check_module(module)
+        check_filter(flt)
+        if snapshot and cursor:
+            raise InvalidArgumentError(
+                "snapshot", "a watch resumed from a cursor takes no snapshot; pass one or the other"
+            )
+        query = WatchQuery(module, flt, full_status)
+        async for batch in self.module_watches.watch(
+            query,
+            snapshot=self._snapshot if snapshot else None,
+            cursor=cursor,
+            read_status=self._status_or_none,
+        ):
+            yield batch
+
+    async def _snapshot(self, query: WatchQuery) -> AsyncIterator[list[TaskStats]]:
+        modules = [query.module] if query.module is not None else await self.list_modules()
+        for module in modules:
+            token = ""
+            while True:
+                try:
+                    page, token = await self.list_module_tasks(
+                        module, query.flt, page_size=MAX_PAGE_SIZE, page_token=token
+                    )
+                except UnknownModuleError:
+                    break  # unregistered meanwhile
+                yield page
+                if not token:
+                    break
+
+    async def _status_or_none(self, task_id: UUID) -> TaskStatus | None:
+        try:
+            return await self.get_status(task_id)
+        except TaskNotFoundError:
+            return None
+
+    async def task_counts(self) -> dict[tuple[str, str], int]:
+        """Registered regular tasks by module and state value, over every shard (for metrics)."""
+        out: dict[tuple[str, str], int] = {}
+        for shard in self._shards:
+            for (module, state), n in (await shard.state_counts()).items():
+                key = (module, state.value)
+                out[key] = out.get(key, 0) + n
+        return out
 
     def watcher_count(self) -> int:
         """How many watches are parked on tasks, over all shards (for leak checks)."""

@@ -51,7 +51,11 @@ class PagePosition:
 
 
 def _query_digest(scope: str, flt: ListFilter | None) -> bytes:
-    key = [scope] if flt is None else [scope, flt.internal, flt.keyspace, flt.table]
+    key: list[object] = [scope]
+    if flt is not None:
+        key += [flt.internal, flt.keyspace, flt.table]
+        if flt.states or flt.types:
+            key += [sorted(s.value for s in flt.states), sorted(flt.types)]
     return hashlib.sha256(json.dumps(key).encode()).digest()[:8]
 
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 from uuid import UUID
 
+from .feed import ChangeKind
 from .types import (
     AbortRequest,
     FoldedTask,
@@ -35,6 +36,7 @@ from .types import (
     Progress,
     TaskIdentity,
     TaskOwner,
+    TaskState,
     TaskStats,
     TaskStatus,
 )
@@ -122,6 +124,27 @@ class NewTask:
     table: str = ""
     entity: str = ""
     progress_total: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WatchChange:
+    """One task's changes since a watch's cursor, coalesced (see ``feed.Change``).
+
+    ``entry`` is the task's list entry now (for a removed one, as it left).
+    """
+
+    kind: ChangeKind
+    before: TaskState | None
+    entry: TaskStats
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class ShardChanges:
+    """A shard's changes after a cursor, up to ``head`` (its last change)."""
+
+    head: int
+    changes: tuple[WatchChange, ...]
 
 
 class ShardHost(Protocol):
@@ -308,6 +331,24 @@ class ShardPort(Protocol):
 
     def watch(self, task_id: UUID, deadline: Deadline | None) -> AsyncGenerator[TaskStatus, None]:
         """The task's status now and after every change, until a final one (see ``Watches``)."""
+
+    # ---- module watches (see ``feed``) -------------------------------------------------------
+
+    async def change_head(self) -> int:
+        """The number of the shard's last change (0 before any)."""
+
+    async def changes(self, module: str | None, after: int) -> ShardChanges:
+        """The changes after ``after`` of the module's tasks (any module's for ``None``).
+
+        Raises:
+            CursorExpiredError: some of them left the shard's window.
+        """
+
+    async def wait_changes(self, after: int) -> None:
+        """Returns once the shard has a change after ``after`` (or the watches stop)."""
+
+    async def state_counts(self) -> dict[tuple[str, TaskState], int]:
+        """Registered tasks here by module and state."""
 
     # ---- lifetime ----------------------------------------------------------------------------
 

@@ -14,18 +14,10 @@ from .port import ParentKind, ParentLink
 from .task import TaskImpl
 from .types import (
     FoldedTask,
-    ListFilter,
     Progress,
-    TaskKind,
     TaskState,
-    TaskStats,
     TaskStatus,
-    creation_time_of,
 )
-
-# An Enum member read off its class goes through the metaclass; every list
-# entry built here reads this one.
-_NODE = TaskKind.NODE
 
 
 class ModuleState:
@@ -177,29 +169,3 @@ class Task:
     def watched(self) -> bool:
         """Whether watches are parked on the task."""
         return self.sync is not None and bool(self.sync.waiters)
-
-    def stats(self, shard: int) -> TaskStats:
-        """Returns the task's list entry."""
-        return TaskStats(
-            task_id=self.id,
-            state=self.state,
-            type=self.impl.type,
-            kind=_NODE,
-            scope=self.impl.scope,
-            keyspace=self.keyspace,
-            table=self.table,
-            entity=self.entity,
-            sequence_number=self.sequence_number,
-            shard=shard,
-            creation_time=creation_time_of(self.id),
-            start_time=self.start_time,
-            end_time=self.end_time,
-        )
-
-    def matches(self, flt: ListFilter) -> bool:
-        """Whether the task passes a listing's filters."""
-        return (
-            (flt.internal or not self.internal)
-            and (not flt.keyspace or self.keyspace == flt.keyspace)
-            and (not flt.table or self.table == flt.table)
-        )

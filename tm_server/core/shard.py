@@ -26,8 +26,10 @@ from .errors import (
     TaskNotAbortableError,
     TaskNotFoundError,
 )
+from .feed import DEFAULT_WATCH_WINDOW, ChangeKind, state_code
 from .journal import ABORT_KEY, NO_JOURNAL, Journal, abort_record
 from .logs import RateLimitedLog
+from .observe import NO_OBSERVER, TaskObserver
 from .port import (
     AttachResult,
     ChildRef,
@@ -36,14 +38,17 @@ from .port import (
     ParentKind,
     ParentLink,
     ProgressStep,
+    ShardChanges,
     ShardHost,
     ShardPort,
     TreeNode,
+    WatchChange,
 )
 from .progress import finish_step, first_step, known_total, leaf_progress, roll_up_from
 from .quotas import ShardQuotas
+from .rate import RateTracker
 from .record import ModuleState, Task
-from .status import build_status, children_page, folded_record, listed_children
+from .status import build_status, children_page, folded_record, list_entry, listed_children
 from .store import TaskStore, forgotten_keys
 from .task import TaskContext, TaskImpl
 from .types import (
@@ -68,6 +73,10 @@ ABORT_ERROR = "abort requested"
 # An Enum member read off its class goes through the metaclass; every status
 # built here reads this one.
 _NODE = TaskKind.NODE
+_CHANGED = ChangeKind.CHANGED
+_CREATED_CODE = state_code(TaskState.CREATED)
+# A change that leaves the task's state as it was (``Shard._bump``).
+_SAME = -1
 
 
 @dataclass(slots=True)
@@ -92,6 +101,8 @@ class Shard(ShardPort):
         host: ShardHost,
         journal: Journal = NO_JOURNAL,
         quotas: ShardQuotas | None = None,
+        window: int = DEFAULT_WATCH_WINDOW,
+        observer: TaskObserver = NO_OBSERVER,
     ) -> None:
         self.index = index
         self._clock = clock
@@ -104,8 +115,15 @@ class Shard(ShardPort):
         self._peers: Sequence[ShardPort] = ()
         self._journal = journal
         self._store = TaskStore(
-            clock, self._after_drop, shard=index, journal=journal, quotas=quotas
+            clock,
+            self._after_drop,
+            shard=index,
+            journal=journal,
+            quotas=quotas,
+            window=window,
+            observer=observer,
         )
+        self._feed = self._store.feed
         # The store's registered-task map, bound once: every status read looks here.
         self._by_id = self._store.tasks
         self._watches = Watches(clock)
@@ -259,8 +277,9 @@ class Shard(ShardPort):
             await self._finish(task, ABORT_ERROR)
             return
         task.state = TaskState.RUNNING
+        self._store.started(task)
         self._journal.record(self.index, task)
-        await self._changed(task)
+        await self._changed(task, _CREATED_CODE)
         if not task.impl.external:
             task.get_sync().runner = asyncio.get_running_loop().create_task(
                 self._run_to_completion(task), name=f"tm-task-{task_id}"
@@ -335,6 +354,7 @@ class Shard(ShardPort):
             task.reported_total = total
         task.reported = Progress(completed, total)
         self._journal.progress(self.index, task)
+        self._sample_pace(task, completed)
         await self._changed(task)
 
     async def report_progress(
@@ -359,9 +379,11 @@ class Shard(ShardPort):
     async def _finish(self, task: Task, error: str | None) -> None:
         if task.state.is_complete:
             return
+        before = task.state
         task.end_time = self._clock.now()
         task.state = TaskState.DONE if error is None else TaskState.FAILED
         task.error = error or ""
+        self._store.finished(task, before)
         parent = task.regular_parent
         final: Progress | None = None
         if parent is not None:
@@ -400,19 +422,25 @@ class Shard(ShardPort):
                 self._store.unregister(task)
             else:
                 self._store.expire_later(ttl, task)
-        self._bump(task)
+        self._bump(task, None)
 
     async def _folded(self, task: Task) -> FoldedTask:
         return folded_record(await self._status(task), task, self._node, self._max_children)
 
     # ---- changes up the tree -----------------------------------------------------------------
 
-    def _bump(self, task: Task) -> None:
+    def _bump(self, task: Task, before: int | None = _SAME) -> None:
+        # ``before``: the state before the change, for the feed (``_SAME``:
+        # unchanged; ``None``: the feed heard of it already).
         task.version += 1
         Watches.wake(task)
+        if before is not None and task.id.int in self._by_id:
+            self._feed.append(
+                task.id, _CHANGED, state_code(task.state) if before == _SAME else before
+            )
 
-    async def _changed(self, task: Task) -> None:
-        self._bump(task)
+    async def _changed(self, task: Task, before: int | None = _SAME) -> None:
+        self._bump(task, before)
         parent = task.parent
         if parent is not None and parent.kind is ParentKind.VIRTUAL:
             self.host.virtual_child_changed(parent.id)
@@ -566,14 +594,40 @@ class Shard(ShardPort):
         # Every status read comes through here: a leaf (most tasks) costs no
         # further coroutine for its progress.
         abort = self._store.aborts.get(task.id.int) if task.abort_requested else None
+        paces = self._store.paces
         if not task.live_children and not task.folded_children:
-            return build_status(task, self.index, self._node, leaf_progress(task), abort=abort)
+            own = leaf_progress(task)
+            tracker = paces.get(task.id.int) if paces else None
+            return build_status(
+                task,
+                self.index,
+                self._node,
+                own,
+                abort=abort,
+                pace=None if tracker is None else tracker.read(own.total),
+            )
         step = first_step(task)
         progress = step.progress
         if progress is None:
             progress = await roll_up_from(self._peers, task.id, self.index, step)
+        pace = None
+        if task.state is TaskState.RUNNING:
+            # A parent's pace is its rolled-up progress's, sampled as it is read.
+            self._sample_pace(task, progress.completed)
+            pace = paces[task.id.int].read(progress.total)
         children, count = listed_children(task, self._node, self._max_children)
-        return build_status(task, self.index, self._node, progress, children, count, abort)
+        return build_status(task, self.index, self._node, progress, children, count, abort, pace)
+
+    def _sample_pace(self, task: Task, completed: float) -> None:
+        paces = self._store.paces
+        key = task.id.int
+        now = self._clock.now()
+        pace = paces.get(key)
+        if pace is None:
+            # Anchored at the start with nothing done: the first report gives a rate.
+            start = task.start_time
+            pace = paces[key] = RateTracker(now if start is None else start, 0.0)
+        pace.sample(now, completed)
 
     async def owner_of(self, task_id: UUID) -> TaskOwner | None:
         """A registered task's module and owner, or ``None`` when it is not here."""
@@ -651,8 +705,11 @@ class Shard(ShardPort):
         out: list[TaskStats] = []
         for key in keys:
             task = tasks[key]
-            if task.matches(flt):
-                out.append(task.stats(self.index))
+            if task.internal and not flt.internal:
+                continue
+            entry = list_entry(task, self.index)
+            if flt.admits(entry, task.internal):
+                out.append(entry)
                 if len(out) >= limit:
                     break
         return out
@@ -684,6 +741,41 @@ class Shard(ShardPort):
     def stop_watches(self) -> None:
         """Ends every watch on this shard with ``ShuttingDownError`` (server shutdown)."""
         self._watches.stop()
+        self._feed.wake()
+
+    async def change_head(self) -> int:
+        """The number of the last change here."""
+        return self._feed.head
+
+    async def changes(self, module: str | None, after: int) -> ShardChanges:
+        """The module's changes after ``after``, each with the task's entry now.
+
+        Raises:
+            CursorExpiredError: some of them left the window.
+        """
+        feed = self._feed
+        head = feed.head
+        by_id = self._by_id
+        out: list[WatchChange] = []
+        for change in feed.since(after):
+            task = by_id.get(change.task_id.int) if change.gone is None else change.gone
+            if not isinstance(task, Task) or (module is not None and task.module != module):
+                continue
+            out.append(
+                WatchChange(change.kind, change.before, list_entry(task, self.index), change.seq)
+            )
+        return ShardChanges(head, tuple(out))
+
+    async def wait_changes(self, after: int) -> None:
+        """Returns once there is a change after ``after``, or the watches stop."""
+        feed = self._feed
+        if feed.head <= after and not self._watches.stopping:
+            # Shielded: a reader that stops waiting leaves the shared future to the others.
+            await asyncio.shield(feed.waiter(after))
+
+    async def state_counts(self) -> dict[tuple[str, TaskState], int]:
+        """Registered tasks here by module and state."""
+        return dict(self._store.states)
 
     def watcher_count(self) -> int:
         """How many watch futures are parked on this shard's tasks (for leak checks)."""

@@ -7,6 +7,8 @@ import itertools
 from collections.abc import Iterable
 from uuid import UUID
 
+from .progress import leaf_progress, with_own_total
+from .rate import ProgressRate
 from .record import Task
 from .types import (
     NO_EXTRAS,
@@ -16,6 +18,7 @@ from .types import (
     StatusExtras,
     TaskIdentity,
     TaskKind,
+    TaskStats,
     TaskStatus,
     creation_time_of,
 )
@@ -33,8 +36,9 @@ def build_status(
     children: tuple[TaskIdentity, ...] = (),
     children_count: int = 0,
     abort: AbortRequest | None = None,
+    pace: ProgressRate | None = None,
 ) -> TaskStatus:
-    """The status of a task on ``shard`` with its progress, listed children and abort."""
+    """The status of a task on ``shard`` with its progress, listed children, abort and pace."""
     impl = task.impl
     return TaskStatus(
         id=task.id,
@@ -63,7 +67,11 @@ def build_status(
         expire_time=task.expire_at,
         children_count=children_count,
         node=node,
-        extras=NO_EXTRAS if abort is None and not impl.owner else _extras(abort, impl.owner),
+        extras=(
+            _extras(abort, impl.owner, pace)
+            if abort is not None or impl.owner or pace is not None
+            else NO_EXTRAS
+        ),
     )
 
 
@@ -72,15 +80,48 @@ def build_status(
 _OWNED: dict[str, StatusExtras] = {}
 
 
-def _extras(abort: AbortRequest | None, owner: str) -> StatusExtras:
-    if abort is not None:
-        return StatusExtras((), abort, owner)
+def _extras(abort: AbortRequest | None, owner: str, pace: ProgressRate | None) -> StatusExtras:
+    if abort is not None or pace is not None:
+        return StatusExtras((), abort, owner, pace)
     shared = _OWNED.get(owner)
     if shared is None:
         if len(_OWNED) >= 10_000:
             _OWNED.clear()
         shared = _OWNED[owner] = StatusExtras((), None, owner)
     return shared
+
+
+def list_entry(task: Task, shard: int) -> TaskStats:
+    """The task's list entry, with the progress known without walking its tree.
+
+    A leaf's own; a parent's as last rolled up (by a status read), with its
+    own total while it runs.
+    """
+    impl = task.impl
+    if task.live_children or task.folded_children:
+        cached = task.children_progress
+        progress = leaf_progress(task) if cached is None else with_own_total(task, cached[1])
+    else:
+        progress = leaf_progress(task)
+    return TaskStats(
+        task.id,
+        task.state,
+        impl.type,
+        _NODE,
+        impl.scope,
+        task.keyspace,
+        task.table,
+        task.entity,
+        task.sequence_number,
+        shard,
+        creation_time_of(task.id),
+        task.start_time,
+        task.end_time,
+        progress.completed,
+        progress.total,
+        task.module,
+        task.internal,
+    )
 
 
 def listed_children(task: Task, node: str, cap: int) -> tuple[tuple[TaskIdentity, ...], int]:

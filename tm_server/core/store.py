@@ -15,12 +15,17 @@ from .clock import Clock
 from .counts import count
 from .errors import TaskNotFoundError, UnknownModuleError
 from .expiry import ExpiryQueues
+from .feed import DEFAULT_WATCH_WINDOW, ChangeFeed, ChangeKind, state_code
 from .journal import ABORT_KEY, Journal, sequence_key
+from .observe import NO_OBSERVER, TaskObserver
 from .port import ChildRef, NewTask, ParentKind
 from .quotas import ShardQuotas, TaskQuotas
+from .rate import RateTracker
 from .record import ModuleState, Task
 from .task import TaskImpl
 from .types import AbortRequest, FoldedTask, TaskState
+
+_CREATED = TaskState.CREATED
 
 
 def _expiry(task: Task) -> float:
@@ -55,8 +60,17 @@ class TaskStore:
         shard: int,
         journal: Journal,
         quotas: ShardQuotas | None = None,
+        window: int = DEFAULT_WATCH_WINDOW,
+        observer: TaskObserver = NO_OBSERVER,
     ) -> None:
         self.shard = shard
+        # Every change of a registered task, for module watches.
+        self.feed = ChangeFeed(window)
+        self.observer = observer
+        # Registered tasks by module and state, for metrics (read, never summed on demand).
+        self.states: dict[tuple[str, TaskState], int] = {}
+        # The pace of running tasks that have progressed (see ``rate``).
+        self.paces: dict[int, RateTracker] = {}
         self.quotas = quotas or ShardQuotas(TaskQuotas(), 1)
         # Registered tasks by owning principal (named ones only), for its quota.
         self.owned: dict[str, int] = {}
@@ -189,7 +203,30 @@ class TaskStore:
             self.handled[key] = task
             self._handles[key] = 1
         self.journal.record(self.shard, task)
+        count(self.states, (spec.module, _CREATED), 1)
+        self.feed.append(spec.task_id, ChangeKind.CREATED, 0)
+        self.observer.task_created(spec.module, impl.type)
         return task
+
+    def started(self, task: Task) -> None:
+        """A task moved from created to running."""
+        if self.tasks.get(task.id.int) is not task:
+            return
+        states = self.states
+        count(states, (task.module, _CREATED), -1)
+        count(states, (task.module, task.state), 1)
+
+    def finished(self, task: Task, before: TaskState) -> None:
+        """A task finished (its state and end time are set); it moved from ``before``."""
+        self.paces.pop(task.id.int, None)
+        if self.tasks.get(task.id.int) is task:
+            states = self.states
+            count(states, (task.module, before), -1)
+            count(states, (task.module, task.state), 1)
+            self.feed.append(task.id, ChangeKind.FINISHED, state_code(before))
+        since = task.start_time if task.start_time is not None else task.end_time
+        assert task.end_time is not None and since is not None
+        self.observer.task_finished(task.module, task.impl.type, task.state, task.end_time - since)
 
     def restore(
         self,
@@ -210,9 +247,11 @@ class TaskStore:
         parent_refs = self._parent_refs
         highest = dict(sequences)
         owned = self.owned
+        states = self.states
         for task in tasks:
             key = task.id.int
             by_module.setdefault(task.module, []).append((key, task))
+            count(states, (task.module, task.state), 1)
             owner = task.impl.owner
             if owner:
                 count(owned, owner, 1)
@@ -299,6 +338,10 @@ class TaskStore:
         key = task.id.int
         if self.tasks.pop(key, None) is None:
             return
+        count(self.states, (task.module, task.state), -1)
+        self.feed.append(task.id, ChangeKind.REMOVED, state_code(task.state), task)
+        if self.paces:
+            self.paces.pop(key, None)
         owner = task.impl.owner
         if owner:
             count(self.owned, owner, -1)
@@ -372,10 +415,14 @@ class TaskStore:
         return None if task is None else task.expire_at
 
     def _expire_due(self) -> None:
+        expired: dict[str, int] = {}
         for key in self.expiry.pop_due(self._expires_at):
             task = self.tasks.get(key)
             if task is not None:
                 self.unregister(task)
+                count(expired, task.module, 1)
+        for module, n in expired.items():
+            self.observer.tasks_expired(module, n)
 
     def remove_module(self, name: str) -> None:
         """Unregisters the module's tasks (cutting TTLs short) and the module itself."""

@@ -10,6 +10,7 @@ from uuid import UUID
 
 from uuid6 import uuid7
 
+from .rate import ProgressRate
 from .validation import MAX_ID_CLOCK_SKEW, plausible_time
 
 _wall_clock = time.time
@@ -101,6 +102,8 @@ class StatusExtras(NamedTuple):
     abort: AbortRequest | None = None
     #: The principal that created the task.
     owner: str = ""
+    #: The pace of a running task that has progressed (``rate.ProgressRate``).
+    pace: ProgressRate | None = None
 
 
 #: The extras of a status that has none.
@@ -170,6 +173,24 @@ class TaskStatus(NamedTuple):
         """
         return self.extras.owner
 
+    @property
+    def last_progress_time(self) -> float | None:
+        """When the running task's progress last changed, or ``None``."""
+        pace = self.extras.pace
+        return None if pace is None else pace.last_time
+
+    @property
+    def progress_rate(self) -> float | None:
+        """The running task's recent rate of progress in units per second, or ``None``."""
+        pace = self.extras.pace
+        return None if pace is None else pace.rate
+
+    @property
+    def estimated_end_time(self) -> float | None:
+        """When the running task should end at its recent rate, or ``None``."""
+        pace = self.extras.pace
+        return None if pace is None else pace.estimated_end
+
 
 class TaskStats(NamedTuple):
     """One entry of a module's task list (ScyllaDB's ``task_stats``).
@@ -190,6 +211,11 @@ class TaskStats(NamedTuple):
     creation_time: float | None
     start_time: float | None
     end_time: float | None
+    #: Progress as known without walking the tree (a leaf's own, a parent's last sum).
+    progress_completed: float = 0.0
+    progress_total: float = 0.0
+    module: str = ""
+    internal: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +240,19 @@ class ListFilter:
     internal: bool = False
     keyspace: str = ""
     table: str = ""
+    #: Only these states, these types (empty: any).
+    states: frozenset[TaskState] = frozenset()
+    types: frozenset[str] = frozenset()
+
+    def admits(self, stats: TaskStats, internal: bool) -> bool:
+        """Whether a list entry (of a task ``internal`` or not) passes the filters."""
+        return (
+            (self.internal or not internal)
+            and (not self.keyspace or stats.keyspace == self.keyspace)
+            and (not self.table or stats.table == self.table)
+            and (not self.states or stats.state in self.states)
+            and (not self.types or stats.type in self.types)
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import math
 from binascii import unhexlify
+from typing import TYPE_CHECKING
 from uuid import UUID, SafeUUID
 
 from .errors import InvalidArgumentError, ValueOutOfRangeError
+
+if TYPE_CHECKING:
+    from .types import ListFilter
 
 #: Longest module, type, scope, keyspace, table and progress-unit names accepted.
 MAX_NAME_LENGTH = 256
@@ -55,6 +59,26 @@ def check_name(field: str, value: str) -> str:
     if not value:
         raise InvalidArgumentError(field, "must not be empty")
     return check_length(field, value, MAX_NAME_LENGTH)
+
+
+#: Types a listing or a watch may filter by at most.
+MAX_FILTER_TYPES = 100
+
+
+def check_filter(flt: ListFilter) -> None:
+    """Checks a listing's (or a watch's) filters.
+
+    Raises:
+        InvalidArgumentError: a name too long, an empty type, too many types.
+    """
+    check_length("keyspace", flt.keyspace, MAX_NAME_LENGTH)
+    check_length("table", flt.table, MAX_NAME_LENGTH)
+    if len(flt.types) > MAX_FILTER_TYPES:
+        raise InvalidArgumentError(
+            "types", f"at most {MAX_FILTER_TYPES} types, got {len(flt.types)}"
+        )
+    for name in flt.types:
+        check_name("types", name)
 
 
 def check_progress_value(field: str, value: float) -> float:

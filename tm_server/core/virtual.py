@@ -252,10 +252,8 @@ class VirtualGroups:
         entries: list[TaskStats] = []
         for group in list(self._groups.values()):
             for stats in await group.module_stats(module):
-                # The internal filter never hides virtual tasks; keyspace and table do.
-                if flt.keyspace and stats.keyspace != flt.keyspace:
-                    continue
-                if flt.table and stats.table != flt.table:
+                # The internal filter never hides virtual tasks; the others do.
+                if not flt.admits(stats, False):
                     continue
                 if after is not None and stats.task_id <= after:
                     continue

@@ -52,6 +52,8 @@ ACCESS: dict[str, Rule] = {
     _TM + "GetTaskStatus": Rule(READER, task="task_id"),
     _TM + "WaitTask": Rule(READER, task="task_id"),
     _TM + "GetTaskStatusRecursive": Rule(READER, task="task_id"),
+    # Every module's changes (an empty module) need a reader of every module.
+    _TM + "WatchTasks": Rule(READER, module="module"),
     _TM + "ListTaskChildren": Rule(READER, task="task_id"),
     _TM + "GetTtl": Rule(READER),
     _TM + "GetUserTtl": Rule(READER),

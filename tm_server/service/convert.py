@@ -21,7 +21,9 @@ from tm_server.core import (
     TaskStatus,
     VirtualChild,
 )
+from tm_server.core.module_watch import WatchBatch, WatchEventKind
 from tm_server.core.producers import TaskSpec
+from tm_server.core.rate import ProgressRate
 from tm_server.core.types import NO_EXTRAS, AbortRequest, StatusExtras
 from tm_server.core.validation import parse_uuid, require_uuid
 
@@ -39,6 +41,7 @@ __all__ = [
     "spec_from_pb",
     "status_from_pb",
     "status_to_pb",
+    "watch_batch_to_pb",
 ]
 
 # Keyed by the members' plain values: hashing an Enum member runs Python code
@@ -50,6 +53,7 @@ _STATES = {
     TaskState.FAILED.value: pb.TASK_STATE_FAILED,
     TaskState.SUSPENDED.value: pb.TASK_STATE_SUSPENDED,
 }
+_STATES_BACK = {v: TaskState(k) for k, v in _STATES.items()}
 _KINDS = {TaskKind.NODE.value: pb.TASK_KIND_NODE, TaskKind.CLUSTER.value: pb.TASK_KIND_CLUSTER}
 
 
@@ -74,9 +78,27 @@ def lease_duration(seconds: float) -> duration_pb2.Duration:
 # ---- requests --------------------------------------------------------------------------------
 
 
-def filter_from_pb(request: pb.ListModuleTasksRequest) -> ListFilter:
-    """Decodes a listing's filters (the core checks them)."""
-    return ListFilter(internal=request.internal, keyspace=request.keyspace, table=request.table)
+def filter_from_pb(request: pb.ListModuleTasksRequest | pb.WatchTasksRequest) -> ListFilter:
+    """Decodes a listing's (or a watch's) filters (the core checks the names).
+
+    Raises:
+        InvalidArgumentError: a state that is not one of TaskState's values.
+    """
+    states: set[TaskState] = set()
+    for value in request.states:
+        state = _STATES_BACK.get(value)
+        if state is None:
+            raise InvalidArgumentError(
+                "states", f"{value} is not a task state (CREATED, RUNNING, DONE, FAILED, SUSPENDED)"
+            )
+        states.add(state)
+    return ListFilter(
+        internal=request.internal,
+        keyspace=request.keyspace,
+        table=request.table,
+        states=frozenset(states),
+        types=frozenset(request.types),
+    )
 
 
 def spec_from_pb(request: reporting_pb.CreateTaskRequest, owner: str = "") -> TaskSpec:
@@ -200,6 +222,13 @@ def fill_status(target: pb.TaskStatus, status: TaskStatus) -> None:
             info.origin_task_id = str(abort.origin)
     if extras.owner:
         target.owner = extras.owner
+    pace = extras.pace
+    if pace is not None:
+        _set_time(target.last_progress_time, pace.last_time)
+        if pace.rate is not None:
+            target.progress_rate = pace.rate
+        if pace.estimated_end is not None:
+            _set_time(target.estimated_end_time, pace.estimated_end)
 
 
 def status_to_pb(status: TaskStatus) -> pb.TaskStatus:
@@ -213,6 +242,37 @@ def fill_stats(target: pb.TaskStats, stats: TaskStats) -> None:
     """Encodes a core list entry into ``target`` (in place, as ``fill_status``)."""
     target.task_id = str(stats.task_id)
     _fill_common(target, stats)
+    if stats.progress_completed:
+        target.progress_completed = stats.progress_completed
+    if stats.progress_total:
+        target.progress_total = stats.progress_total
+    if stats.module:
+        target.module = stats.module
+    if stats.internal:
+        target.internal = True
+
+
+_EVENT_TYPES = {
+    WatchEventKind.EXISTING: pb.TASK_EVENT_TYPE_EXISTING,
+    WatchEventKind.CREATED: pb.TASK_EVENT_TYPE_CREATED,
+    WatchEventKind.CHANGED: pb.TASK_EVENT_TYPE_CHANGED,
+    WatchEventKind.FINISHED: pb.TASK_EVENT_TYPE_FINISHED,
+    WatchEventKind.REMOVED: pb.TASK_EVENT_TYPE_REMOVED,
+}
+
+
+def watch_batch_to_pb(batch: WatchBatch) -> pb.WatchTasksResponse:
+    """Encodes a batch of a module watch's events."""
+    response = pb.WatchTasksResponse(cursor=batch.cursor)
+    if batch.snapshot_complete:
+        response.snapshot_complete = True
+    add = response.events.add
+    for event in batch.events:
+        message = add(type=_EVENT_TYPES[event.kind])
+        fill_stats(message.task, event.task)
+        if event.status is not None:
+            fill_status(message.status, event.status)
+    return response
 
 
 def children_page_to_pb(
@@ -237,7 +297,6 @@ def page_to_pb(entries: Iterable[TaskStats], next_page_token: str) -> pb.ListMod
 
 # ---- statuses other nodes send (wire to core) -----------------------------------------------
 
-_STATES_BACK = {v: TaskState(k) for k, v in _STATES.items()}
 _KINDS_BACK = {v: TaskKind(k) for k, v in _KINDS.items()}
 
 
@@ -279,8 +338,18 @@ def status_from_pb(msg: pb.TaskStatus) -> TaskStatus:
         expire_time=_time_back(msg, "expire_time"),
         children_count=msg.children_count,
         node=msg.node,
-        extras=StatusExtras(tuple(msg.unreachable_nodes), _abort_back(msg), msg.owner),
+        extras=StatusExtras(
+            tuple(msg.unreachable_nodes), _abort_back(msg), msg.owner, _pace_back(msg)
+        ),
     )
+
+
+def _pace_back(msg: pb.TaskStatus) -> ProgressRate | None:
+    last = _time_back(msg, "last_progress_time")
+    if last is None:
+        return None
+    rate = msg.progress_rate if msg.HasField("progress_rate") else None
+    return ProgressRate(last, rate, _time_back(msg, "estimated_end_time"))
 
 
 def _abort_back(msg: pb.TaskStatus) -> AbortRequest | None:

@@ -163,6 +163,15 @@ def _guard(handler: Handler, method: str) -> Handler:
     return handler._replace(stream_stream=stream_stream)
 
 
+def _passing_bytes(serialize: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
+    # For a handler that yields some replies already encoded (marked
+    # ``sends_encoded``): one encoding shared by every stream it goes to.
+    def serializer(response: Any) -> bytes:
+        return response if type(response) is bytes else serialize(response)
+
+    return serializer
+
+
 def _behaviour(handler: Handler) -> Any:
     return (
         handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
@@ -209,6 +218,9 @@ def add_service(
                         deserialize, _message_type(deserialize), max_request_bytes
                     )
                 )
+            serialize = handler.response_serializer
+            if getattr(_behaviour(handler), "sends_encoded", False) and serialize is not None:
+                handler = handler._replace(response_serializer=_passing_bytes(serialize))
             if not getattr(_behaviour(handler), "checks_malformed", False):
                 handler = _guard(handler, f"/{name}/{method}")
             tolerant[method] = handler

@@ -8,6 +8,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from tm_server.core import (
+    CursorExpiredError,
     InvalidArgumentError,
     InvalidStateError,
     JournalUnavailableError,
@@ -23,6 +24,7 @@ from tm_server.core import (
     TaskNotFoundError,
     UnknownModuleError,
     WaitTimeoutError,
+    WatchFellBehindError,
 )
 
 #: The domain of every ErrorInfo this server sends.
@@ -43,6 +45,8 @@ _CODES: dict[type[TaskManagerError], grpc.StatusCode] = {
     StoreUnavailableError: grpc.StatusCode.UNAVAILABLE,
     NodeUnavailableError: grpc.StatusCode.UNAVAILABLE,
     JournalUnavailableError: grpc.StatusCode.UNAVAILABLE,
+    CursorExpiredError: grpc.StatusCode.FAILED_PRECONDITION,
+    WatchFellBehindError: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
 
@@ -102,6 +106,8 @@ def status_for(exc: TaskManagerError) -> grpc.Status:
         metadata["limit"] = str(exc.limit)
     if isinstance(exc, QuotaExceededError):
         metadata["quota"] = exc.quota
+        metadata["limit"] = str(exc.limit)
+    if isinstance(exc, WatchFellBehindError):
         metadata["limit"] = str(exc.limit)
     if isinstance(exc, NodeUnavailableError):
         metadata["node"] = exc.node

@@ -18,6 +18,7 @@ from .convert import (
     nodes_to_pb,
     page_to_pb,
     require_uuid,
+    watch_batch_to_pb,
 )
 from .handlers import Context, Servicer, streaming, unary
 
@@ -142,6 +143,34 @@ class TaskManagerServicer(Servicer, pb_grpc.TaskManagerServiceServicer):
         fill_status(response.status, status)
         self._last_wait = (status, response)
         return response
+
+    @streaming
+    async def WatchTasks(  # type: ignore[override]
+        self, request: pb.WatchTasksRequest, context: Context
+    ) -> AsyncIterator[bytes | pb.WatchTasksResponse]:
+        """Streams a module's task changes (see ``module_watch``).
+
+        Every watcher sent the same batch shares its encoding: the batch
+        keeps it, and the method's serializer passes bytes through
+        (``sends_encoded``).
+        """
+        batches = self._tm.watch_tasks(
+            request.module or None,
+            filter_from_pb(request),
+            snapshot=request.snapshot,
+            full_status=request.full_status,
+            cursor=request.cursor,
+        )
+        try:
+            async for batch in batches:
+                wire = batch.wire
+                if not isinstance(wire, bytes):
+                    wire = batch.wire = watch_batch_to_pb(batch).SerializeToString()
+                yield wire
+        finally:
+            await batches.aclose()
+
+    WatchTasks.sends_encoded = True  # type: ignore[attr-defined]
 
     @streaming
     async def GetTaskStatusRecursive(

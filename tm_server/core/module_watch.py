@@ -1,0 +1,354 @@
+"""Watching a module's tasks (or every module's): a snapshot, then a batch of changes a tick.
+
+A watch reads each shard's window of changes (``feed``) from its cursor, one
+position per shard, and sends what changed since, coalesced to one event per
+task with the task's entry as it is now; then it waits for the next tick of
+``interval`` seconds, so a busy module costs a watcher one batch a tick, not
+one message per change, and a slow reader never makes the server buffer: it
+reads from its own position when it is ready, and what changed meanwhile is
+coalesced again. Only a reader so slow that changes it has not read left the
+window is ended, with ``WatchFellBehindError``.
+
+Watches with the same filters at the same cursor (the usual case: every
+dashboard of a module, woken by the same change) share one batch object per
+tick, computed once; the transport keeps its encoding on it (``wire``), so a
+hundred watchers cost one encoding. Cursors are opaque strings bound to this
+incarnation of the node: one from before a restart is ``CursorExpiredError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import enum
+import secrets
+from collections import OrderedDict
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from uuid import UUID
+
+from .clock import Clock
+from .errors import (
+    CursorExpiredError,
+    InvalidArgumentError,
+    ShuttingDownError,
+    WatchFellBehindError,
+)
+from .feed import ChangeKind
+from .port import ShardPort, WatchChange
+from .types import ListFilter, TaskStats, TaskStatus
+
+#: Seconds between a watch's batches, unless told otherwise (``--watch-interval``).
+DEFAULT_WATCH_INTERVAL = 0.1
+#: Events in one batch at most (a message of about 200 KB).
+MAX_BATCH_EVENTS = 1000
+#: A watch whose filters hide every change still moves its cursor on this often.
+BOOKMARK_INTERVAL = 1.0
+# Batches kept for watchers that come for the same filters and cursor.
+_SHARED_BATCHES = 256
+_CURSOR_PREFIX = "w1."
+_MAX_CURSOR_CHARS = 4096
+
+
+class WatchEventKind(enum.Enum):
+    """What an event says happened (``EXISTING``: there when the snapshot was taken)."""
+
+    EXISTING = "existing"
+    CREATED = "created"
+    CHANGED = "changed"
+    FINISHED = "finished"
+    REMOVED = "removed"
+
+
+_KINDS = {
+    ChangeKind.CREATED: WatchEventKind.CREATED,
+    ChangeKind.CHANGED: WatchEventKind.CHANGED,
+    ChangeKind.FINISHED: WatchEventKind.FINISHED,
+    ChangeKind.REMOVED: WatchEventKind.REMOVED,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class WatchEvent:
+    """One task's change: its entry after it, and its full status when the watch asked."""
+
+    kind: WatchEventKind
+    task: TaskStats
+    status: TaskStatus | None = None
+
+
+class WatchBatch:
+    """Events sent together, the cursor after them, and whether they end the snapshot.
+
+    ``wire`` is the transport's: it keeps the batch's encoding there, shared
+    by every watcher the same batch goes to.
+    """
+
+    __slots__ = ("cursor", "events", "snapshot_complete", "wire")
+
+    def __init__(
+        self, events: tuple[WatchEvent, ...], cursor: str, snapshot_complete: bool = False
+    ) -> None:
+        self.events = events
+        self.cursor = cursor
+        self.snapshot_complete = snapshot_complete
+        self.wire: object | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WatchQuery:
+    """What a watch selects: a module (``None``: every one), filters, full statuses."""
+
+    module: str | None
+    flt: ListFilter
+    full_status: bool = False
+
+
+def _admits(flt: ListFilter, change: WatchChange) -> bool:
+    entry = change.entry
+    if not flt.internal and entry.internal:
+        return False
+    if flt.keyspace and entry.keyspace != flt.keyspace:
+        return False
+    if flt.table and entry.table != flt.table:
+        return False
+    if flt.types and entry.type not in flt.types:
+        return False
+    states = flt.states
+    # A task that leaves the states watched is told once more, in its new state.
+    return not states or entry.state in states or (change.before in states)
+
+
+StatusReader = Callable[[UUID], Awaitable[TaskStatus | None]]
+Snapshot = Callable[[WatchQuery], AsyncIterator[list[TaskStats]]]
+
+
+class ModuleWatches:
+    """The module watches of a node: cursors, ticks and batches shared between watchers."""
+
+    def __init__(
+        self,
+        shards: Sequence[ShardPort],
+        clock: Clock,
+        *,
+        interval: float = DEFAULT_WATCH_INTERVAL,
+        window: int,
+        shard_window: int,
+    ) -> None:
+        self._shards = shards
+        self._clock = clock
+        self.interval = interval
+        self.window = window
+        # A watch waiting for its tick reads early once half a shard's window
+        # went by: waiting is never falling behind.
+        self._early = max(1, shard_window // 2)
+        # Cursors name this incarnation: one from before a restart is refused.
+        self._epoch = secrets.randbits(48)
+        # (query, positions) -> (tick slot, heads, (batches, positions after)).
+        self._shared: OrderedDict[
+            tuple[WatchQuery, tuple[int, ...]],
+            tuple[float | None, tuple[int, ...], tuple[list[WatchBatch], tuple[int, ...]]],
+        ] = OrderedDict()
+        self._ticks: dict[float, asyncio.Future[None]] = {}
+        self._stopping = False
+        self.open = 0
+
+    # ---- cursors -----------------------------------------------------------------------------
+
+    def encode(self, positions: Sequence[int]) -> str:
+        """The opaque cursor of these positions (one per shard)."""
+        text = ".".join([f"{self._epoch:x}", *(f"{p:x}" for p in positions)])
+        return _CURSOR_PREFIX + base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+    def decode(self, cursor: str) -> tuple[int, ...]:
+        """The positions a cursor names.
+
+        Raises:
+            InvalidArgumentError: not a cursor this server writes.
+            CursorExpiredError: one of another incarnation (or shard count).
+        """
+        if len(cursor) > _MAX_CURSOR_CHARS or not cursor.startswith(_CURSOR_PREFIX):
+            raise InvalidArgumentError("cursor", "not a cursor of WatchTasks")
+        body = cursor[len(_CURSOR_PREFIX) :]
+        try:
+            text = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)).decode("ascii")
+            epoch, *rest = (int(part, 16) for part in text.split("."))
+        except (binascii.Error, UnicodeDecodeError, ValueError):
+            raise InvalidArgumentError("cursor", "not a cursor of WatchTasks") from None
+        if epoch != self._epoch or len(rest) != len(self._shards):
+            raise CursorExpiredError()
+        if any(p < 0 for p in rest):
+            raise InvalidArgumentError("cursor", "not a cursor of WatchTasks")
+        return tuple(rest)
+
+    # ---- the stream --------------------------------------------------------------------------
+
+    async def watch(
+        self,
+        query: WatchQuery,
+        *,
+        snapshot: Snapshot | None,
+        cursor: str,
+        read_status: StatusReader,
+    ) -> AsyncGenerator[WatchBatch, None]:
+        """Yields the snapshot (if asked), then a batch of changes whenever there are some.
+
+        Raises:
+            CursorExpiredError: ``cursor`` is too old (or from before a restart).
+            WatchFellBehindError: the reader fell more than the window behind.
+            ShuttingDownError: the server is stopping.
+        """
+        if self._stopping:
+            raise ShuttingDownError()
+        if cursor:
+            # Checked by the first read, before anything is sent.
+            positions = self.decode(cursor)
+        else:
+            positions = tuple([await shard.change_head() for shard in self._shards])
+        self.open += 1
+        try:
+            if snapshot is not None:
+                async for batch in self._snapshot(query, snapshot, positions, read_status):
+                    yield batch
+            elif not cursor:
+                # The cursor of "now" at once, so a reader can resume before any change.
+                yield WatchBatch((), self.encode(positions))
+            last_sent = self._clock.now()
+            first = bool(cursor)
+            while True:
+                try:
+                    batches, moved = await self._next(query, positions, read_status)
+                except CursorExpiredError:
+                    if first:
+                        raise
+                    raise WatchFellBehindError(self.window) from None
+                first = False
+                if batches:
+                    for batch in batches:
+                        yield batch
+                    last_sent = self._clock.now()
+                    positions = moved
+                    await self._tick(positions)
+                    continue
+                if moved != positions and self._clock.now() - last_sent >= BOOKMARK_INTERVAL:
+                    # Changes this watch does not show went by: move its cursor on,
+                    # so a reader that resumes later is still inside the window.
+                    yield WatchBatch((), self.encode(moved))
+                    last_sent = self._clock.now()
+                positions = moved
+                await self._wait_any(positions)
+        finally:
+            self.open -= 1
+
+    async def _snapshot(
+        self,
+        query: WatchQuery,
+        snapshot: Snapshot,
+        positions: tuple[int, ...],
+        read_status: StatusReader,
+    ) -> AsyncGenerator[WatchBatch, None]:
+        # The positions were taken first: a change during the listing comes
+        # again as an event, never goes missing.
+        async for page in snapshot(query):
+            for start in range(0, len(page), MAX_BATCH_EVENTS):
+                events = [
+                    WatchEvent(
+                        WatchEventKind.EXISTING,
+                        entry,
+                        await read_status(entry.task_id) if query.full_status else None,
+                    )
+                    for entry in page[start : start + MAX_BATCH_EVENTS]
+                ]
+                yield WatchBatch(tuple(events), "")
+        yield WatchBatch((), self.encode(positions), snapshot_complete=True)
+
+    async def _next(
+        self, query: WatchQuery, positions: tuple[int, ...], read_status: StatusReader
+    ) -> tuple[list[WatchBatch], tuple[int, ...]]:
+        # The batches after ``positions``, and where they end; computed once for
+        # every watcher with the same query at the same positions.
+        key = (query, positions)
+        heads = tuple([await shard.change_head() for shard in self._shards])
+        slot = self._slot()
+        shared = self._shared.get(key)
+        # Shared within a tick (watchers woken together), or while nothing moved.
+        if shared is not None and ((slot is not None and shared[0] == slot) or shared[1] == heads):
+            return shared[2]
+        batches: list[WatchBatch] = []
+        moved = list(positions)
+        pending: list[WatchEvent] = []
+        for index, shard in enumerate(self._shards):
+            found = await shard.changes(query.module, positions[index])
+            for change in found.changes:
+                if not _admits(query.flt, change):
+                    continue
+                status = None
+                if query.full_status and change.kind is not ChangeKind.REMOVED:
+                    status = await read_status(change.entry.task_id)
+                pending.append(WatchEvent(_KINDS[change.kind], change.entry, status))
+                if len(pending) >= MAX_BATCH_EVENTS:
+                    moved[index] = change.seq
+                    batches.append(WatchBatch(tuple(pending), self.encode(moved)))
+                    pending = []
+            moved[index] = found.head
+        if pending:
+            batches.append(WatchBatch(tuple(pending), self.encode(moved)))
+        result = (batches, tuple(moved))
+        if result[1] != positions:
+            # Nothing is kept of a read that found nothing: the next one must look again.
+            self._shared[key] = (slot, heads, result)
+            if len(self._shared) > _SHARED_BATCHES:
+                self._shared.popitem(last=False)
+        return result
+
+    def _slot(self) -> float | None:
+        # The tick the clock is in (None without ticks).
+        return None if self.interval <= 0 else self._clock.now() // self.interval
+
+    async def _tick(self, positions: tuple[int, ...]) -> None:
+        # Until the next multiple of the interval (watchers woken together stay
+        # together, and share their next batch), or half a window of changes.
+        interval = self.interval
+        if interval <= 0:
+            return
+        now = self._clock.now()
+        at = (now // interval + 1) * interval
+        tick = self._ticks.get(at)
+        if tick is None:
+            tick = self._ticks[at] = asyncio.get_running_loop().create_future()
+
+            def fire() -> None:
+                self._ticks.pop(at, None)
+                if not tick.done():
+                    tick.set_result(None)
+
+            self._clock.call_at(at, fire)
+        await self._wait_any(tuple(p + self._early for p in positions), asyncio.shield(tick))
+
+    async def _wait_any(
+        self, positions: tuple[int, ...], also: Awaitable[None] | None = None
+    ) -> None:
+        if self._stopping:
+            raise ShuttingDownError()
+        waits = [
+            asyncio.ensure_future(shard.wait_changes(position))
+            for shard, position in zip(self._shards, positions, strict=True)
+        ]
+        if also is not None:
+            waits.append(asyncio.ensure_future(also))
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+        if self._stopping:
+            raise ShuttingDownError()
+
+    def stop(self) -> None:
+        """Ends every module watch with ``ShuttingDownError`` (the shards wake them)."""
+        self._stopping = True
+        for tick in list(self._ticks.values()):
+            if not tick.done():
+                tick.set_result(None)
+        self._ticks.clear()
