@@ -496,6 +496,8 @@ class ClusterTaskGroup(VirtualTaskGroup):
     # ---- reacting to changes, on every node --------------------------------------------------
 
     async def _on_change(self, task_id: str) -> None:
+        if task_id:
+            self._manager.virtual_task_changed(UUID(task_id))  # for module watches
         ids = await self._interesting() if not task_id else {UUID(task_id)}
         for key in ids:
             if not await self._touches_here(key):

@@ -29,7 +29,13 @@ from .feed import DEFAULT_WATCH_WINDOW
 from .handle import TaskHandle
 from .journal import NO_JOURNAL, TTL_KEY, Journal, module_key
 from .listing import list_page
-from .module_watch import DEFAULT_WATCH_INTERVAL, ModuleWatches, WatchBatch, WatchQuery
+from .module_watch import (
+    DEFAULT_WATCH_INTERVAL,
+    ModuleWatches,
+    VirtualChanges,
+    WatchBatch,
+    WatchQuery,
+)
 from .node_tasks import NodeTasks
 from .observe import NO_OBSERVER, TaskObserver
 from .paging import PagePosition, PageTokens
@@ -133,8 +139,10 @@ class TaskManager(NodeTasks):
         super().__init__(ports, VirtualGroups(clock, max_status_children), clock, node)
         self._page_tokens = PageTokens()
         self._remote: RemoteTasks | None = None
+        # Cluster tasks change in the store; the node hears of it (``virtual_task_changed``).
+        self._virtual_changes = VirtualChanges(self._virtual_status, shard_window)
         self.module_watches = ModuleWatches(
-            self._shards,
+            [*self._shards, self._virtual_changes],
             clock,
             interval=watch_interval,
             window=watch_window,
@@ -601,6 +609,7 @@ class TaskManager(NodeTasks):
     def stop_watches(self) -> None:
         """Ends every open watch with ``ShuttingDownError``; new ones fail at once."""
         self.module_watches.stop()
+        self._virtual_changes.stop()
         for shard in self._shards:
             shard.stop_watches()
         self._groups.stop()
@@ -656,6 +665,13 @@ class TaskManager(NodeTasks):
                 yield page
                 if not token:
                     break
+
+    def virtual_task_changed(self, task_id: UUID) -> None:
+        """A virtual (cluster) task may have changed: module watches read it again."""
+        self._virtual_changes.changed(task_id)
+
+    async def _virtual_status(self, task_id: UUID) -> TaskStatus | None:
+        return await self._groups.status(task_id)
 
     async def _status_or_none(self, task_id: UUID) -> TaskStatus | None:
         try:

@@ -26,6 +26,7 @@ import secrets
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 from uuid import UUID
 
 from .clock import Clock
@@ -35,8 +36,8 @@ from .errors import (
     ShuttingDownError,
     WatchFellBehindError,
 )
-from .feed import ChangeKind
-from .port import ShardPort, WatchChange
+from .feed import ChangeFeed, ChangeKind
+from .port import ShardChanges, WatchChange
 from .types import ListFilter, TaskStats, TaskStatus
 
 #: Seconds between a watch's batches, unless told otherwise (``--watch-interval``).
@@ -121,6 +122,88 @@ def _admits(flt: ListFilter, change: WatchChange) -> bool:
 
 
 StatusReader = Callable[[UUID], Awaitable[TaskStatus | None]]
+
+
+class ChangeSource(Protocol):
+    """Where a watch reads changes: a shard, or the node's virtual (cluster) tasks."""
+
+    async def change_head(self) -> int:
+        """The number of the last change (0 before any)."""
+
+    async def changes(self, module: str | None, after: int) -> ShardChanges:
+        """The module's changes after ``after``, each with the task's entry now."""
+
+    async def wait_changes(self, after: int) -> None:
+        """Returns once there is a change after ``after``."""
+
+
+class VirtualChanges:
+    """The changes of virtual (cluster) tasks this node hears of, as a source for watches.
+
+    The cluster store tells a node that a task changed, not how: a change is
+    read as CHANGED, or FINISHED once the task's state is final, with the
+    entry its group gives now (a task the groups no longer know is left out).
+    """
+
+    def __init__(self, read: StatusReader, window: int) -> None:
+        self._read = read
+        self._feed = ChangeFeed(window)
+        self._stopping = False
+
+    def changed(self, task_id: UUID) -> None:
+        """A virtual task may have changed."""
+        self._feed.append(task_id, ChangeKind.CHANGED, 0)
+
+    async def change_head(self) -> int:
+        """The number of the last change heard of."""
+        return self._feed.head
+
+    async def changes(self, module: str | None, after: int) -> ShardChanges:
+        """The module's virtual tasks that changed after ``after``, with their entries now."""
+        head = self._feed.head
+        out: list[WatchChange] = []
+        for change in self._feed.since(after):
+            status = await self._read(change.task_id)
+            if status is None or (module is not None and status.module != module):
+                continue
+            kind = ChangeKind.FINISHED if status.state.is_final else ChangeKind.CHANGED
+            out.append(WatchChange(kind, None, entry_of(status), change.seq))
+        return ShardChanges(head, tuple(out))
+
+    async def wait_changes(self, after: int) -> None:
+        """Returns once a virtual task changed after ``after``, or the watches stop."""
+        if self._feed.head <= after and not self._stopping:
+            await asyncio.shield(self._feed.waiter(after))
+
+    def stop(self) -> None:
+        """Wakes every waiter (shutdown)."""
+        self._stopping = True
+        self._feed.wake()
+
+
+def entry_of(status: TaskStatus) -> TaskStats:
+    """A virtual task's list entry, from its status."""
+    return TaskStats(
+        status.id,
+        status.state,
+        status.type,
+        status.kind,
+        status.scope,
+        status.keyspace,
+        status.table,
+        status.entity,
+        status.sequence_number,
+        status.shard,
+        status.creation_time,
+        status.start_time,
+        status.end_time,
+        status.progress.completed,
+        status.progress.total,
+        status.module,
+        status.internal,
+    )
+
+
 Snapshot = Callable[[WatchQuery], AsyncIterator[list[TaskStats]]]
 
 
@@ -129,7 +212,7 @@ class ModuleWatches:
 
     def __init__(
         self,
-        shards: Sequence[ShardPort],
+        shards: Sequence[ChangeSource],
         clock: Clock,
         *,
         interval: float = DEFAULT_WATCH_INTERVAL,
@@ -143,7 +226,9 @@ class ModuleWatches:
         # A watch waiting for its tick reads early once half a shard's window
         # went by: waiting is never falling behind.
         self._early = max(1, shard_window // 2)
-        # Cursors name this incarnation: one from before a restart is refused.
+        # The sources a watch reads, the shards then the virtual tasks; a cursor
+        # has a position in each. Cursors name this incarnation: one from
+        # before a restart is refused.
         self._epoch = secrets.randbits(48)
         # (query, positions) -> (tick slot, heads, (batches, positions after)).
         self._shared: OrderedDict[
@@ -346,7 +431,7 @@ class ModuleWatches:
             raise ShuttingDownError()
 
     def stop(self) -> None:
-        """Ends every module watch with ``ShuttingDownError`` (the shards wake them)."""
+        """Ends every module watch with ``ShuttingDownError`` (the sources wake them)."""
         self._stopping = True
         for tick in list(self._ticks.values()):
             if not tick.done():
