@@ -39,7 +39,9 @@ import operator
 import os
 import re
 import sys
+import time
 import zlib
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -196,6 +198,8 @@ class FileJournal:
         # A batch the disk refused, written before the next one.
         self._retry = b""
         self.failure: str | None = None
+        # Told of every batch written: its records, and how long writing and flushing took.
+        self.on_batch: Callable[[int, float], None] | None = None
         self._wake: asyncio.Event | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._closing = False
@@ -435,13 +439,16 @@ class FileJournal:
                 if self._closing:
                     return
                 continue
+            records = self.stats.records
             data = self._retry + self._encode()
+            records = self.stats.records - records
             batch = self._next or loop.create_future()
             self._next = None
             if not data:  # a progress window whose reports went with a batch already
                 batch.set_result(None)
                 continue
             self._inflight = batch
+            started = time.perf_counter()
             try:
                 await loop.run_in_executor(self._writer, self._write, data)
             except OSError as exc:
@@ -458,6 +465,8 @@ class FileJournal:
                 self.failure = None
                 self.stats.batches += 1
                 self.stats.bytes_written += len(data)
+                if self.on_batch is not None:
+                    self.on_batch(records, time.perf_counter() - started)
                 batch.set_result(None)
                 if self._size >= max(self._compact_bytes, self._snapshot_size):
                     await self._rotate()

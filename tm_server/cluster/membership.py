@@ -186,6 +186,11 @@ class Membership:
             None,
         )
 
+    @property
+    def known_nodes(self) -> list[NodeRow]:
+        """Every node as the store had them at the last read (a heartbeat ago at most)."""
+        return self._nodes
+
     async def nodes(self) -> list[NodeRow]:
         """Every node, read from the store now."""
         self._nodes = await self._store.nodes()

@@ -14,6 +14,7 @@ from tm_server.core.producers import Producers
 
 from .feed import ChangeFeed
 from .membership import Membership, MembershipConfig
+from .observe import ClusterObserver
 from .peers import Peers, node_answers
 from .store import ClusterStore, NodeRow
 from .tasks import ClusterTaskGroup
@@ -60,6 +61,8 @@ class ClusterConfig:
     retention_seconds: float = 86_400.0
     # Opens the channel to another node (TLS and the node token when the server has them).
     channels: Callable[[str], grpc.aio.Channel] | None = None
+    # Told of store calls and unanswered peers (the server's metrics), if any.
+    observer: ClusterObserver | None = None
 
 
 class ClusterNode:
@@ -70,6 +73,9 @@ class ClusterNode:
         self._manager = manager
         self._producers = producers
         self.store = open_store(config.store)
+        observer = config.observer
+        if observer is not None:
+            self.store = observer.store(self.store)
         self.membership = Membership(
             self.store,
             MembershipConfig(
@@ -81,8 +87,9 @@ class ClusterNode:
             ),
         )  # fmt: skip
         self.peers = Peers(
-            self.membership, timeout=config.peer_timeout_seconds, channels=config.channels
-        )
+            self.membership, timeout=config.peer_timeout_seconds, channels=config.channels,
+            on_unreachable=None if observer is None else observer.unreachable,
+        )  # fmt: skip
         self.feed = ChangeFeed(self.store)
         self.tasks = ClusterTaskGroup(
             self.store, self.membership, self.peers, self.feed, manager, producers,

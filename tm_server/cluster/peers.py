@@ -91,9 +91,12 @@ class Peers:
         *,
         timeout: float = 2.0,
         channels: Callable[[str], grpc.aio.Channel] | None = None,
+        on_unreachable: Callable[[str, int], None] | None = None,
     ) -> None:
         self._membership = membership
         self.timeout = timeout
+        # Told (operation, how many) when live nodes do not answer in time.
+        self._on_unreachable = on_unreachable
         self._open_channel = channels or grpc.aio.insecure_channel
         # The stubs are typed for the blocking API: their asyncio calls are Any here.
         self._stubs: dict[str, tuple[grpc.aio.Channel, Any]] = {}
@@ -112,7 +115,7 @@ class Peers:
         self._stubs.clear()
 
     async def _each(
-        self, call: Callable[[Any], Awaitable[T]]
+        self, operation: str, call: Callable[[Any], Awaitable[T]]
     ) -> tuple[list[tuple[NodeRow, T]], list[str]]:
         """Calls every live peer at once; the answers, and the nodes that gave none in time."""
         peers = await self._membership.alive_peers()
@@ -128,11 +131,13 @@ class Peers:
                 unreachable.append(node.name)
             else:
                 answers.append((node, result))
+        if unreachable and self._on_unreachable is not None:
+            self._on_unreachable(operation, len(unreachable))
         return answers, unreachable
 
     async def _owner(self, task_id: UUID) -> tuple[NodeRow, TaskStatus] | None:
         request = npb.GetLocalStatusRequest(task_id=str(task_id))
-        answers, _ = await self._each(lambda stub: stub.GetLocalStatus(request))
+        answers, _ = await self._each("GetLocalStatus", lambda stub: stub.GetLocalStatus(request))
         for node, reply in answers:
             if reply.found:
                 return node, status_from_pb(reply.status)
@@ -195,7 +200,9 @@ class Peers:
                 task_id=str(task_id), page_size=page_size, page_token=page_token
             )
         )
-        answers, _ = await self._each(lambda stub: stub.ListLocalChildren(request))
+        answers, _ = await self._each(
+            "ListLocalChildren", lambda stub: stub.ListLocalChildren(request)
+        )
         for _, reply in answers:
             if reply.found:
                 children = [
@@ -210,7 +217,9 @@ class Peers:
     async def cluster_children(self, parent_id: UUID) -> tuple[list[VirtualChild], list[str]]:
         """The other nodes' children of a cluster task, and the nodes that did not answer."""
         request = npb.GetClusterChildrenRequest(parent_id=str(parent_id))
-        answers, unreachable = await self._each(lambda stub: stub.GetClusterChildren(request))
+        answers, unreachable = await self._each(
+            "GetClusterChildren", lambda stub: stub.GetClusterChildren(request)
+        )
         children = [
             virtual_child_from_pb(c, node.name) for node, reply in answers for c in reply.children
         ]

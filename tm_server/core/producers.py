@@ -227,6 +227,8 @@ class Producers:
         self._stopping = False
         # Cluster tasks, when the server has a cluster store (the cluster layer sets it).
         self.cluster: ClusterTasks | None = None
+        #: Sessions whose lease ran out before a stream resumed them (for metrics).
+        self.lease_expiries = 0
 
     def stop_streams(self) -> None:
         """Ends every open session stream with ``ShuttingDownError``; new ones fail at once."""
@@ -555,6 +557,7 @@ class Producers:
         if session.connected or session.expired:
             return
         session.expired = True
+        self.lease_expiries += 1
         self._drop_session(session)
         task = asyncio.get_running_loop().create_task(self._fail_session_tasks(session))
         self._background.add(task)
@@ -611,6 +614,10 @@ class Producers:
     def session_count(self) -> int:
         """How many sessions are alive (connected or within their lease)."""
         return len(self._sessions)
+
+    def connected_session_count(self) -> int:
+        """How many sessions have their stream open now."""
+        return sum(1 for session in self._sessions.values() if session.queue is not None)
 
     async def settle(self) -> None:
         """Waits for background work (failing the tasks of expired sessions)."""
