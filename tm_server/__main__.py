@@ -28,6 +28,7 @@ from .core.quotas import (
     TaskQuotas,
 )
 from .journal import DEFAULT_COMPACT_BYTES, DEFAULT_PROGRESS_WINDOW, JournalError
+from .metrics.http import parse_address
 from .security.tls import TlsConfig, TlsFilesError
 from .security.tokens import TokensFileError
 from .server import DEFAULT_GC_FREEZE_INTERVAL, DEFAULT_MAX_REQUEST_BYTES, ServerConfig, serve
@@ -262,13 +263,24 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         help="how often long-lived objects are frozen out of garbage collection, which "
         "keeps pauses short with millions of tasks (0 disables; default 0.1)",
     )
-    parser.add_argument(
+    operating = parser.add_argument_group("operating", "metrics and logs")
+    operating.add_argument(
+        "--metrics-address", default=None, metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (plain HTTP, no caller "
+        "checks; port 0 picks one, the log says which; default: off)",
+    )  # fmt: skip
+    operating.add_argument(
         "--log-level",
         type=log_level,
         default="INFO",
         help="logging level: DEBUG, INFO, WARNING, ERROR or CRITICAL (default INFO)",
     )
     args = parser.parse_args(argv)
+    if args.metrics_address is not None:
+        try:
+            parse_address(args.metrics_address)
+        except ValueError as exc:
+            parser.error(str(exc))
     if (args.tls_cert is None) != (args.tls_key is None):
         parser.error("--tls-cert and --tls-key go together")
     if args.tls_cert is None and (args.tls_client_ca or args.tls_peer_ca):
@@ -321,6 +333,7 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         max_sessions_per_principal=args.max_sessions_per_principal,
         streams=StreamQuotas(args.max_streams_per_connection, args.max_streams_per_principal),
         max_request_bytes=args.max_request_bytes,
+        metrics_address=args.metrics_address,
     )
 
 

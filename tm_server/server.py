@@ -36,6 +36,7 @@ from tm_client.pb import (
 from tm_server.core import Clock, TaskManager, TaskManagerError
 from tm_server.core.journal import NO_JOURNAL
 from tm_server.core.manager import DEFAULT_MAX_MODULES, DEFAULT_MAX_STATUS_CHILDREN
+from tm_server.core.observe import NO_OBSERVER
 from tm_server.core.producers import DEFAULT_MAX_SESSIONS_PER_PRINCIPAL, Producers
 from tm_server.core.quotas import TaskQuotas
 from tm_server.core.recovery import recover
@@ -53,6 +54,17 @@ from .journal import (
     JOURNAL_DIR,
     FileJournal,
     JournalConfig,
+)
+from .metrics import (
+    ClusterCollector,
+    ClusterMetrics,
+    JournalMetrics,
+    Metrics,
+    MetricsEndpoint,
+    MetricsInterceptor,
+    ProducersCollector,
+    TaskCountsCollector,
+    TaskMetrics,
 )
 from .service.auth import AuthInterceptor, StreamQuotas
 from .service.decoding import add_service
@@ -233,6 +245,8 @@ class ServerConfig:
     max_sessions_per_principal: int = DEFAULT_MAX_SESSIONS_PER_PRINCIPAL
     streams: StreamQuotas = field(default_factory=StreamQuotas)
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    # Operating: Prometheus metrics at http://HOST:PORT/metrics (None: off).
+    metrics_address: str | None = None
 
     @property
     def authenticates(self) -> bool:
@@ -267,6 +281,12 @@ class TmServer:
                     compact_bytes=config.journal_compact_bytes,
                 )
             )
+        # Metrics only when asked for: otherwise no hook, interceptor or endpoint exists.
+        self.metrics: Metrics | None = None
+        self.metrics_endpoint: MetricsEndpoint | None = None
+        if config.metrics_address is not None:
+            self.metrics = Metrics()
+            self.metrics_endpoint = MetricsEndpoint(self.metrics.registry, config.metrics_address)
         self.manager = manager or TaskManager(
             shards=config.shards,
             node=config.node,
@@ -277,6 +297,7 @@ class TmServer:
             max_status_children=config.max_status_children,
             journal=self.journal or NO_JOURNAL,
             quotas=config.quotas,
+            observer=NO_OBSERVER if self.metrics is None else TaskMetrics(self.metrics),
         )
         self.heap = HeapManager(config.gc_freeze_interval)
         self.producers = Producers(
@@ -297,7 +318,13 @@ class TmServer:
             mtls=config.tls is not None and config.tls.client_ca is not None,
             streams=config.streams,
         )
-        interceptors: list[grpc.aio.ServerInterceptor] = [self.access]  # type: ignore[type-arg]
+        # The outermost first: a call is counted however it ends, refused by
+        # the access checks included.
+        interceptors: list[grpc.aio.ServerInterceptor] = []  # type: ignore[type-arg]
+        if self.metrics is not None:
+            interceptors.append(MetricsInterceptor(self.metrics))
+            self._collect_state(self.metrics)
+        interceptors.append(self.access)
         if self.journal is not None:
             interceptors.append(DurabilityInterceptor(self.journal))
         options = server_options(config.keepalive_seconds, config.keepalive_timeout_seconds)
@@ -310,11 +337,28 @@ class TmServer:
         self.server = grpc.aio.server(interceptors=interceptors, options=options)
         self._token_watch: asyncio.Task[None] | None = None
         self.port = 0
+        self.metrics_port = 0
         self.cluster: ClusterNode | None = None
         self._stopped = asyncio.Event()
         self._data_dir = None if config.data_dir is None else DataDir(config.data_dir)
         # How long reading the journal and rebuilding the registry took at start.
         self.recovery_seconds = 0.0
+
+    def _collect_state(self, metrics: Metrics) -> None:
+        # The live counts, read at scrape time.
+        registry = metrics.registry
+        tasks = TaskCountsCollector(self.manager.task_counts)
+        registry.register(tasks)
+        assert self.metrics_endpoint is not None
+        self.metrics_endpoint.refresh.append(tasks.refresh)
+        registry.register(ProducersCollector(self.producers))
+        registry.register(ClusterCollector(self._known_nodes))
+        if self.journal is not None:
+            JournalMetrics(metrics, self.journal)
+        metrics.info.labels(_version(), self.manager.node).set(1)
+
+    def _known_nodes(self) -> list[NodeRow] | None:
+        return None if self.cluster is None else self.cluster.membership.known_nodes
 
     async def start(self) -> int:
         """Takes the data directory, binds the address and starts serving; returns the port.
@@ -328,10 +372,14 @@ class TmServer:
         if self._data_dir is not None:
             self._data_dir.lock()
         try:
+            if self.metrics_endpoint is not None:
+                self.metrics_port = await self.metrics_endpoint.start()
             if self.journal is not None:
                 await self._recover(self.journal)
             return await self._start()
         except BaseException:
+            if self.metrics_endpoint is not None:
+                await self.metrics_endpoint.close()
             if self.journal is not None:
                 await self.journal.close()
             if self._data_dir is not None:
@@ -509,6 +557,7 @@ class TmServer:
             peer_timeout_seconds=self.config.peer_timeout_seconds,
             retention_seconds=self.config.cluster_task_retention_seconds,
             channels=self._peer_channels(),
+            observer=None if self.metrics is None else ClusterMetrics(self.metrics),
         )
 
     async def _nodes(self) -> list[NodeRow]:
@@ -535,6 +584,8 @@ class TmServer:
         if self.journal is not None:
             await self.journal.close()
         await self.heap.stop()
+        if self.metrics_endpoint is not None:
+            await self.metrics_endpoint.close()
         if self._data_dir is not None:
             self._data_dir.unlock()
 
@@ -552,6 +603,9 @@ async def serve(config: ServerConfig) -> None:
         config.shards,
         ", test service on" if config.enable_test_service else "",
     )
+    if server.metrics_endpoint is not None:
+        host = server.metrics_endpoint.address.rsplit(":", 1)[0]
+        log.info("metrics on http://%s:%d/metrics", host, server.metrics_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -1,0 +1,137 @@
+"""The metrics interceptor: every RPC counted by method and final status code, and timed.
+
+It is the outermost interceptor, so a call the access checks refuse is
+counted with its code too. Each method's handler is wrapped once, with its
+labelled children bound then: a call costs a clock read at each end, one
+counter increment and one histogram observation. A streaming call is
+counted when it ends, with the code it ended with (``CANCELLED`` when the
+client went away), and is in the open-streams gauge meanwhile. Only methods
+the server serves get series (an unknown method has no handler), so the
+label values stay bounded. The series are ``series``' loop-local ones: the
+count and the observation take no lock. Without ``--metrics-address`` it is not installed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from tm_server.service.calls import final_code, split_method
+
+from .registry import Metrics
+from .series import Value
+
+_OK = grpc.StatusCode.OK
+
+
+class _Method:
+    """One method's bound children: calls by code, latency, open streams."""
+
+    __slots__ = ("_handled", "_labels", "_metrics", "duration", "handled", "ok")
+
+    def __init__(self, metrics: Metrics, method: str) -> None:
+        service, name = split_method(method)
+        self._metrics = metrics
+        self._labels = (service, name)
+        self.handled = metrics.rpc_handled
+        self._handled: dict[grpc.StatusCode, Value] = {}
+        self.ok = self.child(_OK)
+        self.duration = metrics.rpc_duration.labels(service, name)
+
+    def streams(self) -> Value:
+        """The gauge of this (streaming) method's open calls."""
+        return self._metrics.rpc_streams_open.labels(*self._labels)
+
+    def child(self, code: grpc.StatusCode) -> Value:
+        """The counter of calls that ended with ``code``."""
+        found = self._handled.get(code)
+        if found is None:
+            found = self._handled[code] = self.handled.labels(*self._labels, code.name)
+        return found
+
+
+class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Counts and times every RPC the server serves."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+        self._wrapped: dict[str, Any] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Any:
+        """Wraps each method's handler once; the wrapper counts every call."""
+        method = handler_call_details.method
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        wrapped = self._wrapped.get(method)
+        if wrapped is None:
+            wrapped = self._wrapped[method] = self._wrap(_Method(self._metrics, method), handler)
+        return wrapped
+
+    def _wrap(self, series: _Method, handler: Any) -> Any:
+        if handler.unary_unary is not None:
+            return handler._replace(unary_unary=_unary(series, handler.unary_unary))
+        if handler.stream_unary is not None:
+            return handler._replace(stream_unary=_unary(series, handler.stream_unary))
+        if handler.unary_stream is not None:
+            return handler._replace(unary_stream=_stream(series, handler.unary_stream))
+        if handler.stream_stream is not None:
+            return handler._replace(stream_stream=_stream(series, handler.stream_stream))
+        return handler
+
+
+def _unary(series: _Method, inner: Any) -> Callable[[Any, Any], Awaitable[Any]]:
+    ok = series.ok.inc
+    observe = series.duration.observe
+    clock = time.perf_counter
+
+    async def unary(request: Any, context: Any) -> Any:
+        started = clock()
+        try:
+            reply = await inner(request, context)
+        except BaseException as exc:
+            series.child(final_code(context, exc)).inc()
+            observe(clock() - started)
+            raise
+        if context.code() is None:
+            ok()
+        else:
+            series.child(final_code(context)).inc()
+        observe(clock() - started)
+        return reply
+
+    return unary
+
+
+def _stream(series: _Method, inner: Any) -> Callable[[Any, Any], AsyncIterator[Any]]:
+    observe = series.duration.observe
+    streams = series.streams()
+    clock = time.perf_counter
+
+    async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
+        started = clock()
+        streams.inc()
+        code = _OK
+        try:
+            async for item in inner(request, context):
+                yield item
+            code = final_code(context)
+        except BaseException as exc:
+            code = final_code(context, exc)
+            raise
+        finally:
+            streams.dec()
+            series.child(code).inc()
+            observe(clock() - started)
+
+    return stream
+
+
+__all__ = ["MetricsInterceptor"]
