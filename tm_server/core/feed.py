@@ -38,8 +38,10 @@ class ChangeKind(enum.IntEnum):
     REMOVED = 4
 
 
-_STATE_CODES = {state: i + 1 for i, state in enumerate(TaskState)}
-_STATES = {code: state for state, code in _STATE_CODES.items()}
+# Keyed by the members' values: an Enum member hashes in Python, a string's
+# hash is cached (this runs for every change).
+_STATE_CODES = {state._value_: i + 1 for i, state in enumerate(TaskState)}
+_STATES = {code: TaskState(value) for value, code in _STATE_CODES.items()}
 _CREATED = ChangeKind.CREATED
 _NEVER = 1 << 62
 _CHANGED = ChangeKind.CHANGED
@@ -47,7 +49,7 @@ _CHANGED = ChangeKind.CHANGED
 
 def state_code(state: TaskState | None) -> int:
     """The state as a small number (0: none), as a change records what it was before."""
-    return 0 if state is None else _STATE_CODES[state]
+    return 0 if state is None else _STATE_CODES[state._value_]
 
 
 @dataclass(frozen=True, slots=True)

@@ -775,7 +775,13 @@ class Shard(ShardPort):
 
     async def state_counts(self) -> dict[tuple[str, TaskState], int]:
         """Registered tasks here by module and state."""
-        return dict(self._store.states)
+        states = list(TaskState)
+        return {
+            (module, states[i]): n
+            for module, counts in self._store.states.items()
+            for i, n in enumerate(counts)
+            if n
+        }
 
     def watcher_count(self) -> int:
         """How many watch futures are parked on this shard's tasks (for leak checks)."""

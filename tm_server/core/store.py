@@ -25,8 +25,6 @@ from .record import ModuleState, Task
 from .task import TaskImpl
 from .types import AbortRequest, FoldedTask, TaskState
 
-_CREATED = TaskState.CREATED
-
 
 def _expiry(task: Task) -> float:
     return task.expire_at or 0.0
@@ -67,8 +65,9 @@ class TaskStore:
         # Every change of a registered task, for module watches.
         self.feed = ChangeFeed(window)
         self.observer = observer
-        # Registered tasks by module and state, for metrics (read, never summed on demand).
-        self.states: dict[tuple[str, TaskState], int] = {}
+        # Registered tasks by module and state (index ``state_code - 1``), for
+        # metrics: kept as they change, never counted on demand.
+        self.states: dict[str, list[int]] = {}
         # The pace of running tasks that have progressed (see ``rate``).
         self.paces: dict[int, RateTracker] = {}
         self.quotas = quotas or ShardQuotas(TaskQuotas(), 1)
@@ -203,7 +202,10 @@ class TaskStore:
             self.handled[key] = task
             self._handles[key] = 1
         self.journal.record(self.shard, task)
-        count(self.states, (spec.module, _CREATED), 1)
+        by_state = self.states.get(spec.module)
+        if by_state is None:
+            by_state = self.states[spec.module] = [0] * len(TaskState)
+        by_state[0] += 1
         self.feed.append(spec.task_id, ChangeKind.CREATED, 0)
         self.observer.task_created(spec.module, impl.type)
         return task
@@ -212,18 +214,19 @@ class TaskStore:
         """A task moved from created to running."""
         if self.tasks.get(task.id.int) is not task:
             return
-        states = self.states
-        count(states, (task.module, _CREATED), -1)
-        count(states, (task.module, task.state), 1)
+        by_state = self.states[task.module]
+        by_state[0] -= 1
+        by_state[state_code(task.state) - 1] += 1
 
     def finished(self, task: Task, before: TaskState) -> None:
         """A task finished (its state and end time are set); it moved from ``before``."""
         self.paces.pop(task.id.int, None)
         if self.tasks.get(task.id.int) is task:
-            states = self.states
-            count(states, (task.module, before), -1)
-            count(states, (task.module, task.state), 1)
-            self.feed.append(task.id, ChangeKind.FINISHED, state_code(before))
+            by_state = self.states[task.module]
+            code = state_code(before)
+            by_state[code - 1] -= 1
+            by_state[state_code(task.state) - 1] += 1
+            self.feed.append(task.id, ChangeKind.FINISHED, code)
         since = task.start_time if task.start_time is not None else task.end_time
         assert task.end_time is not None and since is not None
         self.observer.task_finished(task.module, task.impl.type, task.state, task.end_time - since)
@@ -251,7 +254,10 @@ class TaskStore:
         for task in tasks:
             key = task.id.int
             by_module.setdefault(task.module, []).append((key, task))
-            count(states, (task.module, task.state), 1)
+            by_state = states.get(task.module)
+            if by_state is None:
+                by_state = states[task.module] = [0] * len(TaskState)
+            by_state[state_code(task.state) - 1] += 1
             owner = task.impl.owner
             if owner:
                 count(owned, owner, 1)
@@ -338,8 +344,9 @@ class TaskStore:
         key = task.id.int
         if self.tasks.pop(key, None) is None:
             return
-        count(self.states, (task.module, task.state), -1)
-        self.feed.append(task.id, ChangeKind.REMOVED, state_code(task.state), task)
+        code = state_code(task.state)
+        self.states[task.module][code - 1] -= 1
+        self.feed.append(task.id, ChangeKind.REMOVED, code, task)
         if self.paces:
             self.paces.pop(key, None)
         owner = task.impl.owner
@@ -429,6 +436,7 @@ class TaskStore:
         for task in list(self.module(name).tasks.values()):
             self.unregister(task)
         del self.modules[name]
+        self.states.pop(name, None)
 
     def drain(self, module: str) -> int:
         """Unregisters the module's finished tasks; returns how many."""
