@@ -28,6 +28,8 @@ from .core.quotas import (
     TaskQuotas,
 )
 from .journal import DEFAULT_COMPACT_BYTES, DEFAULT_PROGRESS_WINDOW, JournalError
+from .logsetup import LOG_FORMATS
+from .logsetup import configure as configure_logging
 from .metrics.http import parse_address
 from .security.tls import TlsConfig, TlsFilesError
 from .security.tokens import TokensFileError
@@ -270,10 +272,16 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         "checks; port 0 picks one, the log says which; default: off)",
     )  # fmt: skip
     operating.add_argument(
+        "--log-format", choices=LOG_FORMATS, default="text",
+        help="text (default), or json: one JSON object a line, with the RPC's method, peer "
+        "and task id where they apply, for log shippers",
+    )  # fmt: skip
+    operating.add_argument(
         "--log-level",
         type=log_level,
         default="INFO",
-        help="logging level: DEBUG, INFO, WARNING, ERROR or CRITICAL (default INFO)",
+        help="logging level: DEBUG, INFO, WARNING, ERROR or CRITICAL (default INFO; DEBUG "
+        "also logs one line per RPC, logger tm.rpc)",
     )
     args = parser.parse_args(argv)
     if args.metrics_address is not None:
@@ -296,11 +304,7 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
             parser.error(f"cannot read --node-token-file {args.node_token_file}: {exc.strerror}")
         if not node_token or any(c.isspace() for c in node_token):
             parser.error(f"--node-token-file {args.node_token_file} must hold one token")
-    logging.basicConfig(
-        level=args.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(args.log_level, args.log_format)
     return ServerConfig(
         address=args.address,
         node=args.node,
@@ -334,6 +338,7 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         streams=StreamQuotas(args.max_streams_per_connection, args.max_streams_per_principal),
         max_request_bytes=args.max_request_bytes,
         metrics_address=args.metrics_address,
+        log_format=args.log_format,
     )
 
 

@@ -55,6 +55,7 @@ from .journal import (
     FileJournal,
     JournalConfig,
 )
+from .logsetup import RPC_LOGGER, CallLogInterceptor
 from .metrics import (
     ClusterCollector,
     ClusterMetrics,
@@ -245,8 +246,10 @@ class ServerConfig:
     max_sessions_per_principal: int = DEFAULT_MAX_SESSIONS_PER_PRINCIPAL
     streams: StreamQuotas = field(default_factory=StreamQuotas)
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
-    # Operating: Prometheus metrics at http://HOST:PORT/metrics (None: off).
+    # Operating: Prometheus metrics at http://HOST:PORT/metrics (None: off), and
+    # the log format ("json" puts each call's method, peer and task id on its lines).
     metrics_address: str | None = None
+    log_format: str = "text"
 
     @property
     def authenticates(self) -> bool:
@@ -318,9 +321,12 @@ class TmServer:
             mtls=config.tls is not None and config.tls.client_ca is not None,
             streams=config.streams,
         )
-        # The outermost first: a call is counted however it ends, refused by
-        # the access checks included.
+        # The outermost first: a call is logged and counted however it ends,
+        # refused by the access checks included.
         interceptors: list[grpc.aio.ServerInterceptor] = []  # type: ignore[type-arg]
+        log_calls = logging.getLogger(RPC_LOGGER).isEnabledFor(logging.DEBUG)
+        if config.log_format == "json" or log_calls:
+            interceptors.append(CallLogInterceptor(log_calls=log_calls))
         if self.metrics is not None:
             interceptors.append(MetricsInterceptor(self.metrics))
             self._collect_state(self.metrics)
