@@ -313,16 +313,18 @@ class ModuleWatches:
                     for batch in batches:
                         yield batch
                     last_sent = self._clock.now()
-                    positions = moved
-                    await self._tick(positions)
-                    continue
-                if moved != positions and self._clock.now() - last_sent >= BOOKMARK_INTERVAL:
+                elif moved != positions and self._clock.now() - last_sent >= BOOKMARK_INTERVAL:
                     # Changes this watch does not show went by: move its cursor on,
                     # so a reader that resumes later is still inside the window.
                     yield WatchBatch((), self.encode(moved))
                     last_sent = self._clock.now()
-                positions = moved
-                await self._wait_any(positions)
+                if moved != positions:
+                    # Something changed (shown or not): the next read waits for the
+                    # tick, so a busy module costs a watch one read a tick.
+                    positions = moved
+                    await self._tick(positions)
+                else:
+                    await self._wait_any(positions)
         finally:
             self.open -= 1
 
