@@ -16,7 +16,9 @@ from tm_client.argtypes import (
     positive_seconds,
 )
 from tm_server.core import MAX_TTL_SECONDS
+from tm_server.core.feed import DEFAULT_WATCH_WINDOW
 from tm_server.core.manager import DEFAULT_MAX_MODULES, DEFAULT_MAX_STATUS_CHILDREN
+from tm_server.core.module_watch import DEFAULT_WATCH_INTERVAL
 
 from .cluster.store import NodeNameTakenError
 from .core import StoreUnavailableError
@@ -203,6 +205,16 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         help=f"the largest request body served (default {DEFAULT_MAX_REQUEST_BYTES})",
     )  # fmt: skip
     parser.add_argument(
+        "--watch-window", type=positive_int, default=DEFAULT_WATCH_WINDOW,
+        help="changes kept for module watches to resume from, per node "
+        f"(default {DEFAULT_WATCH_WINDOW:,}); a cursor older than that has expired",
+    )  # fmt: skip
+    parser.add_argument(
+        "--watch-interval", type=positive_seconds, default=DEFAULT_WATCH_INTERVAL,
+        help="seconds between a module watch's batches: changes in between are "
+        f"coalesced (default {DEFAULT_WATCH_INTERVAL})",
+    )  # fmt: skip
+    parser.add_argument(
         "--shards",
         type=positive_int,
         default=os.cpu_count() or 1,
@@ -337,6 +349,8 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         max_sessions_per_principal=args.max_sessions_per_principal,
         streams=StreamQuotas(args.max_streams_per_connection, args.max_streams_per_principal),
         max_request_bytes=args.max_request_bytes,
+        watch_window=args.watch_window,
+        watch_interval=args.watch_interval,
         metrics_address=args.metrics_address,
         log_format=args.log_format,
     )

@@ -34,8 +34,10 @@ from tm_client.pb import (
     task_reporting_pb2_grpc,
 )
 from tm_server.core import Clock, TaskManager, TaskManagerError
+from tm_server.core.feed import DEFAULT_WATCH_WINDOW
 from tm_server.core.journal import NO_JOURNAL
 from tm_server.core.manager import DEFAULT_MAX_MODULES, DEFAULT_MAX_STATUS_CHILDREN
+from tm_server.core.module_watch import DEFAULT_WATCH_INTERVAL
 from tm_server.core.observe import NO_OBSERVER
 from tm_server.core.producers import DEFAULT_MAX_SESSIONS_PER_PRINCIPAL, Producers
 from tm_server.core.quotas import TaskQuotas
@@ -250,6 +252,10 @@ class ServerConfig:
     # the log format ("json" puts each call's method, peer and task id on its lines).
     metrics_address: str | None = None
     log_format: str = "text"
+    # Module watches: changes kept for a watch to resume from, and the
+    # seconds between a watch's batches.
+    watch_window: int = DEFAULT_WATCH_WINDOW
+    watch_interval: float = DEFAULT_WATCH_INTERVAL
 
     @property
     def authenticates(self) -> bool:
@@ -300,6 +306,8 @@ class TmServer:
             max_status_children=config.max_status_children,
             journal=self.journal or NO_JOURNAL,
             quotas=config.quotas,
+            watch_window=config.watch_window,
+            watch_interval=config.watch_interval,
             observer=NO_OBSERVER if self.metrics is None else TaskMetrics(self.metrics),
         )
         self.heap = HeapManager(config.gc_freeze_interval)
