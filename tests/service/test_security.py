@@ -199,6 +199,12 @@ def calls(t: Targets) -> dict[str, Callable[[str], Callable[[], Any]]]:
             s.tm.ListTaskChildren, lambda: pb.ListTaskChildrenRequest(task_id=t.task())
         ),
         TM + "ListNodes": call(s.tm.ListNodes, pb.ListNodesRequest),
+        TM + "WatchTasks": call(
+            s.tm.WatchTasks, lambda: pb.WatchTasksRequest(module="backup"), stream=True, first=True
+        ),
+        TM + "WatchTasks/every-module": call(
+            s.tm.WatchTasks, lambda: pb.WatchTasksRequest(), stream=True, first=True
+        ),
         REP + "RegisterModule": call(
             s.rep.RegisterModule, lambda: rpb.RegisterModuleRequest(module="backup")
         ),
@@ -245,6 +251,9 @@ EXPECTED: dict[str, tuple[str, ...]] = {
     "DrainModuleTasks": OPS,
     "ListTaskChildren": R_MOD,
     "ListNodes": R,
+    "WatchTasks": R_MOD,
+    # Every module's changes: a reader of every module (not one limited to some).
+    "every-module": (U, OK, D, D, D, OK),
     "RegisterModule": P_MOD,
     "UnregisterModule": OPS,
     "CreateTask": P_OWN,  # a child: under the caller's own parent only
