@@ -76,7 +76,7 @@ class Reader:
         try:
             async for batch in self.stream:
                 await self.batches.put(batch)
-        except BaseException as exc:  # noqa: BLE001 - kept for the test to look at
+        except BaseException as exc:
             self.error = exc
 
     async def next(self) -> WatchBatch:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import grpc
 import pytest
@@ -21,7 +22,7 @@ def test_a_watch_on_one_node_sees_cluster_tasks_made_through_another(cluster: Cl
     with cluster.producer("a") as pa, cluster.producer("b") as pb_:
         pa.create_task("warm-up").finish()  # the module exists on the cluster
         channel = grpc.insecure_channel(cluster.target("b"))
-        call = pb_grpc.TaskManagerServiceStub(channel).WatchTasks(
+        call: Any = pb_grpc.TaskManagerServiceStub(channel).WatchTasks(
             pb.WatchTasksRequest(module=pa.module), timeout=100
         )
 
@@ -53,7 +54,9 @@ def test_a_watch_on_one_node_sees_cluster_tasks_made_through_another(cluster: Cl
         )
         root.finish()
         final = eventually(
-            lambda: (e := latest()[str(root.id)]).type == pb.TASK_EVENT_TYPE_FINISHED and e or None,
+            lambda: (
+                ((e := latest()[str(root.id)]).type == pb.TASK_EVENT_TYPE_FINISHED and e) or None
+            ),
             what="the cluster task's end on b's watch",
         )
         assert final.task.state == pb.TASK_STATE_DONE

@@ -6,7 +6,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import pytest
@@ -63,7 +63,7 @@ class Stream:
     """Reads a WatchTasks stream in a thread; keeps every response."""
 
     def __init__(self, stub: pb_grpc.TaskManagerServiceStub, **request: Any) -> None:
-        self.call = stub.WatchTasks(pb.WatchTasksRequest(**request), timeout=50)
+        self.call: Any = stub.WatchTasks(pb.WatchTasksRequest(**request), timeout=50)
         self.responses: list[pb.WatchTasksResponse] = []
         self.error: grpc.RpcError | None = None
         self._lock = threading.Condition()
@@ -108,8 +108,12 @@ def test_watch_streams_a_modules_changes_with_cursors(
     assert existing.task.state == pb.TASK_STATE_DONE and existing.task.module == "backup"
     task = produce("backup").create_task("copy", total=10)
     task.progress(4)
-    watch.wait_for(lambda s: s.latest().get(str(task.id)) is not None
-                   and s.latest()[str(task.id)].task.progress_completed == 4)
+    watch.wait_for(
+        lambda s: (
+            s.latest().get(str(task.id)) is not None
+            and s.latest()[str(task.id)].task.progress_completed == 4
+        )
+    )
     task.finish()
     watch.wait_for(lambda s: s.latest()[str(task.id)].type == pb.TASK_EVENT_TYPE_FINISHED)
     entry = watch.latest()[str(task.id)].task
@@ -185,7 +189,9 @@ def test_bad_requests_get_clear_errors(
         return caught.value
 
     error: Any = refused(module="backup", cursor="w1.garbage")
-    assert error.code() is grpc.StatusCode.INVALID_ARGUMENT and reason_of(error) == "INVALID_ARGUMENT"
+    assert (
+        error.code() is grpc.StatusCode.INVALID_ARGUMENT and reason_of(error) == "INVALID_ARGUMENT"
+    )
     error = refused(module="nope")
     assert error.code() is grpc.StatusCode.NOT_FOUND and reason_of(error) == "MODULE_NOT_FOUND"
     first = next(iter(stub.WatchTasks(pb.WatchTasksRequest(module="backup"), timeout=10)))
@@ -199,16 +205,20 @@ def test_bad_requests_get_clear_errors(
             with Producer(other.target, module="backup") as p:
                 p.create_task("copy").finish()
             with pytest.raises(grpc.RpcError) as caught:
-                next(iter(other_stub.WatchTasks(
-                    pb.WatchTasksRequest(module="backup", cursor=first.cursor), timeout=10
-                )))
+                next(
+                    iter(
+                        other_stub.WatchTasks(
+                            pb.WatchTasksRequest(module="backup", cursor=first.cursor), timeout=10
+                        )
+                    )
+                )
     finally:
         other.stop()
     error = caught.value
     assert error.code() is grpc.StatusCode.FAILED_PRECONDITION
     assert reason_of(error) == "CURSOR_EXPIRED" and "list the tasks again" in error.details()
     with pytest.raises(grpc.RpcError) as listing:
-        stub.ListModuleTasks(pb.ListModuleTasksRequest(module="backup", states=[42]))
+        stub.ListModuleTasks(pb.ListModuleTasksRequest(module="backup", states=[cast(Any, 42)]))
     assert listing.value.code() is grpc.StatusCode.INVALID_ARGUMENT
 
 
@@ -227,7 +237,7 @@ def test_a_slow_reader_is_ended_clearly_and_others_go_on() -> None:
             with Producer(server.target, module="backup") as producer:
                 ids = [producer.create_task("copy").id for _ in range(300)]
                 # Full statuses: big batches, that fill the slow reader's buffers soon.
-                slow = pb_grpc.TaskManagerServiceStub(slow_channel).WatchTasks(
+                slow: Any = pb_grpc.TaskManagerServiceStub(slow_channel).WatchTasks(
                     pb.WatchTasksRequest(module="backup", full_status=True), timeout=30
                 )
                 next(slow)  # then it stops reading
@@ -247,8 +257,7 @@ def test_a_slow_reader_is_ended_clearly_and_others_go_on() -> None:
                 server.call(churn, timeout=60)
                 fast.wait_for(
                     lambda s: all(
-                        str(t) in s.latest()
-                        and s.latest()[str(t)].task.state == pb.TASK_STATE_DONE
+                        str(t) in s.latest() and s.latest()[str(t)].task.state == pb.TASK_STATE_DONE
                         for t in ids
                     ),
                     timeout=20,
@@ -270,3 +279,49 @@ def test_state_filter_on_the_client_listing(client: TaskManagerClient, produce: 
     task = produce("backup").create_task("copy")
     assert client.get_status(task.id).state is TaskState.RUNNING
     task.finish()
+
+
+def test_reconnect_in_the_middle_of_a_burst_misses_nothing_and_doubles_nothing(
+    stub: pb_grpc.TaskManagerServiceStub, server: ServerThread
+) -> None:
+    rounds, count = 20, 100
+    with Producer(server.target, module="burst") as producer:
+        tasks = [producer.create_task("copy", total=rounds) for _ in range(count)]
+        first = Stream(stub, module="burst")
+        first.wait_for(lambda s: len(s.responses) >= 1)
+
+        def burst() -> None:
+            for value in range(1, rounds + 1):
+                for task in tasks:
+                    task.progress(value)
+            for task in tasks:
+                task.finish()
+
+        writer = threading.Thread(target=burst)
+        writer.start()
+        # Cut the first stream in the middle of the burst, at a response boundary.
+        first.wait_for(lambda s: len(s.events()) >= count, timeout=20)
+        first.close()
+        with first._lock:
+            received = list(first.responses)
+        resumed = Stream(stub, module="burst", cursor=received[-1].cursor)
+        writer.join(60)
+        resumed.wait_for(
+            lambda s: sum(e.type == pb.TASK_EVENT_TYPE_FINISHED for e in s.events()) >= count,
+            timeout=30,
+        )
+        resumed.close()
+    events = [e for r in received for e in r.events] + resumed.events()
+    by_task: dict[str, list[pb.TaskEvent]] = {}
+    for event in events:
+        by_task.setdefault(event.task.task_id, []).append(event)
+    assert set(by_task) == {str(t.id) for t in tasks}
+    for task_id, seen in by_task.items():
+        # The last event is the end, with the final progress: nothing missed.
+        assert seen[-1].type == pb.TASK_EVENT_TYPE_FINISHED, task_id
+        assert seen[-1].task.state == pb.TASK_STATE_DONE
+        assert seen[-1].task.progress_completed == rounds
+        assert sum(e.type == pb.TASK_EVENT_TYPE_FINISHED for e in seen) == 1
+        # Progress only ever moves on: an event sent twice would repeat a value.
+        values = [e.task.progress_completed for e in seen if e.type == pb.TASK_EVENT_TYPE_CHANGED]
+        assert values == sorted(set(values)), (task_id, values)
