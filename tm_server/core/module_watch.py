@@ -133,8 +133,8 @@ class ChangeSource(Protocol):
     async def changes(self, module: str | None, after: int) -> ShardChanges:
         """The module's changes after ``after``, each with the task's entry now."""
 
-    async def wait_changes(self, after: int) -> None:
-        """Returns once there is a change after ``after``."""
+    def change_waiter(self, after: int) -> asyncio.Future[None]:
+        """A future done once there is a change after ``after`` (see ``ShardPort``)."""
 
 
 class VirtualChanges:
@@ -170,10 +170,13 @@ class VirtualChanges:
             out.append(WatchChange(kind, None, entry_of(status), change.seq))
         return ShardChanges(head, tuple(out))
 
-    async def wait_changes(self, after: int) -> None:
-        """Returns once a virtual task changed after ``after``, or the watches stop."""
-        if self._feed.head <= after and not self._stopping:
-            await asyncio.shield(self._feed.waiter(after))
+    def change_waiter(self, after: int) -> asyncio.Future[None]:
+        """A future done once a virtual task changed after ``after``, or the watches stop."""
+        if self._stopping:
+            done = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
+        return self._feed.waiter(after)
 
     def stop(self) -> None:
         """Wakes every waiter (shutdown)."""
@@ -236,6 +239,9 @@ class ModuleWatches:
             tuple[float | None, tuple[int, ...], tuple[list[WatchBatch], tuple[int, ...]]],
         ] = OrderedDict()
         self._ticks: dict[float, asyncio.Future[None]] = {}
+        self._waits: dict[
+            tuple[tuple[int, ...], asyncio.Future[None] | None], asyncio.Future[None]
+        ] = {}
         self._stopping = False
         self.open = 0
 
@@ -411,24 +417,39 @@ class ModuleWatches:
                     tick.set_result(None)
 
             self._clock.call_at(at, fire)
-        await self._wait_any(tuple(p + self._early for p in positions), asyncio.shield(tick))
+        await self._wait_any(tuple(p + self._early for p in positions), tick)
 
     async def _wait_any(
-        self, positions: tuple[int, ...], also: Awaitable[None] | None = None
+        self, positions: tuple[int, ...], tick: asyncio.Future[None] | None = None
     ) -> None:
+        # Until a source has a change after its position (or the tick). Watches
+        # waiting for the same thing share one future, with one callback on
+        # each source's waiter: an idle watch costs little more than its stream.
         if self._stopping:
             raise ShuttingDownError()
-        waits = [
-            asyncio.ensure_future(shard.wait_changes(position))
-            for shard, position in zip(self._shards, positions, strict=True)
-        ]
-        if also is not None:
-            waits.append(asyncio.ensure_future(also))
-        try:
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for wait in waits:
-                wait.cancel()
+        key = (positions, tick)
+        shared = self._waits.get(key)
+        if shared is None:
+            futures = [
+                source.change_waiter(position)
+                for source, position in zip(self._shards, positions, strict=True)
+            ]
+            if tick is not None:
+                futures.append(tick)
+            if any(f.done() for f in futures):
+                return
+            shared = self._waits[key] = asyncio.get_running_loop().create_future()
+
+            def wake(_: asyncio.Future[None], shared: asyncio.Future[None] = shared) -> None:
+                if not shared.done():
+                    shared.set_result(None)
+                    if self._waits.get(key) is shared:
+                        del self._waits[key]
+
+            for future in futures:
+                future.add_done_callback(wake)
+        # Shielded: a watch that goes away must not cancel the others' wait.
+        await asyncio.shield(shared)
         if self._stopping:
             raise ShuttingDownError()
 

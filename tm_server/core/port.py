@@ -22,6 +22,7 @@ data, or impls it can import by name), and the task bodies and their
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
@@ -344,8 +345,13 @@ class ShardPort(Protocol):
             CursorExpiredError: some of them left the shard's window.
         """
 
-    async def wait_changes(self, after: int) -> None:
-        """Returns once the shard has a change after ``after`` (or the watches stop)."""
+    def change_waiter(self, after: int) -> asyncio.Future[None]:
+        """A future done once the shard has a change after ``after`` (or the watches stop).
+
+        Shared by every watch waiting for the same change, and never cancelled
+        by one (a watch that stops waiting only drops its callback); a shard in
+        another process would set it from its stream of change numbers.
+        """
 
     async def state_counts(self) -> dict[tuple[str, TaskState], int]:
         """Registered tasks here by module and state."""

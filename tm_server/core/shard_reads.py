@@ -243,12 +243,13 @@ class ShardReads(ShardPort):
             )
         return ShardChanges(head, tuple(out))
 
-    async def wait_changes(self, after: int) -> None:
-        """Returns once there is a change after ``after``, or the watches stop."""
-        feed = self._feed
-        if feed.head <= after and not self._watches.stopping:
-            # Shielded: a reader that stops waiting leaves the shared future to the others.
-            await asyncio.shield(feed.waiter(after))
+    def change_waiter(self, after: int) -> asyncio.Future[None]:
+        """A future done once there is a change after ``after``, or the watches stop."""
+        if self._watches.stopping:
+            done = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
+        return self._feed.waiter(after)
 
     async def state_counts(self) -> dict[tuple[str, TaskState], int]:
         """Registered tasks here by module and state."""
