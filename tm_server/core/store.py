@@ -8,7 +8,9 @@ the expiry of finished roots. The shard (``shard.py``) drives it.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
+from operator import attrgetter, itemgetter
 from uuid import UUID
 
 from .clock import Clock
@@ -24,6 +26,9 @@ from .rate import RateTracker
 from .record import ModuleState, Task
 from .task import TaskImpl
 from .types import AbortRequest, FoldedTask, TaskState
+
+_STATE_VALUE = attrgetter("state._value_")
+_SECOND = itemgetter(1)
 
 
 def _expiry(task: Task) -> float:
@@ -250,14 +255,9 @@ class TaskStore:
         parent_refs = self._parent_refs
         highest = dict(sequences)
         owned = self.owned
-        states = self.states
         for task in tasks:
             key = task.id.int
             by_module.setdefault(task.module, []).append((key, task))
-            by_state = states.get(task.module)
-            if by_state is None:
-                by_state = states[task.module] = [0] * len(TaskState)
-            by_state[state_code(task.state) - 1] += 1
             owner = task.impl.owner
             if owner:
                 count(owned, owner, 1)
@@ -271,6 +271,11 @@ class TaskStore:
         for name, pairs in by_module.items():
             self.tasks.update(pairs)
             self.module(name).tasks.update(pairs)
+            # Counted in C (a million tasks): their states' values, per module.
+            tally = Counter(map(_STATE_VALUE, map(_SECOND, pairs)))
+            by_state = self.states.setdefault(name, [0] * len(TaskState))
+            for value, n in tally.items():
+                by_state[state_code(TaskState(value)) - 1] += n
         for task_id in folded:
             self.count_folded(task_id)
         if aborts:
