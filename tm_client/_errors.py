@@ -186,6 +186,22 @@ class QuotaExceededError(ResourceExhaustedError):
     """
 
 
+class CursorExpiredError(FailedPreconditionError):
+    """A watch cursor the server no longer has changes for (reason CURSOR_EXPIRED).
+
+    The cursor is older than the server's window of changes, or from before
+    it restarted: list the tasks again (or watch with a snapshot) and watch
+    from the new cursor; ``watch_tasks(resnapshot=True)`` does that itself.
+    """
+
+
+class WatchFellBehindError(ResourceExhaustedError):
+    """The watch's reader fell more than the server's window behind (reason WATCH_FELL_BEHIND).
+
+    Watch again with a snapshot; ``watch_tasks(resnapshot=True)`` does that itself.
+    """
+
+
 _BY_CODE: dict[grpc.StatusCode, type[TmError]] = {
     cls.code: cls
     for cls in (
@@ -227,6 +243,8 @@ _BY_REASON: dict[str, type[TmError]] = {
     reason_name(pb.ERROR_REASON_JOURNAL_UNAVAILABLE): JournalUnavailableError,
     reason_name(pb.ERROR_REASON_NOT_OWNER): NotOwnerError,
     reason_name(pb.ERROR_REASON_QUOTA_EXCEEDED): QuotaExceededError,
+    reason_name(pb.ERROR_REASON_CURSOR_EXPIRED): CursorExpiredError,
+    reason_name(pb.ERROR_REASON_WATCH_FELL_BEHIND): WatchFellBehindError,
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
@@ -42,6 +43,28 @@ _STATES = {
     pb.TASK_STATE_SUSPENDED: TaskState.SUSPENDED,
 }
 _KINDS = {pb.TASK_KIND_NODE: TaskKind.NODE, pb.TASK_KIND_CLUSTER: TaskKind.CLUSTER}
+_WIRE_STATES = {state: value for value, state in _STATES.items()}
+
+
+def state_filter(states: Iterable[TaskState | str]) -> tuple[TaskState, ...]:
+    """A state filter as states; a state may be given by its value ("running").
+
+    Raises:
+        ValueError: a string that names no state.
+    """
+    if isinstance(states, (str, TaskState)):
+        states = (states,)  # one state, not the characters of its name
+    return tuple(TaskState(s) for s in states)
+
+
+def wire_states(states: Iterable[TaskState | str]) -> list[pb.TaskState.ValueType]:
+    """The wire values of a state filter (as ``state_filter`` reads it)."""
+    return [_WIRE_STATES[s] for s in state_filter(states)]
+
+
+def type_filter(types: Iterable[str]) -> tuple[str, ...]:
+    """A type filter as a tuple ("repair" alone is one type, not six letters)."""
+    return (types,) if isinstance(types, str) else tuple(types)
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -134,6 +157,14 @@ class TaskStatus:
     abort: AbortInfo | None = None
     #: The principal that created the task ("" when the server checks no callers).
     owner: str = ""
+    #: When the progress last changed (``None`` before any report).
+    last_progress_time: datetime | None = None
+    #: The recent rate of progress in ``progress_units`` per second; ``None``
+    #: until two reports give one, and once the task has finished.
+    progress_rate: float | None = None
+    #: When the task should end at ``progress_rate``; ``None`` without a rate,
+    #: a total, or while the task is not running.
+    estimated_end_time: datetime | None = None
 
     @property
     def children_truncated(self) -> bool:
@@ -174,6 +205,9 @@ class TaskStatus:
             unreachable_nodes=tuple(msg.unreachable_nodes),
             abort=AbortInfo.from_pb(msg.abort) if msg.HasField("abort") else None,
             owner=msg.owner,
+            last_progress_time=_time(msg.last_progress_time, msg.HasField("last_progress_time")),
+            progress_rate=msg.progress_rate if msg.HasField("progress_rate") else None,
+            estimated_end_time=_time(msg.estimated_end_time, msg.HasField("estimated_end_time")),
         )
 
 
@@ -205,7 +239,7 @@ class Node:
 
 @dataclass(frozen=True, slots=True)
 class TaskStats:
-    """One entry of a module's task list."""
+    """One entry of a module's task list (and of a watch event)."""
 
     task_id: UUID
     state: TaskState
@@ -220,6 +254,15 @@ class TaskStats:
     creation_time: datetime | None
     start_time: datetime | None
     end_time: datetime | None
+    #: Completed progress units, as known without walking the task's tree (a
+    #: parent's as last rolled up).
+    progress_completed: float = 0.0
+    #: Total progress units, as ``progress_completed``; 0 when unknown.
+    progress_total: float = 0.0
+    #: The module the task belongs to (set in watch events; "" in older listings).
+    module: str = ""
+    #: Whether the task is internal.
+    internal: bool = False
 
     @classmethod
     def from_pb(cls, msg: pb.TaskStats) -> TaskStats:
@@ -238,4 +281,92 @@ class TaskStats:
             creation_time=_time(msg.creation_time, msg.HasField("creation_time")),
             start_time=_time(msg.start_time, msg.HasField("start_time")),
             end_time=_time(msg.end_time, msg.HasField("end_time")),
+            progress_completed=msg.progress_completed,
+            progress_total=msg.progress_total,
+            module=msg.module,
+            internal=msg.internal,
         )
+
+
+class TaskEventType(enum.StrEnum):
+    """What happened to a task, in a ``TaskEvent``."""
+
+    #: The task was there when the watch began (the snapshot).
+    EXISTING = "existing"
+    #: The task was created.
+    CREATED = "created"
+    #: Its state or progress changed (or, for a parent, its children's).
+    CHANGED = "changed"
+    #: It finished (done or failed): the entry holds its final state.
+    FINISHED = "finished"
+    #: It left the registry (TTL, drain, folded into its parent): the entry
+    #: holds its last state.
+    REMOVED = "removed"
+
+
+_EVENT_TYPES = {
+    pb.TASK_EVENT_TYPE_EXISTING: TaskEventType.EXISTING,
+    pb.TASK_EVENT_TYPE_CREATED: TaskEventType.CREATED,
+    pb.TASK_EVENT_TYPE_CHANGED: TaskEventType.CHANGED,
+    pb.TASK_EVENT_TYPE_FINISHED: TaskEventType.FINISHED,
+    pb.TASK_EVENT_TYPE_REMOVED: TaskEventType.REMOVED,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class TaskEvent:
+    """One change of one task.
+
+    ``task`` is the task's list entry as it is after the change; ``status``
+    its full status when the watch asked for it (``full_status=True``), else
+    ``None`` (and always ``None`` for a ``REMOVED`` event).
+    """
+
+    type: TaskEventType
+    task: TaskStats
+    status: TaskStatus | None = None
+
+    @classmethod
+    def from_pb(cls, msg: pb.TaskEvent) -> TaskEvent:
+        """Decodes a wire event."""
+        return cls(
+            type=_EVENT_TYPES[msg.type],
+            task=TaskStats.from_pb(msg.task),
+            status=TaskStatus.from_pb(msg.status) if msg.HasField("status") else None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class WatchBatch:
+    """One response of a task watch: its events, in order, and the cursor after them.
+
+    Iterating over a batch iterates over its events. A new watch given
+    ``cursor`` resumes right after this batch, with exactly the events that
+    came since. A batch may have no events: one that only moves the cursor on,
+    or the one that ends the snapshot.
+
+    Attributes:
+        events: the events, oldest first.
+        cursor: resumes a watch after this batch (opaque; "" if the server sent none).
+        snapshot_complete: set on the batch that ends the snapshot (after the
+            ``EXISTING`` events).
+        restarted: set on the first batch of a snapshot the watch started
+            again by itself (``resnapshot=True``, after the cursor expired or
+            the reader fell behind, or a stream that broke within its
+            snapshot): drop every task you hold and rebuild from the
+            ``EXISTING`` events that follow.
+        restart_reason: why it started again ("CURSOR_EXPIRED",
+            "WATCH_FELL_BEHIND", "UNAVAILABLE"), with ``restarted``.
+    """
+
+    events: tuple[TaskEvent, ...]
+    cursor: str
+    snapshot_complete: bool = False
+    restarted: bool = False
+    restart_reason: str = ""
+
+    def __iter__(self) -> Iterator[TaskEvent]:
+        return iter(self.events)
+
+    def __len__(self) -> int:
+        return len(self.events)
