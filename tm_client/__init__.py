@@ -1,25 +1,20 @@
 """tm_client: a typed Python client of the tm task manager service.
 
 Use ``TaskManagerClient`` (blocking) or ``AsyncTaskManagerClient`` (asyncio);
-failures raise ``TmError`` subclasses keyed by gRPC status code. ``Credentials``
+``watch_tasks()`` follows the changes of tasks as ``TaskEvent``s. Failures
+raise ``TmError`` subclasses keyed by gRPC status code. ``Credentials``
 say how to reach a server that checks its callers (TLS, mTLS, a token).
 """
 
-from ._client import (
-    DEFAULT_TARGET,
-    AsyncTask,
-    AsyncTaskManagerClient,
-    Task,
-    TaskId,
-    TaskManagerClient,
-    TestServiceClient,
-)
+from ._async_client import AsyncTask, AsyncTaskManagerClient
+from ._client import DEFAULT_TARGET, Task, TaskManagerClient, TestServiceClient
 from ._credentials import Credentials
 from ._errors import (
     REASONS,
     AbortedError,
     AlreadyExistsError,
     CancelledError,
+    CursorExpiredError,
     DataLossError,
     DeadlineExceededError,
     FailedPreconditionError,
@@ -43,11 +38,25 @@ from ._errors import (
     UnknownError,
     UnknownModuleError,
     WaitTimeoutError,
+    WatchFellBehindError,
     from_rpc_error,
     reason_name,
 )
 from ._producer import Producer, ReportedTask, TaskAbortedError
-from ._types import AbortInfo, Node, TaskIdentity, TaskKind, TaskState, TaskStats, TaskStatus
+from ._resume import TaskId
+from ._types import (
+    AbortInfo,
+    Node,
+    TaskEvent,
+    TaskEventType,
+    TaskIdentity,
+    TaskKind,
+    TaskState,
+    TaskStats,
+    TaskStatus,
+    WatchBatch,
+)
+from ._watch import AsyncTaskWatch, TaskWatch
 
 __all__ = [
     "DEFAULT_TARGET",
@@ -57,8 +66,10 @@ __all__ = [
     "AlreadyExistsError",
     "AsyncTask",
     "AsyncTaskManagerClient",
+    "AsyncTaskWatch",
     "CancelledError",
     "Credentials",
+    "CursorExpiredError",
     "DataLossError",
     "DeadlineExceededError",
     "FailedPreconditionError",
@@ -78,6 +89,8 @@ __all__ = [
     "StoreUnavailableError",
     "Task",
     "TaskAbortedError",
+    "TaskEvent",
+    "TaskEventType",
     "TaskId",
     "TaskIdentity",
     "TaskKind",
@@ -87,6 +100,7 @@ __all__ = [
     "TaskState",
     "TaskStats",
     "TaskStatus",
+    "TaskWatch",
     "TestServiceClient",
     "TmError",
     "UnauthenticatedError",
@@ -95,6 +109,8 @@ __all__ = [
     "UnknownError",
     "UnknownModuleError",
     "WaitTimeoutError",
+    "WatchBatch",
+    "WatchFellBehindError",
     "from_rpc_error",
     "reason_name",
 ]

@@ -1,66 +1,45 @@
-"""Typed clients over the tm.v1 stubs: a sync one and an asyncio one with the same methods."""
+"""The blocking typed client over the tm.v1 stubs (``_async_client`` has its asyncio twin)."""
 
 from __future__ import annotations
 
-import asyncio
-import random
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, Self
 from uuid import UUID
 
 import grpc
-from google.protobuf import duration_pb2
 
 from ._credentials import Credentials
-from ._errors import InternalError, UnavailableError, from_rpc_error
-from ._types import Node, TaskIdentity, TaskStats, TaskStatus
+from ._errors import UnavailableError, from_rpc_error
+from ._resume import DEFAULT_RESUME_SECONDS, TaskId, _Resume
+from ._types import (
+    Node,
+    TaskIdentity,
+    TaskState,
+    TaskStats,
+    TaskStatus,
+    state_filter,
+    type_filter,
+    wire_states,
+)
+from ._watch import TaskWatch, _WatchState
 from .pb import task_manager_pb2 as pb
 from .pb import task_manager_pb2_grpc as pb_grpc
 from .pb import task_manager_test_pb2 as test_pb
 from .pb import task_manager_test_pb2_grpc as test_pb_grpc
 
-TaskId = str | UUID
 DEFAULT_TARGET = "127.0.0.1:50051"
-#: How long ``watch()`` and ``wait()`` keep trying to resume a broken stream.
-DEFAULT_RESUME_SECONDS = 30.0
-
-
-class _Backoff:
-    """Exponential backoff with full jitter, until ``patience`` seconds have passed."""
-
-    def __init__(self, patience: float) -> None:
-        self._deadline = time.monotonic() + patience
-        self._delay = 0.05
-
-    def next_delay(self) -> float | None:
-        """How long to wait before the next try; ``None`` once patience is spent."""
-        left = self._deadline - time.monotonic()
-        if left <= 0:
-            return None
-        delay = min(left, random.uniform(0, self._delay))
-        self._delay = min(self._delay * 2, 2.0)
-        return delay
-
-    def sleep(self) -> bool:
-        """Sleeps before the next try; False (without sleeping) once patience is spent."""
-        delay = self.next_delay()
-        if delay is None:
-            return False
-        time.sleep(delay)
-        return True
-
-
-def _duration(seconds: float | None) -> duration_pb2.Duration | None:
-    if seconds is None:
-        return None
-    duration = duration_pb2.Duration()
-    duration.FromNanoseconds(round(seconds * 1e9))
-    return duration
 
 
 def _list_request(
-    module: str, internal: bool, keyspace: str, table: str, page_size: int, page_token: str
+    module: str,
+    internal: bool,
+    keyspace: str,
+    table: str,
+    page_size: int,
+    page_token: str,
+    states: Iterable[TaskState | str] = (),
+    types: Iterable[str] = (),
 ) -> pb.ListModuleTasksRequest:
     return pb.ListModuleTasksRequest(
         module=module,
@@ -69,6 +48,8 @@ def _list_request(
         table=table,
         page_size=page_size,
         page_token=page_token,
+        states=wire_states(states),
+        types=type_filter(types),
     )
 
 
@@ -85,62 +66,6 @@ def _children_page(
 ) -> tuple[list[TaskIdentity], int, str]:
     children = [TaskIdentity(UUID(c.task_id), c.node) for c in response.children]
     return children, response.children_count, response.next_page_token
-
-
-class _FinalCheck:
-    """Follows a watch's statuses; raises if the stream ended on a state that is not final.
-
-    tm ends every wait that ends with OK on a final state; a stream that ends
-    otherwise (a server without that guarantee) must not pass for a finished
-    task: ``wait()`` would hand back a RUNNING status as the final one.
-    """
-
-    def __init__(self, task_id: TaskId) -> None:
-        self.task_id = task_id
-        self.last: TaskStatus | None = None
-
-    def ended(self) -> None:
-        if self.last is None or not self.last.state.is_final:
-            state = "no status" if self.last is None else f"state {self.last.state.value}"
-            raise InternalError(
-                f"the server ended the wait for task {self.task_id} on {state}, "
-                "not on a final state",
-                reason="WAIT_ENDED_EARLY",
-            )
-
-
-class _Resume(_FinalCheck):
-    """A watch across the streams it resumes: the deadline, what was seen, the backoff."""
-
-    def __init__(self, task_id: TaskId, timeout: float | None, patience: float) -> None:
-        super().__init__(task_id)
-        self._ends = None if timeout is None else time.monotonic() + timeout
-        self._patience = patience
-        self._backoff: _Backoff | None = None
-
-    def request(self) -> pb.WaitTaskRequest:
-        """The next stream's request, with what is left of the wait's timeout."""
-        left = None if self._ends is None else max(0.0, self._ends - time.monotonic())
-        return pb.WaitTaskRequest(task_id=str(self.task_id), timeout=_duration(left))
-
-    def seen(self, status: TaskStatus) -> bool:
-        """Records a status; False if it is the one seen last (a resumed stream's first)."""
-        self._backoff = None  # the stream is back
-        if status == self.last:
-            return False
-        self.last = status
-        return True
-
-    def broken(self) -> float | None:
-        """After a break: the wait before resuming, or ``None`` to give up."""
-        if self._backoff is None:
-            self._backoff = _Backoff(self._patience)
-        return self._backoff.next_delay()
-
-    @property
-    def final_seen(self) -> bool:
-        """Whether the final status arrived (a break after it leaves nothing to resume)."""
-        return self.last is not None and self.last.state.is_final
 
 
 def _no_channel_and_credentials(channel: object, credentials: Credentials | None) -> None:
@@ -204,7 +129,7 @@ class TaskManagerClient(_SyncChannelClient):
     a channel of your own as it is (the environment is not read then); it is
     closed with the client.
 
-    ``watch()`` and ``wait()`` resume a stream that breaks with
+    ``watch()``, ``wait()`` and ``watch_tasks()`` resume a stream that breaks with
     ``UNAVAILABLE`` (the server restarting or shutting down, a node behind a
     load balancer going away, the network) for up to ``resume_seconds``,
     without repeating a status or missing the final one; 0 turns that off.
@@ -253,9 +178,18 @@ class TaskManagerClient(_SyncChannelClient):
         table: str = "",
         page_size: int = 0,
         page_token: str = "",
+        states: Iterable[TaskState | str] = (),
+        types: Iterable[str] = (),
     ) -> tuple[list[TaskStats], str]:
-        """Returns one page of a module's tasks and the next page's token ("" at the end)."""
-        request = _list_request(module, internal, keyspace, table, page_size, page_token)
+        """Returns one page of a module's tasks and the next page's token ("" at the end).
+
+        ``states`` and ``types`` keep only the tasks in one of those states
+        (``TaskState`` or its value, "running") and of one of those types;
+        empty keeps all. A page token is only valid with the same filters.
+        """
+        request = _list_request(
+            module, internal, keyspace, table, page_size, page_token, states, types
+        )
         return _page(self._unary(self._stub.ListModuleTasks, request))
 
     def list_tasks(
@@ -266,8 +200,14 @@ class TaskManagerClient(_SyncChannelClient):
         keyspace: str = "",
         table: str = "",
         page_size: int = 0,
+        states: Iterable[TaskState | str] = (),
+        types: Iterable[str] = (),
     ) -> Iterator[TaskStats]:
-        """Iterates over all of a module's tasks, fetching pages as needed."""
+        """Iterates over all of a module's tasks, fetching pages as needed.
+
+        ``states`` and ``types`` filter as ``list_tasks_page``'s.
+        """
+        states, types = state_filter(states), type_filter(types)  # checked before the first page
         token = ""
         while True:
             entries, token = self.list_tasks_page(
@@ -277,6 +217,8 @@ class TaskManagerClient(_SyncChannelClient):
                 table=table,
                 page_size=page_size,
                 page_token=token,
+                states=states,
+                types=types,
             )
             yield from entries
             if not token:
@@ -327,6 +269,80 @@ class TaskManagerClient(_SyncChannelClient):
             pass
         assert last is not None  # watch() raised otherwise
         return last
+
+    def watch_tasks(
+        self,
+        module: str | None = None,
+        *,
+        internal: bool = False,
+        keyspace: str = "",
+        table: str = "",
+        states: Iterable[TaskState | str] = (),
+        types: Iterable[str] = (),
+        snapshot: bool = False,
+        full_status: bool = False,
+        cursor: str | None = None,
+        resnapshot: bool = False,
+    ) -> TaskWatch:
+        """Watches the changes of a module's tasks, or of every module's.
+
+        The watch yields ``WatchBatch``es of ``TaskEvent``s in order: first,
+        with ``snapshot``, the matching tasks as they are (``EXISTING``) up to
+        the batch with ``snapshot_complete``; then one event per change
+        (``CREATED``, ``CHANGED``, ``FINISHED``, ``REMOVED``). Events of one
+        task not received yet are coalesced into one, with its latest state.
+        It runs until closed; it never ends by itself.
+
+        A stream that breaks with ``UNAVAILABLE`` (a network outage, the
+        server shutting down) is resumed for up to ``resume_seconds`` with the
+        cursor of the last batch handed out, so no event is missed or
+        repeated (one that breaks within the snapshot starts the snapshot
+        again, flagged ``restarted``). ``watch.cursor`` resumes a later watch.
+
+        Args:
+            module: the module to watch; ``None`` (or "") watches every module.
+            internal: include internal tasks.
+            keyspace: only tasks of this keyspace ("" is any).
+            table: only tasks of this table ("" is any).
+            states: only tasks in one of these states (a task that leaves
+                them is reported once more, with its new state); empty is any.
+            types: only tasks of one of these types; empty is any.
+            snapshot: start with the matching tasks as they are; not with ``cursor``.
+            full_status: carry each task's ``TaskStatus`` in its events (a
+                status read per event on the server).
+            cursor: resume after this cursor (a ``WatchBatch.cursor``);
+                ``None`` starts from now.
+            resnapshot: on an expired cursor or a reader that fell behind,
+                start again with a snapshot (its first batch ``restarted``)
+                rather than raise: a long-running view heals itself.
+
+        Returns:
+            A ``TaskWatch``: iterate over it for batches; close it when done.
+
+        Raises:
+            CursorExpiredError: the cursor is older than the server's window,
+                or from before it restarted (without ``resnapshot``).
+            WatchFellBehindError: the reader fell more than the server's
+                window behind (without ``resnapshot``).
+            UnknownModuleError: no such module.
+            InvalidArgumentError: a bad name, a malformed cursor, or a
+                snapshot asked with a cursor.
+            ValueError: a state that names no ``TaskState`` (at once).
+        """
+        state = _WatchState(
+            module=module,
+            internal=internal,
+            keyspace=keyspace,
+            table=table,
+            states=states,
+            types=types,
+            snapshot=snapshot,
+            full_status=full_status,
+            cursor=cursor,
+            resnapshot=resnapshot,
+            patience=self._resume_seconds,
+        )
+        return TaskWatch(self._stub.WatchTasks, state)
 
     def get_status_recursive(self, task_id: TaskId) -> list[TaskStatus]:
         """Returns the task and its descendants in BFS order."""
@@ -421,242 +437,6 @@ class Task:
     def children(self) -> list[TaskIdentity]:
         """Returns all the task's children (by id), however many."""
         return list(self.client.list_children(self.id))
-
-
-class AsyncTaskManagerClient:
-    """The asyncio twin of ``TaskManagerClient``: the same methods, awaited.
-
-    ``credentials`` and ``channel`` (an asyncio one) work as ``TaskManagerClient``'s.
-    """
-
-    def __init__(
-        self,
-        target: str = DEFAULT_TARGET,
-        *,
-        channel: grpc.aio.Channel | None = None,
-        credentials: Credentials | None = None,
-        timeout: float | None = 30.0,
-        resume_seconds: float = DEFAULT_RESUME_SECONDS,
-    ) -> None:
-        _no_channel_and_credentials(channel, credentials)
-        if channel is None:
-            if credentials is None:
-                credentials = Credentials.from_env()
-            channel = credentials.aio_channel(target)
-        self._channel = channel
-        self._stub = pb_grpc.TaskManagerServiceStub(self._channel)
-        self._timeout = timeout
-        self._resume_seconds = resume_seconds
-
-    async def __aenter__(self) -> AsyncTaskManagerClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        """Closes the channel."""
-        await self._channel.close(None)
-
-    async def _unary(self, method: Any, request: Any) -> Any:
-        try:
-            return await method(request, timeout=self._timeout)
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from exc
-
-    async def _stream(self, method: Any, request: Any) -> AsyncIterator[Any]:
-        call = method(request)
-        try:
-            async for response in call:
-                yield response
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from exc
-        finally:
-            call.cancel()
-
-    def task(self, task_id: TaskId) -> AsyncTask:
-        """Returns a handle on a task."""
-        return AsyncTask(self, UUID(str(task_id)))
-
-    async def list_modules(self) -> list[str]:
-        """Returns the registered module names."""
-        return list((await self._unary(self._stub.ListModules, pb.ListModulesRequest())).modules)
-
-    async def list_tasks_page(
-        self,
-        module: str,
-        *,
-        internal: bool = False,
-        keyspace: str = "",
-        table: str = "",
-        page_size: int = 0,
-        page_token: str = "",
-    ) -> tuple[list[TaskStats], str]:
-        """Returns one page of a module's tasks and the next page's token ("" at the end)."""
-        request = _list_request(module, internal, keyspace, table, page_size, page_token)
-        return _page(await self._unary(self._stub.ListModuleTasks, request))
-
-    async def list_tasks(
-        self,
-        module: str,
-        *,
-        internal: bool = False,
-        keyspace: str = "",
-        table: str = "",
-        page_size: int = 0,
-    ) -> AsyncIterator[TaskStats]:
-        """Iterates over all of a module's tasks, fetching pages as needed."""
-        token = ""
-        while True:
-            entries, token = await self.list_tasks_page(
-                module,
-                internal=internal,
-                keyspace=keyspace,
-                table=table,
-                page_size=page_size,
-                page_token=token,
-            )
-            for entry in entries:
-                yield entry
-            if not token:
-                return
-
-    async def get_status(self, task_id: TaskId) -> TaskStatus:
-        """Returns a task's status."""
-        request = pb.GetTaskStatusRequest(task_id=str(task_id))
-        return TaskStatus.from_pb((await self._unary(self._stub.GetTaskStatus, request)).status)
-
-    async def abort(self, task_id: TaskId, reason: str = "") -> None:
-        """Requests the abort of a task and its descendants (``reason`` is optional)."""
-        await self._unary(self._stub.AbortTask, _abort_request(task_id, reason))
-
-    async def watch(
-        self, task_id: TaskId, *, timeout: float | None = None
-    ) -> AsyncIterator[TaskStatus]:
-        """Yields the task's status now and after every change, ending on its final state.
-
-        A stream that breaks with ``UNAVAILABLE`` is resumed as ``TaskManagerClient.watch``
-        resumes it.
-        """
-        state = _Resume(task_id, timeout, self._resume_seconds)
-        while True:
-            try:
-                async for response in self._stream(self._stub.WaitTask, state.request()):
-                    status = TaskStatus.from_pb(response.status)
-                    if state.seen(status):
-                        yield status
-                state.ended()
-                return
-            except UnavailableError:
-                if state.final_seen:
-                    return
-                delay = state.broken()
-                if delay is None:
-                    raise
-                await asyncio.sleep(delay)
-
-    async def wait(self, task_id: TaskId, *, timeout: float | None = None) -> TaskStatus:
-        """Waits until the task finishes and returns its final status."""
-        last: TaskStatus | None = None
-        async for last in self.watch(task_id, timeout=timeout):  # noqa: B007
-            pass
-        assert last is not None
-        return last
-
-    async def get_status_recursive(self, task_id: TaskId) -> list[TaskStatus]:
-        """Returns the task and its descendants in BFS order."""
-        request = pb.GetTaskStatusRecursiveRequest(task_id=str(task_id))
-        return [
-            TaskStatus.from_pb(r.status)
-            async for r in self._stream(self._stub.GetTaskStatusRecursive, request)
-        ]
-
-    async def list_children_page(
-        self, task_id: TaskId, *, page_size: int = 0, page_token: str = ""
-    ) -> tuple[list[TaskIdentity], int, str]:
-        """Returns one page of a task's children (by id), how many it has, and the next token."""
-        request = pb.ListTaskChildrenRequest(
-            task_id=str(task_id), page_size=page_size, page_token=page_token
-        )
-        return _children_page(await self._unary(self._stub.ListTaskChildren, request))
-
-    async def list_children(
-        self, task_id: TaskId, *, page_size: int = 0
-    ) -> AsyncIterator[TaskIdentity]:
-        """Iterates over all of a task's children, fetching pages as needed."""
-        token = ""
-        while True:
-            children, _, token = await self.list_children_page(
-                task_id, page_size=page_size, page_token=token
-            )
-            for child in children:
-                yield child
-            if not token:
-                return
-
-    async def list_nodes(self) -> list[Node]:
-        """Returns the cluster's nodes (a server without a cluster store lists itself)."""
-        reply = await self._unary(self._stub.ListNodes, pb.ListNodesRequest())
-        return [Node.from_pb(n) for n in reply.nodes]
-
-    async def get_ttl(self) -> int:
-        """Returns task_ttl in seconds."""
-        return int((await self._unary(self._stub.GetTtl, pb.GetTtlRequest())).ttl_seconds)
-
-    async def set_ttl(self, seconds: int) -> int:
-        """Sets task_ttl; returns the previous value."""
-        response = await self._unary(self._stub.SetTtl, pb.SetTtlRequest(ttl_seconds=seconds))
-        return int(response.previous_ttl_seconds)
-
-    async def get_user_ttl(self) -> int:
-        """Returns user_task_ttl in seconds."""
-        response = await self._unary(self._stub.GetUserTtl, pb.GetUserTtlRequest())
-        return int(response.user_ttl_seconds)
-
-    async def set_user_ttl(self, seconds: int) -> int:
-        """Sets user_task_ttl; returns the previous value."""
-        request = pb.SetUserTtlRequest(user_ttl_seconds=seconds)
-        return int((await self._unary(self._stub.SetUserTtl, request)).previous_user_ttl_seconds)
-
-    async def drain(self, module: str) -> int:
-        """Unregisters the module's finished tasks; returns how many."""
-        request = pb.DrainModuleTasksRequest(module=module)
-        return int((await self._unary(self._stub.DrainModuleTasks, request)).drained_count)
-
-
-class AsyncTask:
-    """A handle on one task of an ``AsyncTaskManagerClient``."""
-
-    def __init__(self, client: AsyncTaskManagerClient, task_id: UUID) -> None:
-        self.client = client
-        self.id = task_id
-
-    def __repr__(self) -> str:
-        return f"AsyncTask({self.id})"
-
-    async def status(self) -> TaskStatus:
-        """Returns the task's status."""
-        return await self.client.get_status(self.id)
-
-    async def abort(self, reason: str = "") -> None:
-        """Requests the abort of the task and its descendants (``reason`` is optional)."""
-        await self.client.abort(self.id, reason)
-
-    def watch(self, *, timeout: float | None = None) -> AsyncIterator[TaskStatus]:
-        """Yields status updates until the task finishes."""
-        return self.client.watch(self.id, timeout=timeout)
-
-    async def wait(self, *, timeout: float | None = None) -> TaskStatus:
-        """Waits for the final status."""
-        return await self.client.wait(self.id, timeout=timeout)
-
-    async def tree(self) -> list[TaskStatus]:
-        """Returns the task and its descendants in BFS order."""
-        return await self.client.get_status_recursive(self.id)
-
-    async def children(self) -> list[TaskIdentity]:
-        """Returns all the task's children (by id), however many."""
-        return [child async for child in self.client.list_children(self.id)]
 
 
 class TestServiceClient(_SyncChannelClient):

@@ -12,7 +12,7 @@ from uuid import UUID
 import grpc
 from uuid6 import uuid7
 
-from ._client import DEFAULT_TARGET, TaskId, _Backoff, _SyncChannelClient
+from ._client import DEFAULT_TARGET, _SyncChannelClient
 from ._credentials import Credentials
 from ._errors import (
     FailedPreconditionError,
@@ -23,6 +23,7 @@ from ._errors import (
     UnavailableError,
     from_rpc_error,
 )
+from ._resume import TaskId, _Backoff
 from ._types import TaskStatus
 from .pb import task_manager_pb2 as tm_pb
 from .pb import task_manager_pb2_grpc as tm_pb_grpc
