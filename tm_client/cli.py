@@ -5,341 +5,45 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.metadata
-import json
 import os
-import shutil
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
-from pathlib import Path
-from typing import Any, NoReturn, TextIO
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
 import grpc
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn
-from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
 from ._client import TaskManagerClient
-from ._credentials import (
-    ENV_TOKEN,
-    ENV_TOKEN_FILE,
-    Credentials,
-    check_token,
-    read_token_file,
-)
-from ._errors import (
-    DeadlineExceededError,
-    NotFoundError,
-    PermissionDeniedError,
-    TaskNotAbortableError,
-    TmError,
-    UnauthenticatedError,
-    UnavailableError,
-)
-from ._types import Node, TaskState, TaskStats, TaskStatus
+from ._errors import DeadlineExceededError, NotFoundError, TaskNotAbortableError, TmError
+from ._types import Node, TaskState, TaskStatus
 from .argtypes import non_negative_int, non_negative_seconds
+from .cli_connection import ConnectionOptions, credential_flags, message
+from .cli_output import (
+    EXIT_DONE,
+    EXIT_ERROR,
+    EXIT_FAILED,
+    EXIT_TIMEOUT,
+    EXIT_WAIT_ERROR,
+    LIST_COLUMNS,
+    CliError,
+    Output,
+    json_time,
+    progress_text,
+    stats_cells,
+    stats_json,
+    status_json,
+    status_lines,
+    text_time,
+)
+from .cli_progress import print_status_progress, wait_with_bar
+from .cli_watch import cmd_watch, watch_flags
+
+__all__ = ["CliError", "ConnectionOptions", "Output", "build_parser", "main", "run"]
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 50051
-
-#: ``tm tasks wait`` exit codes, as ScyllaDB's ``nodetool tasks wait --quiet``.
-EXIT_DONE, EXIT_FAILED, EXIT_TIMEOUT, EXIT_WAIT_ERROR = 0, 123, 124, 125
-EXIT_ERROR = 1
-
-STATE_STYLES = {
-    TaskState.CREATED: "cyan",
-    TaskState.RUNNING: "yellow",
-    TaskState.DONE: "green",
-    TaskState.FAILED: "bold red",
-    TaskState.SUSPENDED: "magenta",
-}
-
-#: List columns in ScyllaDB's order, and the order they are dropped in when the
-#: terminal is too narrow (task_id and state always stay).
-LIST_COLUMNS = (
-    "task_id",
-    "type",
-    "kind",
-    "scope",
-    "state",
-    "sequence_number",
-    "keyspace",
-    "table",
-    "entity",
-    "shard",
-    "creation_time",
-    "start_time",
-    "end_time",
-)
-DROP_ORDER = (
-    "entity",
-    "creation_time",
-    "end_time",
-    "sequence_number",
-    "kind",
-    "shard",
-    "start_time",
-    "table",
-    "scope",
-    "keyspace",
-    "type",
-)
-
-
-class CliError(Exception):
-    """A failure to report as one line on stderr with an exit code."""
-
-    def __init__(self, message: str, code: int = EXIT_ERROR) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-# ---- connection ------------------------------------------------------------------------------
-
-
-def _target(args: argparse.Namespace) -> str:
-    return str(args.target) if args.target else f"{args.host}:{args.port}"
-
-
-@dataclass(frozen=True)
-class ConnectionOptions:
-    """Where and how to reach the server: the target, TLS and the token."""
-
-    target: str
-    credentials: Credentials = field(default_factory=Credentials)
-
-    @classmethod
-    def from_args(
-        cls, args: argparse.Namespace, environ: Mapping[str, str] = os.environ
-    ) -> ConnectionOptions:
-        """Builds the options from the flags, and from the environment for those not given.
-
-        The target is ``--target`` or ``--host``/``--port``; the credentials
-        are ``Credentials.from_env`` with each ``--token``/``--tls-*`` flag
-        given in place of its variable.
-
-        Raises:
-            ValueError: the credentials do not go together, or a file cannot be read.
-        """
-        if args.token is not None and args.token_file is not None:
-            raise ValueError("give --token or --token-file, not both")
-        token: str | None = None
-        if args.token is not None:
-            check_token(args.token, "--token")
-            token = args.token
-        elif args.token_file is not None:
-            token = read_token_file(args.token_file, "--token-file")
-        if token is not None:
-            # A token flag replaces the environment's token altogether: a
-            # TM_TOKEN_FILE that cannot be read must not stop it.
-            environ = {k: v for k, v in environ.items() if k not in (ENV_TOKEN, ENV_TOKEN_FILE)}
-        flags = Credentials(
-            token=token,
-            ca=args.tls_ca,
-            cert=args.tls_cert,
-            key=args.tls_key,
-            server_name=args.tls_server_name,
-            tls=bool(args.tls),
-        )
-        credentials = Credentials.from_env(environ).merged(flags)
-        credentials.check()
-        return cls(_target(args), credentials)
-
-    def client(self, channel: grpc.Channel | None = None) -> TaskManagerClient:
-        """Opens a client with these options (on ``channel``, as it is, if one is given)."""
-        if channel is None:
-            channel = self.credentials.channel(self.target)
-        return TaskManagerClient(channel=channel, timeout=30.0)
-
-
-# ---- formatting ------------------------------------------------------------------------------
-
-
-def _time(value: datetime | None) -> str:
-    # As nodetool: seconds resolution, ISO 8601 UTC; unset prints empty.
-    return "" if value is None else value.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _json_time(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat().replace("+00:00", "Z")
-
-
-def _number(value: float) -> str:
-    return f"{value:g}"
-
-
-def status_json(status: TaskStatus) -> dict[str, Any]:
-    """A status as a JSON object (field names as the API's)."""
-    return {
-        "id": str(status.id),
-        "type": status.type,
-        "kind": status.kind.value,
-        "scope": status.scope,
-        "state": status.state.value,
-        "is_abortable": status.is_abortable,
-        "creation_time": _json_time(status.creation_time),
-        "start_time": _json_time(status.start_time),
-        "end_time": _json_time(status.end_time),
-        "error": status.error,
-        "parent_id": None if status.parent_id is None else str(status.parent_id),
-        "sequence_number": status.sequence_number,
-        "shard": status.shard,
-        "keyspace": status.keyspace,
-        "table": status.table,
-        "entity": status.entity,
-        "progress_units": status.progress_units,
-        "progress_total": status.progress_total,
-        "progress_completed": status.progress_completed,
-        "children_ids": [{"task_id": str(c.task_id), "node": c.node} for c in status.children],
-        "module": status.module,
-        "internal": status.internal,
-        "user_task": status.user_task,
-        "abort_requested": status.abort_requested,
-        "expire_time": _json_time(status.expire_time),
-        "children_count": status.children_count,
-        "node": status.node,
-        "unreachable_nodes": list(status.unreachable_nodes),
-        "abort": None
-        if status.abort is None
-        else {
-            "request_time": _json_time(status.abort.request_time),
-            "reason": status.abort.reason,
-            "principal": status.abort.principal,
-            "origin_task_id": None
-            if status.abort.origin_task_id is None
-            else str(status.abort.origin_task_id),
-        },
-        "owner": status.owner,
-    }
-
-
-def stats_json(stats: TaskStats) -> dict[str, Any]:
-    """A list entry as a JSON object."""
-    return {
-        "task_id": str(stats.task_id),
-        "type": stats.type,
-        "kind": stats.kind.value,
-        "scope": stats.scope,
-        "state": stats.state.value,
-        "sequence_number": stats.sequence_number,
-        "keyspace": stats.keyspace,
-        "table": stats.table,
-        "entity": stats.entity,
-        "shard": stats.shard,
-        "creation_time": _json_time(stats.creation_time),
-        "start_time": _json_time(stats.start_time),
-        "end_time": _json_time(stats.end_time),
-    }
-
-
-def status_lines(status: TaskStatus) -> list[str]:
-    """A status as nodetool prints it: one ``name: value`` line per field."""
-    out = []
-    for name, value in status_json(status).items():
-        if name.endswith("_time"):
-            text = _time(getattr(status, name))
-        elif name == "parent_id":
-            text = value or "none"
-        elif name == "children_ids":
-            text = (
-                "["
-                + ", ".join(f"{{task_id: {c['task_id']}, node: {c['node']} }}" for c in value)
-                + "]"
-            )
-        elif name == "abort":
-            if value is None:
-                continue
-            abort = status.abort
-            assert abort is not None
-            by = f" by {abort.principal}" if abort.principal else ""
-            why = f": {abort.reason}" if abort.reason else ""
-            via = f" (through {abort.origin_task_id})" if abort.origin_task_id else ""
-            text = f"requested{by} at {_time(abort.request_time)}{via}{why}"
-        elif isinstance(value, list):
-            text = ", ".join(value)
-        elif isinstance(value, bool):
-            text = "true" if value else "false"
-        elif isinstance(value, float):
-            text = _number(value)
-        else:
-            text = str(value)
-        out.append(f"{name}: {text}")
-    return out
-
-
-def _stats_cells(stats: TaskStats) -> dict[str, str]:
-    cells = {k: ("" if v is None else str(v)) for k, v in stats_json(stats).items()}
-    for name in ("creation_time", "start_time", "end_time"):
-        cells[name] = _time(getattr(stats, name))
-    return cells
-
-
-def _progress_text(status: TaskStatus) -> str:
-    if not status.progress_total and not status.progress_completed:
-        return ""
-    units = f" {status.progress_units}" if status.progress_units else ""
-    return f"{_number(status.progress_completed)}/{_number(status.progress_total)}{units}"
-
-
-class Output:
-    """Where results go: a rich console on a terminal, plain text elsewhere, or JSON."""
-
-    def __init__(self, fmt: str, stream: TextIO | None = None) -> None:
-        self.stream = stream or sys.stdout
-        self.json = fmt == "json"
-        self.tty = self.stream.isatty()
-        width = shutil.get_terminal_size().columns if self.tty else 1_000_000
-        self.console = Console(
-            file=self.stream,
-            width=width,
-            highlight=False,
-            soft_wrap=not self.tty,
-            force_terminal=self.tty,
-            # https://no-color.org: set and not empty means no colour.
-            no_color=not self.tty or bool(os.environ.get("NO_COLOR")),
-        )
-
-    def line(self, text: str = "") -> None:
-        """Prints one plain line."""
-        self.stream.write(text + "\n")
-        self.stream.flush()
-
-    def document(self, value: Any) -> None:
-        """Prints one JSON document on one line."""
-        self.line(json.dumps(value))
-
-    def table(self, rows: Sequence[dict[str, str]], columns: Sequence[str]) -> None:
-        """Prints rows as a table that fits the terminal (all columns when not a terminal)."""
-        shown = list(columns)
-        if self.tty:
-            width = self.console.width
-
-            def needed(cols: list[str]) -> int:
-                return sum(max([len(c)] + [len(r[c]) for r in rows]) + 2 for c in cols)
-
-            for name in DROP_ORDER:
-                if needed(shown) <= width:
-                    break
-                if name in shown:
-                    shown.remove(name)
-        table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
-        for name in shown:
-            table.add_column(name, no_wrap=True, overflow="ellipsis")
-        for row in rows:
-            table.add_row(*[self._cell(name, row[name]) for name in shown])
-        self.console.print(table)
-
-    def _cell(self, name: str, value: str) -> Text:
-        style = STATE_STYLES.get(TaskState(value), "") if name == "state" and value else ""
-        return Text(value, style=style if self.tty else "")
-
-    def state(self, state: TaskState) -> Text:
-        """A state, coloured on a terminal."""
-        return Text(state.value, style=STATE_STYLES[state] if self.tty else "")
 
 
 # ---- commands --------------------------------------------------------------------------------
@@ -365,13 +69,18 @@ def cmd_list(client: TaskManagerClient, args: argparse.Namespace, out: Output) -
                 out.line()
         entries = list(
             client.list_tasks(
-                args.module, internal=args.internal, keyspace=args.keyspace, table=args.table
+                args.module,
+                internal=args.internal,
+                keyspace=args.keyspace,
+                table=args.table,
+                states=args.state or (),
+                types=args.type or (),
             )
         )
         if out.json:
             out.document([stats_json(e) for e in entries])
         else:
-            out.table([_stats_cells(e) for e in entries], LIST_COLUMNS)
+            out.table([stats_cells(e) for e in entries], LIST_COLUMNS)
     return 0
 
 
@@ -388,13 +97,15 @@ def _all_children(client: TaskManagerClient, status: TaskStatus) -> TaskStatus:
 
 
 def cmd_status(client: TaskManagerClient, args: argparse.Namespace, out: Output) -> int:
-    """``tm tasks status ID``."""
+    """``tm tasks status ID``; on a terminal, then a bar with percent, rate, elapsed and ETA."""
     status = _all_children(client, client.get_status(args.id))
     if out.json:
         out.document(status_json(status))
-    else:
-        for line in status_lines(status):
-            out.line(line)
+        return 0
+    for line in status_lines(status):
+        out.line(line)
+    if out.tty:
+        print_status_progress(status, out)
     return 0
 
 
@@ -412,7 +123,7 @@ def _tree_label(status: TaskStatus, out: Output) -> Text:
         label.append(f"  {status.entity}")
     label.append("  ")
     label.append_text(out.state(status.state))
-    progress = _progress_text(status)
+    progress = progress_text(status)
     if progress:
         label.append(f"  {progress}")
     if status.error:
@@ -470,7 +181,7 @@ def cmd_wait(client: TaskManagerClient, args: argparse.Namespace, out: Output) -
             for last in updates:
                 out.document(status_json(last))
         elif out.tty:
-            last = _wait_with_bar(updates, out)
+            last = wait_with_bar(updates, out)
         else:
             last = None
             for last in updates:  # noqa: B007
@@ -480,38 +191,13 @@ def cmd_wait(client: TaskManagerClient, args: argparse.Namespace, out: Output) -
             print("Operation timed out", file=sys.stderr)
         raise CliError("", EXIT_TIMEOUT) from exc
     except TmError as exc:
-        raise CliError(_message(exc, args), EXIT_WAIT_ERROR) from exc
+        raise CliError(message(exc, args), EXIT_WAIT_ERROR) from exc
     if last is None:
         raise CliError("the server ended the wait without a status", EXIT_WAIT_ERROR)
     if not args.quiet and not out.json:
         for line in status_lines(_all_children(client, last)):
             out.line(line)
     return _wait_exit(last)
-
-
-def _wait_with_bar(updates: Iterable[TaskStatus], out: Output) -> TaskStatus | None:
-    progress = Progress(
-        TextColumn("[bold]{task.fields[state]}"),
-        BarColumn(),
-        TextColumn("{task.fields[amount]}"),
-        console=out.console,
-        auto_refresh=False,
-        transient=False,
-    )
-    last = None
-    with progress:
-        bar = progress.add_task("wait", total=None, state="", amount="")
-        for last in updates:
-            total = last.progress_total or None
-            progress.update(
-                bar,
-                total=total,
-                completed=last.progress_completed,
-                state=last.state.value,
-                amount=_progress_text(last),
-            )
-            progress.refresh()
-    return last
 
 
 def cmd_abort(client: TaskManagerClient, args: argparse.Namespace, out: Output) -> int:
@@ -571,8 +257,8 @@ def node_json(node: Node) -> dict[str, Any]:
         "address": node.address,
         "alive": node.alive,
         "left": node.left,
-        "started_time": _json_time(node.started_time),
-        "last_heartbeat_time": _json_time(node.last_heartbeat_time),
+        "started_time": json_time(node.started_time),
+        "last_heartbeat_time": json_time(node.last_heartbeat_time),
         "version": node.version,
     }
 
@@ -595,17 +281,14 @@ def cmd_nodes(client: TaskManagerClient, args: argparse.Namespace, out: Output) 
             "name": n.name,
             "address": n.address,
             "status": _node_state(n),
-            "started_time": _time(n.started_time),
-            "last_heartbeat_time": _time(n.last_heartbeat_time),
+            "started_time": text_time(n.started_time),
+            "last_heartbeat_time": text_time(n.last_heartbeat_time),
             "version": n.version,
         }
         for n in nodes
     ]
     out.table(rows, NODE_COLUMNS)
     return 0
-
-
-# ---- parsing and running ---------------------------------------------------------------------
 
 
 def _version() -> str:
@@ -615,55 +298,24 @@ def _version() -> str:
         return "unknown"
 
 
-def _credential_flags(parser: argparse.ArgumentParser, default: Any) -> None:
-    """Adds the TLS and token flags; ``default`` is what each takes when not given."""
+def _filter_flags(parser: argparse.ArgumentParser) -> None:
+    """Adds the task filters of ``list`` and ``watch``."""
+    parser.add_argument("--internal", action="store_true", help="include internal tasks")
+    parser.add_argument("--keyspace", "-ks", default="", help="only this keyspace's tasks")
+    parser.add_argument("--table", "-t", default="", help="only this table's tasks")
     parser.add_argument(
-        "--token",
-        default=default,
-        help=f"bearer token sent on every call (default ${ENV_TOKEN}); "
-        "a command line is visible to other users: prefer --token-file",
+        "--state",
+        action="append",
+        choices=[s.value for s in TaskState],
+        metavar="STATE",
+        help="only tasks in this state (created, running, done, failed, suspended); "
+        "repeat for several",
     )
     parser.add_argument(
-        "--token-file",
-        type=Path,
-        default=default,
-        metavar="FILE",
-        help=f"file whose first line is the bearer token (default ${ENV_TOKEN_FILE})",
-    )
-    parser.add_argument(
-        "--tls",
-        action="store_true",
-        default=default if default is argparse.SUPPRESS else False,
-        help="use TLS, trusting the system's CAs (default $TM_TLS); --tls-ca, "
-        "--tls-cert and --tls-key turn it on too",
-    )
-    parser.add_argument(
-        "--tls-ca",
-        type=Path,
-        default=default,
-        metavar="FILE",
-        help="PEM file of the CA to trust for the server's certificate (default $TM_TLS_CA)",
-    )
-    parser.add_argument(
-        "--tls-cert",
-        type=Path,
-        default=default,
-        metavar="FILE",
-        help="PEM client certificate, for mutual TLS (default $TM_TLS_CERT)",
-    )
-    parser.add_argument(
-        "--tls-key",
-        type=Path,
-        default=default,
-        metavar="FILE",
-        help="PEM private key of --tls-cert (default $TM_TLS_KEY)",
-    )
-    parser.add_argument(
-        "--tls-server-name",
-        default=default,
-        metavar="NAME",
-        help="name to check the server's certificate for, in place of the host "
-        "(default $TM_TLS_SERVER_NAME)",
+        "--type",
+        action="append",
+        metavar="TYPE",
+        help="only tasks of this type; repeat for several",
     )
 
 
@@ -685,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Given after the verb they win; not given there, the ones before it stand.
     common.add_argument("--host", "-h", "-H", default=argparse.SUPPRESS, help="server host")
     common.add_argument("--port", "-p", type=int, default=argparse.SUPPRESS, help="server port")
-    _credential_flags(common, argparse.SUPPRESS)
+    credential_flags(common, argparse.SUPPRESS)
     parser = argparse.ArgumentParser(
         prog="tm",
         description="Inspect, wait for and abort the tasks of a tm server.",
@@ -703,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--port", "-p", type=int, default=DEFAULT_PORT, help=f"server port (default {DEFAULT_PORT})"
     )
     parser.add_argument("--format", choices=("table", "json"), default="table")
-    _credential_flags(parser, None)
+    credential_flags(parser, None)
     groups = parser.add_subparsers(dest="group", required=True, metavar="{tasks,cluster}")
     tasks = groups.add_parser("tasks", help="task manager commands", add_help=False)
     tasks.add_argument("--help", action="help", help="show this help and exit")
@@ -717,9 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verb("list", "list a module's tasks")
     p.add_argument("module")
-    p.add_argument("--internal", action="store_true", help="include internal tasks")
-    p.add_argument("--keyspace", "-ks", default="", help="only this keyspace's tasks")
-    p.add_argument("--table", "-t", default="", help="only this table's tasks")
+    _filter_flags(p)
     p.add_argument(
         "--interval", type=non_negative_seconds, default=10.0, help="seconds between listings"
     )
@@ -727,6 +377,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--iterations", "-i", type=non_negative_int, default=0, help="repeat this many more times"
     )
     p.set_defaults(func=cmd_list)
+
+    p = verb("watch", "follow the changes of a module's tasks (or every module's) live")
+    p.add_argument("module", nargs="?", help="the module (default: every module)")
+    _filter_flags(p)
+    watch_flags(p)
+    p.set_defaults(func=cmd_watch)
 
     p = verb("status", "a task's status")
     p.add_argument("id")
@@ -772,44 +428,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-#: What grpc says when TLS does not come together, and what to do about it.
-_TLS_HINTS = (
-    ("WRONG_VERSION_NUMBER", "the server does not seem to use TLS: try without --tls and --tls-ca"),
-    (
-        "CERTIFICATE_VERIFY_FAILED",
-        "the server's certificate is not signed by a CA trusted here: give its CA with --tls-ca",
-    ),
-    (
-        "Hostname Verification Check failed",
-        "the server's certificate does not name the host: see --tls-server-name",
-    ),
-    (
-        "Socket closed",
-        "if the server wants TLS, or a client certificate: see --tls-ca, --tls-cert and --tls-key",
-    ),
-)
-
-
-def _message(exc: TmError, args: argparse.Namespace) -> str:
-    if isinstance(exc, UnavailableError):
-        message = f"cannot reach the tm server at {_target(args)}: {exc.message}"
-        hint = next((h for marker, h in _TLS_HINTS if marker in exc.message), None)
-        return message if hint is None else f"{message} ({hint})"
-    if isinstance(exc, UnauthenticatedError):
-        return (
-            f"not authenticated by the tm server at {_target(args)}: {exc.message} "
-            "(give a token with --token-file, --token, $TM_TOKEN_FILE or $TM_TOKEN, "
-            "or a client certificate with --tls-cert and --tls-key)"
-        )
-    if isinstance(exc, PermissionDeniedError):
-        message = exc.message
-        role = exc.metadata.get("role", "")
-        if role and role not in message:
-            message += f" (it needs role {role})"
-        return f"permission denied by the tm server at {_target(args)}: {message}"
-    return exc.message
-
-
 def _fail(message: str, code: int) -> NoReturn:
     if message:
         print(f"tm: {message}", file=sys.stderr)
@@ -836,7 +454,7 @@ def run(argv: Sequence[str] | None = None, *, channel: grpc.Channel | None = Non
     except CliError as exc:
         _fail(str(exc), exc.code)
     except TmError as exc:
-        _fail(_message(exc, args), EXIT_WAIT_ERROR if is_wait else EXIT_ERROR)
+        _fail(message(exc, args), EXIT_WAIT_ERROR if is_wait else EXIT_ERROR)
     except KeyboardInterrupt:
         _fail("interrupted", 130)
     except BrokenPipeError:
