@@ -195,6 +195,35 @@ def test_a_watch_rides_out_a_network_outage_without_a_gap_or_a_repeat(
         link.close()
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+async def test_the_async_watch_rides_out_a_network_outage(
+    server: ServerThread, testsvc: TestServiceClient, client: TaskManagerClient
+) -> None:
+    client.set_ttl(600)
+    link = NetCut(server.target)
+    try:
+        async with (
+            AsyncTaskManagerClient(link.target, resume_seconds=30) as through,
+            through.watch_tasks("test") as watch,
+        ):
+            now = await anext(watch)
+            link.cut()
+            a = testsvc.create_task()
+            testsvc.finish_task(a)
+            threading.Timer(1.0, link.restore).start()
+            events: list[TaskEvent] = []
+            async for batch in watch:
+                events += batch.events
+                if any(e.task.state.is_final for e in events):
+                    break
+            # Created and finished while cut: one event, its final state, from the cursor.
+            assert [(e.type, e.task.task_id) for e in events] == [(E.FINISHED, a)]
+            assert watch.cursor != now.cursor
+    finally:
+        link.close()
+
+
 @pytest.fixture
 def process() -> Iterator[ServerProcess]:
     proc = ServerProcess("--store", "none", "--task-ttl-in-seconds", "600")
