@@ -138,12 +138,19 @@ class WatchBoard:
     another thread than the one that applies batches, hence the lock.
     """
 
-    def __init__(self, *, show_module: bool, clock: Callable[[], datetime] = now_utc) -> None:
+    def __init__(
+        self,
+        *,
+        show_module: bool,
+        snapshot: bool = True,
+        clock: Callable[[], datetime] = now_utc,
+    ) -> None:
         self._rows: dict[UUID, _Row] = {}
         self._lock = threading.Lock()
         self._show_module = show_module
         self._clock = clock
-        self.snapshot_complete = False
+        # Without a snapshot there is none to wait for.
+        self.snapshot_complete = not snapshot
 
     def apply(self, batch: WatchBatch) -> None:
         """Applies a batch's events in order."""
@@ -279,7 +286,7 @@ def cmd_watch(client: TaskManagerClient, args: argparse.Namespace, out: Output) 
     )
     with _terminate_exits(), watch:
         if live:
-            _watch_live(watch, WatchBoard(show_module=not args.module), out)
+            _watch_live(watch, WatchBoard(show_module=not args.module, snapshot=snapshot), out)
         elif out.json:
             _watch_json(watch, snapshot, out)
         else:

@@ -233,6 +233,13 @@ def test_status_lines_show_the_rate_fields() -> None:
     ]  # fmt: skip
 
 
+def test_a_board_without_a_snapshot_waits_for_none() -> None:
+    board = WatchBoard(show_module=False, snapshot=False, clock=lambda: NOW)
+    assert board.summary() == "0 tasks"
+    board.apply(WatchBatch((ev(TaskEventType.CREATED, stats(uuid4())),), "c1"))
+    assert board.summary() == "1 task: 1 running"
+
+
 def test_the_board_shows_the_newest_tasks_that_fit_the_screen() -> None:
     ids = sorted((uuid4() for _ in range(10)), key=lambda u: u.int)
     board = WatchBoard(show_module=False, clock=lambda: NOW)
