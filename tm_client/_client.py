@@ -318,6 +318,8 @@ class TaskManagerClient(_SyncChannelClient):
 
         Returns:
             A ``TaskWatch``: iterate over it for batches; close it when done.
+            The call itself sends nothing: the errors below but ``ValueError``
+            come from iterating.
 
         Raises:
             CursorExpiredError: the cursor is older than the server's window,
