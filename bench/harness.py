@@ -4,7 +4,8 @@ A server is a ``bench.servers`` subprocess (tm, tm without its journal, or the
 do-nothing baseline); a load generator is a ``bench.loadgen`` subprocess whose
 last line is its JSON result. A server given ``Security`` serves TLS (tm also
 checks the token of every call against a tokens file) and its clients connect
-with TLS and send the token.
+with TLS and send the token. A tm server given ``metrics_address`` serves its
+Prometheus metrics there (``metrics_url``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +65,13 @@ class Config:
     pause_segments: int = 10
     #: Running tasks on the tm server of the TLS-and-token figures.
     tls_tasks: int = 100_000
+    #: WatchTasks streams on the module while producers report progress.
+    module_watchers: int = 100
+    #: Idle WatchTasks streams whose memory is measured, on tm and the baseline.
+    watch_memory_streams: int = 10_000
+    #: Running tasks on the tm server with metrics on, and how often it is scraped.
+    metrics_tasks: int = 100_000
+    metrics_scrape_interval: float = 1.0
 
 
 TINY = Config(
@@ -80,6 +90,10 @@ TINY = Config(
     close_rounds=2,
     pause_segments=2,
     tls_tasks=500,
+    module_watchers=10,
+    watch_memory_streams=100,
+    metrics_tasks=500,
+    metrics_scrape_interval=0.2,
 )
 
 
@@ -132,6 +146,8 @@ class Server:
         shards: int,
         data_dir: Path | None = None,
         security: Security | None = None,
+        metrics_address: str | None = None,
+        watch_interval: float | None = None,
     ) -> None:
         self.kind = kind
         self.security = security
@@ -146,7 +162,9 @@ class Server:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bench.servers", kind, "--port-file", str(port_file),
              "--shards", str(shards),
-             *(() if data_dir is None else ("--data-dir", str(data_dir))), *secured],
+             *(() if data_dir is None else ("--data-dir", str(data_dir))), *secured,
+             *(() if metrics_address is None else ("--metrics-address", metrics_address)),
+             *(() if watch_interval is None else ("--watch-interval", str(watch_interval)))],
             cwd=ROOT,
         )  # fmt: skip
         deadline = time.monotonic() + 60
@@ -158,6 +176,10 @@ class Server:
         self.target = f"127.0.0.1:{ports[0]}"
         self.control_target = f"127.0.0.1:{ports[-1]}"
         self.first_call_seconds = self._first_call()
+        self.metrics_url = ""
+        if metrics_address is not None:
+            host = metrics_address.rsplit(":", 1)[0]
+            self.metrics_url = f"http://{host}:{self.control('metrics_port')['port']}/metrics"
 
     def _channel(self) -> grpc.Channel:
         if self.security is None:
@@ -255,6 +277,84 @@ class Watchers:
         value: dict[str, Any] = json.loads(self._out.readline())
         self.proc.wait(60)
         return value
+
+
+class ModuleWatchers:
+    """A load generator holding WatchTasks streams on a module (``loadgen modwatch``).
+
+    Each stream runs until every id of ``ids_file`` reached a final state in
+    its events; ``ready`` is the line printed once every stream had its first
+    response (or failed), ``result()`` the one printed once all ended.
+    """
+
+    def __init__(
+        self, target: str, module: str, ids_file: Path, streams: int, end_timeout: float = 300
+    ) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.loadgen", "modwatch", "--target", target,
+             "--module", module, "--ids-file", str(ids_file), "--streams", str(streams),
+             "--end-timeout", str(end_timeout)],
+            cwd=ROOT, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert self.proc.stdout is not None
+        self._out: IO[str] = self.proc.stdout
+        self.ready: dict[str, Any] = json.loads(self._out.readline())
+
+    def cpu(self) -> float:
+        """The watchers' CPU seconds so far (user + system)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / TICKS
+
+    def result(self) -> dict[str, Any]:
+        value: dict[str, Any] = json.loads(self._out.readline())
+        self.proc.wait(60)
+        return value
+
+
+class Scraper:
+    """Scrapes a metrics endpoint every ``interval`` seconds in a thread, as Prometheus would."""
+
+    def __init__(self, url: str, interval: float) -> None:
+        self.url = url
+        self.interval = interval
+        self.seconds: list[float] = []
+        self.failures = 0
+        self.body = ""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bench-scraper", daemon=True)
+        self._thread.start()
+
+    def scrape(self) -> str:
+        """One scrape now: the exposition text."""
+        start = time.perf_counter()
+        with urllib.request.urlopen(self.url, timeout=30) as reply:
+            body: str = reply.read().decode()
+        self.seconds.append(time.perf_counter() - start)
+        self.body = body
+        return body
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.scrape()
+            except OSError:
+                self.failures += 1
+
+    def stop(self) -> str:
+        """Stops scraping; returns one last scrape."""
+        self._stop.set()
+        self._thread.join(60)
+        return self.scrape()
+
+
+def counter_value(exposition: str, family: str, **labels: str) -> float:
+    """The sum of a family's samples with these labels in a Prometheus text exposition."""
+    total = 0.0
+    wanted = [f'{k}="{v}"' for k, v in labels.items()]
+    for line in exposition.splitlines():
+        if line.startswith(family + "{") and all(w in line for w in wanted):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
 
 
 def median(runs: list[dict[str, Any]], key: str) -> float:

@@ -2,7 +2,10 @@
 
 Modes: ``unary`` (calls/s and latency at a fixed number of calls in flight),
 ``watch`` (many WaitTask streams; prints a ready line, then the result once
-they all ended) and ``recursive`` (messages/s on one GetTaskStatusRecursive).
+they all ended), ``modwatch`` (many WatchTasks streams on a module, each
+keeping the latest state of every task it hears of; prints a ready line,
+then the result once each has every awaited task in a final state) and
+``recursive`` (messages/s on one GetTaskStatusRecursive).
 With ``--tls-ca`` every channel is TLS (trusting that CA); with ``--token-file``
 every call carries ``authorization: Bearer TOKEN`` metadata.
 """
@@ -23,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from tm_client.pb import task_manager_pb2 as pb
 from tm_client.pb import task_manager_pb2_grpc as pb_grpc
@@ -225,6 +230,116 @@ async def watch(args: argparse.Namespace) -> None:
         await channel.close(None)
 
 
+#: The states a task ends in: an event with one of them is the task's final state.
+FINAL_STATES = frozenset((pb.TASK_STATE_DONE, pb.TASK_STATE_FAILED))
+
+
+async def modwatch(args: argparse.Namespace) -> None:
+    """WatchTasks streams on ``--module``, each until it has every id of ``--ids-file`` final.
+
+    A stream reads as a dashboard would, as cheaply as Python allows (the
+    watchers share 2 cores with the server and the producers): each response
+    is decoded by the generated ``WatchTasksResponse.FromString`` (the stub's
+    deserializer) and only the latest state of each task id is kept. A task
+    is final once an event (FINISHED, or REMOVED with its last state) carries
+    DONE or FAILED. A stream that ends otherwise counts by its status code
+    (RESOURCE_EXHAUSTED for a watcher that fell behind) or as ``ended_early``.
+    """
+    awaited = load_ids(args.ids_file)
+    n_channels = max(1, -(-args.streams // STREAMS_PER_CHANNEL))
+    channels = [open_channel(args) for _ in range(n_channels)]
+    metadata = call_metadata(args)
+    stubs = [pb_grpc.TaskManagerServiceStub(c) for c in channels]
+    request = pb.WatchTasksRequest(module=args.module)
+    ready = asyncio.Event()
+    opened = failed_to_open = 0
+    outcomes: Counter[str] = Counter()
+    reasons: Counter[str] = Counter()
+    totals = {"responses": 0, "events": 0, "missing": 0, "max_events": 0}
+    last_end = 0.0
+    final = FINAL_STATES
+
+    async def one(i: int) -> None:
+        nonlocal opened, failed_to_open, last_end
+        latest: dict[str, int] = {}
+        remaining = set(awaited)
+        responses = events = max_events = 0
+        call = stubs[i % len(stubs)].WatchTasks(request, metadata=metadata)
+        outcome = "ended_early"
+        try:
+            async for response in call:
+                if not responses:
+                    opened += 1
+                    if opened + failed_to_open == args.streams:
+                        ready.set()
+                responses += 1
+                batch = response.events
+                n = len(batch)
+                if not n:
+                    continue
+                events += n
+                max_events = max(max_events, n)
+                for event in batch:
+                    task = event.task
+                    state = latest[task.task_id] = task.state
+                    if state in final:
+                        remaining.discard(task.task_id)
+                if not remaining:
+                    outcome = "final_all"
+                    call.cancel()
+                    break
+        except grpc.aio.AioRpcError as exc:
+            outcome = exc.code().name
+            reasons[_reason(exc)] += 1
+            if not responses:
+                failed_to_open += 1
+                if opened + failed_to_open == args.streams:
+                    ready.set()
+        except asyncio.CancelledError:
+            outcome = "timeout"
+        outcomes[outcome] += 1
+        totals["responses"] += responses
+        totals["events"] += events
+        totals["missing"] += len(remaining)
+        totals["max_events"] = max(totals["max_events"], max_events)
+        if outcome == "final_all":
+            last_end = max(last_end, time.monotonic())
+
+    cpu0, t0 = cpu_seconds(), time.monotonic()
+    tasks = [asyncio.ensure_future(one(i)) for i in range(args.streams)]
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(ready.wait(), args.ready_timeout)
+    emit({"ready": True, "opened": opened, "open_seconds": time.monotonic() - t0,
+          "errors": dict(outcomes), "client_cpu_s": cpu_seconds() - cpu0})  # fmt: skip
+    _, pending = await asyncio.wait(tasks, timeout=args.end_timeout)
+    for task in pending:
+        task.cancel()
+    if pending:
+        await asyncio.wait(pending)
+    emit(
+        {
+            "opened": opened,
+            "outcomes": dict(outcomes),
+            "reasons": dict(reasons),
+            "last_end": last_end,
+            "client_cpu_s": cpu_seconds() - cpu0,
+            **totals,
+        }
+    )
+    for channel in channels:
+        await channel.close(None)
+
+
+def _reason(error: grpc.aio.AioRpcError) -> str:
+    """The ErrorInfo reason of a failed call (its code's name without one)."""
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    for detail in () if status is None else status.details:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            return str(info.reason)
+    return error.code().name
+
+
 async def recursive(args: argparse.Namespace) -> None:
     async with open_channel(args) as channel:
         stub = pb_grpc.TaskManagerServiceStub(channel)
@@ -241,7 +356,7 @@ async def recursive(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=("unary", "watch", "recursive"))
+    parser.add_argument("mode", choices=("unary", "watch", "modwatch", "recursive"))
     parser.add_argument("--target", required=True)
     parser.add_argument("--method", default="GetTaskStatus")
     parser.add_argument("--ids-file")
@@ -262,7 +377,8 @@ def main() -> None:
     parser.add_argument("--tls-ca", help="connect with TLS, trusting this CA (PEM)")
     parser.add_argument("--token-file", help="send the bearer token in this file on every call")
     args = parser.parse_args()
-    runner = {"unary": unary, "watch": watch, "recursive": recursive}[args.mode]
+    runners = {"unary": unary, "watch": watch, "modwatch": modwatch, "recursive": recursive}
+    runner = runners[args.mode]
     asyncio.run(runner(args))
 
 

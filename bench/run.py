@@ -10,6 +10,7 @@ the load generator's own CPU is reported so a reader sees which side limits.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -31,8 +32,11 @@ from bench.harness import (
     ROOT,
     TINY,
     Config,
+    ModuleWatchers,
+    Scraper,
     Server,
     Watchers,
+    counter_value,
     host_cpu_ticks,
     loadgen,
     make_security,
@@ -233,6 +237,190 @@ def bench_tls_token(cfg: Config, tmp: Path) -> list[Figure]:
         tm.stop()
         base.stop()
     return figures
+
+
+def _watch_memory(server: Server, ids: Path, streams: int) -> tuple[ModuleWatchers, float]:
+    """Idle WatchTasks streams on module "idle": they, and the server's memory per stream."""
+    rss0 = server.rss()
+    watchers = ModuleWatchers(server.target, "idle", ids, streams)
+    rss1 = server.rss()
+    return watchers, (rss1 - rss0) / max(1, watchers.ready["opened"])
+
+
+def bench_module_watch(cfg: Config, tmp: Path) -> list[Figure]:
+    # Issue 15's module watches: WatchTasks streams on a module while
+    # producers report progress on its running tasks (the progress-report
+    # figure's load), then every task finishes and each stream must end with
+    # every task's final state; and the memory of idle streams, each against
+    # the baseline's bare stream (its first response, then nothing).
+    tm = Server("tm", cfg.shards)
+    try:
+        base = Server("baseline", cfg.shards)
+    except BaseException:
+        tm.stop()
+        raise
+    try:
+        tm.control("populate", kind="running", n=1, module="idle")
+        idle = write_ids(tmp, "idle", tm.control("samples", module="idle", count=1)["ids"])
+        our_idle, ours_mem = _watch_memory(tm, idle, cfg.watch_memory_streams)
+        their_idle, theirs_mem = _watch_memory(base, idle, cfg.watch_memory_streams)
+        tm.control("finish", module="idle")
+        base.control("broadcast")
+        idle_result, _ = our_idle.result(), their_idle.result()
+
+        tm.control("populate", kind="running", n=cfg.progress_tasks, module="bench")
+        samples = tm.control("samples", module="bench", count=cfg.progress_tasks)
+        base.control("prepare", status=samples["status"])  # also re-arms the broadcast
+        ids = write_ids(tmp, "watched", samples["ids"])
+        ours_watch = ModuleWatchers(tm.target, "bench", ids, cfg.module_watchers)
+        theirs_watch = ModuleWatchers(base.target, "bench", ids, cfg.module_watchers)
+        watch_cpu0 = ours_watch.cpu()
+        ours, theirs = _alternating(
+            tm, base, cfg.rounds, "--method", "ReportProgress", "--ids-file", str(ids),
+            "--concurrency", "64", "--duration", str(cfg.duration),
+        )  # fmt: skip
+        # tm's watchers have nothing to read while the baseline is loaded.
+        watch_cpu = ours_watch.cpu() - watch_cpu0
+        start = time.monotonic()
+        tm.control("finish", module="bench")
+        finish_seconds = time.monotonic() - start
+        watched = ours_watch.result()
+        base.control("broadcast")
+        theirs_watch.result()
+    finally:
+        tm.stop()
+        base.stop()
+
+    rate, base_rate = median(ours, "rate"), median(theirs, "rate")
+    ratio = rate / base_rate
+    errors = total_errors(ours)
+    load_seconds = cfg.rounds * cfg.duration
+    done = watched["outcomes"].get("final_all", 0)
+    mem_ratio = ours_mem / theirs_mem
+    n, streams = cfg.progress_tasks, cfg.module_watchers
+    return [
+        Figure(
+            "module watches: progress reports",
+            f"ReportProgress on {n:,} running tasks at 64 in flight, {streams:,} WatchTasks "
+            "streams open on their module (a batch every 0.1 s, coalesced per task; each "
+            "watcher keeps every task's latest state) vs the baseline's reports with as many "
+            f"bare streams open (median of {cfg.rounds} alternating rounds)",
+            "calls/s", rate, base_rate, ratio, ">= 0.75x baseline calls/s",
+            ratio >= 0.75 and not errors,
+            {"server_cpu_us_per_call": median(ours, "server_cpu_us_per_call"),
+             "baseline_server_cpu_us_per_call": median(theirs, "server_cpu_us_per_call"),
+             "client_cpu_s": median(ours, "client_cpu_s"),
+             "watchers_cpu_share": round(watch_cpu / load_seconds, 3),
+             "watch_responses": watched["responses"], "watch_events": watched["events"],
+             "p99_ms": median(ours, "p99_ms"), "baseline_p99_ms": median(theirs, "p99_ms"),
+             "round_ratios": round_ratios(ours, theirs), "errors": errors},
+        ),
+        Figure(
+            "module watches: final states",
+            f"then all {n:,} tasks finish: of the {streams:,} WatchTasks streams, those whose "
+            "events gave every task's final state (FINISHED, or REMOVED with it)",
+            "watchers", done, None, None, f"all {streams:,}", done == streams,
+            {"outcomes": watched["outcomes"], "reasons": watched["reasons"],
+             "tasks_missing": watched["missing"], "finish_seconds": round(finish_seconds, 3),
+             "last_final_seconds": round(max(0.0, watched["last_end"] - start), 3),
+             "largest_batch": watched["max_events"],
+             "watchers_client_cpu_s": round(watched["client_cpu_s"], 2)},
+        ),
+        Figure(
+            "module watches: memory",
+            f"{cfg.watch_memory_streams:,} idle WatchTasks streams on a module (server memory "
+            "after a full collection) vs the baseline's bare stream (one response, then "
+            "nothing)", "bytes/stream", ours_mem, theirs_mem, mem_ratio,
+            "<= 1.25x the baseline's bare stream",
+            mem_ratio <= 1.25 and our_idle.ready["opened"] == cfg.watch_memory_streams,
+            {"opened": our_idle.ready["opened"], "baseline_opened": their_idle.ready["opened"],
+             "open_seconds": round(our_idle.ready["open_seconds"], 2),
+             "baseline_open_seconds": round(their_idle.ready["open_seconds"], 2),
+             "idle_outcomes": idle_result["outcomes"]},
+        ),
+    ]  # fmt: skip
+
+
+def _rotating(
+    servers: list[tuple[Server, tuple[str, ...]]], rounds: int
+) -> list[list[dict[str, Any]]]:
+    """Each server's load (its own arguments), ``rounds`` times, which goes first rotating."""
+    runs: list[list[dict[str, Any]]] = [[] for _ in servers]
+    for i in range(rounds):
+        for k in range(len(servers)):
+            j = (i + k) % len(servers)
+            server, args = servers[j]
+            runs[j].append(unary_on(server, *args))
+    return runs
+
+
+def bench_metrics(cfg: Config, tmp: Path) -> list[Figure]:
+    # Status reads with metrics on (--metrics-address: every RPC counted and
+    # timed by an interceptor, the endpoint scraped meanwhile), against the
+    # baseline; tm with metrics off is read in the same rotation, so the
+    # details tell what the metrics themselves cost on this host and hour.
+    started: list[Server] = []
+    scraper: Scraper | None = None
+    try:
+        for kind, address in (("tm", "127.0.0.1:0"), ("tm", None), ("baseline", None)):
+            started.append(Server(kind, cfg.shards, metrics_address=address))
+        on, off, base = started
+        loads: list[tuple[Server, tuple[str, ...]]] = []
+        window = str(max(0.3, cfg.duration * 0.6))
+        for name, server in (("on", on), ("off", off)):
+            server.control("populate", kind="running", n=cfg.metrics_tasks, module="bench")
+            samples = server.control("samples", module="bench", count=cfg.progress_tasks)
+            ids = write_ids(tmp, f"metrics-{name}", samples["ids"])
+            loads.append((server, ("--method", "GetTaskStatus", "--ids-file", str(ids),
+                                   "--concurrency", "64", "--duration", window)))  # fmt: skip
+        base.control("prepare", status=samples["status"])
+        loads.append((base, loads[0][1]))  # the baseline answers any id
+        scraper = Scraper(on.metrics_url, cfg.metrics_scrape_interval)
+        counted0 = counter_value(
+            scraper.scrape(), "tm_rpc_handled_total", method="GetTaskStatus", code="OK"
+        )
+        ours, plain, theirs = _rotating(loads, cfg.close_rounds)
+        exposition = scraper.stop()
+        scrapes = scraper
+        scraper = None
+    finally:
+        if scraper is not None:
+            with contextlib.suppress(OSError):
+                scraper.stop()
+        for server in started:
+            server.stop()
+    counted = (
+        counter_value(exposition, "tm_rpc_handled_total", method="GetTaskStatus", code="OK")
+        - counted0
+    )
+    calls = sum(int(r["calls"]) for r in ours)
+    rate, base_rate = median(ours, "rate"), median(theirs, "rate")
+    plain_rate = median(plain, "rate")
+    ratio = rate / base_rate
+    errors = total_errors(ours)
+    return [
+        Figure(
+            "metrics on: status reads, 64 in flight",
+            f"GetTaskStatus of random ids at 64 in flight, {cfg.metrics_tasks:,} running tasks, "
+            "tm serving metrics (--metrics-address; every call counted and timed, the "
+            f"endpoint scraped every {cfg.metrics_scrape_interval:g} s) vs the baseline "
+            f"(median of {cfg.close_rounds} rotating rounds with tm without metrics)",
+            "calls/s", rate, base_rate, ratio, ">= 0.9x baseline calls/s",
+            ratio >= 0.9 and not errors and counted >= calls,
+            {"metrics_off_rate": plain_rate, "on_vs_off": round(rate / plain_rate, 3),
+             "off_vs_baseline": round(plain_rate / base_rate, 3),
+             "server_cpu_us_per_call": median(ours, "server_cpu_us_per_call"),
+             "metrics_off_server_cpu_us_per_call": median(plain, "server_cpu_us_per_call"),
+             "baseline_server_cpu_us_per_call": median(theirs, "server_cpu_us_per_call"),
+             "p99_ms": median(ours, "p99_ms"), "baseline_p99_ms": median(theirs, "p99_ms"),
+             "client_cpu_s": median(ours, "client_cpu_s"),
+             "round_ratios": round_ratios(ours, theirs),
+             "calls": calls, "calls_counted": int(counted),
+             "scrapes": len(scrapes.seconds), "scrape_failures": scrapes.failures,
+             "scrape_ms_max": round(max(scrapes.seconds) * 1e3, 1),
+             "scrape_bytes": len(exposition), "errors": errors},
+        )
+    ]  # fmt: skip
 
 
 def _fanout(server: Server, ids: Path, streams: int, finish: dict[str, Any]) -> dict[str, Any]:
@@ -441,6 +629,8 @@ def main(argv: list[str] | None = None) -> int:
         "reads": lambda tmp: bench_reads_listing_memory(cfg, tmp),
         "progress": lambda tmp: [bench_progress(cfg, tmp)],
         "tls": lambda tmp: bench_tls_token(cfg, tmp),
+        "watch": lambda tmp: bench_module_watch(cfg, tmp),
+        "metrics": lambda tmp: bench_metrics(cfg, tmp),
         "fanout": lambda tmp: bench_fanout_burst_shutdown(cfg, tmp),
         "recursive": lambda tmp: [bench_recursive(cfg)],
         "memory": lambda tmp: [

@@ -9,7 +9,8 @@ Run as ``python -m bench.servers {tm,baseline} --port-file FILE``. With
 ``--tokens`` also checks every caller's token; the baseline takes no tokens
 file and ignores the metadata), and the benchmark's control channel moves to
 a plaintext loopback port of its own, outside tm's access checks: the port
-file then holds "PORT CONTROL_PORT".
+file then holds "PORT CONTROL_PORT". tm with ``--metrics-address`` serves its
+Prometheus metrics there too (the control method ``metrics_port`` says where).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from tm_client.pb import task_manager_pb2_grpc as pb_grpc
 from tm_client.pb import task_reporting_pb2 as rpb
 from tm_client.pb import task_reporting_pb2_grpc as rpb_grpc
 from tm_server.core import ListFilter
+from tm_server.core.module_watch import DEFAULT_WATCH_INTERVAL
 from tm_server.core.producers import TaskSpec
 from tm_server.heap import HeapManager
 from tm_server.security.tls import ServerTls, TlsConfig
@@ -86,7 +88,11 @@ class TmBench:
             "samples": self.samples,
             "journal": self.journal,
             "registered": self.registered,
+            "metrics_port": self.metrics_port,
         }
+
+    async def metrics_port(self, req: dict[str, Any]) -> dict[str, Any]:
+        return {"port": self.server.metrics_port}
 
     async def registered(self, req: dict[str, Any]) -> dict[str, Any]:
         return {"tasks": sum(c["registered"] for c in self.manager.stats_counts())}
@@ -220,6 +226,10 @@ class TmBench:
         return {"rss": measured_rss() if req.get("collect") else rss_bytes()}
 
 
+#: The baseline's first WatchTasks response: only a cursor, of the length of tm's.
+_WATCH_CURSOR = "w1." + "A" * 40
+
+
 class Baseline(pb_grpc.TaskManagerServiceServicer, rpb_grpc.TaskReportingServiceServicer):
     """Every RPC returns a prebuilt message; streams wait for one broadcast."""
 
@@ -232,6 +242,7 @@ class Baseline(pb_grpc.TaskManagerServiceServicer, rpb_grpc.TaskReportingService
         self.recursive_count = 0
         self.progress = rpb.ReportProgressResponse()
         self.modules = pb.ListModulesResponse(modules=["bench"])
+        self.watch_first = pb.WatchTasksResponse(cursor=_WATCH_CURSOR)
         self.broadcast_event = asyncio.Event()
 
     def methods(self) -> dict[str, Any]:
@@ -278,6 +289,12 @@ class Baseline(pb_grpc.TaskManagerServiceServicer, rpb_grpc.TaskReportingService
         await self.broadcast_event.wait()
         yield self.wait_final
 
+    async def WatchTasks(self, request: Any, context: Any) -> AsyncIterator[pb.WatchTasksResponse]:
+        # A bare stream: tm's first response (the cursor of now), then nothing
+        # until the broadcast, which ends it.
+        yield self.watch_first
+        await self.broadcast_event.wait()
+
     async def GetTaskStatusRecursive(
         self, request: Any, context: Any
     ) -> AsyncIterator[pb.GetTaskStatusRecursiveResponse]:
@@ -302,6 +319,8 @@ async def serve(
     data_dir: Path | None,
     tls: TlsConfig | None = None,
     tokens: Path | None = None,
+    metrics_address: str | None = None,
+    watch_interval: float | None = None,
 ) -> None:
     # tm runs as tm-server does by default: a one-node cluster on a SQLite
     # file in its data directory (beside the port file), so the regular-task
@@ -325,6 +344,8 @@ async def serve(
                 journal=kind == "tm",
                 tls=tls,
                 tokens=tokens,
+                metrics_address=metrics_address,
+                watch_interval=DEFAULT_WATCH_INTERVAL if watch_interval is None else watch_interval,
             )
         )
         methods = TmBench(tm).methods()
@@ -379,15 +400,27 @@ def main() -> None:
     parser.add_argument("--tls-key", type=Path, help="the private key of --tls-cert (PEM)")
     parser.add_argument("--tls-peer-ca", type=Path, help="tm: the CA its cluster peers have")
     parser.add_argument("--tokens", type=Path, help="tm: the tokens file callers are checked by")
+    parser.add_argument("--metrics-address", help="tm: serve Prometheus metrics at HOST:PORT")
+    parser.add_argument(
+        "--watch-interval", type=float, help="tm: seconds between a module watch's batches"
+    )
     args = parser.parse_args()
     if (args.tls_cert is None) != (args.tls_key is None):
         parser.error("--tls-cert and --tls-key go together")
     if args.tokens is not None and (args.kind == "baseline" or args.tls_cert is None):
         parser.error("--tokens is for tm, with --tls-cert/--tls-key")
+    if args.metrics_address is not None and args.kind == "baseline":
+        parser.error("--metrics-address is for tm")
+    if args.watch_interval is not None and args.kind == "baseline":
+        parser.error("--watch-interval is for tm")
     tls = None
     if args.tls_cert is not None:
         tls = TlsConfig(args.tls_cert, args.tls_key, peer_ca=args.tls_peer_ca)
-    asyncio.run(serve(args.kind, args.port_file, args.shards, args.data_dir, tls, args.tokens))
+    served = serve(
+        args.kind, args.port_file, args.shards, args.data_dir, tls, args.tokens,
+        args.metrics_address, args.watch_interval,
+    )  # fmt: skip
+    asyncio.run(served)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,10 @@ FIGURES = {
     "progress reports",
     "TLS and token: status reads, 64 in flight",
     "TLS and token: progress reports",
+    "module watches: progress reports",
+    "module watches: final states",
+    "module watches: memory",
+    "metrics on: status reads, 64 in flight",
     "watch fan-out: memory",
     "watch fan-out: broadcast",
     "burst",
@@ -65,6 +69,12 @@ def test_bench_runs_every_figure_in_the_tiny_configuration(tmp_path: Path) -> No
     assert figures["TLS and token: progress reports"]["extra"]["tm_call_without_token"] == (
         "UNAUTHENTICATED"
     )
+    watched = figures["module watches: final states"]
+    assert watched["tm"] == 10 and watched["extra"]["outcomes"] == {"final_all": 10}
+    assert figures["module watches: progress reports"]["extra"]["errors"] == {}
+    assert figures["module watches: memory"]["extra"]["opened"] == 100
+    metrics = figures["metrics on: status reads, 64 in flight"]["extra"]
+    assert metrics["errors"] == {} and metrics["calls_counted"] == metrics["calls"] > 0
     assert figures["cluster task status"]["extra"]["cluster"]["samples"] == 20
     assert figures["finish-to-wait latency (PostgreSQL)"]["extra"]["samples"] == 10
     markdown = (tmp_path / "latest.md").read_text()
