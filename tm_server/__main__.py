@@ -18,7 +18,7 @@ from tm_client.argtypes import (
 from tm_server.core import MAX_TTL_SECONDS
 from tm_server.core.feed import DEFAULT_WATCH_WINDOW
 from tm_server.core.manager import DEFAULT_MAX_MODULES, DEFAULT_MAX_STATUS_CHILDREN
-from tm_server.core.module_watch import DEFAULT_WATCH_INTERVAL
+from tm_server.core.module_watch import DEFAULT_WATCH_INTERVAL, DEFAULT_WATCH_MAX_INTERVAL
 
 from .cluster.store import NodeNameTakenError
 from .core import StoreUnavailableError
@@ -215,6 +215,11 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         f"coalesced (default {DEFAULT_WATCH_INTERVAL})",
     )  # fmt: skip
     parser.add_argument(
+        "--watch-max-interval", type=positive_seconds, default=DEFAULT_WATCH_MAX_INTERVAL,
+        help="what the wait between a watch's batches doubles up to while every batch "
+        f"finds changes (default {DEFAULT_WATCH_MAX_INTERVAL})",
+    )  # fmt: skip
+    parser.add_argument(
         "--shards",
         type=positive_int,
         default=os.cpu_count() or 1,
@@ -351,6 +356,7 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         max_request_bytes=args.max_request_bytes,
         watch_window=args.watch_window,
         watch_interval=args.watch_interval,
+        watch_max_interval=args.watch_max_interval,
         metrics_address=args.metrics_address,
         log_format=args.log_format,
     )

@@ -37,7 +37,7 @@ from tm_server.core import Clock, TaskManager, TaskManagerError
 from tm_server.core.feed import DEFAULT_WATCH_WINDOW
 from tm_server.core.journal import NO_JOURNAL
 from tm_server.core.manager import DEFAULT_MAX_MODULES, DEFAULT_MAX_STATUS_CHILDREN
-from tm_server.core.module_watch import DEFAULT_WATCH_INTERVAL
+from tm_server.core.module_watch import DEFAULT_WATCH_INTERVAL, DEFAULT_WATCH_MAX_INTERVAL
 from tm_server.core.observe import NO_OBSERVER
 from tm_server.core.producers import DEFAULT_MAX_SESSIONS_PER_PRINCIPAL, Producers
 from tm_server.core.quotas import TaskQuotas
@@ -256,6 +256,7 @@ class ServerConfig:
     # seconds between a watch's batches.
     watch_window: int = DEFAULT_WATCH_WINDOW
     watch_interval: float = DEFAULT_WATCH_INTERVAL
+    watch_max_interval: float = DEFAULT_WATCH_MAX_INTERVAL
 
     @property
     def authenticates(self) -> bool:
@@ -308,6 +309,7 @@ class TmServer:
             quotas=config.quotas,
             watch_window=config.watch_window,
             watch_interval=config.watch_interval,
+            watch_max_interval=config.watch_max_interval,
             observer=NO_OBSERVER if self.metrics is None else TaskMetrics(self.metrics),
         )
         self.heap = HeapManager(config.gc_freeze_interval)

@@ -345,3 +345,39 @@ async def test_observer_and_counts(producers: Producers, seen: Seen, clock: Manu
     await asyncio.sleep(0)
     assert seen.expired == [("backup", 2)] or sorted(seen.expired) == [("backup", 1), ("backup", 1)]
     assert await tm.task_counts() == {("other", "running"): 1}
+
+
+async def test_ticks_stretch_while_every_batch_finds_changes(clock: ManualClock) -> None:
+    assert clock.now() % 4 == 0  # ticks fall on multiples of their interval
+    tm = TaskManager(shards=1, node="n", clock=clock, watch_interval=1.0, watch_max_interval=4.0)
+    producers = Producers(tm, lease_seconds=30)
+    task = await make(producers)
+    reader = Reader(tm.watch_tasks("backup", ListFilter()))
+    await reader.next()
+    value = 0
+
+    async def change() -> None:
+        nonlocal value
+        value += 1
+        await producers.report_progress(task, value, 100)
+
+    async def batch_after(seconds: float) -> float:
+        await change()
+        clock.advance(seconds)
+        (event,) = (await reader.next()).events
+        return event.task.progress_completed
+
+    assert await batch_after(0) == 1  # after a quiet spell, at once
+    assert await batch_after(1) == 2  # then a tick later
+    assert await batch_after(1) == 3  # the wait doubled to 2: the next even second
+    await change()
+    clock.advance(1)
+    await asyncio.sleep(0.05)
+    assert reader.batches.empty()  # doubled to 4: nothing at the next second
+    assert await batch_after(1) == 5
+    clock.advance(8)  # quiet: a tick that finds nothing
+    await asyncio.sleep(0.05)
+    assert reader.batches.empty()
+    assert await batch_after(0) == 6  # the waits start over: at once
+    await reader.close()
+    await tm.close()

@@ -30,6 +30,7 @@ from .journal import NO_JOURNAL, TTL_KEY, Journal, module_key
 from .listing import list_page
 from .module_watch import (
     DEFAULT_WATCH_INTERVAL,
+    DEFAULT_WATCH_MAX_INTERVAL,
     ModuleWatches,
     VirtualChanges,
 )
@@ -90,6 +91,7 @@ class TaskManager(Waiting):
         quotas: TaskQuotas | None = None,
         watch_window: int = DEFAULT_WATCH_WINDOW,
         watch_interval: float = DEFAULT_WATCH_INTERVAL,
+        watch_max_interval: float = DEFAULT_WATCH_MAX_INTERVAL,
         observer: TaskObserver = NO_OBSERVER,
     ) -> None:
         if shards < 1:
@@ -141,6 +143,7 @@ class TaskManager(Waiting):
             [*self._shards, self._virtual_changes],
             clock,
             interval=watch_interval,
+            max_interval=watch_max_interval,
             window=watch_window,
             shard_window=shard_window,
         )

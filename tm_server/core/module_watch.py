@@ -25,7 +25,7 @@ import enum
 import secrets
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 from uuid import UUID
 
@@ -42,6 +42,9 @@ from .types import ListFilter, TaskStats, TaskStatus
 
 #: Seconds between a watch's batches, unless told otherwise (``--watch-interval``).
 DEFAULT_WATCH_INTERVAL = 0.1
+#: What the wait between batches stretches to while every tick finds changes
+#: (``--watch-max-interval``).
+DEFAULT_WATCH_MAX_INTERVAL = 1.0
 #: Events in one batch at most (a message of about 200 KB).
 MAX_BATCH_EVENTS = 1000
 #: A watch whose filters hide every change still moves its cursor on this often.
@@ -104,6 +107,14 @@ class WatchQuery:
     module: str | None
     flt: ListFilter
     full_status: bool = False
+    # Hashed once: the query keys the batches watchers share, at every read.
+    _hash: int = field(init=False, repr=False, compare=False, default=0)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash((self.module, self.flt, self.full_status)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
 
 def _admits(flt: ListFilter, change: WatchChange) -> bool:
@@ -219,12 +230,14 @@ class ModuleWatches:
         clock: Clock,
         *,
         interval: float = DEFAULT_WATCH_INTERVAL,
+        max_interval: float = DEFAULT_WATCH_MAX_INTERVAL,
         window: int,
         shard_window: int,
     ) -> None:
         self._shards = shards
         self._clock = clock
         self.interval = interval
+        self.max_interval = max(interval, max_interval)
         self.window = window
         # A watch waiting for its tick reads early once half a shard's window
         # went by: waiting is never falling behind.
@@ -307,6 +320,7 @@ class ModuleWatches:
                 yield WatchBatch((), self.encode(positions))
             last_sent = self._clock.now()
             first = bool(cursor)
+            wait = self.interval
             while True:
                 try:
                     batches, moved = await self._next(query, positions, read_status)
@@ -326,10 +340,14 @@ class ModuleWatches:
                     last_sent = self._clock.now()
                 if moved != positions:
                     # Something changed (shown or not): the next read waits for the
-                    # tick, so a busy module costs a watch one read a tick.
+                    # tick, so a busy module costs a watch one read a tick; while
+                    # every tick finds changes, the wait doubles up to the most.
                     positions = moved
-                    await self._tick(positions)
+                    await self._tick(positions, wait)
+                    wait = min(wait * 2, self.max_interval)
                 else:
+                    # Quiet: the next change goes at once, the waits start over.
+                    wait = self.interval
                     await self._wait_any(positions)
         finally:
             self.open -= 1
@@ -362,11 +380,13 @@ class ModuleWatches:
         # The batches after ``positions``, and where they end; computed once for
         # every watcher with the same query at the same positions.
         key = (query, positions)
-        heads = tuple([await shard.change_head() for shard in self._shards])
         slot = self._slot()
         shared = self._shared.get(key)
         # Shared within a tick (watchers woken together), or while nothing moved.
-        if shared is not None and ((slot is not None and shared[0] == slot) or shared[1] == heads):
+        if shared is not None and slot is not None and shared[0] == slot:
+            return shared[2]
+        heads = tuple([await shard.change_head() for shard in self._shards])
+        if shared is not None and shared[1] == heads:
             return shared[2]
         batches: list[WatchBatch] = []
         moved = list(positions)
@@ -399,10 +419,9 @@ class ModuleWatches:
         # The tick the clock is in (None without ticks).
         return None if self.interval <= 0 else self._clock.now() // self.interval
 
-    async def _tick(self, positions: tuple[int, ...]) -> None:
+    async def _tick(self, positions: tuple[int, ...], interval: float) -> None:
         # Until the next multiple of the interval (watchers woken together stay
         # together, and share their next batch), or half a window of changes.
-        interval = self.interval
         if interval <= 0:
             return
         now = self._clock.now()

@@ -121,6 +121,26 @@ class Waiting(NodeTasks):
             WatchFellBehindError: the reader fell more than the window behind.
             ShuttingDownError: the server is stopping.
         """
+        stream = await self.open_module_watch(
+            module, flt, snapshot=snapshot, full_status=full_status, cursor=cursor
+        )
+        async for batch in stream:
+            yield batch
+
+    async def open_module_watch(
+        self,
+        module: str | None,
+        flt: ListFilter,
+        *,
+        snapshot: bool = False,
+        full_status: bool = False,
+        cursor: str = "",
+    ) -> AsyncGenerator[WatchBatch, None]:
+        """Checks a module watch's request, then returns its stream (``watch_tasks``'s).
+
+        Without a layer of its own, as ``open_watch``: each layer is a
+        resumption per batch per watcher.
+        """
         if module is not None:
             await self._check_module(module)
         check_filter(flt)
@@ -128,14 +148,12 @@ class Waiting(NodeTasks):
             raise InvalidArgumentError(
                 "snapshot", "a watch resumed from a cursor takes no snapshot; pass one or the other"
             )
-        query = WatchQuery(module, flt, full_status)
-        async for batch in self.module_watches.watch(
-            query,
+        return self.module_watches.watch(
+            WatchQuery(module, flt, full_status),
             snapshot=self._snapshot if snapshot else None,
             cursor=cursor,
             read_status=self._status_or_none,
-        ):
-            yield batch
+        )
 
     async def _snapshot(self, query: WatchQuery) -> AsyncIterator[list[TaskStats]]:
         modules = [query.module] if query.module is not None else await self.list_modules()

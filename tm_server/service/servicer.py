@@ -154,7 +154,7 @@ class TaskManagerServicer(Servicer, pb_grpc.TaskManagerServiceServicer):
         keeps it, and the method's serializer passes bytes through
         (``sends_encoded``).
         """
-        batches = self._tm.watch_tasks(
+        batches = await self._tm.open_module_watch(
             request.module or None,
             filter_from_pb(request),
             snapshot=request.snapshot,
