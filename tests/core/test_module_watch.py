@@ -323,6 +323,21 @@ async def test_pace_rate_and_estimated_end(producers: Producers, clock: ManualCl
     assert final.progress_rate is None and final.last_progress_time is None
 
 
+async def test_a_burst_weighs_as_long_as_it_lasted(
+    producers: Producers, clock: ManualClock
+) -> None:
+    # 10 units a few milliseconds after the start, then a steady 10 a second:
+    # the burst's interval is milliseconds long, and weighs as much.
+    task = await make(producers)
+    clock.advance(0.003)
+    await producers.report_progress(task, 10, 1000)
+    for second in range(1, 4):
+        clock.advance(1)
+        await producers.report_progress(task, 10 + 10 * second, 1000)
+    rate = (await producers.manager.get_status(task)).progress_rate
+    assert rate is not None and 10 <= rate < 14
+
+
 async def test_observer_and_counts(producers: Producers, seen: Seen, clock: ManualClock) -> None:
     tm = producers.manager
     ok = await make(producers)

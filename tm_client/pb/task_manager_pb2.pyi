@@ -408,9 +408,10 @@ class TaskStatus(_message.Message):
     callers, or for a task the server runs itself).
     """
     progress_rate: _builtins.float
-    """The recent rate of progress, in progress units per second: an average
-    over the last reports, weighted to the last 30 seconds; unset until two
-    reports give one, and for a finished task.
+    """While the task runs: its recent rate of progress, in progress units per
+    second (the units done over the recent past, fading with a time constant
+    of 10 seconds, over the time they took, counted from the start); unset
+    before any progress, and once the task has finished.
     """
     @_builtins.property
     def creation_time(self) -> _timestamp_pb2.Timestamp:
@@ -451,8 +452,9 @@ class TaskStatus(_message.Message):
 
     @_builtins.property
     def last_progress_time(self) -> _timestamp_pb2.Timestamp:
-        """When the task's progress last changed (its own report, or, for a
-        parent, its rolled-up progress as last read); unset before any.
+        """While the task runs: when its progress last changed (its own report, or,
+        for a parent, its rolled-up progress as last read); unset before any
+        progress, and once the task has finished.
         """
 
     @_builtins.property

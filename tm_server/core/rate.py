@@ -2,11 +2,13 @@
 
 A running task's tracker samples its progress whenever it changes: a leaf's
 at each report, a parent's rolled-up progress whenever it is read. The rate
-is an exponentially weighted average of the rates between samples, each
-weighted by the time it covers, with a time constant of ``RATE_HORIZON``
-seconds: a sample ``t`` seconds old counts ``exp(-t / RATE_HORIZON)`` as much
-as a new one, so the rate follows a change of pace within about that long.
-The first rate is the one between the first two samples. The estimated end is
+is the units done over the recent past divided by the time they took, where
+the past fades: what was done ``t`` seconds ago counts ``exp(-t /
+RATE_HORIZON)`` as much as what was just done, both in the units and in the
+time. So each interval between samples weighs as much as it lasted (a burst
+of units in a few milliseconds is a few milliseconds' worth), and the rate
+follows a change of pace within about ``RATE_HORIZON`` seconds. The first
+interval runs from the task's start with nothing done. The estimated end is
 when the rest of the total would be done at that rate, counted from the last
 sample. Trackers exist only for running tasks that have progressed, beside
 the shard's records (a slot on every task would cost them all).
@@ -35,12 +37,14 @@ class ProgressRate(NamedTuple):
 class RateTracker:
     """The recent pace of one running task."""
 
-    __slots__ = ("completed", "last_time", "rate")
+    __slots__ = ("completed", "last_time", "time", "units")
 
     def __init__(self, now: float, completed: float) -> None:
         self.last_time = now
         self.completed = completed
-        self.rate: float | None = None
+        # The faded sums of the units done and of the time they took.
+        self.units = 0.0
+        self.time = 0.0
 
     def sample(self, now: float, completed: float) -> None:
         """Takes the task's progress at ``now``, if it moved."""
@@ -51,15 +55,16 @@ class RateTracker:
             # Two reports in one tick of the clock: the later one's delta is
             # measured from the earlier anchor, once time has moved.
             return
-        current = max(0.0, (completed - self.completed) / elapsed)
-        rate = self.rate
-        if rate is None:
-            self.rate = current
-        else:
-            weight = 1.0 - math.exp(-elapsed / RATE_HORIZON)
-            self.rate = rate + weight * (current - rate)
+        fade = math.exp(-elapsed / RATE_HORIZON)
+        self.units = self.units * fade + max(0.0, completed - self.completed)
+        self.time = self.time * fade + elapsed
         self.last_time = now
         self.completed = completed
+
+    @property
+    def rate(self) -> float | None:
+        """Units a second, or ``None`` before the first interval."""
+        return None if self.time <= 0 else self.units / self.time
 
     def read(self, total: float) -> ProgressRate:
         """The pace as a status shows it, for a task whose total is ``total``."""
