@@ -26,9 +26,9 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import grpc
-
 from tm_server.service.calls import final_code, split_method
+
+from .service.calls import WrappingInterceptor
 
 #: The formats ``--log-format`` takes.
 LOG_FORMATS = ("text", "json")
@@ -165,7 +165,7 @@ def configure(level: str, log_format: str = "text") -> None:
     logging.basicConfig(level=level, handlers=[handler])
 
 
-class CallLogInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+class CallLogInterceptor(WrappingInterceptor):
     """Sets ``current_call`` for every call; with ``log_calls``, logs each as it ends (DEBUG).
 
     Installed only when it has something to do: JSON lines to enrich, or
@@ -173,23 +173,8 @@ class CallLogInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """
 
     def __init__(self, *, log_calls: bool) -> None:
+        super().__init__()
         self._log_calls = log_calls
-        self._wrapped: dict[str, Any] = {}
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Any:
-        """Wraps each method's handler once."""
-        method = handler_call_details.method
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        wrapped = self._wrapped.get(method)
-        if wrapped is None:
-            wrapped = self._wrapped[method] = self._wrap(method, handler)
-        return wrapped
 
     def _ended(self, call: CallInfo, started: float, exc: BaseException | None) -> None:
         if self._log_calls and rpc_log.isEnabledFor(logging.DEBUG):

@@ -19,7 +19,7 @@ from typing import Any
 
 import grpc
 
-from tm_server.service.calls import final_code, split_method
+from tm_server.service.calls import WrappingInterceptor, final_code, split_method
 
 from .registry import Metrics
 from .series import Value
@@ -53,29 +53,15 @@ class _Method:
         return found
 
 
-class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+class MetricsInterceptor(WrappingInterceptor):
     """Counts and times every RPC the server serves."""
 
     def __init__(self, metrics: Metrics) -> None:
+        super().__init__()
         self._metrics = metrics
-        self._wrapped: dict[str, Any] = {}
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Any:
-        """Wraps each method's handler once; the wrapper counts every call."""
-        method = handler_call_details.method
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        wrapped = self._wrapped.get(method)
-        if wrapped is None:
-            wrapped = self._wrapped[method] = self._wrap(_Method(self._metrics, method), handler)
-        return wrapped
-
-    def _wrap(self, series: _Method, handler: Any) -> Any:
+    def _wrap(self, method: str, handler: Any) -> Any:
+        series = _Method(self._metrics, method)
         if handler.unary_unary is not None:
             return handler._replace(unary_unary=_unary(series, handler.unary_unary))
         if handler.stream_unary is not None:

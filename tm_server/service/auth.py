@@ -23,7 +23,7 @@ import contextvars
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 from uuid import UUID
@@ -40,6 +40,7 @@ from tm_server.security.roles import Grant, Principal, Role
 from tm_server.security.tokens import Tokens
 
 from .access import ACCESS, Rule
+from .calls import WrappingInterceptor
 from .decoding import MalformedRequest
 from .errors import make_status
 from .handlers import Context, abort_with
@@ -121,7 +122,7 @@ class _OpenStream:
         self.revoked: grpc.Status | None = None
 
 
-class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+class AuthInterceptor(WrappingInterceptor):
     """Enforces ``ACCESS``; see the module's docstring."""
 
     def __init__(
@@ -132,12 +133,12 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         mtls: bool = False,
         streams: StreamQuotas | None = None,
     ) -> None:
+        super().__init__()
         self._owners = owners
         self._tokens = tokens
         self._mtls = mtls
         self.enabled = tokens is not None or mtls
         self._streams = streams or StreamQuotas()
-        self._wrapped: dict[str, Any] = {}
         self._by_connection: dict[str, int] = {}
         self._by_principal: dict[str, int] = {}
         self._open: set[_OpenStream] = set()
@@ -147,21 +148,6 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         self._certificates: dict[str, Principal] = {}
         if tokens is not None:
             tokens.changed.append(self._recheck_streams)
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Any:
-        """Wraps each method's handler once; the wrapper checks every call."""
-        method = handler_call_details.method
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        wrapped = self._wrapped.get(method)
-        if wrapped is None:
-            wrapped = self._wrapped[method] = self._wrap(method, handler)
-        return wrapped
 
     # ---- who is calling --------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ client went away or its deadline passed; anything else escaping a handler is
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -35,4 +36,34 @@ def split_method(method: str) -> tuple[str, str]:
     return service, name
 
 
-__all__ = ["final_code", "split_method"]
+class WrappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """A server interceptor that wraps each method's handler once, in ``_wrap``.
+
+    The wrapped handler is kept by method, so a call costs a dictionary
+    lookup, not a new wrapper; what each call does is the wrapper's.
+    """
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, Any] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Any:
+        """Returns the method's handler, wrapped (once) by ``_wrap``."""
+        method = handler_call_details.method
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        wrapped = self._wrapped.get(method)
+        if wrapped is None:
+            wrapped = self._wrapped[method] = self._wrap(method, handler)
+        return wrapped
+
+    def _wrap(self, method: str, handler: Any) -> Any:
+        """The handler that serves ``method``'s calls in place of ``handler``."""
+        raise NotImplementedError
+
+
+__all__ = ["WrappingInterceptor", "final_code", "split_method"]
