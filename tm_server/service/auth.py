@@ -346,7 +346,9 @@ class AuthInterceptor(WrappingInterceptor):
         if why is not None:
             details = getattr(why, "status", None)
             line["detail"] = getattr(details, "details", None) or str(why)
-        audit_log.info("%s", json.dumps(line, ensure_ascii=False))
+        # The entry rides along as an attribute: the JSON log format merges it
+        # into its line, the text format writes the message.
+        audit_log.info("%s", json.dumps(line, ensure_ascii=False), extra={"audit": line})
 
     # ---- wrapping ----------------------------------------------------------------------------
 
