@@ -312,6 +312,8 @@ class TmServer:
             watch_max_interval=config.watch_max_interval,
             observer=NO_OBSERVER if self.metrics is None else TaskMetrics(self.metrics),
         )
+        if manager is not None and self.metrics is not None:
+            manager.set_observer(TaskMetrics(self.metrics))
         self.heap = HeapManager(config.gc_freeze_interval)
         self.producers = Producers(
             self.manager,

@@ -6,6 +6,7 @@ prometheus_client's own parser from the server's ``/metrics`` endpoint.
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import threading
 from collections.abc import Iterator
@@ -21,8 +22,11 @@ from tm_client.pb import task_manager_pb2 as pb
 from tm_client.pb import task_manager_pb2_grpc as pb_grpc
 from tm_client.pb import task_reporting_pb2 as rpb
 from tm_client.pb import task_reporting_pb2_grpc as rpb_grpc
+from tm_server.core import TaskManager
 from tm_server.security.tokens import hash_token
+from tm_server.server import ServerConfig, TmServer
 
+from ..bodies import Controlled
 from ..scrape import Scrape, fetch, scrape, scrape_until
 from ..server_fixture import ServerThread
 
@@ -288,3 +292,26 @@ def test_a_taken_metrics_address_fails_the_start(metered: ServerThread) -> None:
         taken.start()
     taken.server = None  # it never started
     taken.stop()
+
+
+async def test_an_applications_own_manager_counts_its_tasks() -> None:
+    # An embedded server given the application's manager sets its observer.
+    manager = TaskManager(shards=2, node="app", task_ttl=600)
+    server = TmServer(
+        ServerConfig(address="127.0.0.1:0", node="app", metrics_address="127.0.0.1:0"),
+        manager=manager,
+    )
+    await server.start()
+    try:
+        await manager.register_module("app")
+        impl = Controlled()
+        handle = await manager.create_task("app", impl)
+        await handle.start()
+        impl.finish()
+        await handle.wait()
+        found = await asyncio.to_thread(scrape, server.metrics_port)
+        assert found.value("tm_tasks_created_total", module="app", type="ctl") == 1
+        done = {"module": "app", "type": "ctl", "outcome": "done"}
+        assert found.value("tm_tasks_finished_total", **done) == 1
+    finally:
+        await server.stop()

@@ -148,6 +148,15 @@ class TaskManager(Waiting):
             shard_window=shard_window,
         )
 
+    def set_observer(self, observer: TaskObserver) -> None:
+        """Tells ``observer`` of the tasks created, finished and expired from now on.
+
+        For a server given an application's own manager (its metrics); the
+        shards are this process's.
+        """
+        for shard in self.local_shards:
+            shard.set_observer(observer)
+
     @property
     def remote(self) -> RemoteTasks | None:
         """Other nodes' tasks, asked last in the lookup order (a cluster sets it)."""

@@ -121,6 +121,10 @@ class Shard(ShardReads):
         # Bodies that fail the same way log their traceback once an interval.
         self._body_log = RateLimitedLog(log)
 
+    def set_observer(self, observer: TaskObserver) -> None:
+        """Who is told of tasks created, finished and expired here (not a port method)."""
+        self._store.observer = observer
+
     def connect(self, peers: Sequence[ShardPort]) -> None:
         """Gives the shard every shard's port, by index (its own included)."""
         self._peers = peers
