@@ -58,8 +58,9 @@ async def producers(clock: ManualClock, seen: Seen) -> AsyncIterator[Producers]:
 
 
 async def make(p: Producers, module: str = "backup", **fields: object) -> UUID:
+    start = bool(fields.pop("start", True))
     spec = TaskSpec(module=module, type=str(fields.pop("type", "copy")), **fields)  # type: ignore[arg-type]
-    status, _ = await p.create_task(spec, start=bool(fields.get("start", True)))
+    status, _ = await p.create_task(spec, start=start)
     return status.id
 
 
@@ -396,3 +397,17 @@ async def test_ticks_stretch_while_every_batch_finds_changes(clock: ManualClock)
     assert await batch_after(0) == 6  # the waits start over: at once
     await reader.close()
     await tm.close()
+
+
+async def test_a_task_that_fails_unstarted_lasted_from_its_creation(
+    producers: Producers, seen: Seen, clock: ManualClock
+) -> None:
+    # An id made at the manual clock's time (version 7: milliseconds since the epoch first).
+    millis = int(clock.now() * 1000)
+    task_id = UUID(int=millis << 80 | 7 << 76 | 0x123 << 64 | 2 << 62 | 0x1234)
+    task = await make(producers, start=False, task_id=task_id)
+    clock.advance(5)
+    assert await producers.manager.fail_task(task, "producer lost")
+    ((module, task_type, state, duration),) = seen.finished
+    assert (module, task_type, state) == ("backup", "copy", TaskState.FAILED)
+    assert duration == pytest.approx(5.0, abs=0.01)

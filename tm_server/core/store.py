@@ -25,7 +25,7 @@ from .quotas import ShardQuotas, TaskQuotas
 from .rate import RateTracker
 from .record import ModuleState, Task
 from .task import TaskImpl
-from .types import AbortRequest, FoldedTask, TaskState
+from .types import AbortRequest, FoldedTask, TaskState, creation_time_of
 
 _STATE_VALUE = attrgetter("state._value_")
 _SECOND = itemgetter(1)
@@ -232,9 +232,13 @@ class TaskStore:
             by_state[code - 1] -= 1
             by_state[state_code(task.state) - 1] += 1
             self.feed.append(task.id, ChangeKind.FINISHED, code)
-        since = task.start_time if task.start_time is not None else task.end_time
-        assert task.end_time is not None and since is not None
-        self.observer.task_finished(task.module, task.impl.type, task.state, task.end_time - since)
+        end = task.end_time
+        assert end is not None
+        # From the start; a task that failed before it started, from its creation.
+        since = task.start_time
+        if since is None:
+            since = creation_time_of(task.id) or end
+        self.observer.task_finished(task.module, task.impl.type, task.state, max(0.0, end - since))
 
     def restore(
         self,
