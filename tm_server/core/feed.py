@@ -73,7 +73,17 @@ class Change:
 class ChangeFeed:
     """The ring of one shard's last changes."""
 
-    __slots__ = ("_codes", "_gone", "_ids", "_next_wake", "_size", "_targets", "_waiters", "head")
+    __slots__ = (
+        "_codes",
+        "_gone",
+        "_ids",
+        "_next_wake",
+        "_size",
+        "_stopped",
+        "_targets",
+        "_waiters",
+        "head",
+    )
 
     def __init__(self, size: int = DEFAULT_WATCH_WINDOW) -> None:
         if size < 1:
@@ -91,6 +101,8 @@ class ChangeFeed:
         self._waiters: dict[int, asyncio.Future[None]] = {}
         self._targets: list[int] = []
         self._next_wake = _NEVER
+        # Once stopped (shutdown), every wait ends at once.
+        self._stopped = False
 
     @property
     def oldest(self) -> int:
@@ -162,21 +174,25 @@ class ChangeFeed:
         return out
 
     def waiter(self, after: int) -> asyncio.Future[None]:
-        """A future set once there is a change after ``after`` (shared by every reader of it)."""
+        """A future set once there is a change after ``after`` (shared by every reader of it).
+
+        Set already when there is one, or once the feed has stopped.
+        """
         target = after + 1
         waiter = self._waiters.get(target)
         if waiter is None:
-            waiter = self._waiters[target] = asyncio.get_running_loop().create_future()
-            if target <= self.head:
+            waiter = asyncio.get_running_loop().create_future()
+            if target <= self.head or self._stopped:
                 waiter.set_result(None)
-                del self._waiters[target]
                 return waiter
+            self._waiters[target] = waiter
             heapq.heappush(self._targets, target)
             self._next_wake = min(self._next_wake, target)
         return waiter
 
-    def wake(self) -> None:
-        """Sets every waiter now (shutdown: readers look again and find the stop)."""
+    def stop(self) -> None:
+        """Sets every waiter, now and from now on (shutdown: readers look again and find it)."""
+        self._stopped = True
         waiters = list(self._waiters.values())
         self._waiters.clear()
         self._targets.clear()

@@ -117,21 +117,6 @@ class WatchQuery:
         return self._hash
 
 
-def _admits(flt: ListFilter, change: WatchChange) -> bool:
-    entry = change.entry
-    if not flt.internal and entry.internal:
-        return False
-    if flt.keyspace and entry.keyspace != flt.keyspace:
-        return False
-    if flt.table and entry.table != flt.table:
-        return False
-    if flt.types and entry.type not in flt.types:
-        return False
-    states = flt.states
-    # A task that leaves the states watched is told once more, in its new state.
-    return not states or entry.state in states or (change.before in states)
-
-
 StatusReader = Callable[[UUID], Awaitable[TaskStatus | None]]
 
 
@@ -159,7 +144,6 @@ class VirtualChanges:
     def __init__(self, read: StatusReader, window: int) -> None:
         self._read = read
         self._feed = ChangeFeed(window)
-        self._stopping = False
 
     def changed(self, task_id: UUID) -> None:
         """A virtual task may have changed."""
@@ -183,16 +167,11 @@ class VirtualChanges:
 
     def change_waiter(self, after: int) -> asyncio.Future[None]:
         """A future done once a virtual task changed after ``after``, or the watches stop."""
-        if self._stopping:
-            done = asyncio.get_running_loop().create_future()
-            done.set_result(None)
-            return done
         return self._feed.waiter(after)
 
     def stop(self) -> None:
-        """Wakes every waiter (shutdown)."""
-        self._stopping = True
-        self._feed.wake()
+        """Wakes every waiter, now and from now on (shutdown)."""
+        self._feed.stop()
 
 
 def entry_of(status: TaskStatus) -> TaskStats:
@@ -394,7 +373,8 @@ class ModuleWatches:
         for index, shard in enumerate(self._shards):
             found = await shard.changes(query.module, positions[index])
             for change in found.changes:
-                if not _admits(query.flt, change):
+                entry = change.entry
+                if not query.flt.admits(entry, entry.internal, change.before):
                     continue
                 status = None
                 if query.full_status and change.kind is not ChangeKind.REMOVED:

@@ -218,7 +218,7 @@ class ShardReads(ShardPort):
     def stop_watches(self) -> None:
         """Ends every watch on this shard with ``ShuttingDownError`` (server shutdown)."""
         self._watches.stop()
-        self._feed.wake()
+        self._feed.stop()
 
     async def change_head(self) -> int:
         """The number of the last change here."""
@@ -245,10 +245,6 @@ class ShardReads(ShardPort):
 
     def change_waiter(self, after: int) -> asyncio.Future[None]:
         """A future done once there is a change after ``after``, or the watches stop."""
-        if self._watches.stopping:
-            done = asyncio.get_running_loop().create_future()
-            done.set_result(None)
-            return done
         return self._feed.waiter(after)
 
     async def state_counts(self) -> dict[tuple[str, TaskState], int]:

@@ -244,13 +244,18 @@ class ListFilter:
     states: frozenset[TaskState] = frozenset()
     types: frozenset[str] = frozenset()
 
-    def admits(self, stats: TaskStats, internal: bool) -> bool:
-        """Whether a list entry (of a task ``internal`` or not) passes the filters."""
+    def admits(self, stats: TaskStats, internal: bool, left: TaskState | None = None) -> bool:
+        """Whether a list entry (of a task ``internal`` or not) passes the filters.
+
+        ``left``: the state the task was in before a change, for a watch: a
+        task that leaves the states watched passes once more, in its new state.
+        """
+        states = self.states
         return (
             (self.internal or not internal)
             and (not self.keyspace or stats.keyspace == self.keyspace)
             and (not self.table or stats.table == self.table)
-            and (not self.states or stats.state in self.states)
+            and (not states or stats.state in states or left in states)
             and (not self.types or stats.type in self.types)
         )
 
