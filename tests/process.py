@@ -41,8 +41,10 @@ class ServerProcess:
     ) -> None:
         # ``home``: a home kept from an earlier server, to restart on its data directory.
         self.home = home or tempfile.mkdtemp(prefix="tm-data-")
+        # The HTTP side on a port of its own (its default, 10000, is one per host).
+        http = () if "--http-address" in args else ("--http-address", "127.0.0.1:0")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tm_server", "--address", "127.0.0.1:0", *args],
+            [sys.executable, "-m", "tm_server", "--address", "127.0.0.1:0", *http, *args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
@@ -52,6 +54,8 @@ class ServerProcess:
         self.lines: list[str] = []
         self._ready = threading.Event()
         self.port = 0
+        #: The HTTP side's port (0 when it is off).
+        self.http_port = 0
         threading.Thread(target=self._read, daemon=True).start()
         if not self._ready.wait(30):
             self.kill()
@@ -61,6 +65,9 @@ class ServerProcess:
         assert self.proc.stderr is not None
         for line in self.proc.stderr:
             self.lines.append(line)
+            http = re.search(r"http on https?://[\d.]+:(\d+)/", line)
+            if http:
+                self.http_port = int(http.group(1))
             match = re.search(r"listening on [\d.]+:(\d+)", line)
             if match:
                 self.port = int(match.group(1))

@@ -35,7 +35,13 @@ from .logsetup import configure as configure_logging
 from .metrics.http import parse_address
 from .security.tls import TlsConfig, TlsFilesError
 from .security.tokens import TokensFileError
-from .server import DEFAULT_GC_FREEZE_INTERVAL, DEFAULT_MAX_REQUEST_BYTES, ServerConfig, serve
+from .server import (
+    DEFAULT_GC_FREEZE_INTERVAL,
+    DEFAULT_HTTP_ADDRESS,
+    DEFAULT_MAX_REQUEST_BYTES,
+    ServerConfig,
+    serve,
+)
 from .service.auth import (
     DEFAULT_MAX_STREAMS_PER_CONNECTION,
     DEFAULT_MAX_STREAMS_PER_PRINCIPAL,
@@ -289,6 +295,13 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         "checks; port 0 picks one, the log says which; default: off)",
     )  # fmt: skip
     operating.add_argument(
+        "--http-address", default=DEFAULT_HTTP_ADDRESS, metavar="HOST:PORT|off",
+        help="serve ScyllaDB's REST API (/task_manager/...), the event streams and the web "
+        "dashboard at http://HOST:PORT/ (https under TLS), with the same caller checks as "
+        f"gRPC; port 0 picks one, the log says which; off turns it off (default "
+        f"{DEFAULT_HTTP_ADDRESS}, ScyllaDB's REST port)",
+    )  # fmt: skip
+    operating.add_argument(
         "--log-format", choices=LOG_FORMATS, default="text",
         help="text (default), or json: one JSON object a line, with the RPC's method, peer "
         "and task id where they apply, for log shippers",
@@ -306,6 +319,16 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
             parse_address(args.metrics_address)
         except ValueError as exc:
             parser.error(str(exc))
+    if args.http_address == "off":
+        args.http_address = None
+    elif args.http_address is not None:
+        try:
+            parse_address(args.http_address)
+        except ValueError:
+            parser.error(
+                f"--http-address {args.http_address!r}: expected HOST:PORT "
+                f"(e.g. {DEFAULT_HTTP_ADDRESS}) or off"
+            )
     if (args.tls_cert is None) != (args.tls_key is None):
         parser.error("--tls-cert and --tls-key go together")
     if args.tls_cert is None and (args.tls_client_ca or args.tls_peer_ca):
@@ -359,6 +382,7 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         watch_max_interval=args.watch_max_interval,
         metrics_address=args.metrics_address,
         log_format=args.log_format,
+        http_address=args.http_address,
     )
 
 

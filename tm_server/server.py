@@ -50,6 +50,7 @@ from .cluster.node import ClusterConfig, ClusterNode
 from .cluster.store import NodeRow
 from .datadir import DataDir
 from .heap import HeapManager
+from .http import HttpEndpoint, HttpParts
 from .journal import (
     DEFAULT_COMPACT_BYTES,
     DEFAULT_PROGRESS_WINDOW,
@@ -201,6 +202,10 @@ class _Owners:
         return self._producers.session_owner(session_id)
 
 
+#: Where tm-server serves its HTTP side unless told otherwise: ScyllaDB's REST port, loopback.
+DEFAULT_HTTP_ADDRESS = "127.0.0.1:10000"
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     """Everything the server flags set."""
@@ -252,6 +257,9 @@ class ServerConfig:
     # the log format ("json" puts each call's method, peer and task id on its lines).
     metrics_address: str | None = None
     log_format: str = "text"
+    # The HTTP side: ScyllaDB's REST API, the event streams and the dashboard
+    # (None: off; tm-server's default is DEFAULT_HTTP_ADDRESS).
+    http_address: str | None = None
     # Module watches: changes kept for a watch to resume from, and the
     # seconds between a watch's batches.
     watch_window: int = DEFAULT_WATCH_WINDOW
@@ -353,6 +361,21 @@ class TmServer:
             )
         )
         self.server = grpc.aio.server(interceptors=interceptors, options=options)
+        self.http: HttpEndpoint | None = None
+        if config.http_address is not None:
+            self.http = HttpEndpoint(
+                config.http_address,
+                HttpParts(
+                    manager=self.manager,
+                    access=self.access,
+                    journal=self.journal,
+                    nodes=self._nodes,
+                    tls=None if self.tls is None else self.tls.ssl_context(),
+                    metrics=self.metrics_endpoint,
+                    test_service=config.enable_test_service,
+                ),
+            )
+        self.http_port = 0
         self._token_watch: asyncio.Task[None] | None = None
         self.port = 0
         self.metrics_port = 0
@@ -396,6 +419,8 @@ class TmServer:
                 await self._recover(self.journal)
             return await self._start()
         except BaseException:
+            if self.http is not None:
+                await self.http.close()
             if self.metrics_endpoint is not None:
                 await self.metrics_endpoint.close()
             if self.journal is not None:
@@ -409,12 +434,17 @@ class TmServer:
         # and caller checks lets anyone on the network do anything: it must
         # be asked for by name.
         config = self.config
-        if is_loopback(config.address):
+        exposed = [
+            address
+            for address in (config.address, config.http_address)
+            if address is not None and not is_loopback(address)
+        ]
+        if not exposed:
             return
         if config.enable_test_service and not config.authenticates:
             raise ValueError(
                 f"the test service lets any caller create and finish tasks: it is served on "
-                f"{config.address} (not loopback) only with --tokens or --tls-client-ca"
+                f"{exposed[0]} (not loopback) only with --tokens or --tls-client-ca"
             )
         missing = [
             what
@@ -428,14 +458,14 @@ class TmServer:
             return
         if not config.insecure:
             raise ValueError(
-                f"refusing to serve {config.address} (not loopback) without "
+                f"refusing to serve {exposed[0]} (not loopback) without "
                 f"{' and '.join(missing)}: give --tls-cert/--tls-key and --tokens (or "
                 "--tls-client-ca), or --insecure to serve it anyway"
             )
         log.warning(
             "serving %s without %s (--insecure): anyone who can reach it can read, "
             "create, abort and drain tasks",
-            config.address,
+            " and ".join(exposed),
             " and ".join(missing),
         )
 
@@ -510,6 +540,10 @@ class TmServer:
             raise OSError(
                 f"cannot listen on {self.config.address}: {_bind_error(self.config.address)}"
             )
+        if self.http is not None:
+            # Bound before the cluster is joined: a taken HTTP port fails the
+            # start before this node is announced to the others.
+            self.http_port = await self.http.start()
         if self.config.store is not None:
             # Joined only once the port is bound: a second server on a taken
             # port fails on the port, and the node advertises the real one.
@@ -598,6 +632,8 @@ class TmServer:
         self.manager.stop_watches()
         self.producers.stop_streams()
         await self.server.stop(self.config.grace_seconds)
+        if self.http is not None:
+            await self.http.close()
         await self.manager.close()
         if self.journal is not None:
             await self.journal.close()
@@ -613,6 +649,14 @@ async def serve(config: ServerConfig) -> None:
     server = TmServer(config)
     port = await server.start()
     host = config.address.rsplit(":", 1)[0]
+    # Before the "listening" line, which tools wait for: every port is known by then.
+    if server.metrics_endpoint is not None:
+        where = server.metrics_endpoint.address.rsplit(":", 1)[0]
+        log.info("metrics on http://%s:%d/metrics", where, server.metrics_port)
+    if server.http is not None:
+        where = server.http.address.rsplit(":", 1)[0]
+        log.info("http on %s://%s:%d/ (dashboard and REST API)", server.http.scheme, where,
+                 server.http_port)  # fmt: skip
     log.info(
         "tm-server listening on %s:%d (node %s, %d shards%s)",
         host,
@@ -621,9 +665,6 @@ async def serve(config: ServerConfig) -> None:
         config.shards,
         ", test service on" if config.enable_test_service else "",
     )
-    if server.metrics_endpoint is not None:
-        host = server.metrics_endpoint.address.rsplit(":", 1)[0]
-        log.info("metrics on http://%s:%d/metrics", host, server.metrics_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -85,11 +85,12 @@ class WatchEvent:
 class WatchBatch:
     """Events sent together, the cursor after them, and whether they end the snapshot.
 
-    ``wire`` is the transport's: it keeps the batch's encoding there, shared
-    by every watcher the same batch goes to.
+    ``wire`` and ``wire_text`` are the transports': the binary one (gRPC)
+    and the text one (the HTTP event stream) keep the batch's encoding
+    there, shared by every watcher the same batch goes to.
     """
 
-    __slots__ = ("cursor", "events", "snapshot_complete", "wire")
+    __slots__ = ("cursor", "events", "snapshot_complete", "wire", "wire_text")
 
     def __init__(
         self, events: tuple[WatchEvent, ...], cursor: str, snapshot_complete: bool = False
@@ -98,6 +99,7 @@ class WatchBatch:
         self.cursor = cursor
         self.snapshot_complete = snapshot_complete
         self.wire: object | None = None
+        self.wire_text: object | None = None
 
 
 @dataclass(frozen=True, slots=True)

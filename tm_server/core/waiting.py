@@ -148,6 +148,8 @@ class Waiting(NodeTasks):
             raise InvalidArgumentError(
                 "snapshot", "a watch resumed from a cursor takes no snapshot; pass one or the other"
             )
+        if cursor:
+            self.module_watches.decode(cursor)  # a malformed or stale one: refused here
         return self.module_watches.watch(
             WatchQuery(module, flt, full_status),
             snapshot=self._snapshot if snapshot else None,

@@ -148,7 +148,16 @@ class MetricsEndpoint:
             return 200, [("Content-Type", "text/plain")], b"tm-server: metrics at /metrics\n"
         if path != "/metrics":
             return 404, [("Content-Type", "text/plain")], b"not found: try /metrics\n"
-        encoder, content_type = choose_encoder(headers.get("accept", ""))
+        return await self.render(headers.get("accept", ""), headers.get("accept-encoding", ""))
+
+    async def render(
+        self, accept: str, accept_encoding: str
+    ) -> tuple[int, list[tuple[str, str]], bytes]:
+        """A scrape: the status, headers and body for a scraper's Accept headers.
+
+        Served here and on the HTTP side's ``/metrics`` alike.
+        """
+        encoder, content_type = choose_encoder(accept)
         try:
             for refresh in self.refresh:
                 await refresh()
@@ -157,7 +166,7 @@ class MetricsEndpoint:
             log.exception("a metrics collector failed")
             return 500, [("Content-Type", "text/plain")], b"a collector failed: see the log\n"
         reply = [("Content-Type", content_type)]
-        if gzip_accepted(headers.get("accept-encoding", "")):
+        if gzip_accepted(accept_encoding):
             body = gzip.compress(body, compresslevel=6)
             reply.append(("Content-Encoding", "gzip"))
         return 200, reply, body

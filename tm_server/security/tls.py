@@ -80,6 +80,7 @@ class ServerTls:
         self.config = config
         self._stamp: tuple[tuple[int, int], ...] = ()
         self._forced = False
+        self._forced_http = False
         self._current = self._load()
 
     def _files(self) -> list[Path]:
@@ -108,6 +109,7 @@ class ServerTls:
     def reload_soon(self) -> None:
         """Re-reads the files before the next handshake, changed or not (SIGHUP)."""
         self._forced = True
+        self._forced_http = True
 
     def _fetch(self) -> grpc.ServerCertificateConfiguration | None:
         # Called by grpcio before each handshake: None keeps the one in force.
@@ -130,6 +132,40 @@ class ServerTls:
             self._fetch,  # type: ignore[arg-type]  # None keeps the one in force
             require_client_authentication=self.config.client_ca is not None,
         )
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A context for the HTTP side's port, with the same files and the same client checks.
+
+        Each handshake looks at the files first, as grpcio's fetch does: a
+        renewed certificate (or SIGHUP) is served from the next connection on.
+        """
+        current = [self._http_context()]
+        stamp = [self._stat()]
+
+        def pick(sock: ssl.SSLObject, name: str | None, context: ssl.SSLContext) -> None:
+            now = self._stat()
+            if self._forced_http or now != stamp[0]:
+                self._forced_http = False
+                stamp[0] = now
+                try:
+                    current[0] = self._http_context()
+                    current[0].sni_callback = pick
+                except (TlsFilesError, ssl.SSLError, OSError) as exc:
+                    log.error("%s; the TLS files read before stay in force (HTTP)", exc)
+            sock.context = current[0]
+
+        current[0].sni_callback = pick
+        return current[0]
+
+    def _http_context(self) -> ssl.SSLContext:
+        c = self.config
+        _check_pair(c.cert, c.key)
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(c.cert, c.key)
+        if c.client_ca is not None:
+            context.load_verify_locations(cafile=str(c.client_ca))
+            context.verify_mode = ssl.CERT_REQUIRED
+        return context
 
     def peer_credentials(self, token: str | None) -> Credentials:
         """How this node calls the others: their CA, its own pair with mTLS, and its token."""

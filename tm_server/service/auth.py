@@ -66,6 +66,8 @@ current_principal: contextvars.ContextVar[Principal | None] = contextvars.Contex
 # How many callers each cache of authenticated callers holds at most.
 _CACHED = 10_000
 
+_NOT_AUDITED = Rule(None)
+
 #: What a principal known only by its certificate gets when no tokens file says more.
 _EVERY_ROLE = tuple(Grant(role) for role in Role)
 
@@ -94,32 +96,60 @@ class StreamQuotas:
     per_principal: int = DEFAULT_MAX_STREAMS_PER_PRINCIPAL
 
 
-class _Refusal(Exception):
-    def __init__(self, status: grpc.Status) -> None:
-        self.status = status
+class AccessRefused(Exception):
+    """A caller refused by the access checks: a gRPC code, a message and an ErrorInfo reason.
+
+    Kept apart from any transport: the gRPC side turns it into a status
+    (``status``), the HTTP side into its own status code and JSON body.
+    """
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        message: str,
+        reason: str,
+        metadata: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.reason = reason
+        self.metadata = metadata or {}
+
+    @property
+    def status(self) -> grpc.Status:
+        """The refusal as a gRPC status with its google.rpc details."""
+        return make_status(self.code, self.message, self.reason, self.metadata or None)
+
+
+_Refusal = AccessRefused
 
 
 def _unauthenticated(message: str) -> _Refusal:
-    return _Refusal(make_status(grpc.StatusCode.UNAUTHENTICATED, message, UNAUTHENTICATED))
+    return _Refusal(grpc.StatusCode.UNAUTHENTICATED, message, UNAUTHENTICATED)
 
 
 def _short(method: str) -> str:
     return method.rsplit("/", 1)[-1]
 
 
-class _OpenStream:
-    __slots__ = ("module", "principal", "revoked", "role", "task", "token")
+class StreamHold:
+    """An open stream counted against its quotas (``AuthInterceptor.hold_stream``)."""
+
+    __slots__ = ("connection", "module", "principal", "revoked", "role", "task", "token")
 
     def __init__(
-        self, task: asyncio.Task[Any] | None, principal: Principal, token: str | None,
-        role: Role, module: str | None,
+        self, task: asyncio.Task[Any] | None, connection: str, principal: Principal | None,
+        token: str | None, role: Role | None, module: str | None,
     ) -> None:  # fmt: skip
         self.task = task
+        self.connection = connection
         self.principal = principal
         self.token = token
         self.role = role
         self.module = module
-        self.revoked: grpc.Status | None = None
+        #: Why the stream was ended by a reload of the tokens (``None``: it was not).
+        self.revoked: AccessRefused | None = None
 
 
 class AuthInterceptor(WrappingInterceptor):
@@ -141,7 +171,7 @@ class AuthInterceptor(WrappingInterceptor):
         self._streams = streams or StreamQuotas()
         self._by_connection: dict[str, int] = {}
         self._by_principal: dict[str, int] = {}
-        self._open: set[_OpenStream] = set()
+        self._open: set[StreamHold] = set()
         # Authenticated callers seen before, by header and by certificate
         # identity (bounded; known ones only; emptied when the tokens change).
         self._headers: dict[str, tuple[Principal, str]] = {}
@@ -167,6 +197,23 @@ class AuthInterceptor(WrappingInterceptor):
             if key == "authorization":
                 header = str(value)
                 break
+        identity = None
+        if self._mtls and (header is None or self._tokens is None):
+            identity = self._identity(context)
+        return self.authenticate(header, identity)
+
+    def authenticate(
+        self, header: str | None, identity: str | None
+    ) -> tuple[Principal, str | None]:
+        """The caller and its token, from an authorization value and a certificate identity.
+
+        ``header`` is ``Bearer TOKEN`` as sent; ``identity`` the verified client
+        certificate's name (under mTLS). For every transport: the HTTP side
+        calls it with its own header, cookie and certificate.
+
+        Raises:
+            AccessRefused: neither identifies a caller this server knows.
+        """
         tokens = self._tokens
         if header is not None and tokens is not None:
             # The hot path: a header seen before is one lookup (cleared on reload).
@@ -186,8 +233,7 @@ class AuthInterceptor(WrappingInterceptor):
                 self._headers.clear()
             known = self._headers[header] = (principal, token)
             return known
-        identity = self._identity(context) if self._mtls else None
-        if identity is not None:
+        if identity is not None and self._mtls:
             found = self._certificates.get(identity)
             if found is None:
                 if tokens is None:
@@ -219,24 +265,20 @@ class AuthInterceptor(WrappingInterceptor):
         if module is not None:
             metadata["module"] = module
         return _Refusal(
-            make_status(
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"principal {principal.name} may not call {_short(method)}: it needs the "
-                f"{role.value} role{where} (it has: {principal.describe()})",
-                PERMISSION_DENIED,
-                metadata,
-            )
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"principal {principal.name} may not call {_short(method)}: it needs the "
+            f"{role.value} role{where} (it has: {principal.describe()})",
+            PERMISSION_DENIED,
+            metadata,
         )
 
     def _not_owner(self, principal: Principal, what: str, owner_check: str) -> _Refusal:
         return _Refusal(
-            make_status(
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"{what} belongs to another principal: only its owner{owner_check} may "
-                f"drive it (you are {principal.name})",
-                NOT_OWNER,
-                {"principal": principal.name},
-            )
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"{what} belongs to another principal: only its owner{owner_check} may "
+            f"drive it (you are {principal.name})",
+            NOT_OWNER,
+            {"principal": principal.name},
         )
 
     def _authorize(
@@ -307,35 +349,80 @@ class AuthInterceptor(WrappingInterceptor):
         if not self.enabled or (rule is not None and rule.role is None):
             return None, None, None
         try:
-            if rule is None:
-                raise _Refusal(
-                    make_status(
-                        grpc.StatusCode.PERMISSION_DENIED,
-                        f"{method} is not in the server's access table",
-                        PERMISSION_DENIED,
-                    )
-                )
-            principal, token = self._authenticate(context)
-            current_principal.set(principal)
-            module, task_id = self._authorize(method, rule, request, principal)
-            if task_id is not None:
-                module = await self._check_task(method, rule, principal, task_id) or module
+            principal, token = self._authenticate(context) if rule is not None else (None, None)
+            return await self._check(method, rule, request, principal, token)
         except _Refusal as refusal:
             if rule is not None and rule.audited and not isinstance(request, MalformedRequest):
-                self._audit(method, request, context, refusal.status.code.name, refusal)
+                self._audit(method, request, context.peer(), refusal.code.name, refusal)
             await abort_with(context, refusal.status)
+
+    async def _check(
+        self,
+        method: str,
+        rule: Rule | None,
+        request: Any,
+        principal: Principal | None,
+        token: str | None,
+    ) -> tuple[Principal | None, str | None, str | None]:
+        if rule is None:
+            raise _Refusal(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"{method} is not in the server's access table",
+                PERMISSION_DENIED,
+            )
+        assert principal is not None
+        current_principal.set(principal)
+        module, task_id = self._authorize(method, rule, request, principal)
+        if task_id is not None:
+            module = await self._check_task(method, rule, principal, task_id) or module
         return principal, token, module
+
+    async def admit(
+        self,
+        method: str,
+        request: Any,
+        *,
+        header: str | None,
+        identity: str | None,
+        peer: str,
+    ) -> tuple[Principal | None, str | None, str | None]:
+        """Checks a call that came by another transport as the RPC ``method`` it stands for.
+
+        ``request`` has the RPC's request fields (its message, built from the
+        call). Sets ``current_principal``; audits a refused operator action.
+        Returns the caller, its token and the module the call touches (all
+        ``None`` when this server checks no callers).
+
+        Raises:
+            AccessRefused: the caller is unknown or may not make this call.
+        """
+        rule = ACCESS.get(method)
+        if not self.enabled or (rule is not None and rule.role is None):
+            return None, None, None
+        try:
+            principal, token = self.authenticate(header, identity)
+            return await self._check(method, rule, request, principal, token)
+        except _Refusal as refusal:
+            if rule is not None and rule.audited:
+                self._audit(method, request, peer, refusal.code.name, refusal)
+            raise
 
     # ---- audit -------------------------------------------------------------------------------
 
+    def audit(self, method: str, request: Any, peer: str, outcome: str, why: object = None) -> None:
+        """Writes the audit line of an operator action (``method``'s rule says which are)."""
+        if not ACCESS.get(method, _NOT_AUDITED).audited:
+            return
+        self._audit(method, request, peer, outcome, why)
+
     def _audit(
-        self, method: str, request: Any, context: Context, outcome: str, why: object = None
+        self, method: str, request: Any, peer: str, outcome: str, why: object = None
     ) -> None:
         principal = current_principal.get()
         line: dict[str, object] = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "principal": principal.name if principal is not None else "",
-            "peer": context.peer(),
+            "peer": peer,
             "action": _short(method),
         }
         if not isinstance(request, MalformedRequest):
@@ -344,8 +431,7 @@ class AuthInterceptor(WrappingInterceptor):
                     line[field] = getattr(request, field)
         line["outcome"] = outcome
         if why is not None:
-            details = getattr(why, "status", None)
-            line["detail"] = getattr(details, "details", None) or str(why)
+            line["detail"] = str(why)
         # The entry rides along as an attribute: the JSON log format merges it
         # into its line, the text format writes the message.
         audit_log.info("%s", json.dumps(line, ensure_ascii=False), extra={"audit": line})
@@ -370,12 +456,12 @@ class AuthInterceptor(WrappingInterceptor):
                 except grpc.aio.AbortError:
                     code = context.code() if hasattr(context, "code") else None
                     name = getattr(code, "name", None) or "ABORTED"
-                    self._audit(method, request, context, name, context.details() or None)
+                    self._audit(method, request, context.peer(), name, context.details() or None)
                     raise
                 except BaseException as exc:
-                    self._audit(method, request, context, "ERROR", exc)
+                    self._audit(method, request, context.peer(), "ERROR", exc)
                     raise
-                self._audit(method, request, context, "OK")
+                self._audit(method, request, context.peer(), "OK")
                 return reply
 
             return handler._replace(unary_unary=unary)
@@ -405,29 +491,51 @@ class AuthInterceptor(WrappingInterceptor):
         rule: Rule | None,
         module: str | None,
     ) -> AsyncIterator[Any]:
-        connection = context.peer()
-        name = principal.name if principal is not None else None
         try:
-            self._take(connection, name)
+            hold = self.hold_stream(context.peer(), principal, token, rule, module)
         except _Refusal as refusal:
             await abort_with(context, refusal.status)
-        entry: _OpenStream | None = None
-        if principal is not None and rule is not None and rule.role is not None:
-            entry = _OpenStream(asyncio.current_task(), principal, token, rule.role, module)
-            self._open.add(entry)
         try:
             async for item in items:
                 yield item
         except asyncio.CancelledError:
-            if entry is None or entry.revoked is None:
+            if hold.revoked is None:
                 raise
-            if entry.task is not None:
-                entry.task.uncancel()
-            await abort_with(context, entry.revoked)
+            if hold.task is not None:
+                hold.task.uncancel()
+            await abort_with(context, hold.revoked.status)
         finally:
-            if entry is not None:
-                self._open.discard(entry)
-            self._give(connection, name)
+            self.release_stream(hold)
+
+    def hold_stream(
+        self,
+        connection: str,
+        principal: Principal | None,
+        token: str | None,
+        rule: Rule | None,
+        module: str | None,
+    ) -> StreamHold:
+        """Counts an open stream of the current task against the quotas, for any transport.
+
+        While held, a reload of the tokens that takes the caller's rights away
+        cancels the task with ``revoked`` set (what to answer). Release it with
+        ``release_stream`` however the stream ends.
+
+        Raises:
+            AccessRefused: the connection or the principal has its quota of streams open.
+        """
+        name = principal.name if principal is not None else None
+        self._take(connection, name)
+        hold = StreamHold(asyncio.current_task(), connection, principal, token, None, module)
+        if principal is not None and rule is not None and rule.role is not None:
+            hold.role = rule.role
+            self._open.add(hold)
+        return hold
+
+    def release_stream(self, hold: StreamHold) -> None:
+        """Ends what ``hold_stream`` counted."""
+        self._open.discard(hold)
+        self._give(hold.connection, hold.principal.name if hold.principal is not None else None)
 
     def _take(self, connection: str, principal: str | None) -> None:
         quotas = self._streams
@@ -465,6 +573,7 @@ class AuthInterceptor(WrappingInterceptor):
         self._headers.clear()
         self._certificates.clear()
         for entry in list(self._open):
+            assert entry.principal is not None and entry.role is not None
             if entry.token is not None:
                 now = tokens.principal(entry.token)
             else:
@@ -472,11 +581,11 @@ class AuthInterceptor(WrappingInterceptor):
             if now is None:
                 entry.revoked = _unauthenticated(
                     "the token was removed from the server's tokens file"
-                ).status
+                )
             elif not now.allows(entry.role, entry.module) and not (
                 entry.module is None and now.allows_somewhere(entry.role)
             ):
-                entry.revoked = self._denied(now, "this stream", entry.role, entry.module).status
+                entry.revoked = self._denied(now, "this stream", entry.role, entry.module)
             else:
                 continue
             if entry.task is not None:
@@ -487,12 +596,10 @@ class AuthInterceptor(WrappingInterceptor):
 
 def _quota(quota: str, limit: int, message: str) -> _Refusal:
     return _Refusal(
-        make_status(
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
-            message,
-            QUOTA_EXCEEDED,
-            {"quota": quota, "limit": str(limit)},
-        )
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        message,
+        QUOTA_EXCEEDED,
+        {"quota": quota, "limit": str(limit)},
     )
 
 
@@ -520,4 +627,12 @@ def _uuid(text: str) -> UUID | None:
         return None
 
 
-__all__ = ["AuthInterceptor", "Owners", "StreamQuotas", "caller_name", "current_principal"]
+__all__ = [
+    "AccessRefused",
+    "AuthInterceptor",
+    "Owners",
+    "StreamHold",
+    "StreamQuotas",
+    "caller_name",
+    "current_principal",
+]

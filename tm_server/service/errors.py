@@ -93,6 +93,12 @@ def make_status(
 
 def status_for(exc: TaskManagerError) -> grpc.Status:
     """Maps a domain error to its gRPC status with machine-readable details."""
+    metadata, violation = details_of(exc)
+    return make_status(code_for(exc), str(exc), exc.reason, metadata, violation)
+
+
+def details_of(exc: TaskManagerError) -> tuple[dict[str, str], tuple[str, str] | None]:
+    """A domain error's ErrorInfo metadata, and the field it faults with why (if it is one)."""
     metadata: dict[str, str] = {}
     violation: tuple[str, str] | None = None
     if isinstance(
@@ -116,4 +122,4 @@ def status_for(exc: TaskManagerError) -> grpc.Status:
     if isinstance(exc, InvalidArgumentError):
         metadata["field"] = exc.field
         violation = (exc.field, exc.description)
-    return make_status(code_for(exc), str(exc), exc.reason, metadata, violation)
+    return metadata, violation
