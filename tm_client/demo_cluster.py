@@ -66,6 +66,8 @@ class LocalCluster:
         proc = subprocess.Popen(
             [
                 sys.executable, "-m", "tm_server", "--node", name, "--address", "127.0.0.1:0",
+                # Each node's dashboard and REST API on a port of its own.
+                "--http-address", "127.0.0.1:0",
                 "--store", self.store, "--data-dir", str(self.folder / name), "--shards", "2",
                 "--task-ttl-in-seconds", "3600", "--user-task-ttl-in-seconds", "3600",
             ],
@@ -77,6 +79,9 @@ class LocalCluster:
         lines: list[str] = []
         for line in proc.stderr:
             lines.append(line)
+            dashboard = re.search(r"http on (https?://[\d.]+:\d+/)", line)
+            if dashboard:
+                print(f"node {name}: dashboard at {dashboard.group(1)}", flush=True)
             found = re.search(r"listening on ([\d.]+:\d+)", line)
             if found:
                 # Keep reading its log, so the node never blocks on a full pipe.

@@ -372,6 +372,7 @@ class TmServer:
                     nodes=self._nodes,
                     tls=None if self.tls is None else self.tls.ssl_context(),
                     metrics=self.metrics_endpoint,
+                    registry=self.metrics,
                     test_service=config.enable_test_service,
                 ),
             )

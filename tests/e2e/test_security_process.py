@@ -78,6 +78,12 @@ def test_a_non_loopback_address_needs_tls_and_caller_checks_or_insecure(tmp_path
     done = _start_fails("--address", "0.0.0.0:0", "--insecure", "--enable-test-service",
                         "--data-dir", str(tmp_path / "c"))  # fmt: skip
     assert done.returncode == 1 and "the test service" in done.stderr
+    # The HTTP side's address is checked the same way: it reaches the same tasks.
+    done = _start_fails("--http-address", "0.0.0.0:0", "--data-dir", str(tmp_path / "d"))
+    assert done.returncode == 1
+    assert "refusing to serve 0.0.0.0:0 (not loopback) without TLS and caller checks" in (
+        done.stderr
+    )
 
 
 def test_bad_security_files_stop_the_start_with_one_line(tmp_path: Path) -> None:

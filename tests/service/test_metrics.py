@@ -315,3 +315,36 @@ async def test_an_applications_own_manager_counts_its_tasks() -> None:
         assert found.value("tm_tasks_finished_total", **done) == 1
     finally:
         await server.stop()
+
+
+# ---- the HTTP side -------------------------------------------------------------------------
+
+
+def test_http_requests_are_counted_by_route_template_and_code() -> None:
+    import requests
+
+    server = metered_server(http_address="127.0.0.1:0")
+    try:
+        assert server.server is not None
+        base = f"http://127.0.0.1:{server.server.http_port}"
+        with Producer(server.target, module="backup") as producer:
+            task = producer.create_task("snapshot")
+            for _ in range(3):
+                assert requests.get(f"{base}/task_manager/task_status/{task.id}", timeout=10).ok
+        unknown = requests.get(f"{base}/task_manager/task_status/{uuid4()}", timeout=10)
+        assert unknown.status_code == 400
+        assert requests.get(f"{base}/no/such/path", timeout=10).status_code == 404
+        found = scrape(port_of(server))
+        route = "/task_manager/task_status/{task_id}"
+        # The template, never the path: ids do not make series.
+        assert found.value("tm_http_requests_total", route=route, method="GET", code="200") == 3
+        assert found.value("tm_http_requests_total", route=route, method="GET", code="400") == 1
+        assert (
+            found.value("tm_http_requests_total", route="unmatched", method="GET", code="404") == 1
+        )
+        assert found.value("tm_http_request_duration_seconds_count", route=route, method="GET") == 4
+        # The same registry is on the HTTP port too.
+        same = requests.get(f"{base}/metrics", timeout=10)
+        assert same.ok and "tm_http_requests_total" in same.text
+    finally:
+        server.stop()

@@ -21,7 +21,9 @@ from typing import Any
 from aiohttp import web
 
 from tm_server.core import TaskManager
+from tm_server.metrics import Metrics
 from tm_server.metrics.http import MetricsEndpoint, parse_address
+from tm_server.metrics.web import metrics_middleware
 from tm_server.service.auth import AuthInterceptor
 from tm_server.service.durability import Durable
 
@@ -59,6 +61,8 @@ class HttpParts:
     nodes: Callable[[], Awaitable[Sequence[Any]]]
     tls: ssl.SSLContext | None = None
     metrics: MetricsEndpoint | None = None
+    #: The families requests are counted in (``None``: the server has no metrics).
+    registry: Metrics | None = None
     test_service: bool = False
 
 
@@ -104,7 +108,11 @@ class HttpEndpoint:
         return routes
 
     def _build(self) -> web.Application:
-        app = web.Application(middlewares=[self._errors], client_max_size=MAX_BODY_BYTES)
+        middlewares: list[Any] = [self._errors]
+        if self._parts.registry is not None:
+            # Outermost, so every answer is counted, the errors' included.
+            middlewares.insert(0, metrics_middleware(self._parts.registry))
+        app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)
         for route in self.routes():
             app.router.add_route(route.method, route.path, self.gate.wrap(route))
         if self._parts.metrics is not None:

@@ -16,6 +16,7 @@ the log, never a traceback to the caller).
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from aiohttp import web
 
 from tm_server.core import JournalUnavailableError, TaskManagerError
 from tm_server.core.logs import RateLimitedLog
+from tm_server.logsetup import CallInfo, current_call
 from tm_server.security.roles import Principal
 from tm_server.service.auth import AccessRefused, AuthInterceptor
 from tm_server.service.durability import DURABLE_METHODS, Durable
@@ -33,6 +35,8 @@ from tm_server.service.durability import DURABLE_METHODS, Durable
 from .errors import CROSS_SITE_REQUEST, INTERNAL, HttpError, from_domain, from_refusal
 
 log = logging.getLogger(__name__)
+#: One line per request at DEBUG (as ``tm.rpc`` for RPCs).
+http_log = logging.getLogger("tm.http")
 
 #: The cookie the login form sets (the token, HttpOnly).
 TOKEN_COOKIE = "tm_token"
@@ -96,19 +100,26 @@ class Gate:
     def wrap(self, route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         """The aiohttp handler of ``route``."""
         durable = route.rpc in DURABLE_METHODS and self._journal is not None
+        name = f"{route.method} {route.path}"
 
         async def serve(request: web.Request) -> web.StreamResponse:
             fields: Any = None
+            # What a log line written meanwhile names (the JSON format's
+            # method, peer, task id), as for an RPC.
+            call = CallInfo(name, _Peer(request), None)
+            current_call.set(call)
+            started = time.perf_counter()
             try:
                 if request.method in _UNSAFE:
                     check_same_origin(request)
-                fields = route.fields(request)
+                fields = call.request = route.fields(request)
                 principal, token, module = await self.admit(route, request, fields)
                 if durable:
                     await self._ready()
                 response = await route.handler(Call(request, principal, token, module, route))
                 if durable:
                     await self._durable()
+                self._audit(route, fields, request, "OK")
             except HttpError as exc:
                 if not exc.audited:
                     self._audit(route, fields, request, exc.reason, exc.message)
@@ -123,7 +134,12 @@ class Gate:
                 error = self.unexpected(f"{route.method} {route.path}", exc)
                 self._audit(route, fields, request, error.reason, error.message)
                 return error.response()
-            self._audit(route, fields, request, "OK")
+            finally:
+                call.done = True
+                if http_log.isEnabledFor(logging.DEBUG):
+                    elapsed = (time.perf_counter() - started) * 1000
+                    http_log.debug("%s %s in %.3f ms", name, request.path, elapsed,
+                                   extra={"duration_ms": round(elapsed, 3)})  # fmt: skip
             return response
 
         return serve
@@ -226,6 +242,18 @@ def _cross_site(why: str) -> HttpError:
     return HttpError(
         403, f"refused as a cross-site request: {why}", CROSS_SITE_REQUEST, {"check": "csrf"}
     )
+
+
+class _Peer:
+    """What the log's call fields read of a request: its peer, as a gRPC context's."""
+
+    __slots__ = ("_request",)
+
+    def __init__(self, request: web.Request) -> None:
+        self._request = request
+
+    def peer(self) -> str:
+        return peer_of(self._request)
 
 
 def certificate_identity(request: web.Request) -> str | None:

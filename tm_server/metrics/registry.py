@@ -69,6 +69,17 @@ class Metrics:
             "tm_rpc_streams_open", "Streaming RPCs open now (WaitTask, WatchTasks, "
             "OpenSession, ...), by method", ["service", "method"], registry=r,
         )  # fmt: skip
+        # The HTTP side's requests (REST, streams, dashboard), by route template.
+        self.http_requests = Counter(
+            "tm_http_requests", "HTTP requests answered, by route (the path template, "
+            "'unmatched' for none), method and status code", ["route", "method", "code"],
+            registry=r,
+        )  # fmt: skip
+        self.http_duration = Histogram(
+            "tm_http_request_duration_seconds", "How long HTTP requests took, by route and "
+            "method (an event stream: how long it was open)", ["route", "method"],
+            buckets=RPC_BUCKETS, registry=r,
+        )  # fmt: skip
         # Tasks.
         self.tasks_created = Counter(
             "tm_tasks_created", "Regular tasks created on this node, by module and type",
