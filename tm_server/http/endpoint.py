@@ -30,15 +30,13 @@ from tm_server.service.durability import Durable
 from .errors import METHOD_NOT_ALLOWED, NOT_A_PATH, HttpError
 from .own import OwnApi
 from .rest import ScyllaRest
-from .routing import Gate, Route
+from .routing import MAX_BODY_BYTES, Gate, Route
 from .streams import EventStreams
 
 log = logging.getLogger(__name__)
 
 #: The dashboard's files (what ships in the package is what the browser loads).
 STATIC = Path(__file__).parent / "static"
-#: The largest request body read (login forms; no other route takes a body).
-MAX_BODY_BYTES = 64 * 1024
 
 _PAGE_HEADERS = {
     "Content-Security-Policy": (

@@ -136,8 +136,11 @@ class ServerTls:
     def ssl_context(self) -> ssl.SSLContext:
         """A context for the HTTP side's port, with the same files and the same client checks.
 
-        Each handshake looks at the files first, as grpcio's fetch does: a
-        renewed certificate (or SIGHUP) is served from the next connection on.
+        A client certificate is optional here (it is required over gRPC under
+        mTLS): when given it must chain to the client CA and identifies the
+        caller; without one the caller needs a token. Each handshake looks at
+        the files first, as grpcio's fetch does: a renewed certificate (or
+        SIGHUP) is served from the next connection on.
         """
         current = [self._http_context()]
         stamp = [self._stat()]
@@ -164,7 +167,9 @@ class ServerTls:
         context.load_cert_chain(c.cert, c.key)
         if c.client_ca is not None:
             context.load_verify_locations(cafile=str(c.client_ca))
-            context.verify_mode = ssl.CERT_REQUIRED
+            # Asked for, verified when given, and then the caller's identity;
+            # without one a caller must bring a token (a browser's login).
+            context.verify_mode = ssl.CERT_OPTIONAL
         return context
 
     def peer_credentials(self, token: str | None) -> Credentials:
