@@ -8,7 +8,7 @@ BUF := .tools/buf/node_modules/.bin/buf
 PROTOS := $(wildcard protos/tm/v1/*.proto)
 GEN_DIR := tm_client/pb
 
-.PHONY: run demo demo-cluster bench test test-fast proto proto-check lint typecheck buf-lint pytest venv clean examples-deps
+.PHONY: run demo demo-cluster bench screenshots test test-fast proto proto-check lint typecheck buf-lint pytest venv clean examples-deps
 
 venv: $(VENV)/.installed
 
@@ -35,6 +35,10 @@ demo-cluster: venv
 # Benchmarks against a do-nothing baseline (a few minutes); results in bench/results/.
 bench: venv
 	$(PY) -m bench.run $(ARGS)
+
+# The README's dashboard screenshots (docs/screenshots/*.png), taken by the browser tests.
+screenshots: venv
+	TM_SCREENSHOTS=docs/screenshots $(BIN)/pytest -q -p no:cacheprovider tests/browser
 
 NODE_EXAMPLE := examples/node-producer
 

@@ -786,18 +786,17 @@ class ModuleView {
 
   makeRow() {
     const row = h("div", { testid: "task-row" });
-    row._id = h("a", { class: "mono", role: "cell" });
+    row._id = h("a", { class: "mono" });
     row._state = h("span", { class: "badge", testid: "task-state", role: "cell" });
     row._type = h("span", { role: "cell" });
     row._scope = h("span", { role: "cell" });
     row._kt = h("span", { role: "cell" });
     row._bar = progressBar();
-    row._bar.setAttribute("role", "progressbar");
     const barCell = h("div", { role: "cell" }, row._bar);
     row._ptext = h("span", { class: "num muted", testid: "progress-text", role: "cell" });
     row._created = h("span", { class: "muted", role: "cell" });
-    row.append(row._id, row._state, row._type, row._scope, row._kt, barCell, row._ptext,
-      row._created);
+    row.append(h("div", { role: "cell" }, row._id), row._state, row._type, row._scope, row._kt,
+      barCell, row._ptext, row._created);
     return row;
   }
 
@@ -832,6 +831,7 @@ class TaskView {
     this.treeBusy = false;
     this.treeWanted = false;
     this.lastTreeAt = 0;
+    this.lastTreeMs = 0;
     this.closed = false;
     this.stream = null;
   }
@@ -1025,7 +1025,9 @@ class TaskView {
   wantTree(now = false) {
     this.treeWanted = true;
     if (this.treeBusy || this.treeTimer) return;
-    const wait = now ? 0 : Math.max(0, this.lastTreeAt + 1000 - Date.now());
+    // A second apart at least; a tree that takes long to read waits longer (twice its read).
+    const gap = Math.max(1000, 2 * this.lastTreeMs);
+    const wait = now ? 0 : Math.max(0, this.lastTreeAt + gap - Date.now());
     this.treeTimer = setTimeout(() => {
       this.treeTimer = 0;
       this.fetchTree();
@@ -1044,6 +1046,7 @@ class TaskView {
     } catch (err) {
       if (!this.closed) fail(err);
     } finally {
+      this.lastTreeMs = Date.now() - this.lastTreeAt;
       this.treeBusy = false;
       if (this.treeWanted && !this.closed) this.wantTree();
     }
