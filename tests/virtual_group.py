@@ -16,6 +16,7 @@ from tm_server.core import (
     VirtualTaskGroup,
     VirtualTaskHint,
 )
+from tm_server.core.types import AbortRequest
 
 
 @dataclass
@@ -95,7 +96,9 @@ class InMemoryGroup(VirtualTaskGroup):
         await op.finished.wait()
         return await self._status(task_id)
 
-    async def abort(self, task_id: UUID, hint: VirtualTaskHint) -> None:
+    async def abort(
+        self, task_id: UUID, hint: VirtualTaskHint, request: AbortRequest | None = None
+    ) -> None:
         op = self.ops[task_id]
         op.aborted = True
         self.finish(task_id, TaskState.FAILED, "aborted by user")

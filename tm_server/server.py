@@ -385,6 +385,7 @@ class TmServer:
         self._data_dir = None if config.data_dir is None else DataDir(config.data_dir)
         # How long reading the journal and rebuilding the registry took at start.
         self.recovery_seconds = 0.0
+        self._started_at: float | None = None
 
     def _collect_state(self, metrics: Metrics) -> None:
         # The live counts, read at scrape time.
@@ -562,6 +563,7 @@ class TmServer:
                 self._watch_tokens(self.tokens), name="tm-tokens-watch"
             )
         self.heap.start()
+        self._started_at = self.manager.clock.now()
         for name in ("", TASK_MANAGER_SERVICE, REPORTING_SERVICE):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         return self.port
@@ -617,8 +619,11 @@ class TmServer:
         if self.cluster is not None:
             return await self.cluster.nodes()
         now = self.manager.clock.now()
-        address = self.config.advertise_address or self.config.address
-        return [NodeRow(self.manager.node, address, _version(), "", now, now, now, False, True)]
+        host = self.config.address.rsplit(":", 1)[0]
+        # The port bound, not the one asked for (port 0 picks one).
+        address = self.config.advertise_address or f"{host}:{self.port}"
+        started = self._started_at or now
+        return [NodeRow(self.manager.node, address, _version(), "", started, now, now, False, True)]
 
     async def stop(self) -> None:
         """Stops accepting calls, ends open streams cleanly, then stops the task manager."""

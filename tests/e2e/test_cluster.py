@@ -115,8 +115,11 @@ def test_any_node_answers_for_a_regular_task_held_by_another(cluster: Cluster) -
             assert [s.id for s in client.get_status_recursive(root.id)] == [root.id, child.id]
             assert [c.task_id for c in client.list_children(root.id)] == [child.id]
 
-            client.abort(root.id)  # through a, held by b: b's producer is told
+            client.abort(root.id, reason="maintenance")  # through a, held by b: b's producer
             assert root.wait_abort(10) and child.wait_abort(10)
+            assert root.abort_reason == ("maintenance", "")  # who asked and why travel too
+            aborted = client.get_status(root.id).abort
+            assert aborted is not None and aborted.reason == "maintenance"
 
             stream = client.watch(root.id, timeout=30)
             assert next(stream).state is TaskState.RUNNING
@@ -137,11 +140,21 @@ def test_abort_on_one_node_reaches_children_and_producer_everywhere(cluster: Clu
         on_c = pc.create_task("upgrade", parent=root.id)
         grandchild = on_c.child("upgrade", scope="table")
         with cluster.client("c") as client:
-            client.abort(root.id)
+            client.abort(root.id, reason="disk replaced")
         assert root.wait_abort(10), "the producer's session was not told"
         assert on_b.wait_abort(10) and on_c.wait_abort(10) and grandchild.wait_abort(10)
+        # Why, as the producers and every node tell it: the cluster task's own
+        # record, and its children's with the cluster task as the origin.
+        assert root.abort_reason == ("disk replaced", "")
+        assert on_b.abort_reason == ("disk replaced", "")
         with cluster.client("b") as client:
-            assert client.get_status(root.id).abort_requested
+            status = client.get_status(root.id)
+            assert status.abort_requested
+            assert status.abort is not None and status.abort.reason == "disk replaced"
+            assert status.abort.origin_task_id is None
+            child = client.get_status(on_c.id)
+            assert child.abort is not None and child.abort.reason == "disk replaced"
+            assert child.abort.origin_task_id == root.id
 
         late = pb.create_task("upgrade", parent=root.id)  # under an aborted cluster task
         assert late.abort_requested

@@ -549,3 +549,13 @@ def test_every_rpc_rejects_malformed_input_with_invalid_argument(
             pb.ListModulesRequest(), timeout=10
         )
         assert list(ping.modules) == ["test"]
+
+
+def test_a_node_without_a_store_lists_itself_at_the_port_it_bound(
+    server: ServerThread, client: TaskManagerClient
+) -> None:
+    (node,) = client.list_nodes()
+    # Asked for port 0: the address says the one it bound, where it is reached.
+    assert node.name == "node-a" and node.address == server.target and node.alive
+    assert node.started_time is not None and node.last_heartbeat_time is not None
+    assert node.started_time <= node.last_heartbeat_time

@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from . import task_manager_pb2 as tm_dot_v1_dot_task__manager__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10tm/v1/node.proto\x12\x05tm.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18tm/v1/task_manager.proto\"(\n\x15GetLocalStatusRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"J\n\x16GetLocalStatusResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12!\n\x06status\x18\x02 \x01(\x0b\x32\x11.tm.v1.TaskStatus\"O\n\x10WaitLocalRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12*\n\x07timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"6\n\x11WaitLocalResponse\x12!\n\x06status\x18\x01 \x01(\x0b\x32\x11.tm.v1.TaskStatus\"$\n\x11\x41\x62ortLocalRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"#\n\x12\x41\x62ortLocalResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"&\n\x13GetLocalTreeRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"H\n\x14GetLocalTreeResponse\x12\r\n\x05\x64\x65pth\x18\x01 \x01(\r\x12!\n\x06status\x18\x02 \x01(\x0b\x32\x11.tm.v1.TaskStatus\"K\n\x18ListLocalChildrenRequest\x12/\n\x07request\x18\x01 \x01(\x0b\x32\x1e.tm.v1.ListTaskChildrenRequest\"Y\n\x19ListLocalChildrenResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12-\n\x04page\x18\x02 \x01(\x0b\x32\x1f.tm.v1.ListTaskChildrenResponse\".\n\x19GetClusterChildrenRequest\x12\x11\n\tparent_id\x18\x01 \x01(\t\"C\n\x1aGetClusterChildrenResponse\x12%\n\x08\x63hildren\x18\x01 \x03(\x0b\x32\x13.tm.v1.ClusterChild\"\x86\x01\n\x0c\x43lusterChild\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x31\n\rcreation_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\x12progress_completed\x18\x03 \x01(\x01\x12\x16\n\x0eprogress_total\x18\x04 \x01(\x01\x32\xdf\x03\n\x0bNodeService\x12M\n\x0eGetLocalStatus\x12\x1c.tm.v1.GetLocalStatusRequest\x1a\x1d.tm.v1.GetLocalStatusResponse\x12@\n\tWaitLocal\x12\x17.tm.v1.WaitLocalRequest\x1a\x18.tm.v1.WaitLocalResponse0\x01\x12\x41\n\nAbortLocal\x12\x18.tm.v1.AbortLocalRequest\x1a\x19.tm.v1.AbortLocalResponse\x12I\n\x0cGetLocalTree\x12\x1a.tm.v1.GetLocalTreeRequest\x1a\x1b.tm.v1.GetLocalTreeResponse0\x01\x12V\n\x11ListLocalChildren\x12\x1f.tm.v1.ListLocalChildrenRequest\x1a .tm.v1.ListLocalChildrenResponse\x12Y\n\x12GetClusterChildren\x12 .tm.v1.GetClusterChildrenRequest\x1a!.tm.v1.GetClusterChildrenResponseB\'\n\ttm.api.v1P\x01Z\x18tm/api/gen/go/tm/v1;tmv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10tm/v1/node.proto\x12\x05tm.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18tm/v1/task_manager.proto\"(\n\x15GetLocalStatusRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"J\n\x16GetLocalStatusResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12!\n\x06status\x18\x02 \x01(\x0b\x32\x11.tm.v1.TaskStatus\"O\n\x10WaitLocalRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12*\n\x07timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"6\n\x11WaitLocalResponse\x12!\n\x06status\x18\x01 \x01(\x0b\x32\x11.tm.v1.TaskStatus\"G\n\x11\x41\x62ortLocalRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x11\n\tprincipal\x18\x03 \x01(\t\"#\n\x12\x41\x62ortLocalResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"&\n\x13GetLocalTreeRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"H\n\x14GetLocalTreeResponse\x12\r\n\x05\x64\x65pth\x18\x01 \x01(\r\x12!\n\x06status\x18\x02 \x01(\x0b\x32\x11.tm.v1.TaskStatus\"K\n\x18ListLocalChildrenRequest\x12/\n\x07request\x18\x01 \x01(\x0b\x32\x1e.tm.v1.ListTaskChildrenRequest\"Y\n\x19ListLocalChildrenResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12-\n\x04page\x18\x02 \x01(\x0b\x32\x1f.tm.v1.ListTaskChildrenResponse\".\n\x19GetClusterChildrenRequest\x12\x11\n\tparent_id\x18\x01 \x01(\t\"C\n\x1aGetClusterChildrenResponse\x12%\n\x08\x63hildren\x18\x01 \x03(\x0b\x32\x13.tm.v1.ClusterChild\"\x86\x01\n\x0c\x43lusterChild\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x31\n\rcreation_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\x12progress_completed\x18\x03 \x01(\x01\x12\x16\n\x0eprogress_total\x18\x04 \x01(\x01\x32\xdf\x03\n\x0bNodeService\x12M\n\x0eGetLocalStatus\x12\x1c.tm.v1.GetLocalStatusRequest\x1a\x1d.tm.v1.GetLocalStatusResponse\x12@\n\tWaitLocal\x12\x17.tm.v1.WaitLocalRequest\x1a\x18.tm.v1.WaitLocalResponse0\x01\x12\x41\n\nAbortLocal\x12\x18.tm.v1.AbortLocalRequest\x1a\x19.tm.v1.AbortLocalResponse\x12I\n\x0cGetLocalTree\x12\x1a.tm.v1.GetLocalTreeRequest\x1a\x1b.tm.v1.GetLocalTreeResponse0\x01\x12V\n\x11ListLocalChildren\x12\x1f.tm.v1.ListLocalChildrenRequest\x1a .tm.v1.ListLocalChildrenResponse\x12Y\n\x12GetClusterChildren\x12 .tm.v1.GetClusterChildrenRequest\x1a!.tm.v1.GetClusterChildrenResponseB\'\n\ttm.api.v1P\x01Z\x18tm/api/gen/go/tm/v1;tmv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,23 +44,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WAITLOCALRESPONSE']._serialized_start=317
   _globals['_WAITLOCALRESPONSE']._serialized_end=371
   _globals['_ABORTLOCALREQUEST']._serialized_start=373
-  _globals['_ABORTLOCALREQUEST']._serialized_end=409
-  _globals['_ABORTLOCALRESPONSE']._serialized_start=411
-  _globals['_ABORTLOCALRESPONSE']._serialized_end=446
-  _globals['_GETLOCALTREEREQUEST']._serialized_start=448
-  _globals['_GETLOCALTREEREQUEST']._serialized_end=486
-  _globals['_GETLOCALTREERESPONSE']._serialized_start=488
-  _globals['_GETLOCALTREERESPONSE']._serialized_end=560
-  _globals['_LISTLOCALCHILDRENREQUEST']._serialized_start=562
-  _globals['_LISTLOCALCHILDRENREQUEST']._serialized_end=637
-  _globals['_LISTLOCALCHILDRENRESPONSE']._serialized_start=639
-  _globals['_LISTLOCALCHILDRENRESPONSE']._serialized_end=728
-  _globals['_GETCLUSTERCHILDRENREQUEST']._serialized_start=730
-  _globals['_GETCLUSTERCHILDRENREQUEST']._serialized_end=776
-  _globals['_GETCLUSTERCHILDRENRESPONSE']._serialized_start=778
-  _globals['_GETCLUSTERCHILDRENRESPONSE']._serialized_end=845
-  _globals['_CLUSTERCHILD']._serialized_start=848
-  _globals['_CLUSTERCHILD']._serialized_end=982
-  _globals['_NODESERVICE']._serialized_start=985
-  _globals['_NODESERVICE']._serialized_end=1464
+  _globals['_ABORTLOCALREQUEST']._serialized_end=444
+  _globals['_ABORTLOCALRESPONSE']._serialized_start=446
+  _globals['_ABORTLOCALRESPONSE']._serialized_end=481
+  _globals['_GETLOCALTREEREQUEST']._serialized_start=483
+  _globals['_GETLOCALTREEREQUEST']._serialized_end=521
+  _globals['_GETLOCALTREERESPONSE']._serialized_start=523
+  _globals['_GETLOCALTREERESPONSE']._serialized_end=595
+  _globals['_LISTLOCALCHILDRENREQUEST']._serialized_start=597
+  _globals['_LISTLOCALCHILDRENREQUEST']._serialized_end=672
+  _globals['_LISTLOCALCHILDRENRESPONSE']._serialized_start=674
+  _globals['_LISTLOCALCHILDRENRESPONSE']._serialized_end=763
+  _globals['_GETCLUSTERCHILDRENREQUEST']._serialized_start=765
+  _globals['_GETCLUSTERCHILDRENREQUEST']._serialized_end=811
+  _globals['_GETCLUSTERCHILDRENRESPONSE']._serialized_start=813
+  _globals['_GETCLUSTERCHILDRENRESPONSE']._serialized_end=880
+  _globals['_CLUSTERCHILD']._serialized_start=883
+  _globals['_CLUSTERCHILD']._serialized_end=1017
+  _globals['_NODESERVICE']._serialized_start=1020
+  _globals['_NODESERVICE']._serialized_end=1499
 # @@protoc_insertion_point(module_scope)

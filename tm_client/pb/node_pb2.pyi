@@ -129,21 +129,31 @@ Global___WaitLocalResponse: _TypeAlias = WaitLocalResponse  # noqa: Y015
 
 @_typing.final
 class AbortLocalRequest(_message.Message):
-    """AbortLocalRequest names the task to abort."""
+    """AbortLocalRequest names the task to abort, and who asked for it and why."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     TASK_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    PRINCIPAL_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """The task id."""
+    reason: _builtins.str
+    """Why the abort was asked for (the caller's reason, as AbortTaskRequest's)."""
+    principal: _builtins.str
+    """The principal that asked the node forwarding the abort ("" without
+    access checks).
+    """
     def __init__(
         self,
         *,
         task_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        principal: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["principal", b"principal", "reason", b"reason", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -31,6 +31,7 @@ from tm_server.core import (
     VirtualChild,
     WaitTimeoutError,
 )
+from tm_server.core.types import AbortRequest
 from tm_server.service.convert import (
     lease_duration,
     require_uuid,
@@ -164,15 +165,17 @@ class Peers:
         call = self._stub(node).WaitLocal(request)
         return _relay(call, node.name, task_id, lambda reply: status_from_pb(reply.status))
 
-    async def abort(self, task_id: UUID) -> bool:
-        """Aborts the task on the node that holds it."""
+    async def abort(self, task_id: UUID, request: AbortRequest | None = None) -> bool:
+        """Aborts the task on the node that holds it, with who asked and why."""
         found = await self._owner(task_id)
         if found is None:
             return False
+        message = npb.AbortLocalRequest(task_id=str(task_id))
+        if request is not None:
+            message.reason = request.reason
+            message.principal = request.principal
         try:
-            reply = await self._stub(found[0]).AbortLocal(
-                npb.AbortLocalRequest(task_id=str(task_id)), timeout=self.timeout
-            )
+            reply = await self._stub(found[0]).AbortLocal(message, timeout=self.timeout)
         except grpc.RpcError as exc:
             raise _core_error(exc, found[0].name, task_id) from None
         return bool(reply.found)

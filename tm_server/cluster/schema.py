@@ -72,4 +72,12 @@ def migrations(*, real: str, boolean: str, serial: str) -> tuple[tuple[str, ...]
             # may drive it, whichever node it asks.
             "ALTER TABLE tm_cluster_tasks ADD COLUMN owner TEXT NOT NULL DEFAULT ''",
         ),
+        (
+            # Who asked for a cluster task's abort, when and why (and the
+            # ancestor whose abort reached it), as a regular task keeps them.
+            "ALTER TABLE tm_cluster_tasks ADD COLUMN abort_reason TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE tm_cluster_tasks ADD COLUMN abort_principal TEXT NOT NULL DEFAULT ''",
+            f"ALTER TABLE tm_cluster_tasks ADD COLUMN abort_time {real}",
+            "ALTER TABLE tm_cluster_tasks ADD COLUMN abort_origin TEXT",
+        ),
     )

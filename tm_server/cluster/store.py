@@ -75,6 +75,11 @@ class ClusterTaskRow:
     version: int
     #: The principal that created it ("" without access checks).
     owner: str = ""
+    #: The abort request: why, who, when (epoch seconds), and the ancestor it came from.
+    abort_reason: str = ""
+    abort_principal: str = ""
+    abort_time: float | None = None
+    abort_origin: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

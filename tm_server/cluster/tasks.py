@@ -35,7 +35,7 @@ from tm_server.core import (
     new_task_id,
 )
 from tm_server.core.producers import Producers, TaskSpec
-from tm_server.core.types import StatusExtras
+from tm_server.core.types import AbortRequest, StatusExtras
 from tm_server.core.validation import (
     MAX_NAME_LENGTH,
     MAX_TEXT_LENGTH,
@@ -214,7 +214,7 @@ class ClusterTaskGroup(VirtualTaskGroup):
             abort_requested=row.abort_requested and row.state in _UNFINISHED,
             expire_time=None if row.ended_at is None else row.ended_at + self.retention_seconds,
             children_count=len(children),
-            extras=StatusExtras(tuple(unreachable), None, row.owner),
+            extras=StatusExtras(tuple(unreachable), _abort_of(row), row.owner),
         )
 
     async def wait(self, task_id: UUID, hint: VirtualTaskHint) -> TaskStatus | None:
@@ -470,10 +470,15 @@ class ClusterTaskGroup(VirtualTaskGroup):
         self._producers.task_finished(task_id)
         return await self.status_of(updated)
 
-    async def abort(self, task_id: UUID, hint: VirtualTaskHint) -> None:
-        """Records the abort; every node aborts its children and tells the producer."""
+    async def abort(
+        self, task_id: UUID, hint: VirtualTaskHint, request: AbortRequest | None = None
+    ) -> None:
+        """Records the abort, who asked, when and why; each node aborts its children."""
         await self._membership.check_writable()
-        updated = await self._store.update_task(str(task_id), _UNFINISHED, abort_requested=True)
+        request = request or AbortRequest(self._manager.clock.now())
+        updated = await self._store.update_task(
+            str(task_id), _UNFINISHED, abort_requested=True, **_abort_values(request)
+        )
         if updated is not None:
             await self._aborted(updated)
 
@@ -521,12 +526,16 @@ class ClusterTaskGroup(VirtualTaskGroup):
 
     async def _aborted(self, row: ClusterTaskRow) -> None:
         task_id = UUID(row.id)
-        await self._manager.abort_virtual_children(task_id)
+        request = _abort_of(row) or AbortRequest(self._manager.clock.now())
+        # What reaches the descendants names this task as where it came from.
+        passed = request._replace(origin=task_id)
+        await self._manager.abort_virtual_children(task_id, passed)
         self._producers.task_aborted(task_id)
         for child in await self._store.children_of(row.id):
             if not child.abort_requested and child.state in _UNFINISHED:
-                updated = await self._store.update_task(child.id, _UNFINISHED,
-                                                        abort_requested=True)  # fmt: skip
+                updated = await self._store.update_task(
+                    child.id, _UNFINISHED, abort_requested=True, **_abort_values(passed)
+                )
                 if updated is not None:
                     await self._aborted(updated)
 
@@ -561,3 +570,21 @@ class ClusterTaskGroup(VirtualTaskGroup):
         await self._finished.close()
         if self._flusher is not None:
             self._flusher.cancel()
+
+
+def _abort_values(request: AbortRequest) -> dict[str, object]:
+    # The abort request as the store's columns.
+    return {
+        "abort_reason": request.reason,
+        "abort_principal": request.principal,
+        "abort_time": request.time,
+        "abort_origin": None if request.origin is None else str(request.origin),
+    }
+
+
+def _abort_of(row: ClusterTaskRow) -> AbortRequest | None:
+    # The row's abort request, if one was made (rows from before the columns have no time).
+    if not row.abort_requested or row.abort_time is None:
+        return None
+    return AbortRequest(row.abort_time, row.abort_reason, row.abort_principal,
+                        _uuid(row.abort_origin))  # fmt: skip

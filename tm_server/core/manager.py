@@ -564,13 +564,13 @@ class TaskManager(Waiting):
             return
         found = await self._groups.find(task_id)
         if found is None:
-            if self.remote is not None and await self.remote.abort(task_id):
+            if self.remote is not None and await self.remote.abort(task_id, request):
                 return
             raise TaskNotFoundError(task_id)
         group, hint = found
         if not await group.is_abortable(task_id, hint):
             raise TaskNotAbortableError(task_id)
-        await group.abort(task_id, hint)
+        await group.abort(task_id, hint, request)
 
     # ---- ttl and drain -----------------------------------------------------------------------
 

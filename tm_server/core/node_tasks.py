@@ -68,17 +68,20 @@ class NodeTasks:
         """The virtual tasks that tasks of this node have as their parent."""
         return {parent for shard in self._shards for parent in await shard.virtual_parents()}
 
-    async def abort_virtual_children(self, parent_id: UUID) -> None:
+    async def abort_virtual_children(
+        self, parent_id: UUID, request: AbortRequest | None = None
+    ) -> None:
         """Aborts this node's children of the virtual task ``parent_id``, and their trees.
 
-        Their own abortable flags do not matter, as for any descendant.
+        Their own abortable flags do not matter, as for any descendant;
+        ``request`` (who asked, when, why) is kept with each.
         """
         children = [
             (child, shard.index)
             for shard in self._shards
             for child in await shard.virtual_children_of(parent_id)
         ]
-        await self._abort_all(children)
+        await self._abort_all(children, request)
 
     # ---- this node's tasks only (what other nodes ask) ---------------------------------------
 

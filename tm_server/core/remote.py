@@ -13,7 +13,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Protocol
 from uuid import UUID
 
-from .types import TaskIdentity, TaskStatus
+from .types import AbortRequest, TaskIdentity, TaskStatus
 
 
 class RemoteTasks(Protocol):
@@ -30,8 +30,8 @@ class RemoteTasks(Protocol):
     ) -> AsyncGenerator[TaskStatus, None] | None:
         """The task's status stream (as ``TaskManager.watch_task``) from its node."""
 
-    async def abort(self, task_id: UUID) -> bool:
-        """Requests the abort on the task's node; False if no node holds it."""
+    async def abort(self, task_id: UUID, request: AbortRequest | None = None) -> bool:
+        """Requests the abort on the task's node (who asked, why); False if no node holds it."""
 
     async def tree(self, task_id: UUID) -> AsyncIterator[tuple[int, TaskStatus]] | None:
         """The task's tree, as (depth, status) in BFS order, from its node."""

@@ -21,7 +21,15 @@ from .errors import (
     WaitTimeoutError,
 )
 from .port import Deadline
-from .types import ListFilter, Progress, TaskIdentity, TaskKind, TaskStats, TaskStatus
+from .types import (
+    AbortRequest,
+    ListFilter,
+    Progress,
+    TaskIdentity,
+    TaskKind,
+    TaskStats,
+    TaskStatus,
+)
 from .validation import finite_or_zero
 
 T = TypeVar("T")
@@ -69,8 +77,14 @@ class VirtualTaskGroup(abc.ABC):
     async def wait(self, task_id: UUID, hint: VirtualTaskHint) -> TaskStatus | None:
         """Blocks until the operation ends; returns its final status or ``None``."""
 
-    async def abort(self, task_id: UUID, hint: VirtualTaskHint) -> None:
-        """Aborts the operation; never raises. By default does nothing."""
+    async def abort(
+        self, task_id: UUID, hint: VirtualTaskHint, request: AbortRequest | None = None
+    ) -> None:
+        """Aborts the operation; never raises. By default does nothing.
+
+        ``request`` says who asked, when and why (a group may keep it, to show
+        in its statuses' ``extras.abort``).
+        """
         return None
 
     async def abort_pending(self, task_id: UUID, hint: VirtualTaskHint) -> bool:

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from tm_client.pb import node_pb2 as npb
 from tm_client.pb import node_pb2_grpc as npb_grpc
 from tm_server.core import TaskManager, TaskNotFoundError
+from tm_server.core.types import AbortRequest
 
 from .convert import (
     children_page_to_pb,
@@ -61,7 +62,12 @@ class NodeServicer(Servicer, npb_grpc.NodeServiceServicer):
         self, request: npb.AbortLocalRequest, context: Context
     ) -> npb.AbortLocalResponse:
         """Aborts a regular task, if held here."""
-        found = await self._tm.abort_local(require_uuid("task_id", request.task_id))
+        # Who asked and why came from the node that was asked (the caller
+        # here is that node); the time is this node's, where the abort happens.
+        found = await self._tm.abort_local(
+            require_uuid("task_id", request.task_id),
+            AbortRequest(self._tm.clock.now(), request.reason, request.principal),
+        )
         return npb.AbortLocalResponse(found=found)
 
     @streaming
