@@ -5,7 +5,8 @@ do-nothing baseline); a load generator is a ``bench.loadgen`` subprocess whose
 last line is its JSON result. A server given ``Security`` serves TLS (tm also
 checks the token of every call against a tokens file) and its clients connect
 with TLS and send the token. A tm server given ``metrics_address`` serves its
-Prometheus metrics there (``metrics_url``).
+Prometheus metrics there (``metrics_url``); given ``http_address``, its HTTP
+side there (``http_url``).
 """
 
 from __future__ import annotations
@@ -148,6 +149,7 @@ class Server:
         security: Security | None = None,
         metrics_address: str | None = None,
         watch_interval: float | None = None,
+        http_address: str | None = None,
     ) -> None:
         self.kind = kind
         self.security = security
@@ -164,7 +166,8 @@ class Server:
              "--shards", str(shards),
              *(() if data_dir is None else ("--data-dir", str(data_dir))), *secured,
              *(() if metrics_address is None else ("--metrics-address", metrics_address)),
-             *(() if watch_interval is None else ("--watch-interval", str(watch_interval)))],
+             *(() if watch_interval is None else ("--watch-interval", str(watch_interval))),
+             *(() if http_address is None else ("--http-address", http_address))],
             cwd=ROOT,
         )  # fmt: skip
         deadline = time.monotonic() + 60
@@ -180,6 +183,10 @@ class Server:
         if metrics_address is not None:
             host = metrics_address.rsplit(":", 1)[0]
             self.metrics_url = f"http://{host}:{self.control('metrics_port')['port']}/metrics"
+        self.http_url = ""
+        if http_address is not None:
+            host = http_address.rsplit(":", 1)[0]
+            self.http_url = f"http://{host}:{self.control('http_port')['port']}"
 
     def _channel(self) -> grpc.Channel:
         if self.security is None:
@@ -307,6 +314,8 @@ class ModuleWatchers:
 
     def result(self) -> dict[str, Any]:
         value: dict[str, Any] = json.loads(self._out.readline())
+        # The CPU until the result (its process, not yet reaped, still has it).
+        self.final_cpu = self.cpu()
         self.proc.wait(60)
         return value
 

@@ -81,6 +81,16 @@ PROFILE_NOTES = [
     " 1.19 and 1.09x in three runs; server CPU a call 686, 641 and 639 us on, 733, 715 and 629 "
     "off). A scrape (~27 KB) took at most 32 ms, once a second during the figure, and the endpoint"
     " counted every call the load generator made.",
+    "HTTP side (py-spy of the server, 200,000 tasks): a page of 100 over GET "
+    "list_module_tasks costs ~3.2 ms of server CPU (~300 pages/s at 4 in flight saturate the "
+    "loop; gRPC's page ~2.7 ms), on a 1,000,000-task module as on a 1,000-task one. Of the "
+    "loop's samples, shaping the JSON takes most: stats_json (tm_server/http/shapes.py) ~37%, "
+    "a third of it scylla_time's strftime/gmtime (shapes.py:35: its one-entry cache misses "
+    "as neighbouring entries were created in other seconds), json.dumps of the ~40 KB page "
+    "~26% (the C encoder), the core's listing (list_page, ShardReads.list_tasks) ~14%, "
+    "aiohttp ~10%. A status read over HTTP costs ~275 us of server CPU against ~650 us over "
+    "gRPC, mostly aiohttp's request handling; tm's own share is small (build_status, "
+    "status_json, scylla_time ~3%, json ~5%).",
 ]
 
 
@@ -189,6 +199,29 @@ MISS_ANALYSIS = {
         "shared one wait between watches at the same positions (two helper tasks a stream) "
         "this figure was 1.48x (34.3 against 23.2 KB); after, 1.23x (28.4 against 23.1 KB), "
         "near the target, so a run can land either side of it."
+    ),
+    "HTTP listing": (
+        "Pages cost the same on both modules here: in the first full run 0.99x (first pages) "
+        "and 1.01x (deep pages), with single 3 s rounds from 0.69 to 1.31x either way on this "
+        "shared 2-core host, and server CPU a page within 5% (~3.2 ms). The cost of a page is "
+        "in shaping its JSON (see the profiling notes), which does not grow with the module; "
+        "a miss with server_cpu_us_per_page close to the small module's is the host's noise."
+    ),
+    "HTTP status reads": (
+        "In the first full run HTTP served ~2.1x gRPC's calls/s (server CPU ~275 against "
+        "~650 us a call). The aiohttp load generator then uses ~0.9 of a core (client_cpu_s "
+        "over window_s), so at worse ratios compare it with the server's CPU first: the "
+        "client, not the server, may be what limits."
+    ),
+    "HTTP watch streams": (
+        "Within the noise of this shared host: three full runs gave 1.06, 1.00 and 0.82x "
+        "(the last with the load average above 3 from other sessions; server CPU a report "
+        "833 against 715 us), and an A/B outside the figure, one server each way, 1,180 "
+        "against 1,177 calls/s. In py-spy's samples of the server under this load the SSE "
+        "path is ~4% of the loop (a batch's text made once for every watcher, batch_text and "
+        "batch_json ~3%, aiohttp's chunked writes ~2%). The SSE watchers cost more client CPU "
+        "than gRPC's (~0.45 against ~0.25 core: the text is larger and scanned in Python), "
+        "CPU that the server shares on 2 cores."
     ),
     "metrics on": (
         "Not the metrics: in three runs on a busy host the figure was 0.67, 0.88 and 0.89x while "

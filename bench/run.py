@@ -46,6 +46,7 @@ from bench.harness import (
     unary_on,
     write_ids,
 )
+from bench.http import http_figures, http_watch_figures
 from bench.loadgen import latency_summary
 from bench.report import MISS_ANALYSIS, PROFILE_NOTES, Figure, markdown
 
@@ -640,6 +641,8 @@ def main(argv: list[str] | None = None) -> int:
         "pauses": lambda tmp: [bench_pauses(cfg, tmp)],
         "cluster": lambda tmp: cluster_figures(tiny=args.tiny),
         "durability": lambda tmp: durability_figures(cfg, tmp),
+        "http": lambda tmp: http_figures(cfg, tmp),
+        "sse": lambda tmp: http_watch_figures(cfg, tmp),
     }
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     figures: list[Figure] = []

@@ -10,7 +10,9 @@ Run as ``python -m bench.servers {tm,baseline} --port-file FILE``. With
 file and ignores the metadata), and the benchmark's control channel moves to
 a plaintext loopback port of its own, outside tm's access checks: the port
 file then holds "PORT CONTROL_PORT". tm with ``--metrics-address`` serves its
-Prometheus metrics there too (the control method ``metrics_port`` says where).
+Prometheus metrics there too (the control method ``metrics_port`` says where),
+and with ``--http-address`` its HTTP side (``http_port``; ``page_tokens`` gives
+listing tokens from the middle of a module, for the deep-page figures).
 """
 
 from __future__ import annotations
@@ -89,7 +91,32 @@ class TmBench:
             "journal": self.journal,
             "registered": self.registered,
             "metrics_port": self.metrics_port,
+            "http_port": self.http_port,
+            "page_tokens": self.page_tokens,
         }
+
+    async def http_port(self, req: dict[str, Any]) -> dict[str, Any]:
+        return {"port": self.server.http_port}
+
+    async def page_tokens(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Page tokens spread evenly over the middle half of a module's listing.
+
+        The listing is walked in-process, ``step`` tasks a page (a token names
+        a position, not a page size: any page size may follow it), so each
+        token is where a client walking the module would be that far in.
+        """
+        module, count = req["module"], int(req.get("count", 100))
+        step = int(req.get("step", 1000))
+        tokens: list[str] = []
+        _, token = await self.manager.list_module_tasks(module, ListFilter(), page_size=step)
+        while token:
+            tokens.append(token)
+            _, token = await self.manager.list_module_tasks(
+                module, ListFilter(), page_size=step, page_token=token
+            )
+        middle = tokens[len(tokens) // 4 : max(len(tokens) // 4 + 1, 3 * len(tokens) // 4)]
+        stride = max(1, len(middle) // max(1, count))
+        return {"tokens": middle[::stride][:count], "pages": len(tokens) + 1}
 
     async def metrics_port(self, req: dict[str, Any]) -> dict[str, Any]:
         return {"port": self.server.metrics_port}
@@ -321,6 +348,7 @@ async def serve(
     tokens: Path | None = None,
     metrics_address: str | None = None,
     watch_interval: float | None = None,
+    http_address: str | None = None,
 ) -> None:
     # tm runs as tm-server does by default: a one-node cluster on a SQLite
     # file in its data directory (beside the port file), so the regular-task
@@ -346,6 +374,7 @@ async def serve(
                 tokens=tokens,
                 metrics_address=metrics_address,
                 watch_interval=DEFAULT_WATCH_INTERVAL if watch_interval is None else watch_interval,
+                http_address=http_address,
             )
         )
         methods = TmBench(tm).methods()
@@ -404,6 +433,7 @@ def main() -> None:
     parser.add_argument(
         "--watch-interval", type=float, help="tm: seconds between a module watch's batches"
     )
+    parser.add_argument("--http-address", help="tm: serve the HTTP side at HOST:PORT")
     args = parser.parse_args()
     if (args.tls_cert is None) != (args.tls_key is None):
         parser.error("--tls-cert and --tls-key go together")
@@ -413,12 +443,14 @@ def main() -> None:
         parser.error("--metrics-address is for tm")
     if args.watch_interval is not None and args.kind == "baseline":
         parser.error("--watch-interval is for tm")
+    if args.http_address is not None and args.kind == "baseline":
+        parser.error("--http-address is for tm")
     tls = None
     if args.tls_cert is not None:
         tls = TlsConfig(args.tls_cert, args.tls_key, peer_ca=args.tls_peer_ca)
     served = serve(
         args.kind, args.port_file, args.shards, args.data_dir, tls, args.tokens,
-        args.metrics_address, args.watch_interval,
+        args.metrics_address, args.watch_interval, args.http_address,
     )  # fmt: skip
     asyncio.run(served)
 
