@@ -19,6 +19,7 @@ from typing import Any
 
 import grpc
 import pytest
+import requests
 from playwright.sync_api import Locator, Page, expect
 from uuid6 import uuid7
 
@@ -415,9 +416,14 @@ def test_the_module_page_keeps_up_with_10000_tasks(
         )
     probe = page.evaluate("window.tmProbe()")
     expect(page.get_by_test_id("task-count")).to_have_text(str(TASKS))
-    # Scrolling to the end shows the last tasks: the list holds all of them.
+    # Scrolling to the end shows the last tasks: the list holds all of them. The page
+    # orders by creation time (to the second), then sequence number, which is per shard:
+    # the last row is the last by that order, not the last one created.
+    listed = requests.get(url(server, "task_manager/list_module_tasks/bulk"), timeout=30).json()
+    assert len(listed) == TASKS
+    last_row = max(listed, key=lambda e: (e["creation_time"], e["sequence_number"], e["task_id"]))
     page.get_by_test_id("tasks-scroll").evaluate("el => { el.scrollTop = el.scrollHeight; }")
-    expect(row_of(page, ids[-1])).to_be_visible()
+    expect(row_of(page, last_row["task_id"])).to_be_visible()
 
     gaps, lags = probe["gaps"], probe["lags"]
     metrics = {

@@ -37,6 +37,11 @@ FIGURES = {
     "creates, journal on vs off",
     "recovery",
     "journal bytes per task",
+    "HTTP listing: first pages",
+    "HTTP listing: deep pages",
+    "HTTP status reads, 64 in flight",
+    "HTTP watch streams: progress reports",
+    "HTTP watch streams: final states",
 }
 
 
@@ -77,5 +82,10 @@ def test_bench_runs_every_figure_in_the_tiny_configuration(tmp_path: Path) -> No
     assert metrics["errors"] == {} and metrics["calls_counted"] == metrics["calls"] > 0
     assert figures["cluster task status"]["extra"]["cluster"]["samples"] == 20
     assert figures["finish-to-wait latency (PostgreSQL)"]["extra"]["samples"] == 10
+    for name in ("HTTP listing: first pages", "HTTP listing: deep pages",
+                 "HTTP status reads, 64 in flight"):  # fmt: skip
+        assert figures[name]["extra"]["errors"] == {}, name
+    sse = figures["HTTP watch streams: final states"]
+    assert sse["tm"] == 10 and sse["extra"]["outcomes"] == {"final_all": 10}
     markdown = (tmp_path / "latest.md").read_text()
     assert "| burst |" in markdown and "Profiling notes" in markdown

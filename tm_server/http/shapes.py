@@ -20,9 +20,11 @@ from tm_server.core.types import TaskIdentity, TaskStats
 #: What ScyllaDB prints for a time that is not set.
 EPOCH = "1970-01-01T00:00:00Z"
 
-# A second's text is the same for every status that falls in it: the last
-# one is kept (a list of a thousand tasks created in a burst formats once).
-_last_second: list[Any] = [None, EPOCH]
+# A second's text is the same for every time that falls in it: texts are
+# kept (a page of entries created over a few seconds formats each second
+# once), forgotten all at once past ``_KEPT``.
+_texts: dict[int, str] = {}
+_KEPT = 4096
 
 
 def scylla_time(when: float | None) -> str:
@@ -30,10 +32,11 @@ def scylla_time(when: float | None) -> str:
     if when is None:
         return EPOCH
     second = int(when)
-    if second == _last_second[0]:
-        return str(_last_second[1])
-    text = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second))
-    _last_second[0], _last_second[1] = second, text
+    text = _texts.get(second)
+    if text is None:
+        if len(_texts) >= _KEPT:
+            _texts.clear()
+        text = _texts[second] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second))
     return text
 
 
