@@ -26,6 +26,7 @@ from typing import Any
 import grpc
 
 from bench.cluster import cluster_figures
+from bench.dashboard import dashboard_figures
 from bench.durability import durability_figures
 from bench.harness import (
     RESULTS,
@@ -643,6 +644,7 @@ def main(argv: list[str] | None = None) -> int:
         "durability": lambda tmp: durability_figures(cfg, tmp),
         "http": lambda tmp: http_figures(cfg, tmp),
         "sse": lambda tmp: http_watch_figures(cfg, tmp),
+        "dashboard": lambda tmp: dashboard_figures(tmp, tiny=args.tiny),
     }
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     figures: list[Figure] = []
