@@ -90,6 +90,11 @@ def test_finished_children_outlive_their_stopped_node(cluster: Cluster) -> None:
             )
         with cluster.client("c") as client:
             assert client.get_status(root.id).children == status.children  # any node alike
+            # b is gone, yet its finished children still answer by their own ids,
+            # a wait on one included: their final status is in the store.
+            own = client.get_status(failed)
+            assert own.state is TaskState.FAILED and own.node == "b" and own.parent_id == root.id
+            assert [s.state for s in client.watch(done, timeout=10)] == [TaskState.DONE]
 
         running.finish()
         root.finish()

@@ -6,12 +6,14 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from uuid import UUID
 
 import grpc
 
-from tm_server.core import ModuleLimitError, TaskManager
+from tm_server.core import ModuleLimitError, TaskManager, TaskStatus
 from tm_server.core.producers import Producers
 
+from .children import status_from_json
 from .feed import ChangeFeed
 from .membership import Membership, MembershipConfig
 from .observe import ClusterObserver
@@ -89,6 +91,7 @@ class ClusterNode:
         self.peers = Peers(
             self.membership, timeout=config.peer_timeout_seconds, channels=config.channels,
             on_unreachable=None if observer is None else observer.unreachable,
+            kept=self._kept_status,
         )  # fmt: skip
         self.feed = ChangeFeed(self.store)
         self.tasks = ClusterTaskGroup(
@@ -96,6 +99,11 @@ class ClusterNode:
             retention_seconds=config.retention_seconds,
         )  # fmt: skip
         self._rounds = 0
+
+    async def _kept_status(self, task_id: UUID) -> TaskStatus | None:
+        # A cluster task's child that finished on a node, by its own id.
+        row = await self.store.finished_child(str(task_id))
+        return None if row is None else status_from_json(row.status)
 
     async def start(self) -> None:
         """Opens the store, joins the cluster and starts serving cluster tasks.

@@ -93,8 +93,12 @@ class Peers:
         timeout: float = 2.0,
         channels: Callable[[str], grpc.aio.Channel] | None = None,
         on_unreachable: Callable[[str, int], None] | None = None,
+        kept: Callable[[UUID], Awaitable[TaskStatus | None]] | None = None,
     ) -> None:
         self._membership = membership
+        # The final status the store keeps of a cluster task's child that
+        # finished on its node: what answers for it once no live node holds it.
+        self._kept = kept
         self.timeout = timeout
         # Told (operation, how many) when live nodes do not answer in time.
         self._on_unreachable = on_unreachable
@@ -147,9 +151,11 @@ class Peers:
     # ---- RemoteTasks -------------------------------------------------------------------------
 
     async def get_status(self, task_id: UUID) -> TaskStatus | None:
-        """The status from the node that holds the task."""
+        """The status from the node that holds the task (else the final one the store keeps)."""
         found = await self._owner(task_id)
-        return None if found is None else found[1]
+        if found is not None:
+            return found[1]
+        return None if self._kept is None else await self._kept(task_id)
 
     async def watch(
         self, task_id: UUID, timeout: float | None
@@ -157,7 +163,8 @@ class Peers:
         """The task's stream from the node that holds it."""
         found = await self._owner(task_id)
         if found is None:
-            return None
+            kept = None if self._kept is None else await self._kept(task_id)
+            return None if kept is None else _once(kept)
         node = found[0]
         request = npb.WaitLocalRequest(task_id=str(task_id))
         if timeout is not None:
@@ -231,3 +238,8 @@ class Peers:
     def node(self, name: str) -> NodeRow | None:
         """A peer by name, alive at the last read of the nodes (a walk's gather just did one)."""
         return self._membership.known_peer(name)
+
+
+async def _once(status: TaskStatus) -> AsyncGenerator[TaskStatus, None]:
+    # A finished task's watch: its final status, and the end.
+    yield status

@@ -178,6 +178,9 @@ class ClusterStore(Protocol):
     async def finished_children(self, parent_id: str) -> list[FinishedChildRow]:
         """The finished children kept for the cluster task ``parent_id``."""
 
+    async def finished_child(self, task_id: str) -> FinishedChildRow | None:
+        """A finished child kept by its own id, or ``None``."""
+
     async def sweep(self, finished_before: float) -> int:
         """Removes tasks finished before then, with their finished children; returns how many."""
 
@@ -417,6 +420,13 @@ class SqlStore(abc.ABC):
             parent_id,
         )  # fmt: skip
         return [FinishedChildRow(*r) for r in rows]
+
+    async def finished_child(self, task_id: str) -> FinishedChildRow | None:
+        """A finished child kept, by its own id."""
+        rows = await self._rows(
+            f"SELECT {', '.join(_CHILD_COLUMNS)} FROM tm_cluster_children WHERE id = ?", task_id
+        )
+        return FinishedChildRow(*rows[0]) if rows else None
 
     async def sweep(self, finished_before: float) -> int:
         """Removes tasks finished before then, and their finished children, at once."""
