@@ -348,3 +348,13 @@ def test_http_requests_are_counted_by_route_template_and_code() -> None:
         assert same.ok and "tm_http_requests_total" in same.text
     finally:
         server.stop()
+
+
+def test_the_measured_store_times_every_call_of_the_store_port() -> None:
+    # A store call the wrapper lacks fails only on a metered cluster node, at run time.
+    from tm_server.cluster.store import ClusterStore
+    from tm_server.metrics.cluster import MeasuredStore
+
+    port = {name for name in vars(ClusterStore) if not name.startswith("_")}
+    missing = {name for name in port if not hasattr(MeasuredStore, name)}
+    assert not missing, f"MeasuredStore lacks {sorted(missing)}"

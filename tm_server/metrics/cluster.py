@@ -123,6 +123,10 @@ class MeasuredStore:
         """The finished children kept for a cluster task."""
         return await self._timed("finished_children", self.inner.finished_children(parent_id))
 
+    async def finished_child(self, task_id: str) -> FinishedChildRow | None:
+        """A finished child kept, by its own id."""
+        return await self._timed("finished_child", self.inner.finished_child(task_id))
+
     async def sweep(self, finished_before: float) -> int:
         """Removes old finished tasks."""
         return await self._timed("sweep", self.inner.sweep(finished_before))
