@@ -286,23 +286,18 @@ class Watchers:
         return value
 
 
-class ModuleWatchers:
-    """A load generator holding WatchTasks streams on a module (``loadgen modwatch``).
+class WatcherProcess:
+    """A load generator process holding watch streams on a module.
 
-    Each stream runs until every id of ``ids_file`` reached a final state in
+    Each stream runs until every id of the ids file reached a final state in
     its events; ``ready`` is the line printed once every stream had its first
     response (or failed), ``result()`` the one printed once all ended.
     """
 
-    def __init__(
-        self, target: str, module: str, ids_file: Path, streams: int, end_timeout: float = 300
-    ) -> None:
+    def __init__(self, command: list[str]) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.loadgen", "modwatch", "--target", target,
-             "--module", module, "--ids-file", str(ids_file), "--streams", str(streams),
-             "--end-timeout", str(end_timeout)],
-            cwd=ROOT, stdout=subprocess.PIPE, text=True,
-        )  # fmt: skip
+            [sys.executable, "-m", *command], cwd=ROOT, stdout=subprocess.PIPE, text=True
+        )
         assert self.proc.stdout is not None
         self._out: IO[str] = self.proc.stdout
         self.ready: dict[str, Any] = json.loads(self._out.readline())
@@ -318,6 +313,19 @@ class ModuleWatchers:
         self.final_cpu = self.cpu()
         self.proc.wait(60)
         return value
+
+
+class ModuleWatchers(WatcherProcess):
+    """WatchTasks streams on a module (``loadgen modwatch``)."""
+
+    def __init__(
+        self, target: str, module: str, ids_file: Path, streams: int, end_timeout: float = 300
+    ) -> None:
+        super().__init__(
+            ["bench.loadgen", "modwatch", "--target", target, "--module", module,
+             "--ids-file", str(ids_file), "--streams", str(streams),
+             "--end-timeout", str(end_timeout)]
+        )  # fmt: skip
 
 
 class Scraper:

@@ -18,14 +18,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from bench.harness import (
     ROOT,
-    TICKS,
     Config,
     ModuleWatchers,
     Server,
+    WatcherProcess,
     median,
     round_ratios,
     total_errors,
@@ -66,32 +66,17 @@ def http_on(server: Server, *args: str) -> dict[str, Any]:
     return result
 
 
-class SseWatchers:
+class SseWatchers(WatcherProcess):
     """``bench.httpload sse``: Server-Sent Events watches of a module (as ``ModuleWatchers``)."""
 
     def __init__(
         self, url: str, module: str, ids_file: Path, streams: int, end_timeout: float = 300
     ) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.httpload", "sse", "--url", url, "--module", module,
+        super().__init__(
+            ["bench.httpload", "sse", "--url", url, "--module", module,
              "--ids-file", str(ids_file), "--streams", str(streams),
-             "--end-timeout", str(end_timeout)],
-            cwd=ROOT, stdout=subprocess.PIPE, text=True,
+             "--end-timeout", str(end_timeout)]
         )  # fmt: skip
-        assert self.proc.stdout is not None
-        self._out: IO[str] = self.proc.stdout
-        self.ready: dict[str, Any] = json.loads(self._out.readline())
-
-    def cpu(self) -> float:
-        """The watchers' CPU seconds so far (user + system)."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / TICKS
-
-    def result(self) -> dict[str, Any]:
-        value: dict[str, Any] = json.loads(self._out.readline())
-        self.final_cpu = self.cpu()  # the process is not reaped yet
-        self.proc.wait(60)
-        return value
 
 
 def _token_step(tasks: int) -> int:

@@ -333,3 +333,17 @@ def reporter(server: ServerThread) -> Iterator[Reporter]:
     r = Reporter(server.target)
     yield r
     r.close()
+
+
+def make_task(api: RestApi, **params: Any) -> str:
+    """A test task made over ScyllaDB's test API; its id."""
+    task_id = api.json("POST", "task_manager_test/test_task", params)
+    assert isinstance(task_id, str)
+    return task_id
+
+
+def finish(api: RestApi, task_id: str, error: str | None = None) -> None:
+    """Finishes a test task (failed with ``error``) over ScyllaDB's test API."""
+    params = {} if error is None else {"error": error}
+    resp = api.send("POST", f"task_manager_test/finish_test_task/{task_id}", params)
+    assert resp.status_code == 200, resp.text

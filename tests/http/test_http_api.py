@@ -18,23 +18,13 @@ from .conftest import (
     RestApi,
     error_of,
     eventually,
+    finish,
     http_port,
+    make_task,
     start_http_server,
 )
 
 pytestmark = pytest.mark.timeout(30)
-
-
-def make_task(api: RestApi, **params: Any) -> str:
-    task_id = api.json("POST", "task_manager_test/test_task", params)
-    assert isinstance(task_id, str)
-    return task_id
-
-
-def finish(api: RestApi, task_id: str, error: str | None = None) -> None:
-    params = {} if error is None else {"error": error}
-    resp = api.send("POST", f"task_manager_test/finish_test_task/{task_id}", params)
-    assert resp.status_code == 200, resp.text
 
 
 def walk_pages(api: RestApi, module: str, **params: Any) -> list[list[dict[str, Any]]]:
