@@ -42,7 +42,7 @@ from .server import (
     ServerConfig,
     serve,
 )
-from .service.auth import (
+from .service.stream_holds import (
     DEFAULT_MAX_STREAMS_PER_CONNECTION,
     DEFAULT_MAX_STREAMS_PER_PRINCIPAL,
     StreamQuotas,

@@ -24,7 +24,6 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any, Protocol
 from uuid import UUID
 
@@ -33,7 +32,6 @@ import grpc
 from tm_client import reason_name
 from tm_client.pb import task_manager_pb2 as pb
 from tm_server.core import InvalidArgumentError
-from tm_server.core.counts import count
 from tm_server.core.types import TaskOwner
 from tm_server.core.validation import MAX_NAME_LENGTH, parse_uuid
 from tm_server.security.roles import Grant, Principal, Role
@@ -44,16 +42,16 @@ from .calls import WrappingInterceptor
 from .decoding import MalformedRequest
 from .errors import make_status
 from .handlers import Context, abort_with
+from .refusal import AccessRefused
+from .stream_holds import (
+    StreamHold,
+    StreamLedger,
+    StreamQuotas,
+)
 
 UNAUTHENTICATED = reason_name(pb.ERROR_REASON_UNAUTHENTICATED)
 PERMISSION_DENIED = reason_name(pb.ERROR_REASON_PERMISSION_DENIED)
 NOT_OWNER = reason_name(pb.ERROR_REASON_NOT_OWNER)
-QUOTA_EXCEEDED = reason_name(pb.ERROR_REASON_QUOTA_EXCEEDED)
-
-#: Streams one connection may hold open (``--max-streams-per-connection``).
-DEFAULT_MAX_STREAMS_PER_CONNECTION = 20_000
-#: Streams one authenticated principal may hold open (``--max-streams-per-principal``).
-DEFAULT_MAX_STREAMS_PER_PRINCIPAL = 50_000
 
 audit_log = logging.getLogger("tm.audit")
 log = logging.getLogger(__name__)
@@ -88,40 +86,6 @@ class Owners(Protocol):
         """The owner of a live producer session, or ``None`` when there is none."""
 
 
-@dataclass(frozen=True, slots=True)
-class StreamQuotas:
-    """Limits on open server streams (watches, recursive statuses, sessions)."""
-
-    per_connection: int = DEFAULT_MAX_STREAMS_PER_CONNECTION
-    per_principal: int = DEFAULT_MAX_STREAMS_PER_PRINCIPAL
-
-
-class AccessRefused(Exception):
-    """A caller refused by the access checks: a gRPC code, a message and an ErrorInfo reason.
-
-    Kept apart from any transport: the gRPC side turns it into a status
-    (``status``), the HTTP side into its own status code and JSON body.
-    """
-
-    def __init__(
-        self,
-        code: grpc.StatusCode,
-        message: str,
-        reason: str,
-        metadata: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.reason = reason
-        self.metadata = metadata or {}
-
-    @property
-    def status(self) -> grpc.Status:
-        """The refusal as a gRPC status with its google.rpc details."""
-        return make_status(self.code, self.message, self.reason, self.metadata or None)
-
-
 _Refusal = AccessRefused
 
 
@@ -131,25 +95,6 @@ def _unauthenticated(message: str) -> _Refusal:
 
 def _short(method: str) -> str:
     return method.rsplit("/", 1)[-1]
-
-
-class StreamHold:
-    """An open stream counted against its quotas (``AuthInterceptor.hold_stream``)."""
-
-    __slots__ = ("connection", "module", "principal", "revoked", "role", "task", "token")
-
-    def __init__(
-        self, task: asyncio.Task[Any] | None, connection: str, principal: Principal | None,
-        token: str | None, role: Role | None, module: str | None,
-    ) -> None:  # fmt: skip
-        self.task = task
-        self.connection = connection
-        self.principal = principal
-        self.token = token
-        self.role = role
-        self.module = module
-        #: Why the stream was ended by a reload of the tokens (``None``: it was not).
-        self.revoked: AccessRefused | None = None
 
 
 class AuthInterceptor(WrappingInterceptor):
@@ -168,10 +113,7 @@ class AuthInterceptor(WrappingInterceptor):
         self._tokens = tokens
         self._mtls = mtls
         self.enabled = tokens is not None or mtls
-        self._streams = streams or StreamQuotas()
-        self._by_connection: dict[str, int] = {}
-        self._by_principal: dict[str, int] = {}
-        self._open: set[StreamHold] = set()
+        self._ledger = StreamLedger(streams or StreamQuotas())
         # Authenticated callers seen before, by header and by certificate
         # identity (bounded; known ones only; emptied when the tokens change).
         self._headers: dict[str, tuple[Principal, str]] = {}
@@ -524,45 +466,13 @@ class AuthInterceptor(WrappingInterceptor):
         Raises:
             AccessRefused: the connection or the principal has its quota of streams open.
         """
-        name = principal.name if principal is not None else None
-        self._take(connection, name)
-        hold = StreamHold(asyncio.current_task(), connection, principal, token, None, module)
-        if principal is not None and rule is not None and rule.role is not None:
-            hold.role = rule.role
-            self._open.add(hold)
-        return hold
+        checked = principal is not None and rule is not None and rule.role is not None
+        role = rule.role if checked and rule is not None else None
+        return self._ledger.hold(connection, principal, token, role, module)
 
     def release_stream(self, hold: StreamHold) -> None:
         """Ends what ``hold_stream`` counted."""
-        self._open.discard(hold)
-        self._give(hold.connection, hold.principal.name if hold.principal is not None else None)
-
-    def _take(self, connection: str, principal: str | None) -> None:
-        quotas = self._streams
-        held = self._by_connection.get(connection, 0)
-        if held >= quotas.per_connection:
-            raise _quota(
-                "streams_per_connection",
-                quotas.per_connection,
-                f"this connection has {held} streams open (--max-streams-per-connection "
-                f"{quotas.per_connection}); close some, or open another connection",
-            )
-        owned = self._by_principal.get(principal, 0) if principal is not None else 0
-        if principal is not None and owned >= quotas.per_principal:
-            raise _quota(
-                "streams_per_principal",
-                quotas.per_principal,
-                f"principal {principal} has {owned} streams open (--max-streams-per-principal "
-                f"{quotas.per_principal}); close some first",
-            )
-        count(self._by_connection, connection, 1)
-        if principal is not None:
-            count(self._by_principal, principal, 1)
-
-    def _give(self, connection: str, principal: str | None) -> None:
-        count(self._by_connection, connection, -1)
-        if principal is not None:
-            count(self._by_principal, principal, -1)
+        self._ledger.release(hold)
 
     # ---- revocation --------------------------------------------------------------------------
 
@@ -572,7 +482,7 @@ class AuthInterceptor(WrappingInterceptor):
         assert tokens is not None
         self._headers.clear()
         self._certificates.clear()
-        for entry in list(self._open):
+        for entry in self._ledger.revocable():
             assert entry.principal is not None and entry.role is not None
             if entry.token is not None:
                 now = tokens.principal(entry.token)
@@ -590,17 +500,9 @@ class AuthInterceptor(WrappingInterceptor):
                 continue
             if entry.task is not None:
                 entry.task.cancel()
-        if any(e.revoked for e in self._open):
-            log.info("tokens reloaded: ended %d streams", sum(1 for e in self._open if e.revoked))
-
-
-def _quota(quota: str, limit: int, message: str) -> _Refusal:
-    return _Refusal(
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-        message,
-        QUOTA_EXCEEDED,
-        {"quota": quota, "limit": str(limit)},
-    )
+        ended = sum(1 for e in self._ledger.revocable() if e.revoked)
+        if ended:
+            log.info("tokens reloaded: ended %d streams", ended)
 
 
 def _refused(handler: Any, method: str) -> Any:
