@@ -594,8 +594,7 @@ class TmServer:
 
     def _cluster_config(self) -> ClusterConfig:
         assert self.config.store is not None
-        host = self.config.address.rsplit(":", 1)[0]
-        advertised = self.config.advertise_address or f"{host}:{self.port}"
+        advertised = self._advertised_address()
         advertised_host = advertised.rsplit(":", 1)[0].strip("[]")
         if advertised_host in ("0.0.0.0", "::", ""):
             raise OSError(
@@ -619,11 +618,18 @@ class TmServer:
         if self.cluster is not None:
             return await self.cluster.nodes()
         now = self.manager.clock.now()
-        host = self.config.address.rsplit(":", 1)[0]
-        # The port bound, not the one asked for (port 0 picks one).
-        address = self.config.advertise_address or f"{host}:{self.port}"
         started = self._started_at or now
-        return [NodeRow(self.manager.node, address, _version(), "", started, now, now, False, True)]
+        row = NodeRow(
+            self.manager.node, self._advertised_address(), _version(), "", started, now, now,
+            False, True,
+        )  # fmt: skip
+        return [row]
+
+    def _advertised_address(self) -> str:
+        # Where this node is reached: as given, else the listen host with the
+        # port bound (not the one asked for: port 0 picks one).
+        host = self.config.address.rsplit(":", 1)[0]
+        return self.config.advertise_address or f"{host}:{self.port}"
 
     async def stop(self) -> None:
         """Stops accepting calls, ends open streams cleanly, then stops the task manager."""

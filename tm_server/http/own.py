@@ -7,6 +7,7 @@ import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from types import SimpleNamespace
 from typing import Any
+from urllib.parse import parse_qs
 
 from aiohttp import web
 
@@ -24,6 +25,7 @@ from .routing import (
     Call,
     Route,
     certificate_identity,
+    credentials_of,
     task_field,
 )
 from .shapes import children_json, node_json
@@ -81,9 +83,7 @@ class OwnApi:
     def _identify(self, request: web.Request) -> Principal | None:
         if not self._access.enabled:
             return None
-        header = request.headers.get("Authorization")
-        if header is None and request.cookies.get(TOKEN_COOKIE):
-            header = f"Bearer {request.cookies[TOKEN_COOKIE]}"
+        header, _ = credentials_of(request)
         try:
             principal, _ = self._access.authenticate(header, certificate_identity(request))
         except AccessRefused as refusal:
@@ -172,8 +172,6 @@ async def _login_token(request: web.Request) -> str:
             raise bad_argument("token", "the login body is not JSON") from None
         token = body.get("token") if isinstance(body, dict) else None
     else:
-        from urllib.parse import parse_qs
-
         found = parse_qs(raw.decode("utf-8", "replace")).get("token")
         token = found[0] if found else None
     if not isinstance(token, str) or not token.strip():

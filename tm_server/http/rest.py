@@ -10,6 +10,7 @@ token in ``X-TM-Next-Page-Token``.
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 from typing import Any
 
 from aiohttp import web
@@ -227,14 +228,10 @@ def _abort_fields(request: web.Request) -> Any:
 
 
 def _ttl_fields(request: web.Request) -> Any:
-    from types import SimpleNamespace
-
     return SimpleNamespace(ttl_seconds=request.query.get("ttl", ""))
 
 
 def _user_ttl_fields(request: web.Request) -> Any:
-    from types import SimpleNamespace
-
     return SimpleNamespace(user_ttl_seconds=request.query.get("user_ttl", ""))
 
 

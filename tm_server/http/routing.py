@@ -151,13 +151,7 @@ class Gate:
         """The caller of ``request`` as the route's RPC would see it; raises HttpError."""
         if route.rpc is None or not self.access.enabled:
             return None, None, None
-        header = request.headers.get("Authorization")
-        by_cookie = False
-        if header is None:
-            cookie = request.cookies.get(TOKEN_COOKIE)
-            if cookie:
-                header = f"Bearer {cookie}"
-                by_cookie = True
+        header, by_cookie = credentials_of(request)
         if by_cookie and request.method in _UNSAFE:
             check_csrf_token(request)
         try:
@@ -264,6 +258,18 @@ def _cross_site(why: str) -> HttpError:
     )
 
 
+def credentials_of(request: web.Request) -> tuple[str | None, bool]:
+    """The request's authorization value, and whether it came from the login cookie.
+
+    The ``Authorization`` header wins; else the cookie's token as ``Bearer TOKEN``.
+    """
+    header = request.headers.get("Authorization")
+    if header is not None:
+        return header, False
+    cookie = request.cookies.get(TOKEN_COOKIE)
+    return (f"Bearer {cookie}", True) if cookie else (None, False)
+
+
 class _Peer:
     """What the log's call fields read of a request: its peer, as a gRPC context's."""
 
@@ -314,6 +320,7 @@ __all__ = [
     "certificate_identity",
     "check_csrf_token",
     "check_same_origin",
+    "credentials_of",
     "module_field",
     "no_fields",
     "peer_of",

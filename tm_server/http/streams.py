@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncGenerator
+from types import SimpleNamespace
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -42,8 +43,6 @@ T = TypeVar("T")
 
 
 def _watch_fields(request: web.Request) -> Any:
-    from types import SimpleNamespace
-
     return SimpleNamespace(module=request.query.get("module", ""))
 
 

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-from typing import Any
-
 from aiohttp import web
 
 from tm_server.core import TaskManager, UnknownModuleError
 from tm_server.http import params
 from tm_server.http.rest import empty_response, json_response
-from tm_server.http.routing import Call, Route, task_field
+from tm_server.http.routing import Call, Route, no_fields, task_field
 
 from . import module as tests
 
@@ -32,7 +29,7 @@ class TestRest:
         return [
             Route("POST", f"{base}/test_module", _TEST + "RegisterTestModule", self.register),
             Route("DELETE", f"{base}/test_module", _TEST + "UnregisterTestModule", self.unregister),
-            Route("POST", f"{base}/test_task", _TEST + "CreateTestTask", self.create, _no_task),
+            Route("POST", f"{base}/test_task", _TEST + "CreateTestTask", self.create, no_fields),
             Route("DELETE", f"{base}/test_task", _TEST + "DeleteTestTask", self.delete, task_field),
             Route(
                 "POST", f"{base}/finish_test_task/{{task_id}}", _TEST + "FinishTestTask",
@@ -78,10 +75,6 @@ class TestRest:
         error = request.query.get("error")
         await tests.finish_test_task(self._tm, params.task_id(request), error)
         return empty_response()
-
-
-def _no_task(request: web.Request) -> Any:
-    return SimpleNamespace()
 
 
 __all__ = ["TestRest"]
