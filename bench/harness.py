@@ -254,15 +254,20 @@ def host_cpu_ticks() -> tuple[int, int]:
 
 
 def loadgen(*args: str) -> dict[str, Any]:
+    return run_tool("bench.loadgen", *args)
+
+
+def run_tool(module: str, *args: str) -> dict[str, Any]:
+    """Runs a load generator module to its end; the JSON object of its last line."""
     result = subprocess.run(
-        [sys.executable, "-m", "bench.loadgen", *args],
+        [sys.executable, "-m", module, *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=900,
     )
     if result.returncode != 0:
-        raise RuntimeError(f"loadgen failed: {result.stderr[-2000:]}")
+        raise RuntimeError(f"{module} failed: {result.stderr[-2000:]}")
     value: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
     return value
 

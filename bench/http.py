@@ -13,21 +13,18 @@ beside the module-watch figure's progress load, against WatchTasks streams.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from bench.harness import (
-    ROOT,
     Config,
     ModuleWatchers,
     Server,
     WatcherProcess,
     median,
     round_ratios,
+    run_tool,
     total_errors,
     unary_on,
     write_ids,
@@ -44,17 +41,7 @@ STATUS_POOLS = 4
 
 
 def httpload(*args: str) -> dict[str, Any]:
-    result = subprocess.run(
-        [sys.executable, "-m", "bench.httpload", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    if result.returncode != 0:
-        raise RuntimeError(f"httpload failed: {result.stderr[-2000:]}")
-    value: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
-    return value
+    return run_tool("bench.httpload", *args)
 
 
 def http_on(server: Server, *args: str) -> dict[str, Any]:
