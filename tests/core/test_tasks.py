@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from uuid import UUID, uuid4
+import itertools
+import time
+from uuid import RFC_4122, UUID, uuid4
 
 import pytest
 
@@ -23,6 +25,7 @@ from tm_server.core import (
     TaskStatus,
     UnknownModuleError,
     creation_time_of,
+    new_task_id,
 )
 from tm_server.testing import (
     create_test_task,
@@ -622,3 +625,17 @@ async def test_unregistering_the_module_aborts_and_removes_everything(
         assert await status_or_none(tm, t) is None
     await settle()
     assert all(s.stats_counts() == {"registered": 0, "held": 0} for s in tm.shards)
+
+
+def test_task_ids_made_in_a_burst_keep_to_the_clock() -> None:
+    # Ids are made far faster than one a millisecond; each must still read
+    # back the time it was made at (not run ahead a millisecond an id), and
+    # each must be greater than the one before (listings page by id).
+    before = time.time()
+    ids = [new_task_id() for _ in range(20_000)]
+    after = time.time()
+    assert all(a.int < b.int for a, b in itertools.pairwise(ids))
+    assert {i.version for i in ids} == {7} and {i.variant for i in ids} == {RFC_4122}
+    times = [creation_time_of(i) for i in ids]
+    assert all(t is not None and before - 0.001 <= t <= after for t in times)
+    assert len({i.int & (1 << 62) - 1 for i in ids}) == len(ids)  # the random bits differ

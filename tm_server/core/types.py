@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import enum
+import os
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import NamedTuple
 from uuid import UUID
 
-from uuid6 import uuid7
-
 from .rate import ProgressRate
-from .validation import MAX_ID_CLOCK_SKEW, plausible_time
+from .validation import MAX_ID_CLOCK_SKEW, plausible_time, uuid_from_int
 
 _wall_clock = time.time
 
@@ -277,9 +277,51 @@ class FoldedTask:
         return self.status.state is TaskState.FAILED or bool(self.failed_children)
 
 
+class _TaskIds:
+    """Version 7 UUIDs (RFC 9562) that keep to the clock however fast they are made.
+
+    48 bits of Unix milliseconds, then 12 bits of the fraction of the
+    millisecond (the RFC's method 3), then 62 random bits. Each id is greater
+    than the one before it (creation order is id order: listings page by id),
+    and when two fall in the same 244 ns step the second takes the next step.
+    The usual fix, taking the next millisecond, makes every id run ahead of
+    the clock at more than 1,000 ids a second: at 10,000 creations a second
+    ids were 99 s in the future after 100,000 of them, and so were the
+    creation times read off them.
+    """
+
+    # Random bits are drawn from the OS a page at a time: a read per id cost
+    # a system call on every creation.
+    _POOL = 4096
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last = 0
+        self._random = b""
+        self._at = 0
+
+    def new(self) -> UUID:
+        ns = time.time_ns()
+        stamp = (ns // 1_000_000) << 12 | (ns % 1_000_000) * 4096 // 1_000_000
+        with self._lock:
+            if stamp <= self._last:
+                stamp = self._last + 1
+            self._last = stamp
+            at = self._at
+            if at == len(self._random):
+                self._random, at = os.urandom(self._POOL), 0
+            self._at = at + 8
+            bits = int.from_bytes(self._random[at : at + 8]) >> 2
+        version, variant = 0x7 << 76, 0b10 << 62
+        return uuid_from_int((stamp >> 12) << 80 | version | (stamp & 0xFFF) << 64 | variant | bits)
+
+
+_task_ids = _TaskIds()
+
+
 def new_task_id() -> UUID:
-    """Returns a new time-ordered (version 7) task id."""
-    return uuid7()
+    """Returns a new time-ordered (version 7) task id, greater than every id made before it."""
+    return _task_ids.new()
 
 
 def creation_time_of(task_id: UUID) -> float | None:
