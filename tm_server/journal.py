@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import json.encoder
 import logging
@@ -45,11 +46,10 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from uuid import UUID
 
 from tm_server.core import JournalUnavailableError
-from tm_server.core.journal import SHAPE_KEY, task_key
+from tm_server.core.journal import SHAPE_KEY, TASK_KEY, JournalRecords
 from tm_server.core.record import Task
 from tm_server.core.recovery import shape_of, task_record
 from tm_server.core.task import TaskImpl
@@ -82,6 +82,12 @@ def _encode_json(value: object) -> bytes:
     if value.__class__ is int:
         return str(value).encode()
     return "".join(_C_ENCODE(value, 0)).encode()
+
+
+_TASK_KEY = TASK_KEY.encode()
+#: What a pending key is to write: a task's record (shard, task, its final
+#: progress as it folded), a number, an encoded value, or None (a deletion).
+_Entry = tuple[int, Task, Progress | None] | int | bytes | None
 
 
 class JournalError(Exception):
@@ -187,10 +193,12 @@ class FileJournal:
         self._window = config.progress_window
         self._compact_bytes = config.compact_bytes
         self.stats = JournalStats()
-        # key -> what to write: a task to encode at flush time, an encoded
-        # value, or None for a deletion.
-        self._pending: dict[str, tuple[int, Task, Progress | None] | bytes | None] = {}
-        self._lazy: dict[str, tuple[int, Task]] = {}
+        # key -> what to write: a task to encode at flush time, a number, an
+        # encoded value, or None for a deletion. A task is keyed by its id's
+        # number, its text key made once a batch: every create and start
+        # records a task, and a sequence number with it.
+        self._pending: dict[int | str, _Entry] = {}
+        self._lazy: dict[int, tuple[int, Task]] = {}
         self._lazy_due = False
         self._lazy_timer: asyncio.TimerHandle | None = None
         self._next: asyncio.Future[None] | None = None
@@ -230,7 +238,7 @@ class FileJournal:
                     os.unlink(self._dir / entry)
         return sorted(logs), sorted(snaps)
 
-    def load(self) -> list[tuple[str, Any]]:
+    def load(self) -> JournalRecords:
         """Reads the journal: every key's latest value, in the order keys were first written.
 
         A torn last record (a crash during a write) is dropped, logged and cut
@@ -280,9 +288,11 @@ class FileJournal:
                 os.unlink(self._dir / _name(kind, number))
         self._log = max([*logs, *snaps, 0]) + 1
         # Deleted keys (b"") go; the others keep the place they were first written at.
-        keys = [k for k, v in merged.items() if v]
+        if b"" in merged.values():
+            merged = {k: v for k, v in merged.items() if v}
+        keys = list(merged)
         try:
-            values = json.loads(b"[" + b",".join(v for v in merged.values() if v) + b"]")
+            values = json.loads(b"[" + b",".join(merged.values()) + b"]")
         except ValueError as exc:
             raise JournalError(
                 f"the journal in {self._dir} holds a record that is not JSON ({exc}); restore "
@@ -291,9 +301,10 @@ class FileJournal:
         if len(values) != len(keys):
             raise JournalError(f"the journal in {self._dir} holds a record that is not one value")
         shape_prefix = SHAPE_KEY.encode()
-        for index in [i for i, k in enumerate(keys) if k.startswith(shape_prefix)]:
+        is_shape = operator.methodcaller("startswith", shape_prefix)
+        for index in itertools.compress(range(len(keys)), map(is_shape, keys)):
             self._shapes[tuple(values[index])] = int(keys[index][1:])
-        return list(zip(map(bytes.decode, keys), values, strict=True))
+        return JournalRecords(keys, values)
 
     async def start(self) -> None:
         """Opens a new log and starts the flusher.
@@ -325,12 +336,13 @@ class FileJournal:
     # ---- the port ----------------------------------------------------------------------------
 
     def _kick(self) -> None:
-        if self._wake is not None and not self._wake.is_set():
-            self._wake.set()
+        wake = self._wake
+        if wake is not None and not wake.is_set():
+            wake.set()
 
     def record(self, shard: int, task: Task, final: Progress | None = None) -> None:
         """A task's record must be durable before the reply (encoded when written)."""
-        key = task_key(task.id)
+        key = task.id.int
         pending = self._pending
         if final is None:
             before = pending.get(key)
@@ -343,7 +355,7 @@ class FileJournal:
 
     def progress(self, shard: int, task: Task) -> None:
         """A task's progress: written with the next batch, or within the window."""
-        key = task_key(task.id)
+        key = task.id.int
         if key in self._pending:
             return  # its record, written soon, has the progress too
         self._lazy[key] = (shard, task)
@@ -357,16 +369,18 @@ class FileJournal:
 
     def forget(self, task_id: UUID) -> None:
         """The task's record goes."""
-        self.delete(task_key(task_id))
+        key = task_id.int
+        self._lazy.pop(key, None)
+        self._pending[key] = None
+        self._kick()
 
     def put(self, key: str, value: object) -> None:
-        """A plain record, durable before the reply."""
-        self._pending[key] = _encode_json(value)
+        """A plain record, durable before the reply (a number is encoded when written)."""
+        self._pending[key] = value if value.__class__ is int else _encode_json(value)
         self._kick()
 
     def delete(self, key: str) -> None:
         """The record of ``key`` goes."""
-        self._lazy.pop(key, None)
         self._pending[key] = None
         self._kick()
 
@@ -414,15 +428,20 @@ class FileJournal:
         for key, entry in self._pending.items():
             if entry is None:
                 value = b""
-            elif isinstance(entry, bytes):
-                value = entry
-            else:
+            elif isinstance(entry, tuple):
                 shard, task, final = entry
                 value = _encode_json(task_record(shard, task, final, self._shape(task, lines)))
-            lines.append(b"%s %s\n" % (key.encode(), value))
+            elif isinstance(entry, int):
+                value = b"%d" % entry
+            else:
+                value = entry
+            if isinstance(key, int):
+                lines.append(b"%s%032x %s\n" % (_TASK_KEY, key, value))
+            else:
+                lines.append(b"%s %s\n" % (key.encode(), value))
         for key, (shard, task) in self._lazy.items():
             record = task_record(shard, task, None, self._shape(task, lines))
-            lines.append(b"%s %s\n" % (key.encode(), _encode_json(record)))
+            lines.append(b"%s%032x %s\n" % (_TASK_KEY, key, _encode_json(record)))
         self.stats.records += len(lines)
         self._pending = {}
         self._lazy = {}

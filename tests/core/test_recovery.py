@@ -23,7 +23,10 @@ from tm_server.core import (
     TaskStatus,
 )
 from tm_server.core.producers import Producers, TaskSpec
-from tm_server.core.recovery import NODE_RESTARTED, recover
+from tm_server.core.record import Task
+from tm_server.core.recovery import NODE_RESTARTED, RecoveredTaskImpl, recover
+from tm_server.core.task import TaskShape
+from tm_server.core.types import new_task_id
 from tm_server.journal import FileJournal, JournalConfig
 
 from ..bodies import Controlled
@@ -248,3 +251,18 @@ async def test_compaction_bounds_the_journal_and_loses_nothing(
     states = [(await node.manager.get_status(t)).state for t in keep]
     assert states.count(TaskState.FAILED) == 30 and states.count(TaskState.DONE) == 30
     assert node.journal.disk_bytes() <= before + 1000
+
+
+@pytest.mark.parametrize("internal", [None, True])
+def test_a_root_rebuilt_in_bulk_is_the_task_init_would_make(internal: bool | None) -> None:
+    # Recovery builds most tasks without __init__ (a million at start): every
+    # slot must be set, to what __init__ and the record give.
+    impl = RecoveredTaskImpl(TaskShape("backup", "node", "bytes", True, False, internal, "ann"))
+    task_id = new_task_id()
+    rebuilt = Task.restored_root(task_id, "m", impl, 7, TaskState.DONE, (1.5, 2.5, 3.5))
+    made = Task(task_id, "m", impl, None, 7, "", "", "", None)
+    made.state, made.start_time, made.end_time, made.expire_at = TaskState.DONE, 1.5, 2.5, 3.5
+    assert [s for s in Task.__slots__ if not hasattr(rebuilt, s)] == []
+    assert {s: getattr(rebuilt, s) for s in Task.__slots__} == {
+        s: getattr(made, s) for s in Task.__slots__
+    }

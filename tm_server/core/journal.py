@@ -17,7 +17,7 @@ reports that coalesce into a thousand writes would be wasted work.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 from uuid import UUID
 
 from .types import AbortRequest
@@ -37,6 +37,18 @@ TTL_KEY = "cttl"  # the TTLs set through the API (c: the node's config)
 ABORT_KEY = "a"  # + the id's hex: who asked for a task's abort, when and why
 
 
+class JournalRecords(NamedTuple):
+    """What a journal holds at start: each key's latest value, in the order keys were first written.
+
+    Two lists side by side, keys as the ASCII bytes they are on disk: a
+    million of them are read before the node serves, and a pair or a
+    decoded text a record would be a million objects more.
+    """
+
+    keys: list[bytes]
+    values: list[Any]
+
+
 def abort_record(request: AbortRequest) -> list[object]:
     """An abort request as its journal record: [time in ns, reason, principal, origin hex]."""
     origin = "" if request.origin is None else f"{request.origin.int:032x}"
@@ -49,11 +61,6 @@ def abort_from_record(value: list[object]) -> AbortRequest:
     return AbortRequest(
         int(str(at)) / 1e9, str(reason), str(principal), UUID(hex=str(origin)) if origin else None
     )
-
-
-def task_key(task_id: UUID) -> str:
-    """The key of a task's record."""
-    return f"{TASK_KEY}{task_id.int:032x}"  # UUID.hex is a Python property: a call more
 
 
 def module_key(name: str) -> str:

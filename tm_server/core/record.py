@@ -56,6 +56,9 @@ class TaskSync:
         self.status: tuple[int, TaskStatus] | None = None
 
 
+_new_object = object.__new__
+
+
 class Task:
     """A regular task's state on its owner shard.
 
@@ -131,6 +134,38 @@ class Task:
         # The sum of the children's progress at ``version``: any change below
         # bumps the version, so a tree's progress is summed once, not per read.
         self.children_progress: tuple[int, Progress] | None = None
+
+    @classmethod
+    def restored_root(
+        cls,
+        task_id: UUID,
+        module: str,
+        impl: TaskImpl,
+        sequence_number: int,
+        state: TaskState,
+        times: tuple[float | None, float | None, float | None],
+    ) -> Task:
+        """A root as recovery rebuilds it: no parent, nothing optional, its state and times.
+
+        Every slot set straight, without ``__init__``'s call and the second
+        stores of what it defaults: a million come back before the node
+        serves. (``test_recovery`` checks that every slot is set.)
+        """
+        task: Task = _new_object(cls)
+        task.id = task_id
+        task.module = module
+        task.impl = impl
+        task.parent = None
+        task.sequence_number = sequence_number
+        task.keyspace = task.table = task.entity = task.error = ""
+        task.internal = False if impl.internal is None else impl.internal
+        task.state = state
+        task.start_time, task.end_time, task.expire_at = times
+        task.abort_requested = task.folded_into_parent = task.orphaned = False
+        task.live_children = task.folded_children = task.reported = task.reported_total = None
+        task.sync = task.children_progress = None
+        task.version = 0
+        return task
 
     def get_sync(self) -> TaskSync:
         """Returns the task's asyncio objects, making them on first use."""

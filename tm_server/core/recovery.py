@@ -21,7 +21,7 @@ body died with it.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 from uuid import UUID
@@ -35,6 +35,7 @@ from .journal import (
     TASK_KEY,
     TASK_SESSION_KEY,
     TTL_KEY,
+    JournalRecords,
     abort_from_record,
 )
 from .manager import TaskManager
@@ -58,6 +59,7 @@ _STATE_LETTER = {TaskState.CREATED: "c", TaskState.RUNNING: "r", TaskState.DONE:
 _LETTER_STATE = {letter: state for state, letter in _STATE_LETTER.items()}
 _KIND_LETTER = {ParentKind.NODE: "n", ParentKind.VIRTUAL: "v"}
 _LETTER_KIND = {letter: kind for kind, letter in _KIND_LETTER.items()}
+_TASK_BYTE = TASK_KEY.encode()[0]
 #: The optional tail of a record, after its seven fixed fields, and each field's default.
 _TAIL_DEFAULTS: tuple[object, ...] = (None, None, None, "", "", "", "", 0, None, None, 0, 0, None)
 
@@ -84,9 +86,23 @@ def task_record(shard: int, task: Task, final: Progress | None, shape: int) -> l
     """
     parent = task.parent
     reported = task.reported
+    start, end, expire_at = task.start_time, task.end_time, task.expire_at
+    if (
+        parent is None
+        and reported is None
+        and final is None
+        and task.reported_total is None
+        and not (task.keyspace or task.table or task.entity or task.error)
+        and not (task.abort_requested or task.folded_into_parent or task.orphaned)
+    ):
+        # Most records (every root on its way): no tail, so none to build and trim.
+        return [shape, shard, task.sequence_number, _STATE_LETTER[task.state],
+                None if start is None else round(start * 1e9),
+                None if end is None else round(end * 1e9),
+                None if expire_at is None else round(expire_at * 1e9)]  # fmt: skip
     record: list[object] = [
         shape, shard, task.sequence_number, _STATE_LETTER[task.state],
-        _ns(task.start_time), _ns(task.end_time), _ns(task.expire_at),
+        _ns(start), _ns(end), _ns(expire_at),
         None if parent is None else parent.id.hex,
         None if parent is None else _KIND_LETTER[parent.kind],
         None if parent is None else parent.shard,
@@ -149,15 +165,6 @@ _new_entry = tuple.__new__
 def _build(
     task_id: UUID, rec: list[Any], shards: int, shapes: dict[int, tuple[str, TaskImpl]]
 ) -> tuple[Task, int, Progress | None]:
-    if len(rec) == 7:  # the common case (a root with nothing optional): no tail to read
-        shape, shard, sequence, state, start, end, expire_at = rec
-        module, impl = shapes[shape]
-        task = Task(task_id, module, impl, None, sequence, "", "", "", None)
-        task.state = _LETTER_STATE[state]
-        task.start_time = None if start is None else start / 1e9
-        task.end_time = None if end is None else end / 1e9
-        task.expire_at = None if expire_at is None else expire_at / 1e9
-        return task, shard % shards, None
     if len(rec) < 20:
         rec = rec + list(_TAIL_DEFAULTS[len(rec) - 7 :])
     (shape, shard, sequence, state, start, end, expire_at, parent_hex, parent_kind,
@@ -209,11 +216,11 @@ def _depths(entries: dict[int, _Entry], keys: list[int]) -> dict[int, int]:
 
 async def recover(
     manager: TaskManager,
-    records: Iterable[tuple[str, Any]],
+    records: JournalRecords,
     external_impl: Callable[[TaskShape], TaskImpl],
     restore_sessions: Callable[[list[tuple[UUID, str]], list[tuple[UUID, UUID, bool]]], int],
 ) -> RecoveryReport:
-    """Rebuilds the registry from journal records ((key, value), in first-written order).
+    """Rebuilds the registry from the journal's records (in first-written order).
 
     ``external_impl`` gives the implementation of a reported task's shape
     (the producers' flyweight), ``restore_sessions`` brings back producer
@@ -227,10 +234,12 @@ async def recover(
     cap = manager.max_status_children
     bodies: dict[TaskShape, TaskImpl] = {}
     shapes: dict[int, tuple[str, TaskImpl]] = {}
+    # Records with more than a root's seven fields, and roots with nothing optional (by id).
     entries: dict[int, _Entry] = {}
+    roots: dict[int, Task] = {}
     # Children by parent key, in creation order (records keep their first position).
     children: dict[int, list[int]] = {}
-    kept: list[list[Task]] = [[] for _ in shards]
+    kept: list[dict[str, list[tuple[int, Task]]]] = [{} for _ in shards]
     folded_keys: list[int] = []
     modules: set[str] = set()
     sequences: dict[tuple[int, str], int] = {}
@@ -238,30 +247,53 @@ async def recover(
     aborts: dict[int, AbortRequest] = {}
     links: list[tuple[UUID, UUID]] = []
     ttls: object = None
-    for position, (name_, value) in enumerate(records):
-        kind = name_[0]
-        if kind == TASK_KEY and name_ != TTL_KEY:
-            task_id = uuid_from_int(int(name_[1:], 16))
-            if value[0] not in shapes:  # its shape's record did not survive
+    keys, values = records
+    state_of = _LETTER_STATE
+    for position, raw in enumerate(keys):
+        value = values[position]
+        if raw[0] == _TASK_BYTE:
+            number = int(raw[1:], 16)
+            shaped = shapes.get(value[0])
+            if shaped is None:  # its shape's record did not survive
                 report.add("unreadable")
-                manager.journal.forget(task_id)
+                manager.journal.forget(uuid_from_int(number))
                 continue
-            task, home, final = _build(task_id, value, count, shapes)
+            if len(value) == 7:
+                # A root with nothing optional (most records): built here, with no
+                # entry of its own, as a million may come back before the node serves.
+                _, shard, sequence, state, start, end, expire_at = value
+                module, impl = shaped
+                task = Task.restored_root(uuid_from_int(number), module, impl, sequence,
+                    state_of[state], (None if start is None else start / 1e9,
+                    None if end is None else end / 1e9,
+                    None if expire_at is None else expire_at / 1e9))  # fmt: skip
+                roots[number] = task
+                by_module = kept[shard % count]
+                group = by_module.get(module)
+                if group is None:
+                    by_module[module] = [(number, task)]
+                else:
+                    group.append((number, task))
+                continue
+            task, home, final = _build(uuid_from_int(number), value, count, shapes)
             parent = task.parent
             parent_key = None
             if parent is not None and parent.kind is ParentKind.NODE:
                 parent_key = parent.id.int
                 siblings = children.get(parent_key)
                 if siblings is None:
-                    children[parent_key] = [task_id.int]
+                    children[parent_key] = [number]
                 else:
-                    siblings.append(task_id.int)
-            entries[task_id.int] = _new_entry(_Entry, (task, home, final, parent_key, position))
+                    siblings.append(number)
+            entries[number] = _new_entry(_Entry, (task, home, final, parent_key, position))
             if task.folded_into_parent:
-                folded_keys.append(task_id.int)
+                folded_keys.append(number)
             else:
-                kept[home].append(task)
-        elif kind == SHAPE_KEY:
+                kept[home].setdefault(task.module, []).append((number, task))
+            continue
+        name_ = raw.decode()
+        kind = name_[0]
+        if kind == SHAPE_KEY:
             # Shapes are written before the first record that names them.
             module, type_, scope, units, abortable, user_task, internal, external = value[:8]
             owner = value[8] if len(value) > 8 else ""  # journals from before owners
@@ -293,10 +325,10 @@ async def recover(
     if ttls is not None:
         await manager.restore_ttls(ttls)
 
-    for parent_key, keys in children.items():
-        if parent_key not in entries:
-            for key in keys:
-                entries[key].task.orphaned = True  # its parent's record did not survive
+    for parent_key, keys_ in children.items():
+        if parent_key not in entries and parent_key not in roots:
+            for key_ in keys_:
+                entries[key_].task.orphaned = True  # its parent's record did not survive
     depth = _depths(entries, folded_keys)
     folded_keys.sort(key=lambda k: -depth[k])
     records_of: dict[int, FoldedTask] = {}
@@ -314,24 +346,29 @@ async def recover(
         # As the parent took it: before the child left the registry (no expiry yet).
         status = build_status(task, entry.shard, node, progress)._replace(expire_time=None)
         records_of[key] = folded_record(status, task, node, cap)
-    for parent_key, keys in children.items():
+    for parent_key, keys_ in children.items():
         holder = entries.get(parent_key)
-        if holder is None or holder.task.folded_into_parent:
+        parent_task = roots.get(parent_key) if holder is None else holder.task
+        if parent_task is None or parent_task.folded_into_parent:
             continue
-        live = [c for c in keys if not entries[c].task.folded_into_parent]
+        live = [c for c in keys_ if not entries[c].task.folded_into_parent]
         if live:
-            holder.task.live_children = {entries[c].task.id: entries[c].shard for c in live}
-        holder.task.folded_children = folded_children(parent_key) or None
+            parent_task.live_children = {entries[c].task.id: entries[c].shard for c in live}
+        parent_task.folded_children = folded_children(parent_key) or None
     # A folded record whose holder did not come back names nothing: it goes.
     folded_ids: list[list[UUID]] = [[] for _ in shards]
     for key in folded_keys:
         entry = entries[key]
-        if _top_holder(entries, entry) is not None:
+        if _top_holder(entries, roots, entry) is not None:
             folded_ids[entry.shard].append(entry.task.id)
             report.add("folded")
         else:
             manager.journal.forget(entry.task.id)
-    for key in [k for k in aborts if k not in entries or entries[k].task.folded_into_parent]:
+    for key in [
+        k
+        for k in aborts
+        if k not in roots and (k not in entries or entries[k].task.folded_into_parent)
+    ]:
         del aborts[key]  # its task did not come back
         manager.journal.delete(f"{ABORT_KEY}{key:032x}")
     for shard in shards:
@@ -344,8 +381,9 @@ async def recover(
     unfinished: list[tuple[UUID, UUID, bool]] = []
     for task_id, session_id in links:
         found = entries.get(task_id.int)
-        if found is not None and not found.task.state.is_complete:
-            unfinished.append((task_id, session_id, found.task.abort_requested))
+        linked = roots.get(task_id.int) if found is None else found.task
+        if linked is not None and not linked.state.is_complete:
+            unfinished.append((task_id, session_id, linked.abort_requested))
         else:
             manager.journal.delete(TASK_SESSION_KEY + task_id.hex)
     report.add("sessions", restore_sessions(sessions, unfinished))
@@ -353,7 +391,7 @@ async def recover(
     return report
 
 
-def _top_holder(entries: dict[int, _Entry], entry: _Entry) -> int | None:
+def _top_holder(entries: dict[int, _Entry], roots: dict[int, Task], entry: _Entry) -> int | None:
     # The first ancestor that did not fold: the task whose record holds this one.
     at: _Entry | None = entry
     while at is not None and at.task.folded_into_parent:
@@ -361,6 +399,8 @@ def _top_holder(entries: dict[int, _Entry], entry: _Entry) -> int | None:
         if parent is None:
             return None
         at = entries.get(parent)
+        if at is None:
+            return parent if parent in roots else None
     return None if at is None else at.task.id.int
 
 

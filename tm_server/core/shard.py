@@ -574,7 +574,7 @@ class Shard(ShardReads):
 
     def restore(
         self,
-        tasks: list[Task],
+        tasks: dict[str, list[tuple[int, Task]]],
         folded: list[UUID],
         sequences: dict[str, int],
         aborts: dict[int, AbortRequest] | None = None,

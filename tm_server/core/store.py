@@ -8,9 +8,7 @@ the expiry of finished roots. The shard (``shard.py``) drives it.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable
-from operator import attrgetter, itemgetter
 from uuid import UUID
 
 from .clock import Clock
@@ -26,9 +24,6 @@ from .rate import RateTracker
 from .record import ModuleState, Task
 from .task import TaskImpl
 from .types import AbortRequest, FoldedTask, TaskState, creation_time_of
-
-_STATE_VALUE = attrgetter("state._value_")
-_SECOND = itemgetter(1)
 
 
 def _expiry(task: Task) -> float:
@@ -242,44 +237,45 @@ class TaskStore:
 
     def restore(
         self,
-        tasks: list[Task],
+        tasks: dict[str, list[tuple[int, Task]]],
         folded: list[UUID],
         sequences: dict[str, int],
         aborts: dict[int, AbortRequest] | None = None,
     ) -> None:
         """Registers tasks rebuilt from the journal, as ``add`` would have (recovery only).
 
-        ``folded`` are ids of this shard's tasks that folded into a parent
-        (named until their parent's record goes), ``sequences`` each module's
-        last sequence number here, ``aborts`` who asked for the aborts of
-        tasks here. In bulk: a sorted map filled at once sorts
+        ``tasks`` are (id number, task) by module, ``folded`` ids of this
+        shard's tasks that folded into a parent (named until their parent's
+        record goes), ``sequences`` each module's last sequence number here,
+        ``aborts`` who asked for the aborts of tasks here. In bulk, with one
+        pass over the tasks (a million of them lie far apart in memory: each
+        pass costs a cache miss a task): a sorted map filled at once sorts
         once, where a million inserts would cost seconds.
         """
-        by_module: dict[str, list[tuple[int, Task]]] = {}
         parent_refs = self._parent_refs
         highest = dict(sequences)
         owned = self.owned
-        for task in tasks:
-            key = task.id.int
-            by_module.setdefault(task.module, []).append((key, task))
-            owner = task.impl.owner
-            if owner:
-                count(owned, owner, 1)
-            if task.sequence_number > highest.get(task.module, 0):
-                highest[task.module] = task.sequence_number
-            parent = task.parent
-            if parent is not None:
-                count(parent_refs, parent.id.int, 1)
-                if parent.kind is ParentKind.VIRTUAL:
-                    self.virtual_children.setdefault(parent.id.int, {})[task.id] = None
-        for name, pairs in by_module.items():
-            self.tasks.update(pairs)
-            self.module(name).tasks.update(pairs)
-            # Counted in C (a million tasks): their states' values, per module.
-            tally = Counter(map(_STATE_VALUE, map(_SECOND, pairs)))
+        for name, pairs in tasks.items():
+            # Made once and merged twice: merging a dict presizes the map it
+            # goes into, where a list of pairs grows it step by step.
+            by_id = dict(pairs)
+            self.tasks.update(by_id)
+            self.module(name).tasks.update(by_id)
             by_state = self.states.setdefault(name, [0] * len(TaskState))
-            for value, n in tally.items():
-                by_state[state_code(TaskState(value)) - 1] += n
+            top = highest.get(name, 0)
+            for _, task in pairs:
+                by_state[state_code(task.state) - 1] += 1
+                owner = task.impl.owner
+                if owner:
+                    count(owned, owner, 1)
+                if task.sequence_number > top:
+                    top = task.sequence_number
+                parent = task.parent
+                if parent is not None:
+                    count(parent_refs, parent.id.int, 1)
+                    if parent.kind is ParentKind.VIRTUAL:
+                        self.virtual_children.setdefault(parent.id.int, {})[task.id] = None
+            highest[name] = top
         for task_id in folded:
             self.count_folded(task_id)
         if aborts:
