@@ -645,13 +645,17 @@ class TmServer:
             self._token_watch.cancel()
         await self.health.enter_graceful_shutdown()
         if self.cluster is not None:
-            await self.cluster.stop()  # the others stop asking this node first
+            await self.cluster.leave()  # the others stop asking this node first
         self.manager.stop_watches()
         self.producers.stop_streams()
         await self.server.stop(self.config.grace_seconds)
         if self.http is not None:
             await self.http.close()
         await self.manager.close()
+        if self.cluster is not None:
+            # After the bodies the stop ended: their final statuses, as children
+            # of cluster tasks, reach the store before it closes.
+            await self.cluster.close()
         if self.journal is not None:
             await self.journal.close()
         await self.heap.stop()

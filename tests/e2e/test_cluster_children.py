@@ -11,7 +11,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tm_client import Producer, TaskManagerClient, TaskState, TaskStatus
+from tm_client import Producer, TaskManagerClient, TaskState, TaskStatus, TestServiceClient
 from tm_server.cluster import sqlite as sqlite_store
 from tm_server.cluster.children import FinishedChild, FinishedChildren
 from tm_server.cluster.sqlite import SqliteStore
@@ -124,6 +124,26 @@ def test_finished_children_outlive_a_killed_node(cluster: Cluster) -> None:
             assert lost.id not in _tree(client, root.id)
             assert (status.progress_completed, status.progress_total) == (3, 5)
             _check_kept(status, _tree(client, root.id), done, failed, "b")
+
+
+def test_a_child_its_nodes_clean_stop_ends_is_kept(store_url: str) -> None:
+    # A child whose body runs inside its node ends with that node's stop: its
+    # final status must still reach the store, so the node's stop may close
+    # the store only after its own tasks have ended.
+    nodes = Cluster(store_url, ("a", "b"), "--enable-test-service")
+    try:
+        with nodes.producer("a") as pa, TestServiceClient(nodes.target("b")) as tb:
+            root = pa.create_task("upgrade", cluster=True)
+            child = tb.create_task(parent_id=root.id)
+            assert nodes.nodes["b"].terminate() == 0
+            with nodes.client("a") as a:
+                status = _tree(a, root.id).get(child)
+                assert status is not None, "the child ended by b's stop was not kept"
+                assert (status.state, status.node) == (TaskState.FAILED, "b")
+                assert status.error == "task cancelled: the server is shutting down"
+                assert (child, "b") in {(c.task_id, c.node) for c in a.get_status(root.id).children}
+    finally:
+        nodes.close()
 
 
 def _kept_rows(store_url: str) -> int:

@@ -152,8 +152,20 @@ class ClusterNode:
 
     async def stop(self) -> None:
         """Leaves the cluster (a clean shutdown) and closes the store."""
+        await self.leave()
+        await self.close()
+
+    async def leave(self) -> None:
+        """The first half of a clean stop: the others stop asking this node, which keeps its store.
+
+        Tasks that end after it (bodies the node's stop cancels) still reach
+        the store: ``close`` keeps their statuses before closing it.
+        """
         await self.membership.leave()
         await self.feed.stop()
+
+    async def close(self) -> None:
+        """The second half: keeps the finished children noted so far, then closes the store."""
         await self.tasks.close()
         self._manager.remote = None
         self._producers.cluster = None
