@@ -330,7 +330,9 @@ class TaskManager(Waiting):
         target = self._port(shard)
         # Names repeat across millions of tasks: keep one copy of each.
         module, keyspace, table = sys.intern(module), sys.intern(keyspace), sys.intern(table)
-        if not await target.has_module(module):
+        # A root's shard refuses an unknown module itself, before it changes
+        # anything; a child's is asked first, before its parent is told of it.
+        if parent_id is not None and not await target.has_module(module):
             raise UnknownModuleError(module)
         link: ParentLink | None = None
         inherited: AttachResult | None = None

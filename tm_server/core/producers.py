@@ -142,6 +142,8 @@ class ProducerSession:
 
 #: Put on a stream's queue when the server stops.
 _STOP = object()
+#: Shapes of recent creates kept at hand (the weak map holds the rest while tasks use them).
+_RECENT_SHAPES = 256
 
 
 class SessionStream:
@@ -223,6 +225,8 @@ class Producers:
         self._impls: weakref.WeakValueDictionary[TaskShape, RemoteTaskImpl] = (
             weakref.WeakValueDictionary()
         )
+        # The shapes created with lately, held strongly (at most _RECENT_SHAPES).
+        self._recent_impls: dict[tuple[object, ...], RemoteTaskImpl] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._stopping = False
         # Cluster tasks, when the server has a cluster store (the cluster layer sets it).
@@ -311,10 +315,17 @@ class Producers:
         return impl
 
     def _impl(self, spec: TaskSpec) -> RemoteTaskImpl:
-        return self.impl_of(
-            TaskShape(spec.type, spec.scope, spec.progress_units, spec.abortable,
-                      spec.user_task, spec.internal, spec.owner)
-        )  # fmt: skip
+        # By the shape's fields as a plain tuple first: every create asks, and
+        # a frozen TaskShape and the weak map's lookup cost ~3 us of it.
+        key = (spec.type, spec.scope, spec.progress_units, spec.abortable, spec.user_task,
+               spec.internal, spec.owner)  # fmt: skip
+        impl = self._recent_impls.get(key)
+        if impl is None:
+            impl = self.impl_of(TaskShape(*key))
+            if len(self._recent_impls) >= _RECENT_SHAPES:
+                self._recent_impls.clear()
+            self._recent_impls[key] = impl
+        return impl
 
     # ---- modules -----------------------------------------------------------------------------
 
