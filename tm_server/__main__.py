@@ -29,7 +29,8 @@ from .core.quotas import (
     DEFAULT_MAX_TASKS_PER_PRINCIPAL,
     TaskQuotas,
 )
-from .journal import DEFAULT_COMPACT_BYTES, DEFAULT_PROGRESS_WINDOW, JournalError
+from .journal import DEFAULT_COMPACT_BYTES, DEFAULT_PROGRESS_WINDOW
+from .journal_files import JournalError
 from .logsetup import LOG_FORMATS
 from .logsetup import configure as configure_logging
 from .metrics.http import parse_address

@@ -38,10 +38,8 @@ import json.encoder
 import logging
 import operator
 import os
-import re
 import sys
 import time
-import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -54,6 +52,16 @@ from tm_server.core.record import Task
 from tm_server.core.recovery import shape_of, task_record
 from tm_server.core.task import TaskImpl
 from tm_server.core.types import Progress
+from tm_server.journal_files import (
+    FILE_NAME,
+    JournalError,
+    Torn,
+    file_name,
+    frame,
+    fsync_dir,
+    merge,
+    strerror,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +71,6 @@ JOURNAL_DIR = "journal"
 DEFAULT_PROGRESS_WINDOW = 1.0
 #: A log this large (or as large as the snapshot, if that is larger) is compacted.
 DEFAULT_COMPACT_BYTES = 64 << 20
-
-_FILE = re.compile(r"^(log|snap)-(\d{8})$")
 
 
 def _not_json(value: object) -> object:
@@ -90,10 +96,6 @@ _TASK_KEY = TASK_KEY.encode()
 _Entry = tuple[int, Task, Progress | None] | int | bytes | None
 
 
-class JournalError(Exception):
-    """The journal cannot be used at start: one line that says what and what to do."""
-
-
 @dataclass(frozen=True)
 class JournalConfig:
     """Where the journal lives and how it batches."""
@@ -112,77 +114,6 @@ class JournalStats:
     bytes_written: int = 0
     compactions: int = 0
     torn_records: int = 0
-
-
-#: Records a snapshot frame holds at most.
-_SNAPSHOT_FRAME = 8192
-_split = operator.methodcaller("split", b" ", 1)
-
-
-def _frame(body: bytes) -> bytes:
-    return b"#%08x %d\n%s" % (zlib.crc32(body), len(body), body)
-
-
-def _fsync_dir(directory: Path) -> None:
-    # A new or renamed file is durable once its directory entry is.
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _name(kind: str, number: int) -> str:
-    return f"{kind}-{number:08d}"
-
-
-def _strerror(exc: OSError) -> str:
-    return exc.strerror or str(exc)
-
-
-class _Torn(Exception):
-    def __init__(self, offset: int) -> None:
-        super().__init__(offset)
-        self.offset = offset
-
-
-def _damaged(path: Path, offset: int) -> JournalError:
-    return JournalError(
-        f"the journal file {path} is damaged at byte {offset}: a frame there does not match "
-        "its checksum, and it is not the torn end of the last write. Restore the data "
-        "directory from a backup, or move its journal folder aside to start with an empty "
-        "registry"
-    )
-
-
-def _merge(path: Path, merged: dict[bytes, bytes], *, tail_may_tear: bool) -> None:
-    """Merges a file's records into ``merged`` (key -> value, b"" for a deletion).
-
-    Raises ``_Torn`` with the offset of a torn last frame when ``tail_may_tear``
-    (the records before it are merged), and ``JournalError`` for damage.
-    """
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise JournalError(f"cannot read the journal file {path}: {_strerror(exc)}") from exc
-    pos, size = 0, len(data)
-    while pos < size:
-        newline = data.find(b"\n", pos, pos + 32)
-        length = crc = -1
-        if newline > 0 and data[pos : pos + 1] == b"#":
-            crc_hex, _, length_text = data[pos + 1 : newline].partition(b" ")
-            with contextlib.suppress(ValueError):
-                crc, length = int(crc_hex, 16), int(length_text)
-        end = newline + 1 + length
-        if length < 0 or end > size or zlib.crc32(data[newline + 1 : end]) != crc:
-            # Torn: the frame reaches the end of the file (or its header does).
-            reaches_end = (newline < 0 and size - pos < 32) or (length >= 0 and end >= size)
-            if tail_may_tear and reaches_end:
-                raise _Torn(pos)
-            raise _damaged(path, pos)
-        if end > newline + 1:
-            merged.update(map(_split, data[newline + 1 : end - 1].split(b"\n")))
-        pos = end
 
 
 class FileJournal:
@@ -229,7 +160,7 @@ class FileJournal:
         logs: list[int] = []
         snaps: list[int] = []
         for entry in os.listdir(self._dir):
-            match = _FILE.match(entry)
+            match = FILE_NAME.match(entry)
             if match is not None:
                 (logs if match.group(1) == "log" else snaps).append(int(match.group(2)))
             elif entry.endswith(".tmp"):
@@ -253,20 +184,20 @@ class FileJournal:
             logs, snaps = self._files()
         except OSError as exc:
             raise JournalError(
-                f"cannot use the journal directory {self._dir}: {_strerror(exc)}"
+                f"cannot use the journal directory {self._dir}: {strerror(exc)}"
             ) from exc
         merged: dict[bytes, bytes] = {}
         if snaps:
             self._snapshot = snaps[-1]
-            path = self._dir / _name("snap", self._snapshot)
+            path = self._dir / file_name("snap", self._snapshot)
             self._snapshot_size = path.stat().st_size
-            _merge(path, merged, tail_may_tear=False)
+            merge(path, merged, tail_may_tear=False)
         later = [n for n in logs if n > self._snapshot]
         for index, number in enumerate(later):
-            path = self._dir / _name("log", number)
+            path = self._dir / file_name("log", number)
             try:
-                _merge(path, merged, tail_may_tear=index == len(later) - 1)
-            except _Torn as torn:
+                merge(path, merged, tail_may_tear=index == len(later) - 1)
+            except Torn as torn:
                 self.stats.torn_records += 1
                 log.warning(
                     "journal: dropped a torn last record of %s at byte %d (a write the "
@@ -278,14 +209,14 @@ class FileJournal:
                     os.truncate(path, torn.offset)
                 except OSError as exc:
                     raise JournalError(
-                        f"cannot cut the torn record off {path}: {_strerror(exc)}"
+                        f"cannot cut the torn record off {path}: {strerror(exc)}"
                     ) from exc
         # Files a compaction merged into the snapshot but stopped before deleting.
         stale = [("log", n) for n in logs if n <= self._snapshot]
         stale += [("snap", n) for n in snaps[:-1]]
         for kind, number in stale:
             with contextlib.suppress(OSError):
-                os.unlink(self._dir / _name(kind, number))
+                os.unlink(self._dir / file_name(kind, number))
         self._log = max([*logs, *snaps, 0]) + 1
         # Deleted keys (b"") go; the others keep the place they were first written at.
         if b"" in merged.values():
@@ -316,7 +247,7 @@ class FileJournal:
             self._fd = self._open_log(self._log)
         except OSError as exc:
             raise JournalError(
-                f"cannot write the journal in {self._dir}: {_strerror(exc)} (is the data "
+                f"cannot write the journal in {self._dir}: {strerror(exc)} (is the data "
                 "directory read-only, or the disk full?)"
             ) from exc
         self._wake = asyncio.Event()
@@ -326,10 +257,10 @@ class FileJournal:
 
     def _open_log(self, number: int) -> int:
         fd = os.open(
-            self._dir / _name("log", number), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND,
-            0o644,
+            self._dir / file_name("log", number),
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644,
         )  # fmt: skip
-        _fsync_dir(self._dir)
+        fsync_dir(self._dir)
         self._size = 0
         return fd
 
@@ -446,7 +377,7 @@ class FileJournal:
         self._pending = {}
         self._lazy = {}
         self._lazy_due = False
-        return _frame(b"".join(lines)) if lines else b""
+        return frame(b"".join(lines)) if lines else b""
 
     async def _run(self) -> None:
         assert self._wake is not None
@@ -473,8 +404,8 @@ class FileJournal:
             except OSError as exc:
                 self._retry = data
                 if self.failure is None:
-                    log.error("journal: cannot write %s: %s", self._dir, _strerror(exc))
-                self.failure = _strerror(exc)
+                    log.error("journal: cannot write %s: %s", self._dir, strerror(exc))
+                self.failure = strerror(exc)
                 batch.set_exception(JournalUnavailableError(self.failure))
                 batch.exception()  # retrieved here: a batch nobody waited for is no error
             else:
@@ -522,7 +453,7 @@ class FileJournal:
         try:
             await loop.run_in_executor(self._writer, rotate)
         except OSError as exc:
-            log.warning("journal: cannot start a new log (%s); compaction waits", _strerror(exc))
+            log.warning("journal: cannot start a new log (%s); compaction waits", strerror(exc))
             return
         self._compaction = loop.create_task(self._compact(closed), name="tm-journal-compact")
 
@@ -532,7 +463,7 @@ class FileJournal:
         # read-latency figure saw 2.7 s stalls); at idle priority, so it
         # takes only what the server leaves.
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "tm_server.journal", str(self._dir), str(self._snapshot),
+            sys.executable, "-m", "tm_server.journal_files", str(self._dir), str(self._snapshot),
             str(upto), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
         self._compactor = process
@@ -551,7 +482,9 @@ class FileJournal:
 
     def disk_bytes(self) -> int:
         """Bytes the journal's files take on disk now."""
-        return sum((self._dir / e).stat().st_size for e in os.listdir(self._dir) if _FILE.match(e))
+        return sum(
+            (self._dir / e).stat().st_size for e in os.listdir(self._dir) if FILE_NAME.match(e)
+        )
 
     async def close(self) -> None:
         """Writes what is pending, waits for a compaction, and closes the log."""
@@ -582,54 +515,3 @@ class FileJournal:
             os.close(self._fd)
             self._fd = -1
         self._writer.shutdown(wait=True)
-
-
-def compact(directory: Path, snapshot: int, upto: int) -> int:
-    """Merges a snapshot and the logs after it into snapshot ``upto``; returns its size.
-
-    ``snapshot`` is the old snapshot's number (0: none); the logs after it up
-    to ``upto`` are merged, then the old files deleted.
-
-    The latest line of each key is kept as it is (no JSON is read); the
-    snapshot is written as a ``.tmp`` file, flushed and renamed, so a crash
-    leaves either the old files or the new snapshot, never half of one.
-    """
-    merged: dict[bytes, bytes] = {}
-    sources = [("snap", snapshot)] if snapshot else []
-    sources += [("log", n) for n in range(snapshot + 1, upto + 1)]
-    for kind, number in sources:
-        path = directory / _name(kind, number)
-        if path.exists():
-            _merge(path, merged, tail_may_tear=False)
-    lines = [b"%s %s\n" % item for item in merged.items() if item[1]]
-    del merged
-    tmp = directory / (_name("snap", upto) + ".tmp")
-    try:
-        with tmp.open("wb") as f:
-            for index, at in enumerate(range(0, len(lines), _SNAPSHOT_FRAME)):
-                f.write(_frame(b"".join(lines[at : at + _SNAPSHOT_FRAME])))
-                if index % 4 == 3:
-                    # Synced a few MiB at a time: one flush of the whole snapshot
-                    # would hold the disk against the server's own group commits.
-                    f.flush()
-                    os.fdatasync(f.fileno())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, directory / _name("snap", upto))
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-    _fsync_dir(directory)
-    for kind, number in sources:
-        with contextlib.suppress(OSError):
-            os.unlink(directory / _name(kind, number))
-    return os.path.getsize(directory / _name("snap", upto))
-
-
-if __name__ == "__main__":  # the compaction process: DIRECTORY SNAPSHOT UPTO
-    # Only the CPU time nothing else wants: the server's loop must not wait for it.
-    try:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    except (AttributeError, OSError):
-        os.nice(19)
-    print(compact(Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])))
