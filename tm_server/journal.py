@@ -85,12 +85,11 @@ _C_ENCODE = json.encoder.c_make_encoder(  # type: ignore[attr-defined]
 
 
 def _encode_json(value: object) -> bytes:
-    if value.__class__ is int:
-        return str(value).encode()
     return "".join(_C_ENCODE(value, 0)).encode()
 
 
-_TASK_KEY = TASK_KEY.encode()
+#: A task's line in a batch, from its id's number and its encoded record.
+_TASK_LINE = TASK_KEY.encode() + b"%032x %s\n"
 #: What a pending key is to write: a task's record (shard, task, its final
 #: progress as it folded), a number, an encoded value, or None (a deletion).
 _Entry = tuple[int, Task, Progress | None] | int | bytes | None
@@ -367,12 +366,12 @@ class FileJournal:
             else:
                 value = entry
             if isinstance(key, int):
-                lines.append(b"%s%032x %s\n" % (_TASK_KEY, key, value))
+                lines.append(_TASK_LINE % (key, value))
             else:
                 lines.append(b"%s %s\n" % (key.encode(), value))
         for key, (shard, task) in self._lazy.items():
             record = task_record(shard, task, None, self._shape(task, lines))
-            lines.append(b"%s%032x %s\n" % (_TASK_KEY, key, _encode_json(record)))
+            lines.append(_TASK_LINE % (key, _encode_json(record)))
         self.stats.records += len(lines)
         self._pending = {}
         self._lazy = {}
