@@ -37,17 +37,13 @@ from tm_client.pb import task_manager_pb2 as pb
 from tm_client.pb import task_manager_pb2_grpc as pb_grpc
 from tm_client.pb import task_reporting_pb2 as rpb
 from tm_client.pb import task_reporting_pb2_grpc as rpb_grpc
+from tm_server.config import DEFAULT_GC_FREEZE_INTERVAL, ServerConfig
 from tm_server.core import ListFilter
 from tm_server.core.module_watch import DEFAULT_WATCH_INTERVAL
 from tm_server.core.producers import TaskSpec
 from tm_server.heap import HeapManager
 from tm_server.security.tls import ServerTls, TlsConfig
-from tm_server.server import (
-    DEFAULT_GC_FREEZE_INTERVAL,
-    ServerConfig,
-    TmServer,
-    server_options,
-)
+from tm_server.server import TmServer, server_options
 from tm_server.service.convert import page_to_pb, status_to_pb
 
 

@@ -21,6 +21,12 @@ from tm_server.core.manager import DEFAULT_MAX_MODULES, DEFAULT_MAX_STATUS_CHILD
 from tm_server.core.module_watch import DEFAULT_WATCH_INTERVAL, DEFAULT_WATCH_MAX_INTERVAL
 
 from .cluster.store import NodeNameTakenError
+from .config import (
+    DEFAULT_GC_FREEZE_INTERVAL,
+    DEFAULT_HTTP_ADDRESS,
+    DEFAULT_MAX_REQUEST_BYTES,
+    ServerConfig,
+)
 from .core import StoreUnavailableError
 from .core.producers import DEFAULT_MAX_SESSIONS_PER_PRINCIPAL
 from .core.quotas import (
@@ -36,13 +42,7 @@ from .logsetup import configure as configure_logging
 from .metrics.http import parse_address
 from .security.tls import TlsConfig, TlsFilesError
 from .security.tokens import TokensFileError
-from .server import (
-    DEFAULT_GC_FREEZE_INTERVAL,
-    DEFAULT_HTTP_ADDRESS,
-    DEFAULT_MAX_REQUEST_BYTES,
-    ServerConfig,
-    serve,
-)
+from .server import serve
 from .service.stream_holds import (
     DEFAULT_MAX_STREAMS_PER_CONNECTION,
     DEFAULT_MAX_STREAMS_PER_PRINCIPAL,
