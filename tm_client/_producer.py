@@ -10,7 +10,6 @@ from typing import Any
 from uuid import UUID
 
 import grpc
-from uuid6 import uuid7
 
 from ._client import DEFAULT_TARGET, _SyncChannelClient
 from ._credentials import Credentials
@@ -23,6 +22,7 @@ from ._errors import (
     UnavailableError,
     from_rpc_error,
 )
+from ._ids import new_task_id
 from ._resume import TaskId, _Backoff
 from ._types import TaskStatus
 from .pb import task_manager_pb2 as tm_pb
@@ -336,7 +336,7 @@ class Producer(_SyncChannelClient):
             internal=internal,
             progress_units=progress_units,
             progress_total=total,
-            task_id=str(uuid7() if task_id is None else task_id),
+            task_id=str(new_task_id() if task_id is None else task_id),
             session_id=self._session_id,
             start=start,
             cluster=cluster,

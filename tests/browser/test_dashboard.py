@@ -21,9 +21,9 @@ import grpc
 import pytest
 import requests
 from playwright.sync_api import Locator, Page, expect
-from uuid6 import uuid7
 
 from tm_client import Credentials, Producer, TaskAbortedError, TaskManagerClient
+from tm_client._ids import new_task_id
 from tm_client.pb import task_reporting_pb2 as rpb
 from tm_client.pb import task_reporting_pb2_grpc as rpb_grpc
 
@@ -342,7 +342,7 @@ def _request(module: str, i: int, task_id: str, parent: str) -> rpb.CreateTaskRe
 
 def _create_tasks(target: str, module: str, count: int, parent: str = "") -> list[str]:
     """``count`` running tasks of ``module``, created through pipelined CreateTask calls."""
-    ids = [str(uuid7()) for _ in range(count)]
+    ids = [str(new_task_id()) for _ in range(count)]
     with grpc.insecure_channel(target) as channel:
         stub = rpb_grpc.TaskReportingServiceStub(channel)
         stub.RegisterModule(rpb.RegisterModuleRequest(module=module), timeout=15)
