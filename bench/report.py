@@ -8,6 +8,21 @@ from typing import Any
 
 #: What profiling found and what changed, kept with every result (see the README).
 PROFILE_NOTES = [
+    "A faster host (2026-12-03): the baseline served 5,000-6,000 status reads a second "
+    "(~190 us of server CPU a call) against ~2,000 (~550 us) on 2026-12-02, and every "
+    "figure that is a ratio of calls a second fell: status reads 0.73-0.80, progress "
+    "reports 0.62-0.65, TLS 0.70-0.83, metrics on 0.77-0.82, recursive status 0.62-0.65, "
+    "while pauses (1.53x, 1.68x) and recovery (4.9 s, 4.6 s) met their targets in both "
+    "full runs. tm's extra cost a read stays ~60-80 us of server CPU, which weighs more "
+    "against a cheaper baseline call. Measured in turns that day (7 rounds of 5 s, 100,000 "
+    "tasks): the code from before the hardening issue (9b33d62) read at 0.84-0.87x, this "
+    "code at 0.73-0.82x; the handler's own samples (py-spy) are the same for both (~155 "
+    "a 12 s window). Not the cause, each measured against this code in the same rotation: "
+    "serving tm's interceptors composed once at registration instead of through grpc's "
+    "interceptor path (0.78 against 0.77, 0.79 against 0.79, 0.76 against 0.80), the "
+    "cluster store's 50 ms change-log poll slowed to 5 s (0.75 against 0.73), no cluster "
+    "store at all (0.83 against 0.76, then 0.82 against 0.81). Rounds of one server vary "
+    "by 10-20% on this host, so a difference under ~5% is not resolved by these runs.",
     "py-spy/cProfile of task creation and status reads: UUID.__hash__/__eq__ (Python-level) "
     "dominated shard map lookups; shard maps are now keyed by the id's int.",
     "Memory per task: a dict and a list per task for children, asyncio objects and one "
@@ -135,7 +150,12 @@ MISS_ANALYSIS = {
         "tm does more than the baseline here: a report on one of the 1,000 watched tasks "
         "wakes its watcher, which gets a freshly computed status pushed down its stream, "
         "while the baseline's watchers receive nothing until the end. The ratio moved "
-        "between 0.67 and 0.82 over runs on this shared 2-core machine."
+        "between 0.67 and 0.82 over runs on this shared 2-core machine until 2026-12-02, "
+        "and fell to 0.62-0.65 on 2026-12-03, when the host ran about three times as fast "
+        "(the baseline 5,700-6,300 calls/s against ~2,200). The journal is a small part: "
+        "reports without watchers on 100,000 tasks, in turns, ran at 0.76x the baseline "
+        "with the journal and 0.79x with --journal off (server CPU ~245 against ~230 us a "
+        "report, the baseline's ~180)."
     ),
     "watch fan-out: broadcast": (
         "Single rounds here vary by 20-30% (1.03-1.29x in one session). The server's "
