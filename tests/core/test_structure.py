@@ -44,6 +44,7 @@ def test_nothing_reaches_a_shard_but_through_its_port() -> None:
     private = {
         "shard",
         "shard_reads",
+        "shard_tree",
         "store",
         "record",
         "watch",

@@ -6,13 +6,13 @@ it reaches the shards only through their ports (``port.py``), looking an id
 up one way on every path: the id's home shard first, then the others, then
 the virtual groups. Walks over trees that cross shards (abort, release,
 progress roll-up, change notification) are loops of one port call a task.
+Its reads (``reading``) and waits (``waiting``) are its bases.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from uuid import UUID
 
@@ -27,7 +27,6 @@ from .errors import (
 from .feed import DEFAULT_WATCH_WINDOW
 from .handle import TaskHandle
 from .journal import NO_JOURNAL, TTL_KEY, Journal, module_key
-from .listing import list_page
 from .module_watch import (
     DEFAULT_WATCH_INTERVAL,
     DEFAULT_WATCH_MAX_INTERVAL,
@@ -35,20 +34,18 @@ from .module_watch import (
     VirtualChanges,
 )
 from .observe import NO_OBSERVER, TaskObserver
-from .paging import PagePosition, PageTokens
+from .paging import PageTokens
 from .port import AttachResult, NewTask, ParentKind, ParentLink, ShardPort
 from .quotas import ShardQuotas, TaskQuotas
 from .remote import RemoteTasks
 from .shard import Shard, TtlConfig
 from .task import TaskImpl
-from .types import AbortRequest, ListFilter, TaskIdentity, TaskStats, TaskStatus, new_task_id
+from .types import AbortRequest, TaskIdentity, TaskStatus, new_task_id
 from .validation import (
     MAX_NAME_LENGTH,
     MAX_TEXT_LENGTH,
-    check_filter,
     check_length,
     check_name,
-    check_page_size,
     check_ttl,
 )
 from .virtual import VirtualGroups, VirtualTaskGroup
@@ -434,118 +431,6 @@ class TaskManager(Waiting):
         shard = await self._locate(task_id)
         if shard is not None:
             await shard.unregister_task(task_id)
-
-    # ---- reading -----------------------------------------------------------------------------
-
-    async def get_status(self, task_id: UUID) -> TaskStatus:
-        """Returns a task's status: regular tasks first, then the virtual groups.
-
-        Raises:
-            TaskNotFoundError: unknown id.
-        """
-        # The hot path of status reads: one call a shard in the lookup order,
-        # the first found wins (creation keeps ids unique across shards).
-        for shard in self._orders[task_id.int % len(self._shards)]:
-            status = await shard.find_status(task_id)
-            if status is not None:
-                return status
-        status = await self._groups.status(task_id)
-        if status is None and self.remote is not None:
-            status = await self.remote.get_status(task_id)
-        if status is None:
-            raise TaskNotFoundError(task_id)
-        return status
-
-    async def list_children(
-        self, task_id: UUID, *, page_size: int = 0, page_token: str = ""
-    ) -> tuple[list[TaskIdentity], int, str]:
-        """Returns one page of a task's children by id, how many it has, and the next token.
-
-        A status lists at most ``max_status_children`` children; this lists
-        them all, a page at a time, for regular and virtual tasks alike.
-
-        Raises:
-            InvalidArgumentError: bad page size or token.
-            TaskNotFoundError: unknown id.
-        """
-        size = check_page_size(page_size)
-        scope = f"children of {task_id}"
-        pos = self._page_tokens.decode(page_token, scope, None, len(self._shards))
-        after = None if pos is None else pos.after
-        page: list[TaskIdentity] | None = None
-        count = 0
-        for shard in self._probe(task_id):
-            found = await shard.children_page(task_id, after, size + 1)
-            if found is not None:
-                page, count = found
-                break
-        if page is None:
-            found = await self._groups.children_page(task_id, after, size + 1)
-            if found is None:
-                elsewhere = None
-                if self.remote is not None:
-                    elsewhere = await self.remote.children_page(task_id, page_size, page_token)
-                if elsewhere is None:
-                    raise TaskNotFoundError(task_id)
-                return elsewhere
-            page, count = found
-        if len(page) <= size:
-            return page, count, ""
-        page = page[:size]
-        token = self._page_tokens.encode(scope, None, PagePosition(0, 0, page[-1].task_id))
-        return page, count, token
-
-    async def get_status_recursive(self, task_id: UUID) -> AsyncGenerator[TaskStatus, None]:
-        """Yields the task and all its descendants in ScyllaDB's BFS order.
-
-        Within each parent, live children come first (in creation order), then
-        folded ones in finishing order; a folded task's children are its failed
-        descendants. A virtual root's children are this node's tasks under it
-        (or whatever its group's ``walk`` gives: a cluster's, every node's).
-
-        Raises:
-            TaskNotFoundError: unknown id.
-        """
-        async for _, status in await self.tree_levels(task_id):
-            yield status
-
-    async def tree_levels(self, task_id: UUID) -> AsyncIterator[tuple[int, TaskStatus]]:
-        """``get_status_recursive`` with each status's depth (the root's is 0).
-
-        Raises:
-            TaskNotFoundError: unknown id (when the stream is read).
-        """
-        if await self._locate(task_id) is not None:
-            return self.local_tree(task_id)
-        found = await self._groups.find(task_id)
-        if found is not None:
-            walk = found[0].walk(task_id, found[1])
-            if walk is not None:
-                return walk
-            return self.local_tree(task_id)
-        if self.remote is not None:
-            elsewhere = await self.remote.tree(task_id)
-            if elsewhere is not None:
-                return elsewhere
-        return self.local_tree(task_id)  # raises TaskNotFoundError when read
-
-    async def list_module_tasks(
-        self, module: str, flt: ListFilter, *, page_size: int = 0, page_token: str = ""
-    ) -> tuple[list[TaskStats], str]:
-        """Returns one page of a module's tasks and the token of the next page ("" at the end).
-
-        See ``listing.list_page`` for the order and the page bounds.
-
-        Raises:
-            InvalidArgumentError: bad page size or token.
-            UnknownModuleError: no such module.
-        """
-        size = check_page_size(page_size)
-        await self._check_module(module)
-        check_filter(flt)
-        return await list_page(
-            self._shards, self._groups, self._page_tokens, module, flt, size, page_token
-        )
 
     # ---- abort -------------------------------------------------------------------------------
 

@@ -3,8 +3,10 @@
 A shard implements ``ShardPort`` and is reached only through it; it reaches
 its peers (for a parent or a child on another shard) through their ports,
 one call per task, and holds no reference to the manager. The task record,
-progress roll-up, expiry queues and watches live in modules of their own;
-this one holds the lifecycle of tasks and the parent/child bookkeeping.
+progress roll-up, expiry queues and watches live in modules of their own, as
+do its reads (``shard_reads``) and how a change goes up the tree
+(``shard_tree``); this one holds the lifecycle of tasks and the parent/child
+bookkeeping.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from .errors import (
     TaskNotAbortableError,
     TaskNotFoundError,
 )
-from .feed import DEFAULT_WATCH_WINDOW, ChangeKind, state_code
+from .feed import DEFAULT_WATCH_WINDOW, state_code
 from .journal import ABORT_KEY, NO_JOURNAL, Journal, abort_record
 from .logs import RateLimitedLog
 from .observe import NO_OBSERVER, TaskObserver
@@ -34,15 +36,13 @@ from .port import (
     AttachResult,
     ChildRef,
     NewTask,
-    ParentKind,
-    ParentLink,
     ShardHost,
     ShardPort,
 )
 from .progress import known_total
 from .quotas import ShardQuotas
 from .record import ModuleState, Task
-from .shard_reads import ShardReads
+from .shard_tree import ShardTree
 from .status import folded_record
 from .store import TaskStore, forgotten_keys
 from .task import TaskContext, TaskImpl
@@ -63,10 +63,7 @@ ABORT_ERROR = "abort requested"
 # An Enum member read off its class goes through the metaclass; every status
 # built here reads this one.
 _NODE = TaskKind.NODE
-_CHANGED = ChangeKind.CHANGED
 _CREATED_CODE = state_code(TaskState.CREATED)
-# A change that leaves the task's state as it was (``Shard._bump``).
-_SAME = -1
 
 
 @dataclass(slots=True)
@@ -77,7 +74,7 @@ class TtlConfig:
     user_task_ttl: int
 
 
-class Shard(ShardReads):
+class Shard(ShardTree):
     """One shard: tasks, module instances, sequence counters and TTL expiry."""
 
     def __init__(
@@ -420,61 +417,6 @@ class Shard(ShardReads):
 
     async def _folded(self, task: Task) -> FoldedTask:
         return folded_record(await self._status(task), task, self._node, self._max_children)
-
-    # ---- changes up the tree -----------------------------------------------------------------
-
-    def _bump(self, task: Task, before: int | None = _SAME) -> None:
-        # ``before``: the state before the change, for the feed (``_SAME``:
-        # unchanged; ``None``: the feed heard of it already).
-        task.version += 1
-        Watches.wake(task)
-        if before is not None and task.id.int in self._by_id:
-            self._feed.append(
-                task.id, _CHANGED, state_code(task.state) if before == _SAME else before
-            )
-
-    async def _changed(self, task: Task, before: int | None = _SAME) -> None:
-        self._bump(task, before)
-        parent = task.parent
-        if parent is not None and parent.kind is ParentKind.VIRTUAL:
-            self.host.virtual_child_changed(parent.id)
-        else:
-            await self._propagate(task.regular_parent)
-
-    async def _propagate(self, link: ParentLink | None) -> None:
-        # Up the tree one port call a task, as far as the change matters.
-        while link is not None:
-            link = await self._peers[link.shard].child_changed(link.id)
-
-    def _tell(self, parent: Task) -> ParentLink | None:
-        # A change below reached ``parent``. Its ancestors must hear of it only
-        # if their cached sums may still hold the old value: when ``parent``'s
-        # own sum was stale already, the change that made it stale went up
-        # then and made theirs stale too, so the walk stops here (unless
-        # someone is watching, who must be woken either way). This keeps
-        # building a deep chain linear instead of quadratic.
-        go_on = not parent.rolled_up_is_stale or parent.watched
-        self._bump(parent)
-        return parent.regular_parent if go_on else None
-
-    async def child_changed(self, parent_id: UUID) -> ParentLink | None:
-        """Tells a parent that one of its children changed; returns where to tell next."""
-        parent = self._store.reachable(parent_id)
-        return None if parent is None else self._tell(parent)
-
-    async def fold_child(
-        self, parent_id: UUID, child_id: UUID, folded: FoldedTask
-    ) -> tuple[bool, ParentLink | None]:
-        """Moves a finished child from the parent's live children to its folded ones."""
-        parent = self._store.reachable(parent_id)
-        if (
-            parent is None
-            or parent.live_children is None
-            or parent.live_children.pop(child_id, None) is None
-        ):
-            return False, None
-        self._store.folded(parent, folded)
-        return True, self._tell(parent)
 
     # ---- abort down the tree -----------------------------------------------------------------
 

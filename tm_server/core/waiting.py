@@ -13,14 +13,13 @@ from uuid import UUID
 
 from .errors import InvalidArgumentError, TaskNotFoundError, UnknownModuleError
 from .module_watch import ModuleWatches, VirtualChanges, WatchBatch, WatchQuery
-from .node_tasks import NodeTasks
 from .port import Deadline
-from .remote import RemoteTasks
+from .reading import Reading
 from .types import ListFilter, TaskStats, TaskStatus
 from .validation import MAX_PAGE_SIZE, check_filter
 
 
-class Waiting(NodeTasks):
+class Waiting(Reading):
     """Waits and watches over a node's shards and virtual groups (``TaskManager`` sets them up)."""
 
     module_watches: ModuleWatches
@@ -28,26 +27,8 @@ class Waiting(NodeTasks):
 
     # What the manager provides, read here.
 
-    @property
-    def remote(self) -> RemoteTasks | None:
-        """The cluster's other nodes (``TaskManager``'s)."""
-        raise NotImplementedError
-
-    async def get_status(self, task_id: UUID) -> TaskStatus:
-        """A task's status (``TaskManager``'s)."""
-        raise NotImplementedError
-
     async def list_modules(self) -> list[str]:
         """The module names (``TaskManager``'s)."""
-        raise NotImplementedError
-
-    async def list_module_tasks(
-        self, module: str, flt: ListFilter, *, page_size: int = 0, page_token: str = ""
-    ) -> tuple[list[TaskStats], str]:
-        """A page of a module's tasks (``TaskManager``'s)."""
-        raise NotImplementedError
-
-    async def _check_module(self, name: str) -> None:
         raise NotImplementedError
 
     # ---- waiting -----------------------------------------------------------------------------
