@@ -407,6 +407,17 @@ class FileJournal:
                 self.failure = strerror(exc)
                 batch.set_exception(JournalUnavailableError(self.failure))
                 batch.exception()  # retrieved here: a batch nobody waited for is no error
+                if self._closing:
+                    # The last try, at shutdown: nothing will kick the loop again,
+                    # and waiting for the disk would keep the server from stopping.
+                    log.error(
+                        "journal: stopping with %d bytes of changes unwritten (%s): the calls "
+                        "that made them were answered UNAVAILABLE, and progress reported "
+                        "since the last write is lost",
+                        len(data),
+                        self.failure,
+                    )
+                    return
             else:
                 if self.failure is not None:
                     log.warning("journal: writing again after: %s", self.failure)

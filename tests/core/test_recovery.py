@@ -22,12 +22,14 @@ from tm_server.core import (
     TaskState,
     TaskStatus,
 )
+from tm_server.core.journal import SHAPE_KEY
 from tm_server.core.producers import Producers, TaskSpec
 from tm_server.core.record import Task
 from tm_server.core.recovery import NODE_RESTARTED, RecoveredTaskImpl, recover
 from tm_server.core.task import TaskShape
 from tm_server.core.types import new_task_id
 from tm_server.journal import FileJournal, JournalConfig
+from tm_server.journal_files import frame
 
 from ..bodies import Controlled
 
@@ -266,3 +268,35 @@ def test_a_root_rebuilt_in_bulk_is_the_task_init_would_make(internal: bool | Non
     assert {s: getattr(rebuilt, s) for s in Task.__slots__} == {
         s: getattr(made, s) for s in Task.__slots__
     }
+
+
+async def test_a_record_whose_shape_is_gone_stops_recovery_and_keeps_the_files(
+    tmp_path: Path, clock: ManualClock, nodes: list[Node]
+) -> None:
+    # Shapes are never deleted: a record naming one the journal lacks is damage.
+    # Recovery used to drop such records and forget them, starting with an
+    # empty registry and making the loss permanent.
+    node = await start_node(tmp_path, clock)
+    nodes.append(node)
+    await report(node.producers, TaskSpec("backup", "step", user_task=True))
+    await crash(node)
+    log = tmp_path / "log-00000001"
+    shape = SHAPE_KEY.encode()
+    lines = [line for line in _records(log.read_bytes()) if not line.startswith(shape)]
+    damaged = frame(b"".join(lines))
+    log.write_bytes(damaged)
+    with pytest.raises(ValueError, match=r"the journal is damaged: task .* names shape 1"):
+        await start_node(tmp_path, clock)
+    assert log.read_bytes() == damaged
+
+
+def _records(data: bytes) -> list[bytes]:
+    # Every record line of a journal file's frames, in order.
+    lines: list[bytes] = []
+    pos = 0
+    while pos < len(data):
+        newline = data.index(b"\n", pos)
+        end = newline + 1 + int(data[pos + 1 : newline].split(b" ")[1])
+        lines += data[newline + 1 : end].splitlines(keepends=True)
+        pos = end
+    return lines

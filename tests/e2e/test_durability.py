@@ -277,6 +277,28 @@ def test_a_damaged_journal_stops_the_server_with_one_clear_line(server: ServerPr
         server.kill()
 
 
+def test_a_damaged_length_is_not_taken_for_a_torn_end(server: ServerProcess) -> None:
+    # A frame whose length points past the end of the file, with whole frames
+    # after it, is damage: cutting the file there would throw those away.
+    _one_task(server)
+    _one_task(server)
+    server.kill(keep=True)
+    log_file = _log_file(server)
+    data = log_file.read_bytes()
+    header = data[: data.index(b"\n")]
+    crc = header.split(b" ")[0]
+    damaged = crc + b" " + str(len(data) * 10).encode() + data[len(header) :]
+    log_file.write_bytes(damaged)
+    try:
+        result = _start_fails(*ARGS, "--data-dir", str(journal_of(server).parent))
+        assert result.returncode == 1, result.stderr
+        assert "is damaged at byte 0" in result.stderr
+        assert "Traceback" not in result.stderr
+        assert log_file.read_bytes() == damaged  # nothing cut off
+    finally:
+        server.kill()
+
+
 def test_a_read_only_data_directory_stops_the_server(tmp_path: Path) -> None:
     data_dir = tmp_path / "n1"
     data_dir.mkdir()
@@ -301,6 +323,22 @@ def test_a_read_only_data_directory_stops_the_server(tmp_path: Path) -> None:
 def _small_files() -> None:
     # In the server's process: files may grow to 64 KiB, the way a full disk stops them.
     resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, resource.RLIM_INFINITY))
+
+
+def test_a_server_whose_disk_is_full_still_stops_on_sigterm() -> None:
+    # Its flusher holds the batch the disk refused: the shutdown tries it once
+    # more, says what is lost, and exits; it used to wait for the disk forever.
+    server = ServerProcess(*ARGS, preexec_fn=_small_files)
+    try:
+        producer = Producer(server.target, module="fill", session=False, outage_seconds=0)
+        with pytest.raises(JournalUnavailableError):
+            for _ in range(2000):
+                producer.create_task("fill", user_task=True)
+        producer.close()
+        assert server.terminate(timeout=20, keep=True) == 0
+        assert re.search(r"stopping with \d+ bytes of changes unwritten", server.output())
+    finally:
+        server.kill()
 
 
 def test_a_full_disk_refuses_durable_calls_and_keeps_reads_working() -> None:

@@ -254,10 +254,15 @@ async def recover(
         if raw[0] == _TASK_BYTE:
             number = int(raw[1:], 16)
             shaped = shapes.get(value[0])
-            if shaped is None:  # its shape's record did not survive
-                report.add("unreadable")
-                manager.journal.forget(uuid_from_int(number))
-                continue
+            if shaped is None:
+                # Shapes are never deleted and come before the records that
+                # name them: one missing is damage, not something to skip (and
+                # forgetting the records would make the loss permanent).
+                raise ValueError(
+                    f"the journal is damaged: task {uuid_from_int(number)}'s record names "
+                    f"shape {value[0]}, which is not in it. Restore the data directory from "
+                    "a backup, or move its journal folder aside to start with an empty registry"
+                )
             if len(value) == 7:
                 # A root with nothing optional (most records): built here, with no
                 # entry of its own, as a million may come back before the node serves.
