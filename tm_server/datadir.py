@@ -36,6 +36,10 @@ class DataDir:
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except FileExistsError as exc:  # mkdir's word for a file in the way
+            raise OSError(
+                f"cannot use the data directory {self.path}: it is a file, not a directory"
+            ) from exc
         except OSError as exc:
             raise OSError(f"cannot use the data directory {self.path}: {exc.strerror}") from exc
         try:

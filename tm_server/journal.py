@@ -56,6 +56,7 @@ from tm_server.journal_files import (
     FILE_NAME,
     JournalError,
     Torn,
+    compaction_lock,
     file_name,
     frame,
     fsync_dir,
@@ -180,6 +181,11 @@ class FileJournal:
         """
         try:
             self._dir.mkdir(parents=True, exist_ok=True)
+            with compaction_lock(self._dir) as free:
+                # Held only to wait out a compaction an earlier server left
+                # running: this server starts its own after it has loaded.
+                if not free:
+                    log.warning("journal: waited for a compaction an earlier server left running")
             logs, snaps = self._files()
         except OSError as exc:
             raise JournalError(
@@ -471,10 +477,13 @@ class FileJournal:
         # In a process of its own: merging a million records in a thread of
         # this one would hold the GIL against the event loop for seconds (the
         # read-latency figure saw 2.7 s stalls); at idle priority, so it
-        # takes only what the server leaves.
+        # takes only what the server leaves. It dies with this process (its
+        # pid is the last argument), and holds the compaction lock the next
+        # server's load waits for.
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "tm_server.journal_files", str(self._dir), str(self._snapshot),
-            str(upto), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            str(upto), str(os.getpid()),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
         self._compactor = process
         out, err = await process.communicate()

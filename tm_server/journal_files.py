@@ -9,12 +9,17 @@ decoded, so it imports nothing of the server.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import fcntl
 import operator
 import os
 import re
+import signal
 import sys
 import time
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 #: A journal file's name: ``log-N`` or ``snap-N``.
@@ -25,6 +30,8 @@ class JournalError(Exception):
     """The journal cannot be used at start: one line that says what and what to do."""
 
 
+#: The lock a compaction holds while it runs, in the journal's directory.
+COMPACTION_LOCK = "compaction.lock"
 #: Records a snapshot frame holds at most.
 SNAPSHOT_FRAME = 8192
 #: The longest pause the compaction process takes after each flush of its snapshot.
@@ -190,10 +197,50 @@ def compact(directory: Path, snapshot: int, upto: int) -> int:
     return os.path.getsize(directory / file_name("snap", upto))
 
 
-if __name__ == "__main__":  # the compaction process: DIRECTORY SNAPSHOT UPTO
+@contextlib.contextmanager
+def compaction_lock(directory: Path, *, wait: bool = True) -> Iterator[bool]:
+    """Holds the journal's compaction lock; yields whether it was free at once.
+
+    A compaction holds it while it merges and deletes files; a server takes
+    it before it reads them, so a compaction a crashed server left running
+    ends before its successor loads (and starts compactions of its own from
+    what that one left). ``wait=False`` raises ``BlockingIOError`` if taken.
+    """
+    fd = os.open(directory / COMPACTION_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            free = True
+        except BlockingIOError:
+            if not wait:
+                raise
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            free = False
+        yield free
+    finally:
+        os.close(fd)  # the lock goes with its descriptor
+
+
+def die_with_parent(parent: int) -> None:
+    """Has the kernel kill this process when ``parent`` ends (Linux), or exits if it has.
+
+    A compaction outliving its server would go on deleting files under the
+    next server's feet.
+    """
+    libc_name = ctypes.util.find_library("c")
+    if libc_name is not None and sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(libc_name, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # it ended before the kernel was told
+        sys.exit(1)
+
+
+if __name__ == "__main__":  # the compaction process: DIRECTORY SNAPSHOT UPTO PARENT
+    die_with_parent(int(sys.argv[4]))
     # Only the CPU time nothing else wants: the server's loop must not wait for it.
     try:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     except (AttributeError, OSError):
         os.nice(19)
-    print(compact(Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])))
+    with compaction_lock(Path(sys.argv[1])):
+        print(compact(Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])))

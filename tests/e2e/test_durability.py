@@ -8,6 +8,7 @@ with ``prlimit`` while the server runs).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import resource
@@ -36,6 +37,8 @@ from tm_client.pb import task_manager_pb2 as pb
 from tm_client.pb import task_manager_pb2_grpc as pb_grpc
 from tm_client.pb import task_reporting_pb2 as rpb
 from tm_client.pb import task_reporting_pb2_grpc as rpb_grpc
+from tm_server.journal import FileJournal, JournalConfig
+from tm_server.journal_files import compact, compaction_lock
 
 from ..process import ServerProcess
 from .cluster_fixture import eventually
@@ -375,3 +378,83 @@ def test_a_full_disk_refuses_durable_calls_and_keeps_reads_working() -> None:
         client.close()
     finally:
         server.kill()
+
+
+def test_a_data_directory_that_is_a_file_is_named_so(tmp_path: Path) -> None:
+    path = tmp_path / "n1"
+    path.write_text("not a directory")
+    result = _start_fails("--node", "n1", "--store", "none", "--data-dir", str(path))
+    assert result.returncode == 1
+    assert f"cannot use the data directory {path}: it is a file, not a directory" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_start_waits_for_a_compaction_an_earlier_server_left_running(
+    server: ServerProcess,
+) -> None:
+    # A compaction outlives a SIGKILLed server only if its parent-death signal
+    # failed; the next server must then load what it leaves, not race it (it
+    # once started from the logs, the compaction deleted them under it, and a
+    # later compaction of its own dropped what they held).
+    task_id = _one_task(server)
+    server.kill(keep=True)
+    folder = journal_of(server)
+    held, release = threading.Event(), threading.Event()
+
+    def compaction() -> None:
+        with compaction_lock(folder):
+            held.set()
+            release.wait(10)
+            compact(folder, 0, 1)
+
+    thread = threading.Thread(target=compaction)
+    thread.start()
+    assert held.wait(10)
+    journal = FileJournal(JournalConfig(folder))
+    loading = threading.Thread(target=journal.load)
+    loading.start()
+    loading.join(0.5)
+    assert loading.is_alive()  # waiting for the lock
+    release.set()
+    loading.join(10)
+    thread.join(10)
+    assert sorted(p.name for p in folder.glob("*-*")) == ["snap-00000001"]
+    server = server.restart(*ARGS)
+    try:
+        assert "waited for a compaction an earlier server left running" not in server.output()
+        with TaskManagerClient(server.target) as client:
+            assert eventually(lambda: client.get_status(task_id).state is TaskState.DONE)
+    finally:
+        server.kill()
+
+
+def test_a_compaction_dies_with_its_server() -> None:
+    # The compaction process asks the kernel to kill it when its parent ends.
+    child = (
+        "import os, sys, time\n"
+        "from tm_server.journal_files import die_with_parent\n"
+        "die_with_parent(os.getppid())\n"
+        "print(os.getpid(), flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    parent = (
+        "import subprocess, sys, time\n"
+        f"subprocess.Popen([sys.executable, '-c', {child!r}])\n"
+        "time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        pid = int(proc.stdout.readline())
+        proc.kill()
+        proc.wait(10)
+        assert eventually(lambda: not Path(f"/proc/{pid}").exists() or _zombie(pid))
+    finally:
+        proc.kill()
+
+
+def _zombie(pid: int) -> bool:
+    # A child killed but not yet reaped by init is gone but for its entry.
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    return True
