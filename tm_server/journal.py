@@ -66,6 +66,18 @@ from tm_server.journal_files import (
 
 log = logging.getLogger(__name__)
 
+
+def _cut(path: Path, size: int) -> None:
+    # Cut and flushed before a new log follows it: a torn end still there after
+    # a power loss would be taken for damage once this log is not the last.
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.ftruncate(fd, size)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 #: The journal's folder in the data directory.
 JOURNAL_DIR = "journal"
 #: The default progress window: progress is on disk at most this long after a report.
@@ -211,7 +223,7 @@ class FileJournal:
                     torn.offset,
                 )
                 try:
-                    os.truncate(path, torn.offset)
+                    _cut(path, torn.offset)
                 except OSError as exc:
                     raise JournalError(
                         f"cannot cut the torn record off {path}: {strerror(exc)}"
