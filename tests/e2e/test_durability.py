@@ -32,6 +32,7 @@ from tm_client import (
     TaskManagerClient,
     TaskState,
     TmError,
+    UnavailableError,
 )
 from tm_client.pb import task_manager_pb2 as pb
 from tm_client.pb import task_manager_pb2_grpc as pb_grpc
@@ -458,3 +459,29 @@ def _zombie(pid: int) -> bool:
     with contextlib.suppress(OSError):
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     return True
+
+
+def test_a_client_sees_tm_back_within_seconds_of_a_long_outage(server: ServerProcess) -> None:
+    # gRPC's reconnect backoff grows to 120 s: after 17 s of calls failing (as
+    # a producer's retries fail) its next try came ~8 s after tm was back.
+    client = TaskManagerClient(server.target)
+    try:
+        client.list_modules()
+        server.kill(keep=True)
+        down = time.monotonic()
+        while time.monotonic() - down < 17:
+            with contextlib.suppress(UnavailableError):
+                client.list_modules()
+            time.sleep(0.2)
+        server = server.restart(*ARGS)
+        back = time.monotonic()
+        while True:
+            try:
+                client.list_modules()
+                break
+            except UnavailableError:
+                time.sleep(0.05)
+        assert time.monotonic() - back < 4
+    finally:
+        client.close()
+        server.kill()
