@@ -471,6 +471,7 @@ class TmServer:
                 await self.server.stop(None)
                 raise
         await self.server.start()
+        self.producers.renew_leases()
         if self.tokens is not None:
             self._token_watch = asyncio.get_running_loop().create_task(
                 self._watch_tokens(self.tokens), name="tm-tokens-watch"

@@ -203,6 +203,28 @@ async def test_a_session_not_resumed_after_the_restart_fails_its_tasks(
     assert status.state is TaskState.FAILED and "producer lost" in status.error
 
 
+async def test_a_recovered_lease_runs_from_when_the_node_serves(
+    tmp_path: Path, clock: ManualClock, nodes: list[Node]
+) -> None:
+    # Joining the cluster may take seconds after recovery: the producer still
+    # gets the whole lease once it can reach the node.
+    node = await start_node(tmp_path, clock)
+    nodes.append(node)
+    session = node.producers.open_session().session.id
+    task = await report(node.producers, TaskSpec("backup", "backup"), session)
+    await crash(node)
+    node = await start_node(tmp_path, clock)
+    nodes.append(node)
+    clock.advance(20)  # recovered, not serving yet
+    node.producers.renew_leases()  # what the server does once it serves
+    clock.advance(20)
+    await node.producers.settle()
+    assert (await node.manager.get_status(task)).state is TaskState.RUNNING
+    clock.advance(11)
+    await node.producers.settle()
+    assert (await node.manager.get_status(task)).state is TaskState.FAILED
+
+
 async def test_finished_roots_keep_their_end_time_and_expire_on_time(
     tmp_path: Path, clock: ManualClock, nodes: list[Node]
 ) -> None:

@@ -227,6 +227,18 @@ class Producers:
                     found.push_abort(task_id)
         return len(sessions)
 
+    def renew_leases(self) -> None:
+        """Starts the lease of every session waiting for its producer again, from now.
+
+        For a node that starts serving: the leases recovered sessions got
+        began before it could be reached (joining the cluster can take
+        seconds), and a producer has the whole lease to come back in.
+        """
+        for session in self._sessions.values():
+            if session.lease_timer is not None and not session.connected:
+                session.lease_timer.cancel()
+                self._start_lease(session)
+
     def session_tasks(self) -> list[UUID]:
         """The unfinished tasks of every session here."""
         return [task_id for s in self._sessions.values() for task_id in s.tasks]
