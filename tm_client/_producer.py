@@ -115,6 +115,10 @@ class Producer(_SyncChannelClient):
         self.strict = strict
         # Progress reported while tm was unavailable: the latest value a task.
         self._pending: dict[UUID, pb.ReportProgressRequest] = {}
+        # Finishes that gave up waiting for tm: sent once it is back.
+        self._unsent: dict[UUID, pb.FinishTaskRequest] = {}
+        # One sender of what was held back at a time (the background thread, or close()).
+        self._flushing = threading.Lock()
         self._flusher: threading.Thread | None = None
         self._stub = pb_grpc.TaskReportingServiceStub(self._channel)
         # One Event per task this producer runs, dropped when the task finishes.
@@ -154,6 +158,11 @@ class Producer(_SyncChannelClient):
         unfinished fail then ("the producer closed its session"). A producer
         that crashes instead leaves its tasks to the lease.
         """
+        if self._pending or self._unsent:
+            self._flush_once()  # a last try: a finish held back must not turn into a failure
+        for task_id in list(self._unsent):
+            log.error("task %s's finish was never sent: tm was unavailable until this "
+                      "producer closed", task_id)  # fmt: skip
         self._closing.set()
         if self._session_id:
             try:
@@ -188,11 +197,22 @@ class Producer(_SyncChannelClient):
         # tm is away: keep the latest value, and send it once tm is back.
         with self._lock:
             self._pending[UUID(request.task_id)] = request
-            if self._flusher is None or not self._flusher.is_alive():
-                self._flusher = threading.Thread(
-                    target=self._flush, name="tm-producer-progress", daemon=True
-                )
-                self._flusher.start()
+            self._start_flusher()
+
+    def _defer_finish(self, request: pb.FinishTaskRequest) -> None:
+        # A finish gave up waiting for tm: sent once tm is back (after the
+        # task's progress held back), so the task does not stay running.
+        with self._lock:
+            self._unsent[UUID(request.task_id)] = request
+            self._start_flusher()
+
+    def _start_flusher(self) -> None:
+        # Called with the lock held.
+        if self._flusher is None or not self._flusher.is_alive():
+            self._flusher = threading.Thread(
+                target=self._flush, name="tm-producer-held-back", daemon=True
+            )
+            self._flusher.start()
 
     def _take_pending(self, task_id: UUID) -> pb.ReportProgressRequest | None:
         with self._lock:
@@ -201,24 +221,46 @@ class Producer(_SyncChannelClient):
     def _flush(self) -> None:
         while not self._closing.wait(_FLUSH_INTERVAL):
             with self._lock:
-                if not self._pending:
+                if not self._pending and not self._unsent:
                     self._flusher = None
                     return
-                waiting = list(self._pending.values())
-            for request in waiting:
-                try:
-                    reply = self._unary(self._stub.ReportProgress, request)
-                except UnavailableError:
-                    break  # still away: try again later
-                except TmError as exc:  # finished or gone meanwhile: nothing to send
-                    log.info("dropped progress of task %s held back: %s", request.task_id, exc)
-                    reply = None
-                task_id = UUID(request.task_id)
-                with self._lock:
-                    if self._pending.get(task_id) is request:
-                        del self._pending[task_id]
-                if reply is not None and reply.abort_requested:
-                    self._event(task_id).set()
+            self._flush_once()
+
+    def _flush_once(self) -> None:
+        """Sends what was held back while tm was away: progress first, then finishes."""
+        with self._flushing:
+            self._send_held_back()
+
+    def _send_held_back(self) -> None:
+        with self._lock:
+            waiting = list(self._pending.values())
+            finishes = list(self._unsent.values())
+        for request in waiting:
+            try:
+                reply = self._unary(self._stub.ReportProgress, request)
+            except UnavailableError:
+                return  # still away: try again later
+            except TmError as exc:  # finished or gone meanwhile: nothing to send
+                log.info("dropped progress of task %s held back: %s", request.task_id, exc)
+                reply = None
+            task_id = UUID(request.task_id)
+            with self._lock:
+                if self._pending.get(task_id) is request:
+                    del self._pending[task_id]
+            if reply is not None and reply.abort_requested:
+                self._event(task_id).set()
+        for finish in finishes:
+            try:
+                self._unary(self._stub.FinishTask, finish)
+                log.info("task %s finished, once tm was back", finish.task_id)
+            except UnavailableError:
+                return
+            except FailedPreconditionError as exc:  # an earlier try went through after all
+                log.info("task %s had finished already: %s", finish.task_id, exc)
+            except TmError as exc:
+                log.error("could not finish task %s, once tm was back: %s", finish.task_id, exc)
+            with self._lock:
+                self._unsent.pop(UUID(finish.task_id), None)
 
     def _run_session(self) -> None:
         delay = 0.1
@@ -468,6 +510,8 @@ class ReportedTask:
         retried for up to the producer's ``outage_seconds``; if tm stays away,
         that is logged and ``None`` returned, so the caller's own work goes on,
         unless the producer is ``strict``, which raises ``UnavailableError``.
+        A finish that gave up is sent in the background once tm is back, and
+        tried once more by ``Producer.close``.
         """
         producer = self.producer
         if error is not None:
@@ -481,8 +525,12 @@ class ReportedTask:
         except UnavailableError as exc:
             if producer.strict:
                 raise
-            log.error("could not report task %s finished: tm stayed unavailable for %gs (%s)",
+            log.error("could not report task %s finished: tm stayed unavailable for %gs (%s); "
+                      "it is sent once tm is back",
                       self.id, producer.outage_seconds, exc)  # fmt: skip
+            if held_back is not None:
+                producer._defer_progress(held_back)
+            producer._defer_finish(request)
             status = None
         self.finished = True
         producer._release(self.id)

@@ -130,3 +130,31 @@ async def test_an_async_wait_resumes_after_the_link_comes_back(
     assert rest[-1].state is TaskState.DONE
     assert [s.state for s in rest].count(TaskState.DONE) == 1
     assert first not in rest
+
+
+def test_a_finish_that_gave_up_is_sent_once_tm_is_back(server: ServerProcess, link: NetCut) -> None:
+    # It used to be dropped: the task stayed running, then failed as "the
+    # producer closed its session" although its work had ended.
+    with TaskManagerClient(server.target) as direct:
+        with Producer(link.target, module="backup", outage_seconds=1) as producer:
+            task = producer.create_task("backup", total=4, user_task=True)
+            link.cut()
+            task.progress(3)  # held back
+            assert task.finish() is None
+            assert direct.get_status(task.id).state is TaskState.RUNNING
+            link.restore()
+            eventually(lambda: direct.get_status(task.id).state is TaskState.DONE,
+                       what="the held-back finish to arrive")  # fmt: skip
+        status = direct.get_status(task.id)
+        assert (status.state, status.progress_completed) == (TaskState.DONE, 3)
+
+        with Producer(link.target, module="backup", outage_seconds=1) as producer:
+            task = producer.create_task("backup", user_task=True)
+            link.cut()
+            assert task.finish(error="disk full") is None
+            link.restore()
+            with TaskManagerClient(link.target) as probe:
+                eventually(lambda: _answers(probe), what="the link to answer again")
+        # Closed at once: the close sends it if the background had not yet.
+        status = direct.get_status(task.id)
+        assert (status.state, status.error) == (TaskState.FAILED, "disk full")
