@@ -186,16 +186,24 @@ async def test_every_shape_comes_back_as_it_was(
     assert final.state is TaskState.DONE
 
 
-async def test_a_session_not_resumed_after_the_restart_fails_its_tasks(
-    tmp_path: Path, clock: ManualClock, nodes: list[Node]
-) -> None:
-    node = await start_node(tmp_path, clock)
+async def _restarted_with_a_session_task(
+    folder: Path, clock: ManualClock, nodes: list[Node]
+) -> tuple[Node, UUID]:
+    # A node restarted after a crash, with a running task of a producer session.
+    node = await start_node(folder, clock)
     nodes.append(node)
     session = node.producers.open_session().session.id
     task = await report(node.producers, TaskSpec("backup", "backup"), session)
     await crash(node)
-    node = await start_node(tmp_path, clock)
+    node = await start_node(folder, clock)
     nodes.append(node)
+    return node, task
+
+
+async def test_a_session_not_resumed_after_the_restart_fails_its_tasks(
+    tmp_path: Path, clock: ManualClock, nodes: list[Node]
+) -> None:
+    node, task = await _restarted_with_a_session_task(tmp_path, clock, nodes)
     assert (await node.manager.get_status(task)).state is TaskState.RUNNING
     clock.advance(31)  # the fresh lease runs out
     await node.producers.settle()
@@ -208,13 +216,7 @@ async def test_a_recovered_lease_runs_from_when_the_node_serves(
 ) -> None:
     # Joining the cluster may take seconds after recovery: the producer still
     # gets the whole lease once it can reach the node.
-    node = await start_node(tmp_path, clock)
-    nodes.append(node)
-    session = node.producers.open_session().session.id
-    task = await report(node.producers, TaskSpec("backup", "backup"), session)
-    await crash(node)
-    node = await start_node(tmp_path, clock)
-    nodes.append(node)
+    node, task = await _restarted_with_a_session_task(tmp_path, clock, nodes)
     clock.advance(20)  # recovered, not serving yet
     node.producers.renew_leases()  # what the server does once it serves
     clock.advance(20)
