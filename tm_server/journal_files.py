@@ -94,12 +94,11 @@ def merge(path: Path, merged: dict[bytes, bytes], *, tail_may_tear: bool) -> Non
         raise JournalError(f"cannot read the journal file {path}: {strerror(exc)}") from exc
     pos, size = 0, len(data)
     while pos < size:
-        newline, end = _frame(data, pos)
+        newline, length, end = _frame(data, pos)
         if end < 0:
             # Torn: the frame reaches the end of the file (or its header does),
             # and no whole frame follows it. A damaged length can point past the
             # end too, but the frames written after it are still there.
-            length = _claimed_length(data, pos, newline)
             reaches_end = (newline < 0 and size - pos < 32) or (
                 length >= 0 and newline + 1 + length >= size
             )
@@ -111,32 +110,22 @@ def merge(path: Path, merged: dict[bytes, bytes], *, tail_may_tear: bool) -> Non
         pos = end
 
 
-def _claimed_length(data: bytes, pos: int, newline: int) -> int:
-    # The length a frame's header at ``pos`` gives, or -1 for no readable header.
-    if newline <= 0 or data[pos : pos + 1] != b"#":
-        return -1
-    length_text = data[pos + 1 : newline].partition(b" ")[2]
-    try:
-        return int(length_text)
-    except ValueError:
-        return -1
-
-
-def _frame(data: bytes, pos: int) -> tuple[int, int]:
-    # The end of the header of the frame at ``pos`` (its newline, -1 if none
-    # in reach) and where the whole frame ends (-1 if torn or damaged).
+def _frame(data: bytes, pos: int) -> tuple[int, int, int]:
+    # The frame at ``pos``: its header's newline (-1 if none in reach), the
+    # length the header claims (-1 if unreadable), and where the whole frame
+    # ends (-1 if torn or damaged).
     newline = data.find(b"\n", pos, pos + 32)
     if newline <= 0 or data[pos : pos + 1] != b"#":
-        return newline, -1
+        return newline, -1, -1
     crc_hex, _, length_text = data[pos + 1 : newline].partition(b" ")
     try:
         crc, length = int(crc_hex, 16), int(length_text)
     except ValueError:
-        return newline, -1
+        return newline, -1, -1
     end = newline + 1 + length
     if length < 0 or end > len(data) or zlib.crc32(data[newline + 1 : end]) != crc:
-        return newline, -1
-    return newline, end
+        return newline, length, -1
+    return newline, length, end
 
 
 def _frame_after(data: bytes, start: int) -> bool:
@@ -145,7 +134,7 @@ def _frame_after(data: bytes, start: int) -> bool:
     # only begins a line).
     at = data.find(b"\n#", start - 1)
     while at >= 0:
-        if _frame(data, at + 1)[1] > 0:
+        if _frame(data, at + 1)[2] > 0:
             return True
         at = data.find(b"\n#", at + 1)
     return False
