@@ -16,7 +16,6 @@ from uuid import UUID
 
 import grpc
 from google.rpc import error_details_pb2  # noqa: F401  # served by reflection (see start)
-from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import _async as reflection_aio
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
@@ -65,6 +64,7 @@ from .metrics import (
 from .service.auth import AuthInterceptor
 from .service.decoding import add_service
 from .service.durability import DurabilityInterceptor
+from .service.health_servicer import HealthServicer
 from .service.node_servicer import NodeServicer
 from .service.reporting_servicer import TaskReportingServicer
 from .service.servicer import TaskManagerServicer
@@ -132,25 +132,6 @@ def _bind_error(address: str) -> str:
             return f"{reason} (is another tm-server running there?)"
         return reason
     return "grpcio refused the address"
-
-
-class HealthServicer(health_aio.HealthServicer):  # type: ignore[misc]
-    """grpcio's asyncio health servicer, with the ``List`` RPC it leaves unimplemented.
-
-    Left as it is, ``List`` answers with a NotImplementedError, which grpcio
-    logs with a traceback for every call.
-    """
-
-    async def List(
-        self, request: health_pb2.HealthListRequest, context: object
-    ) -> health_pb2.HealthListResponse:
-        """Returns the serving status of every service the server reports."""
-        return health_pb2.HealthListResponse(
-            statuses={
-                name: health_pb2.HealthCheckResponse(status=status)
-                for name, status in self._server_status.items()
-            }
-        )
 
 
 # grpcio's own limit, above tm's: a body between the two gets tm's status
