@@ -119,9 +119,15 @@ def _frame(data: bytes, pos: int) -> tuple[int, int, int]:
         return newline, -1, -1
     crc_hex, _, length_text = data[pos + 1 : newline].partition(b" ")
     try:
-        crc, length = int(crc_hex, 16), int(length_text)
+        length = int(length_text)
     except ValueError:
         return newline, -1, -1
+    # The length is read apart from the checksum: a frame whose length reaches
+    # the end of the file is judged torn or not by that alone.
+    try:
+        crc = int(crc_hex, 16)
+    except ValueError:
+        return newline, length, -1
     end = newline + 1 + length
     if length < 0 or end > len(data) or zlib.crc32(data[newline + 1 : end]) != crc:
         return newline, length, -1

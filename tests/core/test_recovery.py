@@ -29,7 +29,7 @@ from tm_server.core.recovery import NODE_RESTARTED, RecoveredTaskImpl, recover
 from tm_server.core.task import TaskShape
 from tm_server.core.types import new_task_id
 from tm_server.journal import FileJournal, JournalConfig
-from tm_server.journal_files import frame
+from tm_server.journal_files import JournalError, Torn, frame, merge
 
 from ..bodies import Controlled
 
@@ -324,3 +324,22 @@ def _records(data: bytes) -> list[bytes]:
         lines += data[newline + 1 : end].splitlines(keepends=True)
         pos = end
     return lines
+
+
+def test_a_last_frame_is_judged_torn_by_its_length_alone(tmp_path: Path) -> None:
+    # Whether a broken last frame is a torn write (cut, the server starts) or
+    # damage (refused) is read off the length its header claims, whatever
+    # state its checksum field is in.
+    whole = frame(b"a 1\n")
+    last = frame(b"b 2\n")
+    garbled = b"#zzzzzzzz" + last[9:]
+    log = tmp_path / "log-00000001"
+    log.write_bytes(whole + garbled)
+    merged: dict[bytes, bytes] = {}
+    with pytest.raises(Torn) as torn:
+        merge(log, merged, tail_may_tear=True)
+    assert torn.value.offset == len(whole)
+    assert merged == {b"a": b"1"}
+    log.write_bytes(whole + garbled + whole)  # a whole frame after it: damage
+    with pytest.raises(JournalError, match="damaged"):
+        merge(log, {}, tail_may_tear=True)
