@@ -41,7 +41,7 @@ from tm_client.pb import task_reporting_pb2_grpc as rpb_grpc
 from tm_server.journal import FileJournal, JournalConfig
 from tm_server.journal_files import compact, compaction_lock
 
-from ..process import ServerProcess
+from ..process import ServerProcess, start_producer_script
 from .cluster_fixture import eventually
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
@@ -188,6 +188,40 @@ def test_sigkill_under_load_loses_nothing_acknowledged(server: ServerProcess) ->
     finally:
         producer.close()
         client.close()
+        server.kill()
+
+
+def test_a_producer_gone_with_the_server_has_its_tasks_failed_after_the_fresh_lease(
+    server: ServerProcess,
+) -> None:
+    # The server dies first, then its producer (so no stream end is seen by
+    # any server): the recovered session gets a fresh lease, its tasks come
+    # back running with their progress, and, no producer coming back, they
+    # fail with "producer lost" once the lease runs out.
+    proc, root_id, child_id = start_producer_script(server.target)
+    try:
+        time.sleep(WINDOW + 0.5)  # the child's progress is past its window
+        server.proc.send_signal(signal.SIGKILL)
+        server.proc.wait(10)
+    finally:
+        proc.kill()
+        proc.wait(10)
+    restarted_at = time.monotonic()
+    server = restart(server)
+    try:
+        assert re.search(r"journal: recovered .*\b2 running", server.output()), server.output()
+        with TaskManagerClient(server.target) as client:
+            child = client.get_status(child_id)
+            assert client.get_status(root_id).state is TaskState.RUNNING
+            assert child.state is TaskState.RUNNING and child.progress_completed == 3
+            # The fresh lease (5 s) starts at recovery, not at the kill.
+            assert time.monotonic() - restarted_at < 5
+            # The child first: a finished child is kept only in its parent's record.
+            for task_id in (child_id, root_id):
+                final = client.wait(task_id, timeout=30)
+                assert final.state is TaskState.FAILED and "producer lost" in final.error
+            assert time.monotonic() - restarted_at >= 5
+    finally:
         server.kill()
 
 
