@@ -3,7 +3,9 @@
 Clients connect to ``target``; bytes go to and from the server behind it.
 ``cut()`` closes every connection and refuses new ones (the listening socket
 is closed), as a server that went away; ``restore()`` listens again on the
-same port. Nothing about tm is faked: the server behind it keeps its state.
+same port. ``lose_next_reply()`` drops the next bytes the server sends and
+breaks that connection: a request carried out whose answer never arrived.
+Nothing about tm is faked: the server behind it keeps its state.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ class NetCut:
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
         self._listener: socket.socket | None = None
+        self._lose_reply = threading.Event()
         self.port = 0
         self.restore()
 
@@ -53,6 +56,10 @@ class NetCut:
                 sock.shutdown(socket.SHUT_RDWR)
             sock.close()
 
+    def lose_next_reply(self) -> None:
+        """The next bytes from the server are dropped, and their connection broken."""
+        self._lose_reply.set()
+
     def close(self) -> None:
         self.cut()
 
@@ -73,13 +80,18 @@ class NetCut:
                     server.close()
                     return
                 self._sockets += [client, server]
-            for a, b in ((client, server), (server, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+            for a, b, replies in ((client, server, False), (server, client, True)):
+                threading.Thread(target=self._pipe, args=(a, b, replies), daemon=True).start()
 
-    @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+    def _pipe(self, source: socket.socket, sink: socket.socket, replies: bool) -> None:
         try:
             while data := source.recv(65536):
+                if replies and self._lose_reply.is_set():
+                    self._lose_reply.clear()
+                    for sock in (source, sink):
+                        with contextlib.suppress(OSError):
+                            sock.shutdown(socket.SHUT_RDWR)
+                    return
                 sink.sendall(data)
         except OSError:
             pass

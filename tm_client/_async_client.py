@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any, TypeVar
 from uuid import UUID
 
 import grpc
@@ -18,18 +18,28 @@ from ._client import (
     _page,
 )
 from ._credentials import Credentials
-from ._errors import UnavailableError, from_rpc_error
-from ._resume import DEFAULT_RESUME_SECONDS, TaskId, _Resume
+from ._errors import DeadlineExceededError, UnavailableError, WaitTimeoutError, from_rpc_error
+from ._resume import (
+    DEFAULT_RESUME_SECONDS,
+    DEFAULT_RETRY_SECONDS,
+    TaskId,
+    _Backoff,
+    _Resume,
+    unreachable,
+)
 from ._types import Node, TaskIdentity, TaskState, TaskStats, TaskStatus, state_filter, type_filter
 from ._watch import AsyncTaskWatch, _WatchState
 from .pb import task_manager_pb2 as pb
 from .pb import task_manager_pb2_grpc as pb_grpc
 
+T = TypeVar("T")
+
 
 class AsyncTaskManagerClient:
     """The asyncio twin of ``TaskManagerClient``: the same methods, awaited.
 
-    ``credentials`` and ``channel`` (an asyncio one) work as ``TaskManagerClient``'s.
+    ``credentials`` and ``channel`` (an asyncio one) work as ``TaskManagerClient``'s,
+    and so do ``resume_seconds`` and ``retry_seconds``.
     """
 
     def __init__(
@@ -40,6 +50,7 @@ class AsyncTaskManagerClient:
         credentials: Credentials | None = None,
         timeout: float | None = 30.0,
         resume_seconds: float = DEFAULT_RESUME_SECONDS,
+        retry_seconds: float = DEFAULT_RETRY_SECONDS,
     ) -> None:
         _no_channel_and_credentials(channel, credentials)
         if channel is None:
@@ -50,6 +61,7 @@ class AsyncTaskManagerClient:
         self._stub = pb_grpc.TaskManagerServiceStub(self._channel)
         self._timeout = timeout
         self._resume_seconds = resume_seconds
+        self._retry_seconds = retry_seconds
 
     async def __aenter__(self) -> AsyncTaskManagerClient:
         return self
@@ -67,8 +79,25 @@ class AsyncTaskManagerClient:
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from exc
 
-    async def _stream(self, method: Any, request: Any) -> AsyncIterator[Any]:
-        call = method(request)
+    async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
+        """Awaits a call that is safe to repeat, again while tm is unreachable."""
+        backoff = _Backoff(self._retry_seconds)
+        while True:
+            try:
+                return await call()
+            except UnavailableError as exc:
+                delay = backoff.next_delay() if unreachable(exc) else None
+                if delay is None:
+                    raise
+                await asyncio.sleep(delay)
+
+    async def _read(self, method: Any, request: Any) -> Any:
+        return await self._retrying(lambda: self._unary(method, request))
+
+    async def _stream(
+        self, method: Any, request: Any, timeout: float | None = None
+    ) -> AsyncIterator[Any]:
+        call = method(request, timeout=timeout)
         try:
             async for response in call:
                 yield response
@@ -83,7 +112,7 @@ class AsyncTaskManagerClient:
 
     async def list_modules(self) -> list[str]:
         """Returns the registered module names."""
-        return list((await self._unary(self._stub.ListModules, pb.ListModulesRequest())).modules)
+        return list((await self._read(self._stub.ListModules, pb.ListModulesRequest())).modules)
 
     async def list_tasks_page(
         self,
@@ -104,7 +133,7 @@ class AsyncTaskManagerClient:
         request = _list_request(
             module, internal, keyspace, table, page_size, page_token, states, types
         )
-        return _page(await self._unary(self._stub.ListModuleTasks, request))
+        return _page(await self._read(self._stub.ListModuleTasks, request))
 
     async def list_tasks(
         self,
@@ -139,11 +168,11 @@ class AsyncTaskManagerClient:
     async def get_status(self, task_id: TaskId) -> TaskStatus:
         """Returns a task's status."""
         request = pb.GetTaskStatusRequest(task_id=str(task_id))
-        return TaskStatus.from_pb((await self._unary(self._stub.GetTaskStatus, request)).status)
+        return TaskStatus.from_pb((await self._read(self._stub.GetTaskStatus, request)).status)
 
     async def abort(self, task_id: TaskId, reason: str = "") -> None:
         """Requests the abort of a task and its descendants (``reason`` is optional)."""
-        await self._unary(self._stub.AbortTask, _abort_request(task_id, reason))
+        await self._read(self._stub.AbortTask, _abort_request(task_id, reason))
 
     async def watch(
         self, task_id: TaskId, *, timeout: float | None = None
@@ -156,12 +185,17 @@ class AsyncTaskManagerClient:
         state = _Resume(task_id, timeout, self._resume_seconds)
         while True:
             try:
-                async for response in self._stream(self._stub.WaitTask, state.request()):
+                stream = self._stream(self._stub.WaitTask, state.request(), state.call_timeout())
+                async for response in stream:
                     status = TaskStatus.from_pb(response.status)
                     if state.seen(status):
                         yield status
                 state.ended()
                 return
+            except WaitTimeoutError:
+                raise
+            except DeadlineExceededError as exc:  # the client's deadline: tm did not answer
+                raise state.unanswered(exc) from exc
             except UnavailableError:
                 if state.final_seen:
                     return
@@ -215,10 +249,14 @@ class AsyncTaskManagerClient:
     async def get_status_recursive(self, task_id: TaskId) -> list[TaskStatus]:
         """Returns the task and its descendants in BFS order."""
         request = pb.GetTaskStatusRecursiveRequest(task_id=str(task_id))
-        return [
-            TaskStatus.from_pb(r.status)
-            async for r in self._stream(self._stub.GetTaskStatusRecursive, request)
-        ]
+
+        async def read_all() -> list[TaskStatus]:
+            return [
+                TaskStatus.from_pb(r.status)
+                async for r in self._stream(self._stub.GetTaskStatusRecursive, request)
+            ]
+
+        return await self._retrying(read_all)
 
     async def list_children_page(
         self, task_id: TaskId, *, page_size: int = 0, page_token: str = ""
@@ -227,7 +265,7 @@ class AsyncTaskManagerClient:
         request = pb.ListTaskChildrenRequest(
             task_id=str(task_id), page_size=page_size, page_token=page_token
         )
-        return _children_page(await self._unary(self._stub.ListTaskChildren, request))
+        return _children_page(await self._read(self._stub.ListTaskChildren, request))
 
     async def list_children(
         self, task_id: TaskId, *, page_size: int = 0
@@ -245,12 +283,12 @@ class AsyncTaskManagerClient:
 
     async def list_nodes(self) -> list[Node]:
         """Returns the cluster's nodes (a server without a cluster store lists itself)."""
-        reply = await self._unary(self._stub.ListNodes, pb.ListNodesRequest())
+        reply = await self._read(self._stub.ListNodes, pb.ListNodesRequest())
         return [Node.from_pb(n) for n in reply.nodes]
 
     async def get_ttl(self) -> int:
         """Returns task_ttl in seconds."""
-        return int((await self._unary(self._stub.GetTtl, pb.GetTtlRequest())).ttl_seconds)
+        return int((await self._read(self._stub.GetTtl, pb.GetTtlRequest())).ttl_seconds)
 
     async def set_ttl(self, seconds: int) -> int:
         """Sets task_ttl; returns the previous value."""
@@ -259,7 +297,7 @@ class AsyncTaskManagerClient:
 
     async def get_user_ttl(self) -> int:
         """Returns user_task_ttl in seconds."""
-        response = await self._unary(self._stub.GetUserTtl, pb.GetUserTtlRequest())
+        response = await self._read(self._stub.GetUserTtl, pb.GetUserTtlRequest())
         return int(response.user_ttl_seconds)
 
     async def set_user_ttl(self, seconds: int) -> int:

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
-from typing import Any, Self
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Self, TypeVar
 from uuid import UUID
 
 import grpc
 
 from ._credentials import Credentials
-from ._errors import UnavailableError, from_rpc_error
-from ._resume import DEFAULT_RESUME_SECONDS, TaskId, _Resume
+from ._errors import DeadlineExceededError, UnavailableError, WaitTimeoutError, from_rpc_error
+from ._resume import (
+    DEFAULT_RESUME_SECONDS,
+    DEFAULT_RETRY_SECONDS,
+    TaskId,
+    _Backoff,
+    _Resume,
+    unreachable,
+)
 from ._types import (
     Node,
     TaskIdentity,
@@ -29,6 +36,8 @@ from .pb import task_manager_test_pb2 as test_pb
 from .pb import task_manager_test_pb2_grpc as test_pb_grpc
 
 DEFAULT_TARGET = "127.0.0.1:50051"
+
+T = TypeVar("T")
 
 
 def _list_request(
@@ -108,9 +117,10 @@ class _SyncChannelClient:
         """Closes the channel."""
         self._channel.close()
 
-    def _unary(self, method: Any, request: Any) -> Any:
+    def _unary(self, method: Any, request: Any, timeout: float | None = None) -> Any:
+        """One call with typed errors; ``timeout`` (when given) in place of the client's."""
         try:
-            return method(request, timeout=self._timeout)
+            return method(request, timeout=self._timeout if timeout is None else timeout)
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from exc
 
@@ -133,6 +143,10 @@ class TaskManagerClient(_SyncChannelClient):
     ``UNAVAILABLE`` (the server restarting or shutting down, a node behind a
     load balancer going away, the network) for up to ``resume_seconds``,
     without repeating a status or missing the final one; 0 turns that off.
+    Reads (statuses, listings, TTLs, nodes) and aborts, which are safe to
+    repeat, are retried with backoff and jitter while tm is unreachable or
+    restarting, for up to ``retry_seconds``; 0 turns that off. Calls that
+    change something otherwise (TTL changes, drains) are not retried.
 
     Example:
         >>> with TaskManagerClient("127.0.0.1:50051") as tm:
@@ -147,13 +161,28 @@ class TaskManagerClient(_SyncChannelClient):
         credentials: Credentials | None = None,
         timeout: float | None = 30.0,
         resume_seconds: float = DEFAULT_RESUME_SECONDS,
+        retry_seconds: float = DEFAULT_RETRY_SECONDS,
     ) -> None:
         super().__init__(target, channel=channel, credentials=credentials, timeout=timeout)
         self._stub = pb_grpc.TaskManagerServiceStub(self._channel)
         self._resume_seconds = resume_seconds
+        self._retry_seconds = retry_seconds
 
-    def _stream(self, method: Any, request: Any) -> Iterator[Any]:
-        call = method(request)
+    def _retrying(self, call: Callable[[], T]) -> T:
+        """Runs a call that is safe to repeat, again while tm is unreachable (``retry_seconds``)."""
+        backoff = _Backoff(self._retry_seconds)
+        while True:
+            try:
+                return call()
+            except UnavailableError as exc:
+                if not unreachable(exc) or not backoff.sleep():
+                    raise
+
+    def _read(self, method: Any, request: Any) -> Any:
+        return self._retrying(lambda: self._unary(method, request))
+
+    def _stream(self, method: Any, request: Any, timeout: float | None = None) -> Iterator[Any]:
+        call = method(request, timeout=timeout)
         try:
             yield from call
         except grpc.RpcError as exc:
@@ -167,7 +196,7 @@ class TaskManagerClient(_SyncChannelClient):
 
     def list_modules(self) -> list[str]:
         """Returns the registered module names."""
-        return list(self._unary(self._stub.ListModules, pb.ListModulesRequest()).modules)
+        return list(self._read(self._stub.ListModules, pb.ListModulesRequest()).modules)
 
     def list_tasks_page(
         self,
@@ -190,7 +219,7 @@ class TaskManagerClient(_SyncChannelClient):
         request = _list_request(
             module, internal, keyspace, table, page_size, page_token, states, types
         )
-        return _page(self._unary(self._stub.ListModuleTasks, request))
+        return _page(self._read(self._stub.ListModuleTasks, request))
 
     def list_tasks(
         self,
@@ -227,30 +256,38 @@ class TaskManagerClient(_SyncChannelClient):
     def get_status(self, task_id: TaskId) -> TaskStatus:
         """Returns a task's status."""
         request = pb.GetTaskStatusRequest(task_id=str(task_id))
-        return TaskStatus.from_pb(self._unary(self._stub.GetTaskStatus, request).status)
+        return TaskStatus.from_pb(self._read(self._stub.GetTaskStatus, request).status)
 
     def abort(self, task_id: TaskId, reason: str = "") -> None:
         """Requests the abort of a task and its descendants.
 
         ``reason`` (optional) is shown in the task's status and sent to its producer.
         """
-        self._unary(self._stub.AbortTask, _abort_request(task_id, reason))
+        self._read(self._stub.AbortTask, _abort_request(task_id, reason))
 
     def watch(self, task_id: TaskId, *, timeout: float | None = None) -> Iterator[TaskStatus]:
         """Yields the task's status now and after every change, ending on its final state.
 
         Raises:
             WaitTimeoutError: ``timeout`` seconds passed first.
+            UnavailableError: tm stayed unreachable for ``resume_seconds``, or
+                until the wait's ``timeout`` (with a few seconds' grace when tm
+                does not answer at all, frozen or behind a dropping network).
         """
         state = _Resume(task_id, timeout, self._resume_seconds)
         while True:
             try:
-                for response in self._stream(self._stub.WaitTask, state.request()):
+                stream = self._stream(self._stub.WaitTask, state.request(), state.call_timeout())
+                for response in stream:
                     status = TaskStatus.from_pb(response.status)
                     if state.seen(status):
                         yield status
                 state.ended()
                 return
+            except WaitTimeoutError:
+                raise
+            except DeadlineExceededError as exc:  # the client's deadline: tm did not answer
+                raise state.unanswered(exc) from exc
             except UnavailableError:
                 if state.final_seen:
                     return
@@ -349,10 +386,12 @@ class TaskManagerClient(_SyncChannelClient):
     def get_status_recursive(self, task_id: TaskId) -> list[TaskStatus]:
         """Returns the task and its descendants in BFS order."""
         request = pb.GetTaskStatusRecursiveRequest(task_id=str(task_id))
-        return [
-            TaskStatus.from_pb(r.status)
-            for r in self._stream(self._stub.GetTaskStatusRecursive, request)
-        ]
+        return self._retrying(
+            lambda: [
+                TaskStatus.from_pb(r.status)
+                for r in self._stream(self._stub.GetTaskStatusRecursive, request)
+            ]
+        )
 
     def list_children_page(
         self, task_id: TaskId, *, page_size: int = 0, page_token: str = ""
@@ -361,7 +400,7 @@ class TaskManagerClient(_SyncChannelClient):
         request = pb.ListTaskChildrenRequest(
             task_id=str(task_id), page_size=page_size, page_token=page_token
         )
-        return _children_page(self._unary(self._stub.ListTaskChildren, request))
+        return _children_page(self._read(self._stub.ListTaskChildren, request))
 
     def list_children(self, task_id: TaskId, *, page_size: int = 0) -> Iterator[TaskIdentity]:
         """Iterates over all of a task's children, fetching pages as needed.
@@ -379,12 +418,12 @@ class TaskManagerClient(_SyncChannelClient):
 
     def list_nodes(self) -> list[Node]:
         """Returns the cluster's nodes (a server without a cluster store lists itself)."""
-        reply = self._unary(self._stub.ListNodes, pb.ListNodesRequest())
+        reply = self._read(self._stub.ListNodes, pb.ListNodesRequest())
         return [Node.from_pb(n) for n in reply.nodes]
 
     def get_ttl(self) -> int:
         """Returns task_ttl in seconds."""
-        return int(self._unary(self._stub.GetTtl, pb.GetTtlRequest()).ttl_seconds)
+        return int(self._read(self._stub.GetTtl, pb.GetTtlRequest()).ttl_seconds)
 
     def set_ttl(self, seconds: int) -> int:
         """Sets task_ttl; returns the previous value."""
@@ -393,7 +432,7 @@ class TaskManagerClient(_SyncChannelClient):
 
     def get_user_ttl(self) -> int:
         """Returns user_task_ttl in seconds."""
-        return int(self._unary(self._stub.GetUserTtl, pb.GetUserTtlRequest()).user_ttl_seconds)
+        return int(self._read(self._stub.GetUserTtl, pb.GetUserTtlRequest()).user_ttl_seconds)
 
     def set_user_ttl(self, seconds: int) -> int:
         """Sets user_task_ttl; returns the previous value."""

@@ -97,20 +97,32 @@ def _env_path(environ: Mapping[str, str], name: str) -> Path | None:
     return Path(value) if value else None
 
 
-#: How a channel retries a lost connection: from 0.5 s, at most 2 s apart. gRPC's
-#: own backoff grows to 120 s and is shared by every channel of the process to
-#: one address, so after an outage of a minute clients went on failing for half
-#: a minute more once tm was back, long enough for a producer's finish to give up
-#: and its session's lease to run out. Options given by the caller win.
-RECONNECT_OPTIONS: tuple[tuple[str, int], ...] = (
+#: The options of every channel tm_client opens (options given by the caller win).
+#:
+#: A lost connection is tried again from 0.5 s, at most 2 s apart. gRPC's own
+#: backoff grows to 120 s and is shared by every channel of the process to one
+#: address, so after an outage of a minute clients went on failing for half a
+#: minute more once tm was back, long enough for a producer's finish to give up
+#: and its session's lease to run out.
+#:
+#: While a call is open, a connection silent for 20 s is pinged, and one whose
+#: ping goes unanswered for 10 s is closed: a tm that froze, or a network that
+#: drops packets without a word, otherwise leaves a producer's session stream
+#: and a wait without a timeout hanging for as long as the kernel keeps the
+#: connection (hours). tm servers take pings 5 s apart and more; without data
+#: on the connection gRPC would stop after two pings (max_pings_without_data).
+CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.initial_reconnect_backoff_ms", 500),
     ("grpc.max_reconnect_backoff_ms", 2000),
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.max_pings_without_data", 0),
 )
 
 
-def _with_reconnect(options: list[Any]) -> list[Any]:
+def _with_defaults(options: list[Any]) -> list[Any]:
     given = {name for name, _ in options}
-    return [*(o for o in RECONNECT_OPTIONS if o[0] not in given), *options]
+    return [*(o for o in CHANNEL_OPTIONS if o[0] not in given), *options]
 
 
 @dataclass(frozen=True, repr=False)
@@ -233,7 +245,7 @@ class Credentials:
             ValueError: see ``check``.
         """
         ssl = self._ssl_credentials()
-        all_options = _with_reconnect([*options, *self._options()])
+        all_options = _with_defaults([*options, *self._options()])
         if ssl is None:
             channel = grpc.insecure_channel(target, options=all_options)
         else:
@@ -253,7 +265,7 @@ class Credentials:
             ValueError: see ``check``.
         """
         ssl = self._ssl_credentials()
-        all_options = _with_reconnect([*options, *self._options()])
+        all_options = _with_defaults([*options, *self._options()])
         interceptors = None if self.token is None else _aio_token_interceptors(self.token)
         if ssl is None:
             return grpc.aio.insecure_channel(target, options=all_options, interceptors=interceptors)

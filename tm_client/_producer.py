@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import traceback
@@ -14,6 +15,7 @@ import grpc
 from ._client import DEFAULT_TARGET, _SyncChannelClient
 from ._credentials import Credentials
 from ._errors import (
+    DeadlineExceededError,
     FailedPreconditionError,
     NotFoundError,
     PermissionDeniedError,
@@ -36,8 +38,13 @@ log = logging.getLogger(__name__)
 DEFAULT_OUTAGE_SECONDS = 60.0
 #: How often progress reported while tm was away is tried again.
 _FLUSH_INTERVAL = 0.5
+#: How long one progress report (or a send of what was held back) waits for tm's
+#: answer before it takes tm for away and holds the value back.
+PROGRESS_TIMEOUT = 5.0
 #: The longest error text a tm server takes (its MAX_TEXT_LENGTH).
 MAX_ERROR_LENGTH = 4096
+# What ``ReportedTask._ended`` holds for a task that tm ended and then forgot.
+_GONE: Any = object()
 # Aborts pushed for tasks this producer does not know (yet): kept for a
 # create_task still on its way back, up to this many.
 _MAX_UNCLAIMED_ABORTS = 1024
@@ -117,6 +124,9 @@ class Producer(_SyncChannelClient):
         self._pending: dict[UUID, pb.ReportProgressRequest] = {}
         # Finishes that gave up waiting for tm: sent once it is back.
         self._unsent: dict[UUID, pb.FinishTaskRequest] = {}
+        # Set while tm is away (a report went unanswered): reports are held
+        # back without a try until the background thread got through again.
+        self._away = False
         # One sender of what was held back at a time (the background thread, or close()).
         self._flushing = threading.Lock()
         self._flusher: threading.Thread | None = None
@@ -183,12 +193,32 @@ class Producer(_SyncChannelClient):
         reply = self._unary(stub.GetTaskStatus, tm_pb.GetTaskStatusRequest(task_id=str(task_id)))
         return TaskStatus.from_pb(reply.status)
 
+    def _reach(self, method: Any, request: Any, timeout: float | None = None) -> Any:
+        """One call; a call tm did not answer in time counts as tm unavailable.
+
+        A tm that froze, or a network that drops packets, answers nothing: the
+        call's deadline is what says it is away, as a refused connection does.
+        """
+        try:
+            return self._unary(method, request, timeout)
+        except DeadlineExceededError as exc:
+            raise UnavailableError(
+                f"tm did not answer in time: {exc.message}", code=grpc.StatusCode.UNAVAILABLE
+            ) from exc
+
     def _patient(self, method: Any, request: Any) -> Any:
-        """A call that is safe to repeat, retried while tm is unavailable (``outage_seconds``)."""
+        """A call that is safe to repeat, retried while tm is unavailable (``outage_seconds``).
+
+        Each try waits at most what is left of that patience (and at least a
+        second), so the call gives up about ``outage_seconds`` after it began
+        even when tm answers nothing.
+        """
         backoff = _Backoff(self.outage_seconds)
         while True:
+            left = max(1.0, backoff.left())
+            timeout = left if self._timeout is None else min(self._timeout, left)
             try:
-                return self._unary(method, request)
+                return self._reach(method, request, timeout)
             except UnavailableError:
                 if self._closing.is_set() or not backoff.sleep():
                     raise
@@ -197,7 +227,22 @@ class Producer(_SyncChannelClient):
         # tm is away: keep the latest value, and send it once tm is back.
         with self._lock:
             self._pending[UUID(request.task_id)] = request
+            self._away = True
             self._start_flusher()
+
+    def _hold_back(self, request: pb.ReportProgressRequest) -> bool:
+        """Holds a report back without a try while tm is away, or one of the task's is.
+
+        A task's reports reach tm in order: while an older value waits to be
+        sent, a newer one takes its place rather than overtake it.
+        """
+        task_id = UUID(request.task_id)
+        with self._lock:
+            if not self._away and task_id not in self._pending:
+                return False
+            self._pending[task_id] = request
+            self._start_flusher()
+            return True
 
     def _defer_finish(self, request: pb.FinishTaskRequest) -> None:
         # A finish gave up waiting for tm: sent once tm is back (after the
@@ -237,7 +282,7 @@ class Producer(_SyncChannelClient):
             finishes = list(self._unsent.values())
         for request in waiting:
             try:
-                reply = self._unary(self._stub.ReportProgress, request)
+                reply = self._reach(self._stub.ReportProgress, request, PROGRESS_TIMEOUT)
             except UnavailableError:
                 return  # still away: try again later
             except TmError as exc:  # finished or gone meanwhile: nothing to send
@@ -251,16 +296,20 @@ class Producer(_SyncChannelClient):
                 self._event(task_id).set()
         for finish in finishes:
             try:
-                self._unary(self._stub.FinishTask, finish)
+                self._reach(self._stub.FinishTask, finish, PROGRESS_TIMEOUT)
                 log.info("task %s finished, once tm was back", finish.task_id)
             except UnavailableError:
                 return
-            except FailedPreconditionError as exc:  # an earlier try went through after all
-                log.info("task %s had finished already: %s", finish.task_id, exc)
+            except (FailedPreconditionError, NotFoundError) as exc:
+                # An earlier try went through after all (and, with a TTL of 0,
+                # tm forgot the task), or tm ended the task while it was away.
+                log.warning("task %s had ended in tm already: %s", finish.task_id, exc)
             except TmError as exc:
                 log.error("could not finish task %s, once tm was back: %s", finish.task_id, exc)
             with self._lock:
                 self._unsent.pop(UUID(finish.task_id), None)
+        with self._lock:
+            self._away = False  # everything held back went through: report directly again
 
     def _run_session(self) -> None:
         delay = 0.1
@@ -425,6 +474,9 @@ class ReportedTask:
         self.completed = 0.0
         self.finished = False
         self._aborted = producer._event(status.id)
+        # tm's final status, once tm ended the task without this handle (its
+        # session's lease ran out while tm was out of reach, say).
+        self._ended: TaskStatus | None = None
 
     def __repr__(self) -> str:
         return f"ReportedTask({self.id})"
@@ -477,22 +529,51 @@ class ReportedTask:
     def progress(self, completed: float, total: float | None = None) -> None:
         """Reports progress; then raises ``TaskAbortedError`` if an abort is pending.
 
-        It never waits for tm: while tm is unavailable the latest value is kept
-        and sent once tm is back (or with the finish).
+        It does not wait for tm: while tm is away (or answers nothing within
+        ``PROGRESS_TIMEOUT`` seconds) the latest value is kept and sent, in
+        order, by a background thread once tm is back (or with the finish).
+        A task that tm ended meanwhile without this producer (its session's
+        lease ran out during a longer outage) is logged once; its later
+        reports are dropped, and the producer's work goes on.
         """
         request = pb.ReportProgressRequest(task_id=str(self.id), completed=completed, total=total)
         self.completed = completed
         if total is not None:
             self.total = total
-        try:
-            response = self.producer._unary(self.producer._stub.ReportProgress, request)
-        except UnavailableError:
-            self.producer._defer_progress(request)
-        else:
-            self.producer._take_pending(self.id)  # an older held-back value is superseded
-            if response.abort_requested:
-                self._aborted.set()
+        producer = self.producer
+        if self._ended is None and not producer._hold_back(request):
+            try:
+                response = producer._reach(producer._stub.ReportProgress, request, PROGRESS_TIMEOUT)
+            except UnavailableError:
+                producer._defer_progress(request)
+            except (FailedPreconditionError, NotFoundError):
+                if self._ended_in_tm() is None:
+                    raise
+            else:
+                if response.abort_requested:
+                    self._aborted.set()
         self.check_abort()
+
+    def _ended_in_tm(self) -> TaskStatus | None:
+        """After a refusal: tm's final status if tm ended the task without this handle."""
+        try:
+            status = self.producer._get_status(self.id)
+        except NotFoundError:  # ended, and forgotten (a TTL of 0)
+            status = None
+        except TmError:
+            return None
+        if status is not None and not status.state.is_final:
+            return None
+        if self._ended is None:
+            how = "and forgot it" if status is None else f"({status.state.value}: {status.error})"
+            log.warning(
+                "tm ended task %s %s while this producer could not reach it; its reports "
+                "are dropped and its finish is tm's",
+                self.id,
+                how,
+            )
+        self._ended = status if status is not None else _GONE
+        return self._ended
 
     def child(self, type: str, **options: Any) -> ReportedTask:
         """Creates and starts a child task (same options as ``Producer.create_task``)."""
@@ -502,26 +583,43 @@ class ReportedTask:
         """Finishes the task (failed with ``error`` if given); returns the final status.
 
         ``suspended`` ends a cluster task SUSPENDED: its operation was revoked.
+        It returns ``None`` when tm has no status to give: it stayed away (below),
+        or it had ended and forgotten the task (a TTL of 0) by the time a retry
+        reached it.
 
         An error text longer than the server takes (``MAX_ERROR_LENGTH``) is
         shortened, keeping its start and its end, so the finish goes through.
 
-        While tm is unavailable the finish (with any progress held back) is
-        retried for up to the producer's ``outage_seconds``; if tm stays away,
-        that is logged and ``None`` returned, so the caller's own work goes on,
-        unless the producer is ``strict``, which raises ``UnavailableError``.
-        A finish that gave up is sent in the background once tm is back, and
-        tried once more by ``Producer.close``.
+        While tm is unavailable (or answers nothing) the finish, with any
+        progress held back, is retried for up to the producer's
+        ``outage_seconds``; if tm stays away, that is logged and ``None``
+        returned, so the caller's own work goes on, unless the producer is
+        ``strict``, which raises ``UnavailableError``. A finish that gave up is
+        sent in the background once tm is back, and tried once more by
+        ``Producer.close``. A task that tm ended meanwhile without this
+        producer (its lease ran out) returns tm's final status, logged, unless
+        ``strict``, which raises the ``FailedPreconditionError``.
         """
         producer = self.producer
         if error is not None:
             error = truncate_error(error)
         held_back = producer._take_pending(self.id)
         request = pb.FinishTaskRequest(task_id=str(self.id), error=error, suspended=suspended)
+        first = not self.finished  # a second finish of one handle is the caller's error
         try:
-            if held_back is not None:
-                producer._patient(producer._stub.ReportProgress, held_back)
-            status = self._finish(request)
+            if self._ended is not None and first and not producer.strict:
+                status = None if self._ended is _GONE else self._ended
+            else:
+                if held_back is not None:
+                    with contextlib.suppress(FailedPreconditionError, NotFoundError):
+                        # Refused: the task ended in tm; the finish says how.
+                        producer._patient(producer._stub.ReportProgress, held_back)
+                status = self._finish(request)
+        except (FailedPreconditionError, NotFoundError):
+            ended = self._ended_in_tm() if first and not producer.strict else None
+            if ended is None:
+                raise
+            status = None if ended is _GONE else ended
         except UnavailableError as exc:
             if producer.strict:
                 raise
@@ -536,23 +634,31 @@ class ReportedTask:
         producer._release(self.id)
         return status
 
-    def _finish(self, request: pb.FinishTaskRequest) -> TaskStatus:
+    def _finish(self, request: pb.FinishTaskRequest) -> TaskStatus | None:
         producer = self.producer
         backoff = _Backoff(producer.outage_seconds)
         retried = False
         while True:
+            left = max(1.0, backoff.left())
+            timeout = left if producer._timeout is None else min(producer._timeout, left)
             try:
-                response = producer._unary(producer._stub.FinishTask, request)
+                response = producer._reach(producer._stub.FinishTask, request, timeout)
                 return TaskStatus.from_pb(response.status)
             except UnavailableError:
                 if producer._closing.is_set() or not backoff.sleep():
                     raise
                 retried = True
-            except FailedPreconditionError:
+            except (FailedPreconditionError, NotFoundError):
                 if not retried:
                     raise
-                # An earlier try went through, and only its reply was lost.
-                status = producer._get_status(self.id)
+                # An earlier try went through, and only its reply was lost
+                # (or tm answered UNAVAILABLE after making the change).
+                try:
+                    status = producer._get_status(self.id)
+                except NotFoundError:
+                    # Finished, and forgotten at once (a TTL of 0).
+                    log.info("task %s finished; tm has forgotten it already", self.id)
+                    return None
                 if not status.state.is_final:
                     raise
                 return status

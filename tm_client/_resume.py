@@ -6,15 +6,21 @@ import random
 import time
 from uuid import UUID
 
+import grpc
 from google.protobuf import duration_pb2
 
-from ._errors import InternalError
+from ._errors import InternalError, TmError, UnavailableError
 from ._types import TaskStatus
 from .pb import task_manager_pb2 as pb
 
 TaskId = str | UUID
 #: How long ``watch()``, ``wait()`` and ``watch_tasks()`` keep trying to resume a broken stream.
 DEFAULT_RESUME_SECONDS = 30.0
+#: How long a client retries a read (a status, a listing) while tm is unreachable.
+DEFAULT_RETRY_SECONDS = 10.0
+#: How long past a wait's timeout the client waits for tm's answer (which ends the
+#: stream at the timeout itself) before it takes tm for unresponsive.
+WAIT_GRACE_SECONDS = 5.0
 
 
 class _Backoff:
@@ -23,6 +29,10 @@ class _Backoff:
     def __init__(self, patience: float) -> None:
         self._deadline = time.monotonic() + patience
         self._delay = 0.05
+
+    def left(self) -> float:
+        """Seconds of patience left (0 once spent)."""
+        return max(0.0, self._deadline - time.monotonic())
 
     def next_delay(self) -> float | None:
         """How long to wait before the next try; ``None`` once patience is spent."""
@@ -40,6 +50,16 @@ class _Backoff:
             return False
         time.sleep(delay)
         return True
+
+
+def unreachable(error: TmError) -> bool:
+    """Whether an error says tm could not be reached (or is restarting): worth a retry.
+
+    Not the ``UNAVAILABLE`` errors tm answers itself for a dependency of its
+    own (its cluster store, a peer node, its journal's disk): those it says
+    at once, and a retry would only hide them.
+    """
+    return isinstance(error, UnavailableError) and error.reason in ("", "SHUTTING_DOWN")
 
 
 def _duration(seconds: float | None) -> duration_pb2.Duration | None:
@@ -94,11 +114,38 @@ class _Resume(_FinalCheck):
         self.last = status
         return True
 
+    def call_timeout(self) -> float | None:
+        """The client's deadline for the next stream: the wait's, with a grace for tm's answer.
+
+        tm ends a wait at its timeout itself; the client's own deadline only
+        fires when tm does not answer (frozen, or the network dropping
+        packets), so that a wait with a timeout never hangs.
+        """
+        if self._ends is None:
+            return None
+        return max(0.0, self._ends - time.monotonic()) + WAIT_GRACE_SECONDS
+
     def broken(self) -> float | None:
-        """After a break: the wait before resuming, or ``None`` to give up."""
+        """After a break: the wait before resuming, or ``None`` to give up.
+
+        It gives up once its patience is spent, or the wait's own timeout has
+        passed: a wait with a timeout returns or raises by then.
+        """
         if self._backoff is None:
             self._backoff = _Backoff(self._patience)
-        return self._backoff.next_delay()
+        delay = self._backoff.next_delay()
+        if delay is None or self._ends is None:
+            return delay
+        left = self._ends - time.monotonic()
+        return None if left <= 0 else min(delay, left)
+
+    def unanswered(self, error: TmError) -> UnavailableError:
+        """The error for a wait whose stream tm did not end by the wait's timeout."""
+        return UnavailableError(
+            f"tm did not answer the wait for task {self.task_id} within its timeout "
+            f"(and {WAIT_GRACE_SECONDS:g}s more): {error.message}",
+            code=grpc.StatusCode.UNAVAILABLE,
+        )
 
     @property
     def final_seen(self) -> bool:

@@ -25,6 +25,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from tm_client import (
     InternalError,
     InvalidArgumentError,
+    StoreUnavailableError,
     TaskManagerClient,
     TaskNotFoundError,
     TaskState,
@@ -127,7 +128,7 @@ def test_watch_resumes_a_broken_stream_without_repeating_or_missing_a_status(
 def test_errors_are_typed_by_reason_then_by_code(
     channel: grpc_testing.Channel, pool: ThreadPoolExecutor
 ) -> None:
-    client = TaskManagerClient(channel=channel)
+    client = TaskManagerClient(channel=channel, retry_seconds=0)  # a bare UNAVAILABLE is raised
     task_id = uuid4()
     cases: list[tuple[tuple[Any, ...], grpc.StatusCode, type[Exception], str]] = [
         (
@@ -152,6 +153,38 @@ def test_errors_are_typed_by_reason_then_by_code(
             call.result(10)
         assert err.value.reason == reason and err.value.code is code  # type: ignore[attr-defined]
         assert not isinstance(err.value, grpc.RpcError)
+
+
+def test_reads_are_retried_while_tm_is_unreachable_and_nothing_else_is(
+    channel: grpc_testing.Channel, pool: ThreadPoolExecutor
+) -> None:
+    client = TaskManagerClient(channel=channel, retry_seconds=30)
+    task_id = uuid4()
+    # Unreachable (no reason), then restarting (SHUTTING_DOWN): tried again, and the
+    # third try's answer is the call's.
+    reading: Future[Any] = pool.submit(client.get_status, task_id)
+    for trailing in ((), details(grpc.StatusCode.UNAVAILABLE, SAYS, "SHUTTING_DOWN")):
+        _, _, rpc = channel.take_unary_unary(method("GetTaskStatus"))
+        rpc.terminate(None, trailing, grpc.StatusCode.UNAVAILABLE, SAYS)
+    _, _, rpc = channel.take_unary_unary(method("GetTaskStatus"))
+    msg = status_msg(task_id, pb.TASK_STATE_RUNNING)
+    rpc.terminate(pb.GetTaskStatusResponse(status=msg), (), grpc.StatusCode.OK, "")
+    assert reading.result(10).state is TaskState.RUNNING
+
+    # tm answering that a dependency of its own is down: said at once, not retried.
+    reading = pool.submit(client.get_status, task_id)
+    _, _, rpc = channel.take_unary_unary(method("GetTaskStatus"))
+    store_down = details(grpc.StatusCode.UNAVAILABLE, SAYS, "STORE_UNAVAILABLE")
+    rpc.terminate(None, store_down, grpc.StatusCode.UNAVAILABLE, SAYS)
+    with pytest.raises(StoreUnavailableError):
+        reading.result(10)
+
+    # A change that is not safe to repeat (its reply says what it replaced) is not retried.
+    changing: Future[Any] = pool.submit(client.set_ttl, 60)
+    _, _, rpc = channel.take_unary_unary(method("SetTtl"))
+    rpc.terminate(None, (), grpc.StatusCode.UNAVAILABLE, SAYS)
+    with pytest.raises(UnavailableError):
+        changing.result(10)
 
 
 def test_any_timestamp_the_wire_can_carry_decodes(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -13,9 +15,12 @@ from tm_client import (
     AsyncTaskManagerClient,
     Producer,
     TaskManagerClient,
+    TaskNotFoundError,
     TaskState,
     UnavailableError,
 )
+from tm_client._producer import PROGRESS_TIMEOUT
+from tm_client._resume import WAIT_GRACE_SECONDS
 
 from ..netcut import NetCut
 from ..process import ServerProcess
@@ -101,7 +106,7 @@ def test_a_finish_gives_up_after_the_outage_limit_logged_or_strict(
         link.restore()
     # Back through the link before the next producer's 1 s of patience starts (grpc
     # shares the refused connection's backoff between channels to one address).
-    with TaskManagerClient(link.target) as probe:
+    with TaskManagerClient(link.target, retry_seconds=0) as probe:
         eventually(lambda: _answers(probe), what="the link to answer again")
     with Producer(
         link.target, module="backup", outage_seconds=1, session=False, strict=True
@@ -153,8 +158,128 @@ def test_a_finish_that_gave_up_is_sent_once_tm_is_back(server: ServerProcess, li
             link.cut()
             assert task.finish(error="disk full") is None
             link.restore()
-            with TaskManagerClient(link.target) as probe:
+            with TaskManagerClient(link.target, retry_seconds=0) as probe:
                 eventually(lambda: _answers(probe), what="the link to answer again")
         # Closed at once: the close sends it if the background had not yet.
         status = direct.get_status(task.id)
         assert (status.state, status.error) == (TaskState.FAILED, "disk full")
+
+
+@contextlib.contextmanager
+def frozen(server: ServerProcess) -> Iterator[None]:
+    """The server stopped (SIGSTOP): its connections stay open, and nothing answers."""
+    server.proc.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        server.proc.send_signal(signal.SIGCONT)
+
+
+def test_a_finish_whose_reply_was_lost_does_not_raise_once_tm_forgot_the_task(
+    server: ServerProcess, link: NetCut
+) -> None:
+    # The task TTL is 0: the finish that went through made tm forget the task,
+    # and the retry's NOT_FOUND used to escape the producer's block.
+    with (
+        Producer(link.target, module="backup", session=False, outage_seconds=10) as producer,
+        TaskManagerClient(server.target) as direct,
+    ):
+        task = producer.create_task("backup")
+        link.lose_next_reply()
+        assert task.finish() is None
+        with pytest.raises(TaskNotFoundError):
+            direct.get_status(task.id)
+        kept = producer.create_task("backup", user_task=True)  # a user task outlives its finish
+        link.lose_next_reply()
+        final = kept.finish()
+        assert final is not None and final.state is TaskState.DONE
+
+
+def test_a_frozen_tm_neither_blocks_progress_nor_loses_the_finish(
+    server: ServerProcess,
+) -> None:
+    with (
+        Producer(server.target, module="backup", session=False, outage_seconds=3) as producer,
+        TaskManagerClient(server.target) as direct,
+    ):
+        task = producer.create_task("backup", total=10, user_task=True)
+        task.progress(1)
+        with frozen(server):
+            started = time.monotonic()
+            task.progress(2)  # unanswered: held back after PROGRESS_TIMEOUT
+            assert time.monotonic() - started < PROGRESS_TIMEOUT + 2
+            started = time.monotonic()
+            task.progress(3)  # tm is known to be away: held back at once
+            assert time.monotonic() - started < 0.5
+            started = time.monotonic()
+            assert task.finish() is None  # gave up after outage_seconds, not the call timeout
+            assert time.monotonic() - started < 3 + 2
+        eventually(lambda: direct.get_status(task.id).state is TaskState.DONE,
+                   what="the held-back finish to arrive")  # fmt: skip
+        assert direct.get_status(task.id).progress_completed == 3
+
+
+def test_a_wait_with_a_timeout_ends_by_it_when_tm_is_frozen_or_away(
+    server: ServerProcess, link: NetCut
+) -> None:
+    with Producer(server.target, module="backup") as producer:
+        task = producer.create_task("backup", user_task=True)
+        with TaskManagerClient(server.target) as client, frozen(server):
+            started = time.monotonic()
+            with pytest.raises(UnavailableError, match="did not answer"):
+                client.wait(task.id, timeout=1)
+            assert time.monotonic() - started < 1 + WAIT_GRACE_SECONDS + 2
+        with TaskManagerClient(link.target, resume_seconds=30) as client:
+            assert client.get_status(task.id).state is TaskState.RUNNING
+            link.cut()
+            started = time.monotonic()
+            with pytest.raises(UnavailableError):
+                client.wait(task.id, timeout=1)  # the resume keeps the wait's timeout
+            assert time.monotonic() - started < 3
+            link.restore()
+
+
+def test_reads_ride_out_a_short_outage(server: ServerProcess, link: NetCut) -> None:
+    with Producer(server.target, module="backup") as producer:
+        task = producer.create_task("backup", user_task=True)
+        with (
+            TaskManagerClient(link.target) as client,
+            TaskManagerClient(link.target, retry_seconds=0) as impatient,
+        ):
+            assert client.get_status(task.id).state is TaskState.RUNNING
+            link.cut()
+            with pytest.raises(UnavailableError):
+                impatient.get_status(task.id)
+            threading.Timer(1.0, link.restore).start()
+            assert client.get_status(task.id).state is TaskState.RUNNING
+
+
+def test_an_outage_longer_than_the_lease_does_not_end_the_producers_work(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server = ServerProcess("--store", "none", "--user-task-ttl-in-seconds", "600",
+                           "--producer-lease-seconds", "1")  # fmt: skip
+    link = NetCut(server.target)
+    try:
+        with (
+            Producer(link.target, module="backup", outage_seconds=30) as producer,
+            TaskManagerClient(server.target) as direct,
+        ):
+            task = producer.create_task("backup", total=3, user_task=True)
+            task.progress(1)
+            link.cut()
+            task.progress(2)
+            # The lease runs out while the producer is away: tm fails its task.
+            eventually(lambda: direct.get_status(task.id).state is TaskState.FAILED,
+                       what="the lease to run out")  # fmt: skip
+            link.restore()
+            with caplog.at_level(logging.WARNING, logger="tm_client._producer"):
+                eventually(lambda: producer._pending == {}, what="the held-back progress")
+                task.progress(3)  # the producer's work goes on
+                final = task.finish()
+            assert final is not None and final.state is TaskState.FAILED
+            assert "producer lost" in final.error
+            assert caplog.text.count(f"tm ended task {task.id}") == 1
+    finally:
+        link.close()
+        server.kill()
