@@ -209,13 +209,13 @@ class Producer(_SyncChannelClient):
     def _patient(self, method: Any, request: Any) -> Any:
         """A call that is safe to repeat, retried while tm is unavailable (``outage_seconds``).
 
-        Each try waits at most what is left of that patience (and at least a
-        second), so the call gives up about ``outage_seconds`` after it began
-        even when tm answers nothing.
+        Each try waits at most what is left of that patience (and at least
+        ``PROGRESS_TIMEOUT``), so the call gives up about ``outage_seconds``
+        after it began even when tm answers nothing.
         """
         backoff = _Backoff(self.outage_seconds)
         while True:
-            left = max(1.0, backoff.left())
+            left = max(PROGRESS_TIMEOUT, backoff.left())
             timeout = left if self._timeout is None else min(self._timeout, left)
             try:
                 return self._reach(method, request, timeout)
@@ -639,7 +639,7 @@ class ReportedTask:
         backoff = _Backoff(producer.outage_seconds)
         retried = False
         while True:
-            left = max(1.0, backoff.left())
+            left = max(PROGRESS_TIMEOUT, backoff.left())
             timeout = left if producer._timeout is None else min(producer._timeout, left)
             try:
                 response = producer._reach(producer._stub.FinishTask, request, timeout)

@@ -154,9 +154,17 @@ class FileJournal:
         self._wake: asyncio.Event | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._closing = False
+        # While the start's write is on its way: a failure then is the start's
+        # error to say, in one line, not the flusher's.
+        self._starting = False
         self._fd = -1
         self._log = 0
         self._size = 0
+        # Bytes in the logs after the snapshot but the one being written: what an
+        # earlier server left (each start opens a log of its own) and the logs
+        # closed since. Compaction counts them too, or a node restarted before
+        # each log reached the limit would never compact and replay would grow.
+        self._older = 0
         self._snapshot = 0  # the number of the latest snapshot, 0 if none
         self._snapshot_size = 0
         self._compaction: asyncio.Task[None] | None = None
@@ -213,6 +221,7 @@ class FileJournal:
         for index, number in enumerate(later):
             path = self._dir / file_name("log", number)
             try:
+                self._older += path.stat().st_size
                 merge(path, merged, tail_may_tear=index == len(later) - 1)
             except Torn as torn:
                 self.stats.torn_records += 1
@@ -353,6 +362,33 @@ class FileJournal:
         done.set_result(None)
         return done
 
+    async def check_writable(self) -> None:
+        """Writes what is pending and an empty frame, and flushes them: for a node's start.
+
+        A disk that refuses writes (full, or failing) stops the start with one
+        clear line rather than a node that serves and refuses every change.
+
+        Raises:
+            JournalError: the write or its flush failed.
+        """
+        self._retry += frame(b"")
+        if self._next is None:
+            self._next = asyncio.get_running_loop().create_future()
+        self._kick()
+        self._starting = True
+        try:
+            await self._next
+        except JournalUnavailableError as exc:
+            # Nothing is left to write at the stop that follows: what recovery
+            # changed (bodies failed, TTLs passed) it works out again next time.
+            self._pending, self._lazy, self._retry = {}, {}, b""
+            raise JournalError(
+                f"cannot write the journal in {self._dir}: {self.failure} (is the disk full, "
+                "or failing?)"
+            ) from exc
+        finally:
+            self._starting = False
+
     def _shape(self, task: Task, lines: list[bytes]) -> int:
         # By module and implementation object first (flyweights: hashing them
         # is cheap), by the shape's value the first time.
@@ -420,7 +456,7 @@ class FileJournal:
                 await loop.run_in_executor(self._writer, self._write, data)
             except OSError as exc:
                 self._retry = data
-                if self.failure is None:
+                if self.failure is None and not self._starting:
                     log.error("journal: cannot write %s: %s", self._dir, strerror(exc))
                 self.failure = strerror(exc)
                 batch.set_exception(JournalUnavailableError(self.failure))
@@ -446,7 +482,7 @@ class FileJournal:
                 if self.on_batch is not None:
                     self.on_batch(records, time.perf_counter() - started)
                 batch.set_result(None)
-                if self._size >= max(self._compact_bytes, self._snapshot_size):
+                if self._older + self._size >= max(self._compact_bytes, self._snapshot_size):
                     await self._rotate()
             finally:
                 self._inflight = None
@@ -473,10 +509,12 @@ class FileJournal:
         closed = self._log
 
         def rotate() -> None:
+            size = self._size
             fd = self._open_log(closed + 1)
             os.close(self._fd)
             self._fd = fd
             self._log = closed + 1
+            self._older += size
 
         try:
             await loop.run_in_executor(self._writer, rotate)
@@ -502,8 +540,12 @@ class FileJournal:
         self._compactor = None
         if process.returncode == 0:
             self._snapshot, self._snapshot_size = upto, int(out.decode().strip() or 0)
+            self._older = 0  # every log but the one being written is in the snapshot now
             self.stats.compactions += 1
         else:
+            # Tried again once the log being written reaches the limit by itself
+            # (it merges every log since the snapshot then), not at every batch.
+            self._older = 0
             log.warning(
                 "journal: compaction failed (%s); the logs stay as they are",
                 err.decode(errors="replace").strip().splitlines()[-1:] or process.returncode,

@@ -383,8 +383,10 @@ class TmServer:
                 # over every object recovery made (1.3 s for a million tasks).
                 gc.freeze()
                 gc.enable()
-        await journal.commit()  # what recovery changed (failed bodies, expired roots)
-        self.recovery_seconds = time.perf_counter() - started
+        # What recovery changed (failed bodies, expired roots) goes to disk, and
+        # a disk that refuses it stops the start.
+        await journal.check_writable()
+        self.recovery_seconds = report.seconds = time.perf_counter() - started
         if found:
             log.info("journal: recovered %s", report.describe())
 

@@ -343,3 +343,69 @@ def test_a_last_frame_is_judged_torn_by_its_length_alone(tmp_path: Path) -> None
     log.write_bytes(whole + garbled + whole)  # a whole frame after it: damage
     with pytest.raises(JournalError, match="damaged"):
         merge(log, {}, tail_may_tear=True)
+
+
+async def test_a_task_id_used_again_comes_back_as_its_second_task(
+    tmp_path: Path, clock: ManualClock, nodes: list[Node]
+) -> None:
+    # The second record keeps the place the id's first record was written at,
+    # before the shape it names: recovery used to call that damage and refuse
+    # to start, with compaction writing the snapshot in the same order.
+    for compact_bytes in (64 << 20, 1):
+        folder = tmp_path / str(compact_bytes)
+        node = await start_node(folder, clock, compact_bytes)
+        nodes.append(node)
+        task_id = new_task_id()
+        # Each step's reply waits for its batch (the server's durability interceptor).
+        await report(node.producers, TaskSpec("backup", "first", task_id=task_id))
+        await node.journal.commit()
+        await node.producers.finish_task(task_id, None)
+        await node.manager.unregister_task(task_id)
+        await node.journal.commit()
+        await report(node.producers, TaskSpec("backup", "second", task_id=task_id))
+        await crash(node)
+        node = await start_node(folder, clock, compact_bytes)
+        nodes.append(node)
+        status = await node.manager.get_status(task_id)
+        assert (status.type, status.state) == ("second", TaskState.RUNNING)
+
+
+async def test_an_unregistered_module_stays_unregistered(
+    tmp_path: Path, clock: ManualClock, nodes: list[Node]
+) -> None:
+    # Shapes outlive their tasks: recovery used to register every module a
+    # shape names, so a module unregistered came back (and counted against
+    # --max-modules).
+    node = await start_node(tmp_path, clock)
+    nodes.append(node)
+    kept = await report(node.producers, TaskSpec("backup", "step", user_task=True))
+    await node.producers.finish_task(kept, None)
+    await report(node.producers, TaskSpec("gone", "step", user_task=True))
+    await node.journal.commit()
+    await node.manager.unregister_module("gone")
+    await crash(node)
+    node = await start_node(tmp_path, clock)
+    nodes.append(node)
+    assert await node.manager.list_modules() == ["backup"]
+    assert (await node.manager.get_status(kept)).state is TaskState.DONE
+
+
+async def test_compaction_counts_the_logs_earlier_servers_left(
+    tmp_path: Path, clock: ManualClock, nodes: list[Node]
+) -> None:
+    # Each start writes a log of its own: a node restarted before its log
+    # reached the limit never compacted, and its replay grew with every run.
+    compactions = 0
+    for _ in range(8):
+        node = await start_node(tmp_path, clock, compact_bytes=20_000)
+        nodes.append(node)
+        for _ in range(40):  # about 8 KB of records, under the limit in any one run
+            task = await report(node.producers, TaskSpec("backup", "step", internal=True))
+            await node.journal.commit()
+            await node.producers.finish_task(task, None)
+            await node.journal.commit()
+        await crash(node)
+        compactions += node.journal.stats.compactions
+    assert compactions > 0
+    logs = sorted(p.name for p in tmp_path.glob("log-*"))  # noqa: ASYNC240 (a test's listing)
+    assert len(logs) <= 3, logs

@@ -39,7 +39,7 @@ from tm_client.pb import task_manager_pb2_grpc as pb_grpc
 from tm_client.pb import task_reporting_pb2 as rpb
 from tm_client.pb import task_reporting_pb2_grpc as rpb_grpc
 from tm_server.journal import FileJournal, JournalConfig
-from tm_server.journal_files import compact, compaction_lock
+from tm_server.journal_files import compact, compaction_lock, frame
 
 from ..process import ServerProcess, start_producer_script
 from .cluster_fixture import eventually
@@ -304,12 +304,13 @@ def test_a_damaged_journal_stops_the_server_with_one_clear_line(server: ServerPr
     server.kill(keep=True)
     log_file = _log_file(server)
     data = bytearray(log_file.read_bytes())
-    data[12] ^= 0x01  # a bit flipped in the first record, with records after it
+    first = len(frame(b""))  # the start's own write, an empty frame, comes first
+    data[first + 12] ^= 0x01  # a bit flipped in the first record, with records after it
     log_file.write_bytes(bytes(data))
     try:
         result = _start_fails(*ARGS, "--data-dir", str(journal_of(server).parent))
         assert result.returncode == 1
-        assert "is damaged at byte 0" in result.stderr
+        assert f"is damaged at byte {first}" in result.stderr
         assert "Traceback" not in result.stderr
     finally:
         server.kill()
@@ -361,6 +362,31 @@ def test_a_read_only_data_directory_stops_the_server(tmp_path: Path) -> None:
 def _small_files() -> None:
     # In the server's process: files may grow to 64 KiB, the way a full disk stops them.
     resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, resource.RLIM_INFINITY))
+
+
+def test_a_full_disk_at_start_stops_the_server_with_one_clear_line(
+    server: ServerProcess,
+) -> None:
+    # Recovery used to give a traceback when it had something to write (an
+    # expired root, a body failed) and, with nothing to write, to start and
+    # refuse every change: the start's write now tells.
+    with Producer(server.target, module="backup", session=False) as producer:
+        producer.create_task("backup", user_task=True)  # running: nothing for recovery to write
+    server.kill(keep=True)
+    data_dir = journal_of(server).parent
+    result = subprocess.run(
+        [sys.executable, "-m", "tm_server", "--address", "127.0.0.1:0", "--http-address",
+         "127.0.0.1:0", "--node", "n1", "--store", "none", "--data-dir", str(data_dir)],
+        capture_output=True, text=True, timeout=30,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (1, resource.RLIM_INFINITY)),
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    errors = [line for line in result.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and "cannot write the journal" in errors[0], result.stderr
+    assert "Traceback" not in result.stderr
+    # Nothing was lost: with room again, the node starts with its task.
+    server = server.restart(*ARGS)
+    assert re.search(r"journal: recovered .*1 running", server.output()), server.output()
 
 
 def test_a_server_whose_disk_is_full_still_stops_on_sigterm() -> None:

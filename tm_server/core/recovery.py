@@ -20,6 +20,8 @@ body died with it.
 
 from __future__ import annotations
 
+import itertools
+import operator
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -60,6 +62,7 @@ _LETTER_STATE = {letter: state for state, letter in _STATE_LETTER.items()}
 _KIND_LETTER = {ParentKind.NODE: "n", ParentKind.VIRTUAL: "v"}
 _LETTER_KIND = {letter: kind for kind, letter in _KIND_LETTER.items()}
 _TASK_BYTE = TASK_KEY.encode()[0]
+_SHAPE_PREFIX = SHAPE_KEY.encode()
 #: The optional tail of a record, after its seven fixed fields, and each field's default.
 _TAIL_DEFAULTS: tuple[object, ...] = (None, None, None, "", "", "", "", 0, None, None, 0, 0, None)
 
@@ -248,6 +251,20 @@ async def recover(
     links: list[tuple[UUID, UUID]] = []
     ttls: object = None
     keys, values = records
+    # Shapes first, wherever they are: a record keeps the place its key was
+    # first written at, so a task id used again (its first task finished and
+    # forgotten) sits before the shape its new record names.
+    is_shape = operator.methodcaller("startswith", _SHAPE_PREFIX)
+    for position in itertools.compress(range(len(keys)), map(is_shape, keys)):
+        value = values[position]
+        module, type_, scope, units, abortable, user_task, internal, external = value[:8]
+        owner = value[8] if len(value) > 8 else ""  # journals from before owners
+        shape = TaskShape(type_, scope, units, abortable, user_task, internal, owner)
+        if external:
+            impl = external_impl(shape)
+        else:
+            impl = bodies.get(shape) or bodies.setdefault(shape, RecoveredTaskImpl(shape))
+        shapes[int(keys[position][1:])] = (module, impl)
     state_of = _LETTER_STATE
     for position, raw in enumerate(keys):
         value = values[position]
@@ -255,9 +272,9 @@ async def recover(
             number = int(raw[1:], 16)
             shaped = shapes.get(value[0])
             if shaped is None:
-                # Shapes are never deleted and come before the records that
-                # name them: one missing is damage, not something to skip (and
-                # forgetting the records would make the loss permanent).
+                # Shapes are never deleted: one missing is damage, not
+                # something to skip (and forgetting the records would make
+                # the loss permanent).
                 raise ValueError(
                     f"the journal is damaged: task {uuid_from_int(number)}'s record names "
                     f"shape {value[0]}, which is not in it. Restore the data directory from "
@@ -299,17 +316,8 @@ async def recover(
         name_ = raw.decode()
         kind = name_[0]
         if kind == SHAPE_KEY:
-            # Shapes are written before the first record that names them.
-            module, type_, scope, units, abortable, user_task, internal, external = value[:8]
-            owner = value[8] if len(value) > 8 else ""  # journals from before owners
-            shape = TaskShape(type_, scope, units, abortable, user_task, internal, owner)
-            if external:
-                impl = external_impl(shape)
-            else:
-                impl = bodies.get(shape) or bodies.setdefault(shape, RecoveredTaskImpl(shape))
-            shapes[int(name_[1:])] = (module, impl)
-            modules.add(module)
-        elif name_ == TTL_KEY:
+            continue  # read above
+        if name_ == TTL_KEY:
             ttls = value
         elif kind == MODULE_KEY:
             modules.add(str(value))
@@ -324,6 +332,11 @@ async def recover(
             aborts[int(name_[1:], 16)] = abort_from_record(value)
         elif kind == TASK_SESSION_KEY:
             links.append((UUID(hex=name_[1:]), UUID(hex=str(value))))
+    # The modules registered, and those of the tasks that come back (journals
+    # from before module records). Not every module a shape names: shapes
+    # outlive their tasks, and an unregistered module must stay unregistered.
+    for by_module in kept:
+        modules.update(by_module)
     for name in sorted(modules):
         for shard in shards:
             await shard.register_module(name)
