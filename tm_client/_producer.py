@@ -120,6 +120,10 @@ class Producer(_SyncChannelClient):
         self.module = module
         self.outage_seconds = outage_seconds
         self.strict = strict
+        # A report (and a send of what was held back) waits this long at most.
+        self._progress_timeout = (
+            PROGRESS_TIMEOUT if timeout is None else min(timeout, PROGRESS_TIMEOUT)
+        )
         # Progress reported while tm was unavailable: the latest value a task.
         self._pending: dict[UUID, pb.ReportProgressRequest] = {}
         # Finishes that gave up waiting for tm: sent once it is back.
@@ -209,16 +213,15 @@ class Producer(_SyncChannelClient):
     def _patient(self, method: Any, request: Any) -> Any:
         """A call that is safe to repeat, retried while tm is unavailable (``outage_seconds``).
 
-        Each try waits at most what is left of that patience (and at least
-        ``PROGRESS_TIMEOUT``), so the call gives up about ``outage_seconds``
-        after it began even when tm answers nothing.
+        No try starts once that patience is spent; each may take the
+        producer's ``timeout``, as tm may be slow to answer and still alive (a
+        busy store), so a tm that answers nothing is given up on after at most
+        ``outage_seconds`` plus one ``timeout``.
         """
         backoff = _Backoff(self.outage_seconds)
         while True:
-            left = max(PROGRESS_TIMEOUT, backoff.left())
-            timeout = left if self._timeout is None else min(self._timeout, left)
             try:
-                return self._reach(method, request, timeout)
+                return self._reach(method, request)
             except UnavailableError:
                 if self._closing.is_set() or not backoff.sleep():
                     raise
@@ -282,7 +285,7 @@ class Producer(_SyncChannelClient):
             finishes = list(self._unsent.values())
         for request in waiting:
             try:
-                reply = self._reach(self._stub.ReportProgress, request, PROGRESS_TIMEOUT)
+                reply = self._reach(self._stub.ReportProgress, request, self._progress_timeout)
             except UnavailableError:
                 return  # still away: try again later
             except TmError as exc:  # finished or gone meanwhile: nothing to send
@@ -296,7 +299,7 @@ class Producer(_SyncChannelClient):
                 self._event(task_id).set()
         for finish in finishes:
             try:
-                self._reach(self._stub.FinishTask, finish, PROGRESS_TIMEOUT)
+                self._reach(self._stub.FinishTask, finish, self._progress_timeout)
                 log.info("task %s finished, once tm was back", finish.task_id)
             except UnavailableError:
                 return
@@ -543,11 +546,13 @@ class ReportedTask:
         producer = self.producer
         if self._ended is None and not producer._hold_back(request):
             try:
-                response = producer._reach(producer._stub.ReportProgress, request, PROGRESS_TIMEOUT)
+                response = producer._reach(
+                    producer._stub.ReportProgress, request, producer._progress_timeout
+                )
             except UnavailableError:
                 producer._defer_progress(request)
             except (FailedPreconditionError, NotFoundError):
-                if self._ended_in_tm() is None:
+                if self.finished or self._ended_in_tm() is None:
                     raise
             else:
                 if response.abort_requested:
@@ -567,8 +572,9 @@ class ReportedTask:
         if self._ended is None:
             how = "and forgot it" if status is None else f"({status.state.value}: {status.error})"
             log.warning(
-                "tm ended task %s %s while this producer could not reach it; its reports "
-                "are dropped and its finish is tm's",
+                "tm had ended task %s %s without this producer (its session's lease ran out "
+                "while tm was out of reach, or another process finished it): its reports are "
+                "dropped and its finish is tm's",
                 self.id,
                 how,
             )
@@ -639,10 +645,8 @@ class ReportedTask:
         backoff = _Backoff(producer.outage_seconds)
         retried = False
         while True:
-            left = max(PROGRESS_TIMEOUT, backoff.left())
-            timeout = left if producer._timeout is None else min(producer._timeout, left)
             try:
-                response = producer._reach(producer._stub.FinishTask, request, timeout)
+                response = producer._reach(producer._stub.FinishTask, request)
                 return TaskStatus.from_pb(response.status)
             except UnavailableError:
                 if producer._closing.is_set() or not backoff.sleep():

@@ -30,10 +30,6 @@ class _Backoff:
         self._deadline = time.monotonic() + patience
         self._delay = 0.05
 
-    def left(self) -> float:
-        """Seconds of patience left (0 once spent)."""
-        return max(0.0, self._deadline - time.monotonic())
-
     def next_delay(self) -> float | None:
         """How long to wait before the next try; ``None`` once patience is spent."""
         left = self._deadline - time.monotonic()

@@ -199,7 +199,9 @@ def test_a_frozen_tm_neither_blocks_progress_nor_loses_the_finish(
     server: ServerProcess,
 ) -> None:
     with (
-        Producer(server.target, module="backup", session=False, outage_seconds=3) as producer,
+        Producer(
+            server.target, module="backup", session=False, outage_seconds=3, timeout=2
+        ) as producer,
         TaskManagerClient(server.target) as direct,
     ):
         task = producer.create_task("backup", total=10, user_task=True)
@@ -212,8 +214,8 @@ def test_a_frozen_tm_neither_blocks_progress_nor_loses_the_finish(
             task.progress(3)  # tm is known to be away: held back at once
             assert time.monotonic() - started < 0.5
             started = time.monotonic()
-            assert task.finish() is None  # gave up after outage_seconds, not the call timeout
-            assert time.monotonic() - started < max(3, PROGRESS_TIMEOUT) + 2
+            assert task.finish() is None  # given up on, logged, not raised
+            assert time.monotonic() - started < 3 + 2 + 2  # outage_seconds and one try
         eventually(lambda: direct.get_status(task.id).state is TaskState.DONE,
                    what="the held-back finish to arrive")  # fmt: skip
         assert direct.get_status(task.id).progress_completed == 3
@@ -279,7 +281,7 @@ def test_an_outage_longer_than_the_lease_does_not_end_the_producers_work(
                 final = task.finish()
             assert final is not None and final.state is TaskState.FAILED
             assert "producer lost" in final.error
-            assert caplog.text.count(f"tm ended task {task.id}") == 1
+            assert caplog.text.count(f"tm had ended task {task.id}") == 1
     finally:
         link.close()
         server.kill()

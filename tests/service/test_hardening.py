@@ -508,7 +508,9 @@ def test_a_huge_exception_fails_the_task_and_stays_the_callers(
 def test_a_failed_report_never_replaces_the_users_exception(
     server: ServerThread, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with Producer(server.target, module="m", session=False) as producer:
+    # strict: a finish tm refuses (the task was finished behind the helper's
+    # back) raises, and the block's exit logs that rather than raise it.
+    with Producer(server.target, module="m", session=False, strict=True) as producer:
         task = producer.create_task("t")
         producer._unary(
             producer._stub.FinishTask, rpb.FinishTaskRequest(task_id=str(task.id))
@@ -516,6 +518,13 @@ def test_a_failed_report_never_replaces_the_users_exception(
         with pytest.raises(KeyError), task:
             raise KeyError("mine")
     assert any("could not report task" in r.getMessage() for r in caplog.records)
+    # Not strict: tm's end of the task is taken (logged), and the exception is still the user's.
+    with Producer(server.target, module="m", session=False) as producer:
+        task = producer.create_task("t")
+        producer._unary(producer._stub.FinishTask, rpb.FinishTaskRequest(task_id=str(task.id)))
+        with pytest.raises(KeyError), task:
+            raise KeyError("mine")
+    assert any(f"tm had ended task {task.id}" in r.getMessage() for r in caplog.records)
 
 
 def test_the_producer_keeps_nothing_per_finished_task(server: ServerThread) -> None:
