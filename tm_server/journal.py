@@ -259,9 +259,10 @@ class FileJournal:
             raise JournalError(f"the journal in {self._dir} holds a record that is not one value")
         shape_prefix = SHAPE_KEY.encode()
         is_shape = operator.methodcaller("startswith", shape_prefix)
-        for index in itertools.compress(range(len(keys)), map(is_shape, keys)):
+        shape_positions = tuple(itertools.compress(range(len(keys)), map(is_shape, keys)))
+        for index in shape_positions:
             self._shapes[tuple(values[index])] = int(keys[index][1:])
-        return JournalRecords(keys, values)
+        return JournalRecords(keys, values, shape_positions)
 
     async def start(self) -> None:
         """Opens a new log and starts the flusher.

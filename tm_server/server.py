@@ -373,7 +373,7 @@ class TmServer:
             report = await recover(
                 self.manager, records, self.producers.impl_of, self.producers.restore
             )
-            found = len(records)
+            found = len(records.keys)
             del records
         finally:
             if collecting:

@@ -250,12 +250,14 @@ async def recover(
     aborts: dict[int, AbortRequest] = {}
     links: list[tuple[UUID, UUID]] = []
     ttls: object = None
-    keys, values = records
+    keys, values, shape_positions = records
     # Shapes first, wherever they are: a record keeps the place its key was
     # first written at, so a task id used again (its first task finished and
     # forgotten) sits before the shape its new record names.
-    is_shape = operator.methodcaller("startswith", _SHAPE_PREFIX)
-    for position in itertools.compress(range(len(keys)), map(is_shape, keys)):
+    if not shape_positions:  # records not from FileJournal.load
+        is_shape = operator.methodcaller("startswith", _SHAPE_PREFIX)
+        shape_positions = tuple(itertools.compress(range(len(keys)), map(is_shape, keys)))
+    for position in shape_positions:
         value = values[position]
         module, type_, scope, units, abortable, user_task, internal, external = value[:8]
         owner = value[8] if len(value) > 8 else ""  # journals from before owners
