@@ -435,7 +435,17 @@ class Producer(_SyncChannelClient):
             start=start,
             cluster=cluster,
         )
-        status = TaskStatus.from_pb(self._patient(self._stub.CreateTask, request).status)
+        lost = parent if isinstance(parent, ReportedTask) and not self.strict else None
+        if lost is not None and lost._ended is not None:
+            return ReportedTask._unreported(self, UUID(request.task_id), total)
+        try:
+            status = TaskStatus.from_pb(self._patient(self._stub.CreateTask, request).status)
+        except (FailedPreconditionError, NotFoundError):
+            # Refused under a parent tm ended without this producer (its lease
+            # ran out while tm was out of reach): the work goes on, unreported.
+            if lost is None or lost.finished or lost._ended_in_tm() is None:
+                raise
+            return ReportedTask._unreported(self, UUID(request.task_id), total)
         task = ReportedTask(self, status)
         if status.abort_requested:
             self._event(status.id).set()
@@ -480,6 +490,16 @@ class ReportedTask:
         # tm's final status, once tm ended the task without this handle (its
         # session's lease ran out while tm was out of reach, say).
         self._ended: TaskStatus | None = None
+
+    @classmethod
+    def _unreported(cls, producer: Producer, task_id: UUID, total: float | None) -> ReportedTask:
+        """A handle on a child tm would not take, its parent ended there: it reports nothing."""
+        task = cls.__new__(cls)
+        task.producer, task.id, task.total = producer, task_id, total
+        task.completed, task.finished = 0.0, False
+        task._aborted = producer._event(task_id)
+        task._ended = _GONE
+        return task
 
     def __repr__(self) -> str:
         return f"ReportedTask({self.id})"
@@ -537,7 +557,8 @@ class ReportedTask:
         order, by a background thread once tm is back (or with the finish).
         A task that tm ended meanwhile without this producer (its session's
         lease ran out during a longer outage) is logged once; its later
-        reports are dropped, and the producer's work goes on.
+        reports are dropped, children created under it report nothing, and
+        the producer's work goes on.
         """
         request = pb.ReportProgressRequest(task_id=str(self.id), completed=completed, total=total)
         self.completed = completed

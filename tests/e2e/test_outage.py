@@ -278,10 +278,15 @@ def test_an_outage_longer_than_the_lease_does_not_end_the_producers_work(
             with caplog.at_level(logging.WARNING, logger="tm_client._producer"):
                 eventually(lambda: producer._pending == {}, what="the held-back progress")
                 task.progress(3)  # the producer's work goes on
+                with task.child("backup", table="t") as child:  # tm takes no child of it
+                    child.progress(1)
                 final = task.finish()
             assert final is not None and final.state is TaskState.FAILED
             assert "producer lost" in final.error
             assert caplog.text.count(f"tm had ended task {task.id}") == 1
+            assert direct.get_status(task.id).children == ()
+            with pytest.raises(TaskNotFoundError):
+                direct.get_status(child.id)
     finally:
         link.close()
         server.kill()
