@@ -16,7 +16,10 @@
 //   (a new session is opened only if tm let the old one expire);
 // - if tm stays away longer than TM_OUTAGE_SECONDS, that is logged and the
 //   import goes on unreported: the process exits with the import's own
-//   result, and tm fails the tasks left running once the session lease ends.
+//   result, and tm fails the tasks left running once the session lease ends;
+// - if tm ended a task without it (the session's lease ran out during an
+//   outage shorter than TM_OUTAGE_SECONDS), that is logged, the finish
+//   returns tm's final status, and children created under it go unreported.
 //
 // It reaches a tm server that checks its callers as the Python clients and
 // the `tm` CLI do, from the same environment variables: TLS (the server's CA,
@@ -58,6 +61,9 @@ const CALL_TIMEOUT_MS = 10_000; // a call tm does not answer in time is retried
 const { UNAVAILABLE, DEADLINE_EXCEEDED, FAILED_PRECONDITION, NOT_FOUND } = grpc.status;
 // Worth another try: tm is away (or restarting), or its answer did not come back.
 const RETRYABLE = new Set([UNAVAILABLE, DEADLINE_EXCEEDED]);
+// A refusal that may mean tm ended the task without this producer (or forgot it).
+const REFUSED = new Set([FAILED_PRECONDITION, NOT_FOUND]);
+const GONE = Symbol('gone'); // a task tm ended and forgot (a TTL of 0)
 const FINAL_STATES = new Set(['TASK_STATE_DONE', 'TASK_STATE_FAILED', 'TASK_STATE_SUSPENDED']);
 
 // grpc-js retries a short blip by itself for the calls plainly safe to repeat
@@ -206,6 +212,8 @@ class Reporter {
   #aborted = new Set(); // tasks tm asked to abort
   #held = new Map(); // task id -> the latest progress report not yet sent
   #sending = new Map(); // task id -> the loop sending its held progress
+  #unreported = new Set(); // children tm would not take: their parent ended there
+  #endedLogged = new Set(); // tasks whose end in tm was logged
   #stream = null;
   #sessionWait = backoff(Infinity); // between tries to open the session stream
   #sessionOpened = () => {};
@@ -312,10 +320,19 @@ class Reporter {
     const request = {
       ...fields, module: this.#module, task_id: id, session_id: this.sessionId, start: true,
     };
+    const parent = fields.parent_id;
+    if (parent && this.#unreported.has(parent)) {
+      this.#unreported.add(id);
+      return id;
+    }
     try {
       const { status } = await this.#patient('CreateTask', request);
       if (status.abort_requested) this.#aborted.add(id);
     } catch (err) {
+      if (parent && REFUSED.has(err.code) && (await this.#endedInTm(parent))) {
+        this.#unreported.add(id); // tm takes no child of a finished task: the work goes on
+        return id;
+      }
       if (!RETRYABLE.has(err.code)) throw err;
       this.#giveUp(err.details);
     }
@@ -325,7 +342,7 @@ class Reporter {
   // Reports a task's progress without waiting for tm: the latest value is
   // held until it is sent, however long tm is away.
   progress(taskId, completed) {
-    if (this.offline) return;
+    if (this.offline || this.#unreported.has(taskId)) return;
     this.#held.set(taskId, { task_id: taskId, completed });
     if (!this.#sending.has(taskId)) this.#sending.set(taskId, this.#sendHeld(taskId));
   }
@@ -354,19 +371,49 @@ class Reporter {
   // Finishes a task (failed if `error` is given), after its held progress;
   // resolves with its final status, or null if tm stayed away.
   async finish(taskId, error) {
-    if (this.offline) return null;
+    if (this.offline || this.#unreported.delete(taskId)) return null;
     const held = this.#held.get(taskId);
     this.#held.delete(taskId);
     await this.#sending.get(taskId); // a report already on its way lands first
     const request = { task_id: taskId, ...(error === undefined ? {} : { error }) };
     try {
-      if (held) await this.#patient('ReportProgress', held);
+      if (held) {
+        try {
+          await this.#patient('ReportProgress', held);
+        } catch (err) {
+          if (!REFUSED.has(err.code)) throw err; // refused: the task ended in tm, as below
+        }
+      }
       return await this.#finish(request);
     } catch (err) {
+      if (REFUSED.has(err.code)) {
+        const ended = await this.#endedInTm(taskId);
+        if (ended) return ended === GONE ? null : ended;
+      }
       if (!RETRYABLE.has(err.code)) throw err;
       this.#giveUp(err.details);
       return null;
     }
+  }
+
+  // After a refusal: tm's final status if tm ended the task without this
+  // producer (GONE if it forgot it too), else null.
+  async #endedInTm(taskId) {
+    let status = GONE;
+    try {
+      ({ status } = await this.#call(this.#manager, 'GetTaskStatus', { task_id: taskId }));
+    } catch (err) {
+      if (err.code !== NOT_FOUND) return null;
+    }
+    if (status !== GONE && !FINAL_STATES.has(status.state)) return null;
+    if (!this.#endedLogged.has(taskId)) {
+      this.#endedLogged.add(taskId);
+      const how = status === GONE ? 'and forgot it' : `(${status.state}: ${status.error})`;
+      log(`tm had ended task ${taskId} ${how} without this producer (its session's lease ran out `
+        + 'while tm was out of reach, or a finish\'s reply was lost): its reports are dropped '
+        + 'and its finish is tm\'s');
+    }
+    return status;
   }
 
   async #finish(request) {

@@ -200,6 +200,37 @@ def test_node_producer_gives_up_reporting_after_the_outage_limit(
         proc.communicate()
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_node_producer_carries_on_when_tm_ended_its_tasks_during_an_outage() -> None:
+    # An outage longer than the lease (1 s) but shorter than TM_OUTAGE_SECONDS:
+    # tm fails the session's tasks, and the import still runs to its end.
+    server = ServerProcess("--store", "none", "--task-ttl-in-seconds", "600",
+                           "--user-task-ttl-in-seconds", "600",
+                           "--producer-lease-seconds", "1")  # fmt: skip
+    link = NetCut(server.target)
+    proc = _start_node_producer(link.target, outage_seconds=30)
+    try:
+        with TaskManagerClient(server.target, timeout=10) as direct:
+            root = _first_progress(direct)
+            link.cut()  # in the middle of users.csv
+            eventually(lambda: direct.get_status(root).state is TaskState.FAILED,
+                       what="the lease to run out")  # fmt: skip
+            link.restore()
+            stdout, stderr = proc.communicate(timeout=60)
+            assert proc.returncode == 0, stderr
+            out = json.loads(stdout)
+            assert out["root"] == str(root) and out["state"] == "TASK_STATE_FAILED"
+            assert len(out["children"]) == 3
+            assert f"tm had ended task {root}" in stderr, stderr
+            assert "producer lost" in direct.get_status(root).error
+    finally:
+        proc.kill()
+        proc.communicate()
+        link.close()
+        server.kill()
+
+
 def test_repair_demo_builds_the_documented_tree(server: ServerThread) -> None:
     with TaskManagerClient(server.target) as client:
         client.set_user_ttl(600)
