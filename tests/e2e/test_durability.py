@@ -386,7 +386,10 @@ def test_a_full_disk_at_start_stops_the_server_with_one_clear_line(
     assert "Traceback" not in result.stderr
     # Nothing was lost: with room again, the node starts with its task.
     server = server.restart(*ARGS)
-    assert re.search(r"journal: recovered .*1 running", server.output()), server.output()
+    try:
+        assert re.search(r"journal: recovered .*1 running", server.output()), server.output()
+    finally:
+        server.kill()
 
 
 def test_a_server_whose_disk_is_full_still_stops_on_sigterm() -> None:
