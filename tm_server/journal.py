@@ -539,14 +539,14 @@ class FileJournal:
         self._compactor = process
         out, err = await process.communicate()
         self._compactor = None
+        # Done, every log but the one being written is in the snapshot; failed,
+        # it is tried again once that log reaches the limit by itself (it merges
+        # every log since the snapshot then), not at every batch.
+        self._older = 0
         if process.returncode == 0:
             self._snapshot, self._snapshot_size = upto, int(out.decode().strip() or 0)
-            self._older = 0  # every log but the one being written is in the snapshot now
             self.stats.compactions += 1
         else:
-            # Tried again once the log being written reaches the limit by itself
-            # (it merges every log since the snapshot then), not at every batch.
-            self._older = 0
             log.warning(
                 "journal: compaction failed (%s); the logs stay as they are",
                 err.decode(errors="replace").strip().splitlines()[-1:] or process.returncode,

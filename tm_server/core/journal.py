@@ -48,7 +48,7 @@ class JournalRecords(NamedTuple):
     keys: list[bytes]
     values: list[Any]
     #: Where the shape records are in ``keys`` (found once, while loading).
-    shape_positions: tuple[int, ...] = ()
+    shape_positions: tuple[int, ...]
 
 
 def abort_record(request: AbortRequest) -> list[object]:

@@ -20,8 +20,6 @@ body died with it.
 
 from __future__ import annotations
 
-import itertools
-import operator
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -62,7 +60,6 @@ _LETTER_STATE = {letter: state for state, letter in _STATE_LETTER.items()}
 _KIND_LETTER = {ParentKind.NODE: "n", ParentKind.VIRTUAL: "v"}
 _LETTER_KIND = {letter: kind for kind, letter in _KIND_LETTER.items()}
 _TASK_BYTE = TASK_KEY.encode()[0]
-_SHAPE_PREFIX = SHAPE_KEY.encode()
 #: The optional tail of a record, after its seven fixed fields, and each field's default.
 _TAIL_DEFAULTS: tuple[object, ...] = (None, None, None, "", "", "", "", 0, None, None, 0, 0, None)
 
@@ -254,9 +251,6 @@ async def recover(
     # Shapes first, wherever they are: a record keeps the place its key was
     # first written at, so a task id used again (its first task finished and
     # forgotten) sits before the shape its new record names.
-    if not shape_positions:  # records not from FileJournal.load
-        is_shape = operator.methodcaller("startswith", _SHAPE_PREFIX)
-        shape_positions = tuple(itertools.compress(range(len(keys)), map(is_shape, keys)))
     for position in shape_positions:
         value = values[position]
         module, type_, scope, units, abortable, user_task, internal, external = value[:8]
