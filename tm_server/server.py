@@ -62,6 +62,7 @@ from .metrics import (
     TaskMetrics,
 )
 from .service.auth import AuthInterceptor
+from .service.calls import WrappingInterceptor
 from .service.decoding import add_service
 from .service.durability import DurabilityInterceptor
 from .service.health_servicer import HealthServicer
@@ -231,8 +232,9 @@ class TmServer:
             streams=config.streams,
         )
         # The outermost first: a call is logged and counted however it ends,
-        # refused by the access checks included.
-        interceptors: list[grpc.aio.ServerInterceptor] = []  # type: ignore[type-arg]
+        # refused by the access checks included. They wrap each method's
+        # handler as its service is registered (see ``WrappingInterceptor``).
+        interceptors: list[WrappingInterceptor] = []
         log_calls = logging.getLogger(RPC_LOGGER).isEnabledFor(logging.DEBUG)
         if config.log_format == "json" or log_calls:
             interceptors.append(CallLogInterceptor(log_calls=log_calls))
@@ -249,7 +251,8 @@ class TmServer:
                 max(_GRPC_MAX_RECEIVE_BYTES, 2 * config.max_request_bytes),
             )
         )
-        self.server = grpc.aio.server(interceptors=interceptors, options=options)
+        self._interceptors = interceptors
+        self.server = grpc.aio.server(options=options)
         self.http: HttpEndpoint | None = None
         if config.http_address is not None:
             self.http = HttpEndpoint(
@@ -396,7 +399,7 @@ class TmServer:
         limit = self.config.max_request_bytes
 
         def add(register: Callable[[Any, Any], None], servicer: Any) -> list[str]:
-            return add_service(self.server, register, servicer, limit)
+            return add_service(self.server, register, servicer, limit, self._interceptors)
 
         services = add(
             task_manager_pb2_grpc.add_TaskManagerServiceServicer_to_server,

@@ -1,9 +1,10 @@
 """The metrics interceptor: every RPC counted by method and final status code, and timed.
 
 It is the outermost interceptor, so a call the access checks refuse is
-counted with its code too. Each method's handler is wrapped once, with its
-labelled children bound then: a call costs a clock read at each end, one
-counter increment and one histogram observation. A streaming call is
+counted with its code too. Each method's handler is wrapped once, and its
+labelled children are bound at its first call (the server wraps every
+method as it starts; one never called shows no series): a call costs a
+clock read at each end, one counter increment and one histogram observation. A streaming call is
 counted when it ends, with the code it ended with (``CANCELLED`` when the
 client went away), and is in the open-streams gauge meanwhile. Only methods
 the server serves get series (an unknown method has no handler), so the
@@ -61,7 +62,9 @@ class MetricsInterceptor(WrappingInterceptor):
         self._metrics = metrics
 
     def _wrap(self, method: str, handler: Any) -> Any:
-        series = _Method(self._metrics, method)
+        def series() -> _Method:
+            return _Method(self._metrics, method)
+
         if handler.unary_unary is not None:
             return handler._replace(unary_unary=_unary(series, handler.unary_unary))
         if handler.stream_unary is not None:
@@ -73,35 +76,41 @@ class MetricsInterceptor(WrappingInterceptor):
         return handler
 
 
-def _unary(series: _Method, inner: Any) -> Callable[[Any, Any], Awaitable[Any]]:
-    ok = series.ok.inc
-    observe = series.duration.observe
+def _unary(make: Callable[[], _Method], inner: Any) -> Callable[[Any, Any], Awaitable[Any]]:
     clock = time.perf_counter
+    series: _Method | None = None
 
     async def unary(request: Any, context: Any) -> Any:
+        nonlocal series
+        if series is None:
+            series = make()
         started = clock()
         try:
             reply = await inner(request, context)
         except BaseException as exc:
             series.child(final_code(context, exc)).inc()
-            observe(clock() - started)
+            series.duration.observe(clock() - started)
             raise
         if context.code() is None:
-            ok()
+            series.ok.inc()
         else:
             series.child(final_code(context)).inc()
-        observe(clock() - started)
+        series.duration.observe(clock() - started)
         return reply
 
     return unary
 
 
-def _stream(series: _Method, inner: Any) -> Callable[[Any, Any], AsyncIterator[Any]]:
-    observe = series.duration.observe
-    streams = series.streams()
+def _stream(make: Callable[[], _Method], inner: Any) -> Callable[[Any, Any], AsyncIterator[Any]]:
     clock = time.perf_counter
+    series: _Method | None = None
+    streams: Value | None = None
 
     async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
+        nonlocal series, streams
+        if series is None or streams is None:
+            series = make()
+            streams = series.streams()
         started = clock()
         streams.inc()
         code = _OK
@@ -115,7 +124,7 @@ def _stream(series: _Method, inner: Any) -> Callable[[Any, Any], AsyncIterator[A
         finally:
             streams.dec()
             series.child(code).inc()
-            observe(clock() - started)
+            series.duration.observe(clock() - started)
 
     return stream
 

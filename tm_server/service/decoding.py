@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, cast
 
 import grpc
@@ -25,6 +25,7 @@ from tm_client import reason_name
 from tm_client.pb import task_manager_pb2 as pb
 from tm_server.core.logs import RateLimitedLog
 
+from .calls import WrappingInterceptor, wrap_handler
 from .errors import make_status
 
 # grpc's RpcMethodHandler (a named tuple at run time; its stubs type it loosely).
@@ -196,8 +197,12 @@ def add_service(
     add_to_server: Callable[[Any, Any], None],
     servicer: Any,
     max_request_bytes: int | None = None,
+    interceptors: Sequence[WrappingInterceptor] = (),
 ) -> list[str]:
     """Registers a servicer through its generated ``add_*_to_server``, with tolerant decoding.
+
+    Each method's handler is registered already wrapped by ``interceptors``
+    (the first outermost), as grpc's server would wrap it on every call.
 
     A body longer than ``max_request_bytes`` is refused with
     ``RESOURCE_EXHAUSTED`` (reason ``QUOTA_EXCEEDED``) before it is decoded.
@@ -223,7 +228,7 @@ def add_service(
                 handler = handler._replace(response_serializer=_passing_bytes(serialize))
             if not getattr(_behaviour(handler), "checks_malformed", False):
                 handler = _guard(handler, f"/{name}/{method}")
-            tolerant[method] = handler
+            tolerant[method] = wrap_handler(interceptors, f"/{name}/{method}", handler)
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, tolerant),))
         # Known methods dispatch without a lookup through the generic handler.
         cast(Any, server).add_registered_method_handlers(name, tolerant)

@@ -14,13 +14,14 @@ unless the journal can write again by then; reads are never held back.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 
 from tm_server.core import JournalUnavailableError
 
+from .calls import WrappingInterceptor
 from .errors import status_for
 from .handlers import Context, abort_with
 
@@ -66,27 +67,12 @@ class Durable(Protocol):
         """Resolves once every change made so far is on disk."""
 
 
-class DurabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+class DurabilityInterceptor(WrappingInterceptor):
     """Holds the replies of durable calls until their changes are on disk."""
 
     def __init__(self, journal: Durable) -> None:
+        super().__init__()
         self._journal = journal
-        self._wrapped: dict[str, Handler] = {}
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler:
-        """Wraps the handler of a durable method (once per method); others pass as they are."""
-        method = handler_call_details.method
-        handler = await continuation(handler_call_details)
-        if method not in DURABLE_METHODS or handler is None:
-            return handler
-        wrapped = self._wrapped.get(method)
-        if wrapped is None:
-            wrapped = self._wrapped[method] = self._wrap(handler)
-        return wrapped
 
     async def _ready(self, context: Context) -> None:
         # Refuse before changing anything while the disk refuses writes.
@@ -99,7 +85,10 @@ class DurabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-ar
         except JournalUnavailableError as exc:
             await abort_with(context, status_for(exc))
 
-    def _wrap(self, handler: Handler) -> Handler:
+    def _wrap(self, method: str, handler: Handler) -> Handler:
+        # Other calls pass as they are.
+        if method not in DURABLE_METHODS:
+            return handler
         if handler.unary_unary is not None:
             inner: Any = handler.unary_unary
 
