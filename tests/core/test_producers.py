@@ -303,3 +303,21 @@ async def test_a_session_that_expires_with_no_tasks_is_no_warning(
         await producers.settle()
     assert producers.session_count() == 0
     assert [r.levelname for r in caplog.records if "expired" in r.getMessage()] == ["INFO"]
+
+
+async def test_progress_reaches_a_task_placed_off_its_home_shard(producers: Producers) -> None:
+    # Reports ask the id's home shard first (id number modulo the shards);
+    # a task whose creator chose another shard must be found all the same.
+    tm = producers.manager
+    homeless = [UUID(int=(i + 1) * 3 << 64) for i in range(3)]  # every home is shard 0
+    for shard, task_id in enumerate(homeless):
+        await make(producers, task_id=task_id, shard=shard, progress_total=10, abortable=True)
+    for count, task_id in enumerate(homeless, start=1):
+        assert await producers.report_progress(task_id, count, None) is False
+        status = await tm.get_status(task_id)
+        assert status.progress == Progress(count, 10)
+    assert [(await tm.get_status(t)).shard for t in homeless] == [0, 1, 2]
+    await tm.abort_task(homeless[2])
+    assert await producers.report_progress(homeless[2], 5, None) is True
+    with pytest.raises(TaskNotFoundError):
+        await producers.report_progress(UUID(int=3 << 64 | 1), 1, None)

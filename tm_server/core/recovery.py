@@ -89,17 +89,25 @@ def task_record(shard: int, task: Task, final: Progress | None, shape: int) -> l
     start, end, expire_at = task.start_time, task.end_time, task.expire_at
     if (
         parent is None
-        and reported is None
         and final is None
-        and task.reported_total is None
         and not (task.keyspace or task.table or task.entity or task.error)
         and not (task.abort_requested or task.folded_into_parent or task.orphaned)
     ):
-        # Most records (every root on its way): no tail, so none to build and trim.
-        return [shape, shard, task.sequence_number, _STATE_LETTER[task.state],
-                None if start is None else round(start * 1e9),
-                None if end is None else round(end * 1e9),
-                None if expire_at is None else round(expire_at * 1e9)]  # fmt: skip
+        # Most records (every root on its way, and the progress of the running
+        # ones): the tail made as far as it goes, with nothing to trim.
+        short: list[object] = [
+            shape, shard, task.sequence_number, _STATE_LETTER[task.state],
+            None if start is None else round(start * 1e9),
+            None if end is None else round(end * 1e9),
+            None if expire_at is None else round(expire_at * 1e9),
+        ]  # fmt: skip
+        total = task.reported_total
+        if reported is not None or total is not None:
+            short += _TAIL_DEFAULTS[:8]
+            short.append(None if reported is None else [reported.completed, reported.total])
+            if total is not None:
+                short.append(total)
+        return short
     record: list[object] = [
         shape, shard, task.sequence_number, _STATE_LETTER[task.state],
         _ns(start), _ns(end), _ns(expire_at),

@@ -14,6 +14,13 @@ from .auth import caller_name
 from .convert import fill_status, lease_duration, parse_uuid, require_uuid, spec_from_pb
 from .handlers import Context, Servicer, streaming, unary
 
+#: The two replies of a progress report, made once: every report sends one,
+#: and a reply is only ever serialized, never changed.
+_REPORTED = {
+    False: pb.ReportProgressResponse(abort_requested=False),
+    True: pb.ReportProgressResponse(abort_requested=True),
+}
+
 
 class TaskReportingServicer(Servicer, pb_grpc.TaskReportingServiceServicer):
     """The producer API."""
@@ -72,7 +79,7 @@ class TaskReportingServicer(Servicer, pb_grpc.TaskReportingServiceServicer):
             request.completed,
             request.total if request.HasField("total") else None,
         )
-        return pb.ReportProgressResponse(abort_requested=aborting)
+        return _REPORTED[aborting]
 
     @unary
     async def FinishTask(
