@@ -22,8 +22,9 @@ def bench_creates(cfg: Config) -> Figure:
     on, off = Server("tm", cfg.shards), Server("tm-no-journal", cfg.shards)
     runs: dict[str, list[dict[str, Any]]] = {"on": [], "off": []}
     try:
-        for _ in range(cfg.rounds):
-            for name, server in (("on", on), ("off", off)):
+        for i in range(cfg.rounds):
+            pairs = (("on", on), ("off", off))
+            for name, server in pairs if i % 2 == 0 else pairs[::-1]:
                 runs[name].append(unary_on(
                     server, "--method", "CreateTask", "--module", "creates",
                     "--concurrency", "64", "--duration", str(cfg.duration),

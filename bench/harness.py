@@ -58,8 +58,8 @@ class Config:
     #: Rounds of each compared figure, alternating tm and baseline; the median
     #: is reported, as single windows on a shared machine vary by 10-30%.
     rounds: int = 3
-    #: Rounds of status reads and the fan-out broadcast, the figures nearest
-    #: their targets: more rounds settle which side of it they are on.
+    #: Rounds of status reads, progress reports and the fan-out broadcast, the
+    #: figures nearest their targets: more rounds settle which side of it they are on.
     close_rounds: int = 5
     #: The pauses figure's growth is read in this many segments, each followed
     #: by as long a window on the empty registry.
