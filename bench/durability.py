@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any
 
-from bench.harness import Config, Server, median, round_ratios, total_errors, unary_on
+from bench.harness import Config, Server, alternating, median, round_ratios, total_errors
 from bench.report import Figure
 
 #: What recovery of a million tasks may take here, at most.
@@ -20,20 +19,16 @@ RECOVERY_TARGET_SECONDS = 10.0
 def bench_creates(cfg: Config) -> Figure:
     """CreateTask (started, producer-chosen ids) with the journal on, against it off."""
     on, off = Server("tm", cfg.shards), Server("tm-no-journal", cfg.shards)
-    runs: dict[str, list[dict[str, Any]]] = {"on": [], "off": []}
     try:
-        for i in range(cfg.rounds):
-            pairs = (("on", on), ("off", off))
-            for name, server in pairs if i % 2 == 0 else pairs[::-1]:
-                runs[name].append(unary_on(
-                    server, "--method", "CreateTask", "--module", "creates",
-                    "--concurrency", "64", "--duration", str(cfg.duration),
-                ))  # fmt: skip
+        on_runs, off_runs = alternating(
+            on, off, cfg.rounds, "--method", "CreateTask", "--module", "creates",
+            "--concurrency", "64", "--duration", str(cfg.duration),
+        )  # fmt: skip
         journal = on.control("journal")
     finally:
         on.stop()
         off.stop()
-    rate, off_rate = median(runs["on"], "rate"), median(runs["off"], "rate")
+    rate, off_rate = median(on_runs, "rate"), median(off_runs, "rate")
     ratio = rate / off_rate
     return Figure(
         "creates, journal on vs off",
@@ -44,12 +39,12 @@ def bench_creates(cfg: Config) -> Figure:
         ">= 0.5x the journal-off calls/s (group commit: one disk flush per batch)",
         ratio >= 0.5,
         {"batches": journal.get("batches"), "records": journal.get("records"),
-         "calls_per_batch": round(sum(int(r["calls"]) for r in runs["on"])
+         "calls_per_batch": round(sum(int(r["calls"]) for r in on_runs)
                                   / max(1, int(journal.get("batches", 0))), 1),
-         "p99_ms": median(runs["on"], "p99_ms"),
-         "off_p99_ms": median(runs["off"], "p99_ms"),
-         "errors": total_errors(runs["on"]),
-         "round_ratios": round_ratios(runs["on"], runs["off"])},
+         "p99_ms": median(on_runs, "p99_ms"),
+         "off_p99_ms": median(off_runs, "p99_ms"),
+         "errors": total_errors(on_runs),
+         "round_ratios": round_ratios(on_runs, off_runs)},
     )  # fmt: skip
 
 

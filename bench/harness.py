@@ -22,6 +22,7 @@ import threading
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -409,3 +410,26 @@ def unary_on(server: Server, *args: str) -> dict[str, Any]:
     result["server_cpu_s"] = server.cpu() - cpu0
     result["server_cpu_us_per_call"] = result["server_cpu_s"] / max(1, result["calls"]) * 1e6
     return result
+
+
+def rotating(
+    loads: Sequence[Callable[[], dict[str, Any]]], rounds: int
+) -> list[list[dict[str, Any]]]:
+    """Each load's runs, ``rounds`` times, which goes first rotating (with two: alternating).
+
+    So the host's drift within a round favours none of them.
+    """
+    runs: list[list[dict[str, Any]]] = [[] for _ in loads]
+    for i in range(rounds):
+        for k in range(len(loads)):
+            j = (i + k) % len(loads)
+            runs[j].append(loads[j]())
+    return runs
+
+
+def alternating(
+    a: Server, b: Server, rounds: int, *args: str
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The same unary load on ``a`` and ``b``, ``rounds`` times, which goes first alternating."""
+    ours, theirs = rotating([lambda: unary_on(a, *args), lambda: unary_on(b, *args)], rounds)
+    return ours, theirs

@@ -23,6 +23,7 @@ from bench.harness import (
     Server,
     WatcherProcess,
     median,
+    rotating,
     round_ratios,
     run_tool,
     total_errors,
@@ -94,13 +95,9 @@ def _pages_figure(
 
 
 def _rotate(loads: list[tuple[str, Any]], rounds: int) -> dict[str, list[dict[str, Any]]]:
-    """Each load ``rounds`` times, which goes first rotating (as run.py's ``_rotating``)."""
-    runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in loads}
-    for i in range(rounds):
-        for k in range(len(loads)):
-            name, load = loads[(i + k) % len(loads)]
-            runs[name].append(load())
-    return runs
+    """Each named load ``rounds`` times, which goes first rotating, by name."""
+    runs = rotating([load for _, load in loads], rounds)
+    return {name: got for (name, _), got in zip(loads, runs, strict=True)}
 
 
 def http_figures(cfg: Config, tmp: Path) -> list[Figure]:

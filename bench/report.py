@@ -195,10 +195,11 @@ MISS_ANALYSIS = {
         "239-256 with it off, 261-281 since). Until 2026-12-06 tm always ran first in "
         "each round; since then the side that goes first alternates over five rounds, "
         "and the first run so measured gave 0.72x with its rounds close together "
-        "(0.63-0.74): the earlier runs' 0.79-0.81x had tm's rounds on the fresher side "
-        "of the host's drift. In-process a report now costs ~11 us with the journal (~9 "
-        "off), no step over 1 us (cProfile: the shard's update, the tree's version bump, "
-        "the id parse, the rate sample, the journal's pending map)."
+        "(0.63-0.74), against 0.73-0.81x in the tm-first runs before (whether the order "
+        "or the host made the difference is not shown). In-process a report now costs "
+        "~11 us with the journal (~9 off), no step over 1 us (cProfile: the shard's "
+        "update, the tree's version bump, the id parse, the rate sample, the journal's "
+        "pending map)."
     ),
     "watch fan-out: broadcast": (
         "Single rounds here vary by 20-30% (1.03-1.29x in one session). The server's "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -35,11 +36,13 @@ from bench.harness import (
     Scraper,
     Server,
     Watchers,
+    alternating,
     counter_value,
     host_cpu_ticks,
     loadgen,
     make_security,
     median,
+    rotating,
     round_ratios,
     total_errors,
     unary_on,
@@ -133,7 +136,6 @@ def bench_memory(cfg: Config, kind: str, label: str) -> Figure:
 
 def bench_progress(cfg: Config, tmp: Path) -> Figure:
     tm, base = Server("tm", cfg.shards), Server("baseline", cfg.shards)
-    runs: dict[str, list[dict[str, Any]]] = {"tm": [], "baseline": []}
     try:
         tm.control("populate", kind="running", n=cfg.progress_tasks, module="bench")
         samples = tm.control("samples", module="bench", count=cfg.progress_tasks)
@@ -141,9 +143,8 @@ def bench_progress(cfg: Config, tmp: Path) -> Figure:
         ids = write_ids(tmp, "progress", samples["ids"])
         watchers = {name: Watchers(server.target, ids, cfg.watchers)
                     for name, server in (("tm", tm), ("baseline", base))}  # fmt: skip
-        # A figure near its target: the close figures' rounds, which side goes
-        # first alternating (the host's drift within a round favours neither).
-        runs["tm"], runs["baseline"] = _alternating(
+        # A figure near its target: the close figures' rounds.
+        ours, theirs = alternating(
             tm, base, cfg.close_rounds, "--method", "ReportProgress", "--ids-file", str(ids),
             "--concurrency", "64", "--duration", str(cfg.duration),
         )  # fmt: skip
@@ -155,7 +156,7 @@ def bench_progress(cfg: Config, tmp: Path) -> Figure:
         tm.stop()
         base.stop()
 
-    rate, base_rate = median(runs["tm"], "rate"), median(runs["baseline"], "rate")
+    rate, base_rate = median(ours, "rate"), median(theirs, "rate")
     ratio = rate / base_rate
     done = our_watch["outcomes"].get("final_done", 0)
     return Figure(
@@ -166,23 +167,11 @@ def bench_progress(cfg: Config, tmp: Path) -> Figure:
         ">= 0.75x baseline calls/s, every watcher ends on the final state",
         ratio >= 0.75 and done == cfg.watchers,
         {"watchers_final_done": done, "watcher_outcomes": our_watch["outcomes"],
-         "server_cpu_us_per_call": median(runs["tm"], "server_cpu_us_per_call"),
-         "baseline_server_cpu_us_per_call": median(runs["baseline"], "server_cpu_us_per_call"),
-         "client_cpu_s": median(runs["tm"], "client_cpu_s"), "errors": total_errors(runs["tm"]),
-         "round_ratios": round_ratios(runs["tm"], runs["baseline"])},
+         "server_cpu_us_per_call": median(ours, "server_cpu_us_per_call"),
+         "baseline_server_cpu_us_per_call": median(theirs, "server_cpu_us_per_call"),
+         "client_cpu_s": median(ours, "client_cpu_s"), "errors": total_errors(ours),
+         "round_ratios": round_ratios(ours, theirs)},
     )  # fmt: skip
-
-
-def _alternating(
-    tm: Server, base: Server, rounds: int, *args: str
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The same load on tm and the baseline, ``rounds`` times, which goes first alternating."""
-    ours: list[dict[str, Any]] = []
-    theirs: list[dict[str, Any]] = []
-    for i in range(rounds):
-        for server in (tm, base) if i % 2 == 0 else (base, tm):
-            (ours if server is tm else theirs).append(unary_on(server, *args))
-    return ours, theirs
 
 
 def bench_tls_token(cfg: Config, tmp: Path) -> list[Figure]:
@@ -208,7 +197,7 @@ def bench_tls_token(cfg: Config, tmp: Path) -> list[Figure]:
             ("progress reports", "ReportProgress", cfg.rounds, cfg.duration),
         )  # fmt: skip
         for label, method, rounds, window in workloads:
-            ours, theirs = _alternating(
+            ours, theirs = alternating(
                 tm, base, rounds, "--method", method, "--ids-file", str(ids),
                 "--concurrency", "64", "--duration", str(window),
             )  # fmt: skip
@@ -275,7 +264,7 @@ def bench_module_watch(cfg: Config, tmp: Path) -> list[Figure]:
         ours_watch = ModuleWatchers(tm.target, "bench", ids, cfg.module_watchers)
         theirs_watch = ModuleWatchers(base.target, "bench", ids, cfg.module_watchers)
         watch_cpu0 = ours_watch.cpu()
-        ours, theirs = _alternating(
+        ours, theirs = alternating(
             tm, base, cfg.rounds, "--method", "ReportProgress", "--ids-file", str(ids),
             "--concurrency", "64", "--duration", str(cfg.duration),
         )  # fmt: skip
@@ -341,19 +330,6 @@ def bench_module_watch(cfg: Config, tmp: Path) -> list[Figure]:
     ]  # fmt: skip
 
 
-def _rotating(
-    servers: list[tuple[Server, tuple[str, ...]]], rounds: int
-) -> list[list[dict[str, Any]]]:
-    """Each server's load (its own arguments), ``rounds`` times, which goes first rotating."""
-    runs: list[list[dict[str, Any]]] = [[] for _ in servers]
-    for i in range(rounds):
-        for k in range(len(servers)):
-            j = (i + k) % len(servers)
-            server, args = servers[j]
-            runs[j].append(unary_on(server, *args))
-    return runs
-
-
 def bench_metrics(cfg: Config, tmp: Path) -> list[Figure]:
     # Status reads with metrics on (--metrics-address: every RPC counted and
     # timed by an interceptor, the endpoint scraped meanwhile), against the
@@ -379,7 +355,10 @@ def bench_metrics(cfg: Config, tmp: Path) -> list[Figure]:
         counted0 = counter_value(
             scraper.scrape(), "tm_rpc_handled_total", method="GetTaskStatus", code="OK"
         )
-        ours, plain, theirs = _rotating(loads, cfg.close_rounds)
+        ours, plain, theirs = rotating(
+            [functools.partial(unary_on, server, *args) for server, args in loads],
+            cfg.close_rounds,
+        )
         exposition = scraper.stop()
         scrapes = scraper
         scraper = None
@@ -510,18 +489,17 @@ def bench_fanout_burst_shutdown(cfg: Config, tmp: Path) -> list[Figure]:
 
 def bench_recursive(cfg: Config) -> Figure:
     tm, base = Server("tm", cfg.shards), Server("baseline", cfg.shards)
-    ours_runs: list[dict[str, Any]] = []
-    theirs_runs: list[dict[str, Any]] = []
+
+    def walk(server: Server) -> dict[str, Any]:
+        cpu0 = server.cpu()
+        run = loadgen("recursive", "--target", server.target, "--id", tree["root"])
+        run["server_cpu_us"] = (server.cpu() - cpu0) / max(1, run["messages"]) * 1e6
+        return run
+
     try:
         tree = tm.control("tree", module="tree", fanouts=list(cfg.tree_fanouts))
         base.control("prepare", status=tree["status"], recursive_count=tree["count"])
-        for i in range(cfg.rounds):
-            pairs = ((tm, ours_runs), (base, theirs_runs))
-            for server, runs in pairs if i % 2 == 0 else pairs[::-1]:
-                cpu0 = server.cpu()
-                run = loadgen("recursive", "--target", server.target, "--id", tree["root"])
-                run["server_cpu_us"] = (server.cpu() - cpu0) / max(1, run["messages"]) * 1e6
-                runs.append(run)
+        ours_runs, theirs_runs = rotating([lambda: walk(tm), lambda: walk(base)], cfg.rounds)
     finally:
         tm.stop()
         base.stop()
