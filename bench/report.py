@@ -125,6 +125,11 @@ PROFILE_NOTES = [
     "aiohttp ~10%. A status read over HTTP costs ~275 us of server CPU against ~650 us over "
     "gRPC, mostly aiohttp's request handling; tm's own share is small (build_status, "
     "status_json, scylla_time ~3%, json ~5%).",
+    "Idle cost (2026-12-06): a tm server with 100,000 running tasks and no calls uses ~18.5 "
+    "ms of CPU a second against the baseline's ~2.5 (py-spy: the event loop's timers, and "
+    "the cluster store's change-log poll, 20 a second, each a hop to its SQLite thread "
+    "and back). Under load that is ~4-6 us a call at 3,000-4,000 calls/s, 1-2% of a "
+    "call's server CPU: a small part of the calls-a-second gaps.",
 ]
 
 
@@ -139,7 +144,15 @@ MISS_ANALYSIS = {
         "(server CPU a progress report 701 against 651 us, rates 1,453 and 1,306 calls/s), "
         "and in-process the check takes ~1.9 us a status read and ~4.7 us a report (with "
         "its owner lookup). Earlier runs at 0.57-0.68x for progress were taken while test "
-        "suites ran on the same 2 cores."
+        "suites ran on the same 2 cores. On 2026-12-06, in turns (6 rounds of 3 s, 100,000 "
+        "tasks, a quiet host), tm over TLS with the tokens file and peer CA, without the "
+        "peer CA, and with neither read 2,256, 2,195 and 2,209 calls/s against the TLS "
+        "baseline's 2,864 (0.77-0.79x), and reported progress at 2,688 (with) and 2,645 "
+        "(without) against 3,562 (0.75x): the security checks measure nothing, and the "
+        "gap is tm's own status-read and report gap (the same hour, in plaintext: 0.82x "
+        "and 0.77x), which TLS widens in server CPU a call (46 -> 103 us over the baseline "
+        "for reads, 79 -> 111 for reports; why, not found: py-spy of the TLS server's loop "
+        "thread puts tm's handlers, the access check included, at ~10% of its samples)."
     ),
     "status reads": (
         "Of its two parts, the 160 us of server CPU a call is the one that misses (the "

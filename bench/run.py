@@ -487,19 +487,23 @@ def bench_fanout_burst_shutdown(cfg: Config, tmp: Path) -> list[Figure]:
     return figures
 
 
+def _walk(server: Server, root: str) -> dict[str, Any]:
+    """One GetTaskStatusRecursive of ``root``, with the server's CPU a message."""
+    cpu0 = server.cpu()
+    run = loadgen("recursive", "--target", server.target, "--id", root)
+    run["server_cpu_us"] = (server.cpu() - cpu0) / max(1, run["messages"]) * 1e6
+    return run
+
+
 def bench_recursive(cfg: Config) -> Figure:
     tm, base = Server("tm", cfg.shards), Server("baseline", cfg.shards)
-
-    def walk(server: Server) -> dict[str, Any]:
-        cpu0 = server.cpu()
-        run = loadgen("recursive", "--target", server.target, "--id", tree["root"])
-        run["server_cpu_us"] = (server.cpu() - cpu0) / max(1, run["messages"]) * 1e6
-        return run
-
     try:
         tree = tm.control("tree", module="tree", fanouts=list(cfg.tree_fanouts))
         base.control("prepare", status=tree["status"], recursive_count=tree["count"])
-        ours_runs, theirs_runs = rotating([lambda: walk(tm), lambda: walk(base)], cfg.rounds)
+        root = tree["root"]
+        ours_runs, theirs_runs = rotating(
+            [lambda: _walk(tm, root), lambda: _walk(base, root)], cfg.rounds
+        )
     finally:
         tm.stop()
         base.stop()
