@@ -45,6 +45,7 @@ from tm_server.heap import HeapManager
 from tm_server.security.tls import ServerTls, TlsConfig
 from tm_server.server import TmServer, server_options
 from tm_server.service.convert import page_to_pb, status_to_pb
+from tm_server.service.decoding import register_generic, service_handlers
 
 
 def rss_bytes() -> int:
@@ -389,8 +390,15 @@ async def serve(
     # abstract (UNIMPLEMENTED), which mypy flags.
     baseline = Baseline()  # type: ignore[abstract]
     server = grpc.aio.server(options=server_options())
-    pb_grpc.add_TaskManagerServiceServicer_to_server(baseline, server)
-    rpb_grpc.add_TaskReportingServiceServicer_to_server(baseline, server)
+    # Registered as tm registers its services (generic handlers only, see
+    # register_generic): grpcio's per-call cost of registered methods grows
+    # with their number, which is the stack's, not work tm does per call.
+    for add_to_server in (
+        pb_grpc.add_TaskManagerServiceServicer_to_server,
+        rpb_grpc.add_TaskReportingServiceServicer_to_server,
+    ):
+        for name, handlers in service_handlers(add_to_server, baseline):
+            register_generic(server, name, handlers)
     if tls is None:
         server.add_generic_rpc_handlers((handler(baseline.methods()),))
         port = server.add_insecure_port("127.0.0.1:0")
