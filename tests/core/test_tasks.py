@@ -111,6 +111,68 @@ async def test_new_task_is_created_then_running_then_done(
     assert final.expire_time == clock.now() + 100
 
 
+async def test_a_status_gives_each_field_of_its_task(tm: TaskManager, clock: ManualClock) -> None:
+    # Every field with a value of its own, so that a status built with two
+    # fields swapped (statuses are built positionally, for speed) fails here.
+    await tm.set_task_ttl(100)
+    parent_impl = Controlled()
+    parent = await tm.create_task("test", parent_impl, shard=1)
+    await parent.start()
+    clock.advance(3)
+    impl = Controlled(abortable=False, user_task=True)
+    child = await tm.create_task(
+        "test", impl, shard=1, parent_id=parent.id, keyspace="ks", table="tb", entity="en"
+    )
+    clock.advance(2)
+    await child.start()
+    await settle()
+    assert impl.ctx is not None
+    await impl.ctx.report_progress(4, 10)
+    clock.advance(1)
+    impl.finish(RuntimeError("boom"))
+    final = await child.wait()
+    started = clock.now() - 1
+    assert final._asdict() == {
+        "id": child.id,
+        "type": "ctl",
+        "kind": TaskKind.NODE,
+        "scope": "node",
+        "state": TaskState.FAILED,
+        "is_abortable": False,
+        "creation_time": creation_time_of(child.id),
+        "start_time": started,
+        "end_time": clock.now(),
+        "error": final.error,
+        "parent_id": parent.id,
+        "sequence_number": (await parent.status()).sequence_number,
+        "shard": 1,
+        "keyspace": "ks",
+        "table": "tb",
+        "entity": "en",
+        "progress_units": "ranges",
+        "progress": final.progress,
+        "children": (),
+        "module": "test",
+        "internal": True,
+        "user_task": True,
+        "abort_requested": False,
+        "expire_time": clock.now(),  # a child goes with its parent, or at once
+        "children_count": 0,
+        "node": "node-a",
+        "extras": final.extras,
+    }
+    assert "boom" in final.error and final.progress == Progress(4, 10)
+    assert final.sequence_number > 0
+    # A running parent lists its child, by count and by id.
+    status = await parent.status()
+    assert (status.children_count, [c.task_id for c in status.children]) == (1, [child.id])
+    assert (status.state, status.is_abortable, status.parent_id) == (TaskState.RUNNING, True, None)
+    clock.advance(7)
+    parent_impl.finish()
+    done = await parent.wait()
+    assert (done.end_time, done.expire_time) == (clock.now(), clock.now() + 100)
+
+
 async def test_body_exception_fails_the_task_with_its_text(tm: TaskManager) -> None:
     impl = Controlled()
     handle = await tm.create_task("test", impl)

@@ -40,39 +40,50 @@ def build_status(
 ) -> TaskStatus:
     """The status of a task on ``shard`` with its progress, listed children, abort and pace."""
     impl = task.impl
-    return TaskStatus(
-        id=task.id,
-        type=impl.type,
-        kind=_NODE,
-        scope=impl.scope,
-        state=task.state,
-        is_abortable=impl.abortable,
-        creation_time=creation_time_of(task.id),
-        start_time=task.start_time,
-        end_time=task.end_time,
-        error=task.error,
-        parent_id=None if task.parent is None else task.parent.id,
-        sequence_number=task.sequence_number,
-        shard=shard,
-        keyspace=task.keyspace,
-        table=task.table,
-        entity=task.entity,
-        progress_units=impl.progress_units,
-        progress=progress,
-        children=children,
-        module=task.module,
-        internal=task.internal,
-        user_task=impl.user_task,
-        abort_requested=task.abort_requested,
-        expire_time=task.expire_at,
-        children_count=children_count,
-        node=node,
-        extras=(
-            _extras(abort, impl.owner, pace)
-            if abort is not None or impl.owner or pace is not None
-            else NO_EXTRAS
+    parent = task.parent
+    # Every status read, watch update and recursive message builds one: made
+    # as tuple.__new__ makes it, the fields in TaskStatus's order (checked by
+    # the core's tests), since keywords cost a dictionary a call (1.3 against
+    # 0.3 us).
+    return _new_status(
+        TaskStatus,
+        (
+            task.id,  # id
+            impl.type,  # type
+            _NODE,  # kind
+            impl.scope,  # scope
+            task.state,  # state
+            impl.abortable,  # is_abortable
+            creation_time_of(task.id),  # creation_time
+            task.start_time,  # start_time
+            task.end_time,  # end_time
+            task.error,  # error
+            None if parent is None else parent.id,  # parent_id
+            task.sequence_number,  # sequence_number
+            shard,  # shard
+            task.keyspace,  # keyspace
+            task.table,  # table
+            task.entity,  # entity
+            impl.progress_units,  # progress_units
+            progress,  # progress
+            children,  # children
+            task.module,  # module
+            task.internal,  # internal
+            impl.user_task,  # user_task
+            task.abort_requested,  # abort_requested
+            task.expire_at,  # expire_time
+            children_count,  # children_count
+            node,  # node
+            (
+                _extras(abort, impl.owner, pace)
+                if abort is not None or impl.owner or pace is not None
+                else NO_EXTRAS
+            ),  # extras
         ),
     )
+
+
+_new_status = tuple.__new__
 
 
 # One extras object per owner, shared by the statuses of its tasks (a
